@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command of the README, and all that .ci/run does: install, then run every test tier.
+#   1. the default tier (fast, CPU)            pytest
+#   2. the slow tier                            pytest -m slow
+#   3. the SLURM tier, against a real one-node cluster that this script starts and always stops
+# GPU tests (-m gpu) run only where CUDA is present; elsewhere they are skipped with a reason.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+python3 -m pytest
+python3 -m pytest -m slow
+
+if [ "${VTBENCH_SKIP_SLURM:-0}" = 1 ]; then
+  echo "VTBENCH_SKIP_SLURM=1: SLURM tier skipped on request"
+  exit 0
+fi
+bash scripts/slurm_cluster.sh install
+state_dir=$(mktemp -d /tmp/vtbench-slurm.XXXXXX)
+trap 'bash scripts/slurm_cluster.sh stop "$state_dir"' EXIT
+bash scripts/slurm_cluster.sh start "$state_dir"
+SLURM_CONF="$state_dir/slurm.conf" python3 -m pytest -m slurm
