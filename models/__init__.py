@@ -4,5 +4,6 @@ Pure `torch.nn`; no configs, files or clusters. Entry points: `build_model`, `li
 """
 
 from models.registry import build_model, list_models, model_options, register_model
+from models.vt import token_attention
 
-__all__ = ["build_model", "list_models", "model_options", "register_model"]
+__all__ = ["build_model", "list_models", "model_options", "register_model", "token_attention"]

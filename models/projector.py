@@ -1,0 +1,42 @@
+"""Projector: tokens back onto the feature map (ICCV section 3.3).
+
+    X_out = X_in + softmax_L((X_in W_Q)(T W_K)^T) T
+
+W_Q acts on every pixel (C -> d), W_K on every token (C_T -> d); d = `channels` (the equations'
+C x C gives d = C). When C_T != C the tokens are brought to C channels by a value map
+W_V (C_T -> C), which the ICCV equations do not need (they have C_T = C) and the appendix has.
+`groups` makes W_Q a grouped 1x1 convolution (appendix reading), the only per-pixel weight here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Projector(nn.Module):
+    """Residual cross-attention from pixels (queries) to tokens (keys and values).
+
+    Args:
+        in_channels: feature channels C.
+        token_channels: token channels C_T.
+        channels: query/key width d (default C).
+        groups: groups of the per-pixel query convolution W_Q (default 1).
+    """
+
+    def __init__(self, in_channels: int, token_channels: int, channels: int | None = None, groups: int = 1):
+        super().__init__()
+        d = channels or in_channels
+        if in_channels % groups or d % groups:
+            raise ValueError(f"projector groups={groups} must divide C={in_channels} and d={d}")
+        self.w_q = nn.Conv2d(in_channels, d, 1, groups=groups, bias=False)  # W_Q
+        self.w_k = nn.Conv1d(token_channels, d, 1, bias=False)  # W_K
+        self.w_v = nn.Conv1d(token_channels, in_channels, 1, bias=False) if token_channels != in_channels else None
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W), tokens (B, C_T, L) -> (B, C, H, W)."""
+        q = self.w_q(x).flatten(2)  # (B, d, HW)
+        k = self.w_k(tokens)  # (B, d, L)
+        attention = torch.bmm(k.transpose(1, 2), q).softmax(dim=1)  # (B, L, HW), softmax over L
+        values = self.w_v(tokens) if self.w_v is not None else tokens  # (B, C, L)
+        return x + torch.bmm(values, attention).view_as(x)

@@ -1,0 +1,117 @@
+"""torchvision ResNets re-wrapped so that the paper's stages are top-level children.
+
+Children, in order: `stem` (conv1 + bn + relu + max-pool: the paper's stage 1), `stage2`..`stage5`
+(torchvision `layer1`..`layer4`), `head` (global average pool + fc). VT-ResNet keeps `stem`,
+`stage2`..`stage4` and replaces `stage5` by `vt`, a VT stage at the stage-4 resolution (section 4.1).
+
+`stem="cifar"` swaps the ImageNet stem for a 3x3 stride-1 convolution without max-pool, the usual
+set-up for 32x32 images; the stage-4 map is then 8x8 at 32x32 input.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+
+STEMS = ("imagenet", "cifar")
+DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
+
+
+def make_stem(trunk: resnet.ResNet, stem: str) -> nn.Sequential:
+    """The paper's stage 1 from a torchvision ResNet, or a CIFAR stem of the same width."""
+    if stem == "imagenet":
+        return nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool)
+    if stem == "cifar":
+        width = trunk.conv1.out_channels
+        return nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+    raise ValueError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
+
+
+def torchvision_trunk(depth: int) -> resnet.ResNet:
+    """An untrained torchvision ResNet-`depth`."""
+    constructors: dict[int, Callable[..., resnet.ResNet]] = {
+        18: resnet.resnet18,
+        34: resnet.resnet34,
+        50: resnet.resnet50,
+        101: resnet.resnet101,
+    }
+    if depth not in constructors:
+        raise ValueError(f"unsupported ResNet depth {depth}; choose from 18, 34, 50, 101")
+    return constructors[depth](weights=None)
+
+
+def stage_channels(trunk: resnet.ResNet) -> list[int]:
+    """Output channels of stages 2-5 (C2..C5)."""
+    return [_block_out(layer[-1]) for layer in (trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4)]
+
+
+def _block_out(block: nn.Module) -> int:
+    """Output channels of a BasicBlock or Bottleneck."""
+    last = block.conv3 if hasattr(block, "conv3") else block.conv2
+    return last.out_channels
+
+
+class ResNetClassifier(nn.Module):
+    """ResNet with stages as top-level children: stem, stage2..stage5, head.
+
+    Args:
+        depth: 18, 34, 50 or 101.
+        num_classes: classifier outputs.
+        stem: "imagenet" (7x7/2 conv + max-pool) or "cifar" (3x3/1 conv, no max-pool).
+    """
+
+    task = "cls"
+
+    def __init__(self, depth: int, num_classes: int = 1000, stem: str = "imagenet"):
+        super().__init__()
+        _check_classes(num_classes)
+        trunk = torchvision_trunk(depth)
+        self.num_classes = num_classes
+        self.default_input_size = DEFAULT_INPUT_SIZE[stem] if stem in DEFAULT_INPUT_SIZE else 224
+        self.stem = make_stem(trunk, stem)
+        self.stage2, self.stage3, self.stage4, self.stage5 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(trunk.fc.in_features, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, num_classes)."""
+        x = self.stage4(self.stage3(self.stage2(self.stem(x))))
+        return self.head(self.stage5(x))
+
+
+class VTResNet(nn.Module):
+    """VT-ResNet: stem and stages 2-4 from torchvision, stage 5 replaced by a VT stage, token head.
+
+    Args:
+        depth: 18, 34, 50 or 101.
+        vt: a factory `vt(in_channels) -> VTStage` building the VT stage on the stage-4 channels.
+        head: a factory `head() -> nn.Module` mapping the VT stage output to logits.
+        num_classes: classifier outputs (recorded on the model; the head must match).
+        stem: "imagenet" or "cifar".
+    """
+
+    task = "cls"
+
+    def __init__(self, depth: int, vt: Callable[[int], nn.Module], head: Callable[[], nn.Module],
+                 num_classes: int, stem: str = "imagenet"):
+        super().__init__()
+        _check_classes(num_classes)
+        trunk = torchvision_trunk(depth)
+        self.num_classes = num_classes
+        self.default_input_size = DEFAULT_INPUT_SIZE[stem] if stem in DEFAULT_INPUT_SIZE else 224
+        self.stem = make_stem(trunk, stem)
+        self.stage2, self.stage3, self.stage4 = trunk.layer1, trunk.layer2, trunk.layer3
+        self.vt = vt(_block_out(trunk.layer3[-1]))
+        self.head = head()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, num_classes)."""
+        x = self.stage4(self.stage3(self.stage2(self.stem(x))))
+        return self.head(self.vt(x))
+
+
+def _check_classes(num_classes: int) -> None:
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")

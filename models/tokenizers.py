@@ -1,0 +1,210 @@
+"""Tokenizers: a feature map X (B, C, H, W) -> L visual tokens (B, C_T, L) and their attention (B, L, HW).
+
+Tokens are kept channels-first, (B, C_T, L), like the feature maps, so every per-token weight is a
+1x1 `Conv1d` (grouped convolutions of the appendix reading come for free) and no layout copies are
+needed between the tokenizer, the transformer and the projector.
+
+Paper (ICCV text, section 3.1):
+- filter-based:   T = softmax_HW(X W_A)^T X,          W_A in R^{C x L}
+- recurrent:      W_R = T_in W_{T->R};  T = softmax_HW(X W_R)^T X
+- pooling-based:  the feature map average-pooled to L cells (Table 3 baseline)
+- clustering:     k-means on L2-normalised pixels; the centroids serve as W_A (Appendix C)
+
+Bias terms are left out of the coefficient convolutions on purpose: a per-token constant added to
+the logits is cancelled by the softmax over HW, so a bias there would be a parameter doing no work.
+When C_T != C a token-channel adapter `W_{C->C_T}` (a 1x1 conv on the L tokens) maps the pixel
+average into token space; the ICCV equations have C_T = C and no adapter, the appendix has one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TOKENIZERS = ("filter", "recurrent", "pooling", "clustering")
+
+
+class Tokenizer(nn.Module):
+    """Base class: `forward(x, tokens_in=None) -> (tokens (B, C_T, L), attention (B, L, HW))`."""
+
+    recurrent: bool = False
+
+    def __init__(self, in_channels: int, token_channels: int, num_tokens: int):
+        super().__init__()
+        if num_tokens < 1:
+            raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+        self.in_channels = in_channels
+        self.token_channels = token_channels
+        self.num_tokens = num_tokens
+        # W_{C->C_T}: only when the token channel differs from the feature channel.
+        self.adapter = (
+            nn.Conv1d(in_channels, token_channels, 1, bias=False) if token_channels != in_channels else None
+        )
+
+    def _aggregate(self, x_flat: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax over HW, then tokens = X^T A^T; x_flat (B, C, HW), logits (B, L, HW)."""
+        attention = logits.softmax(dim=-1)
+        tokens = torch.bmm(x_flat, attention.transpose(1, 2))  # (B, C, L): each token a pixel average
+        if self.adapter is not None:
+            tokens = self.adapter(tokens)
+        return tokens, attention
+
+
+class FilterTokenizer(Tokenizer):
+    """Filter-based tokenizer, T = softmax_HW(X W_A)^T X (ICCV eq. 1).
+
+    Args:
+        in_channels: feature channels C.
+        token_channels: token channels C_T (an adapter C -> C_T is added when they differ).
+        num_tokens: number of tokens L.
+    """
+
+    def __init__(self, in_channels: int, token_channels: int, num_tokens: int):
+        super().__init__(in_channels, token_channels, num_tokens)
+        self.w_a = nn.Conv2d(in_channels, num_tokens, 1, bias=False)  # W_A in R^{C x L}
+
+    def forward(self, x: torch.Tensor, tokens_in: torch.Tensor | None = None):
+        """Tokens and attention of feature map `x`; `tokens_in` is ignored."""
+        logits = self.w_a(x).flatten(2)  # (B, L, HW)
+        return self._aggregate(x.flatten(2), logits)
+
+
+class RecurrentTokenizer(Tokenizer):
+    """Recurrent tokenizer, W_R = T_in W_{T->R}, T = softmax_HW(X W_R)^T X (ICCV eq. 2).
+
+    Args:
+        in_channels: feature channels C.
+        token_channels: token channels C_T of both incoming and outgoing tokens.
+        num_tokens: number of tokens L (of the incoming tokens when `refresh="all"`).
+        refresh: "all" (ICCV: every token recomputed) or "half" (appendix transcription: the first
+            half of the incoming tokens drive the new ones, the second half is kept as is).
+    """
+
+    recurrent = True
+
+    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, refresh: str = "all"):
+        super().__init__(in_channels, token_channels, num_tokens)
+        if refresh not in ("all", "half"):
+            raise ValueError(f"refresh must be 'all' or 'half', got {refresh!r}")
+        if refresh == "half" and num_tokens < 2:
+            raise ValueError("refresh='half' needs num_tokens >= 2")
+        self.refresh = refresh
+        self.w_tr = nn.Conv1d(token_channels, in_channels, 1, bias=False)  # W_{T->R} in R^{C_T x C}
+
+    def forward(self, x: torch.Tensor, tokens_in: torch.Tensor | None = None):
+        """Tokens and attention of `x`, conditioned on `tokens_in` (B, C_T, L)."""
+        if tokens_in is None:
+            raise ValueError("a recurrent tokenizer needs the previous module's tokens")
+        kept = None
+        if self.refresh == "half":
+            n = tokens_in.shape[-1] // 2
+            tokens_in, kept = tokens_in[..., :n], tokens_in[..., n:]
+        w_r = self.w_tr(tokens_in)  # (B, C, L'): one filter per token, from the tokens themselves
+        x_flat = x.flatten(2)
+        logits = torch.bmm(w_r.transpose(1, 2), x_flat)  # (B, L', HW) = (X W_R)^T
+        tokens, attention = self._aggregate(x_flat, logits)
+        if kept is not None:
+            tokens = torch.cat([kept, tokens], dim=-1)
+        return tokens, attention
+
+
+class PoolingTokenizer(Tokenizer):
+    """Pooling-based tokenizer: X average-pooled to an h x w grid of L = h*w cells (Table 3).
+
+    Args:
+        in_channels: feature channels C.
+        token_channels: token channels C_T.
+        num_tokens: number of tokens L, split into the most square grid h x w (h <= w).
+    """
+
+    def __init__(self, in_channels: int, token_channels: int, num_tokens: int):
+        super().__init__(in_channels, token_channels, num_tokens)
+        h = int(math.isqrt(num_tokens))
+        while num_tokens % h:
+            h -= 1
+        self.grid = (h, num_tokens // h)
+
+    def forward(self, x: torch.Tensor, tokens_in: torch.Tensor | None = None):
+        """Tokens (cell averages) and the pooling weights as the attention."""
+        b = x.shape[0]
+        tokens = F.adaptive_avg_pool2d(x, self.grid).flatten(2)  # (B, C, L)
+        if self.adapter is not None:
+            tokens = self.adapter(tokens)
+        attention = _pooling_matrix(x.shape[-2], x.shape[-1], self.grid, x)
+        return tokens, attention.unsqueeze(0).expand(b, -1, -1)
+
+
+def _pooling_matrix(height: int, width: int, grid: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    """(L, HW) weights of adaptive average pooling: the Kronecker product of two 1-D poolings."""
+    rows = _pool_1d(height, grid[0], like)  # (h, H)
+    cols = _pool_1d(width, grid[1], like)  # (w, W)
+    return torch.einsum("ay,bx->abyx", rows, cols).reshape(grid[0] * grid[1], height * width)
+
+
+def _pool_1d(size: int, cells: int, like: torch.Tensor) -> torch.Tensor:
+    """(cells, size) matrix of 1-D adaptive average pooling (PyTorch's start/end rule)."""
+    eye = torch.eye(size, dtype=like.dtype, device=like.device).unsqueeze(0)  # (1, size, size)
+    return F.adaptive_avg_pool1d(eye, cells)[0].t()
+
+
+class ClusteringTokenizer(Tokenizer):
+    """Clustering-based tokenizer: per-sample k-means centroids used as W_A (Appendix C).
+
+    K-means runs on the L2-normalised pixels of each sample separately (so a sample's tokens never
+    depend on its batch), spherical (cosine) assignment, a fixed number of Lloyd iterations and a
+    deterministic initialisation: L pixels evenly spaced in raster order. An empty cluster keeps its
+    previous centroid. The centroids are detached (k-means is not differentiated through); the
+    gradient flows through X in both the logits X W_A and the pixel average, as for the filter
+    tokenizer. No learned weights apart from the optional C -> C_T adapter.
+
+    Args:
+        in_channels: feature channels C.
+        token_channels: token channels C_T.
+        num_tokens: number of tokens L (clusters).
+        iters: Lloyd iterations (default 3).
+    """
+
+    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, iters: int = 3):
+        super().__init__(in_channels, token_channels, num_tokens)
+        if iters < 1:
+            raise ValueError(f"iters must be >= 1, got {iters}")
+        self.iters = iters
+
+    def forward(self, x: torch.Tensor, tokens_in: torch.Tensor | None = None):
+        """Tokens and attention with W_A = the k-means centroids of `x`'s pixels."""
+        x_flat = x.flatten(2)  # (B, C, HW)
+        centroids = kmeans_centroids(x_flat.detach(), self.num_tokens, self.iters)  # (B, L, C)
+        logits = torch.bmm(centroids, x_flat)  # (B, L, HW) = (X W_A)^T with W_A = centroids^T
+        return self._aggregate(x_flat, logits)
+
+
+def kmeans_centroids(x_flat: torch.Tensor, k: int, iters: int) -> torch.Tensor:
+    """Spherical k-means per sample on (B, C, N) pixels; returns unit-norm centroids (B, k, C)."""
+    pixels = F.normalize(x_flat, dim=1)  # (B, C, N), L2-normalised pixels
+    n = pixels.shape[-1]
+    init = torch.linspace(0, n - 1, k, device=pixels.device).round().long()
+    centroids = pixels[..., init].transpose(1, 2)  # (B, k, C): evenly spaced pixels
+    for _ in range(iters):
+        assign = torch.bmm(centroids, pixels).argmax(dim=1)  # (B, N): nearest centroid by cosine
+        onehot = F.one_hot(assign, k).to(pixels.dtype)  # (B, N, k)
+        sums = torch.bmm(pixels, onehot).transpose(1, 2)  # (B, k, C)
+        counts = onehot.sum(dim=1).unsqueeze(-1)  # (B, k, 1)
+        updated = F.normalize(sums, dim=-1)
+        centroids = torch.where(counts > 0, updated, centroids)
+    return centroids
+
+
+def make_tokenizer(kind: str, in_channels: int, token_channels: int, num_tokens: int, **kwargs) -> Tokenizer:
+    """Build a tokenizer by name (`filter`, `recurrent`, `pooling`, `clustering`)."""
+    classes = {
+        "filter": FilterTokenizer,
+        "recurrent": RecurrentTokenizer,
+        "pooling": PoolingTokenizer,
+        "clustering": ClusteringTokenizer,
+    }
+    if kind not in classes:
+        raise ValueError(f"unknown tokenizer {kind!r}; choose from {', '.join(TOKENIZERS)}")
+    return classes[kind](in_channels, token_channels, num_tokens, **kwargs)

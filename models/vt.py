@@ -1,0 +1,144 @@
+"""The VT module (tokenizer -> transformer -> projector), a VT stage of stacked modules, the token head.
+
+A VT stage replaces ResNet's stage 5 (section 4.1): it acts on the stage-4 map (14x14 at 224x224),
+the first module's tokenizer is filter-based and the later ones recurrent (unless told otherwise),
+and the classification head averages the last module's output tokens and applies a linear layer.
+
+The last module of a stage that feeds a token head has no projector by default
+(`last_projector=False`): its projected feature map would never be read, so its weights would
+receive no gradient and its MACs would do no work.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.projector import Projector
+from models.tokenizers import TOKENIZERS, Tokenizer, make_tokenizer
+from models.transformer import make_transformer
+
+
+class VTModule(nn.Module):
+    """One visual-transformer module: tokens from X (and earlier tokens), relate them, project back.
+
+    Args:
+        tokenizer: a `Tokenizer`.
+        transformer: a module mapping tokens (B, C_T, L) to tokens.
+        projector: a `Projector`, or None to leave the feature map unchanged.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, transformer: nn.Module, projector: Projector | None):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.transformer = transformer
+        self.projector = projector
+
+    def forward(self, x: torch.Tensor, tokens_in: torch.Tensor | None = None):
+        """x (B, C, H, W), tokens_in (B, C_T, L) or None -> (x_out, tokens_out)."""
+        tokens, _ = self.tokenizer(x, tokens_in)
+        tokens = self.transformer(tokens)
+        if self.projector is not None:
+            x = self.projector(x, tokens)
+        return x, tokens
+
+
+class VTStage(nn.Module):
+    """A stack of VT modules; returns the last feature map and the last tokens."""
+
+    def __init__(self, modules: list[VTModule]):
+        super().__init__()
+        self.blocks = nn.ModuleList(modules)
+
+    def forward(self, x: torch.Tensor):
+        """x (B, C, H, W) -> (x_out, tokens (B, C_T, L))."""
+        tokens = None
+        for block in self.blocks:
+            x, tokens = block(x, tokens)
+        return x, tokens
+
+
+class TokenHead(nn.Module):
+    """Classification head: mean over tokens, optional hidden layer, linear classifier (section 4.1).
+
+    Args:
+        token_channels: token channels C_T.
+        num_classes: output classes.
+        hidden: None (the paper: one linear layer) or the width of a Linear-ReLU layer before it.
+    """
+
+    def __init__(self, token_channels: int, num_classes: int, hidden: int | None = None):
+        super().__init__()
+        if hidden:
+            self.hidden = nn.Sequential(nn.Linear(token_channels, hidden), nn.ReLU(inplace=True))
+            token_channels = hidden
+        else:
+            self.hidden = nn.Identity()
+        self.fc = nn.Linear(token_channels, num_classes)
+
+    def forward(self, stage_out) -> torch.Tensor:
+        """(x, tokens (B, C_T, L)) from a VTStage -> logits (B, num_classes)."""
+        _, tokens = stage_out
+        return self.fc(self.hidden(tokens.mean(dim=-1)))
+
+
+def make_vt_stage(
+    in_channels: int,
+    *,
+    num_modules: int,
+    num_tokens: int,
+    token_channels: int,
+    tokenizer: str,
+    recurrent: bool,
+    transformer: str,
+    projector: bool,
+    last_projector: bool,
+    transformer_kwargs: dict,
+    projector_kwargs: dict,
+    tokenizer_kwargs: dict,
+) -> VTStage:
+    """Build a VT stage; the first tokenizer is `tokenizer`, later ones recurrent if `recurrent`."""
+    if num_modules < 1:
+        raise ValueError(f"num_modules must be >= 1, got {num_modules}")
+    if tokenizer not in TOKENIZERS or tokenizer == "recurrent":
+        raise ValueError(f"tokenizer must be one of filter, pooling, clustering; got {tokenizer!r}")
+    blocks = []
+    for i in range(num_modules):
+        kind = "recurrent" if (i > 0 and recurrent) else tokenizer
+        tok = make_tokenizer(kind, in_channels, token_channels, num_tokens, **_tokenizer_kwargs(kind, tokenizer_kwargs))
+        trf = make_transformer(transformer, token_channels, **transformer_kwargs)
+        keep = projector and (last_projector or i < num_modules - 1)
+        proj = Projector(in_channels, token_channels, **projector_kwargs) if keep else None
+        blocks.append(VTModule(tok, trf, proj))
+    return VTStage(blocks)
+
+
+def _tokenizer_kwargs(kind: str, kwargs: dict) -> dict:
+    """The subset of tokenizer options that applies to `kind`."""
+    if kind == "recurrent":
+        return {"refresh": kwargs.get("refresh", "all")}
+    if kind == "clustering":
+        return {"iters": kwargs.get("kmeans_iters", 3)}
+    return {}
+
+
+def token_attention(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """Every tokenizer's attention over pixels, one (B, L, H, W) tensor per tokenizer, in call order."""
+    tokenizers = [m for m in model.modules() if isinstance(m, Tokenizer)]
+    if not tokenizers:
+        raise ValueError(f"{type(model).__name__} has no tokenizers")
+    maps: list[torch.Tensor] = []
+
+    def hook(module, inputs, output):
+        height, width = inputs[0].shape[-2:]
+        attention = output[1]
+        maps.append(attention.reshape(attention.shape[0], attention.shape[1], height, width))
+
+    handles = [t.register_forward_hook(hook) for t in tokenizers]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return maps

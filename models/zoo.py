@@ -1,0 +1,146 @@
+"""The registered variants: resnet18/34/50/101, vt_resnet18/34/50/101, fpn_r50/101, vt_fpn_r50/101.
+
+Every choice the paper leaves open is an explicit option with a documented default; the defaults
+are the reading that lands on the paper's complexity tables (results/fidelity/ shows the arithmetic
+and what the alternatives give). VT-ResNet options:
+
+- num_tokens (16), token_channels C_T (1024): section 5.1 and the appendix.
+- tokenizer: the first module's tokenizer (filter | pooling | clustering; default filter).
+- recurrent (True): later modules use the recurrent tokenizer; False repeats `tokenizer` (Table 4).
+- transformer: paper | mhsa | none (Table 5). Default `paper` for R18/R34 (ICCV equations) and
+  `mhsa` for R50/R101: with C = 1024 only the appendix's grouped projections fit Table 8's MACs.
+- projector (True; Table 7), last_projector (False: the last module's projected map is never read).
+- num_modules (2/3/3/3 for R18/34/50/101, section 5.1).
+- qk_channels: key/query width of the transformer (default C_T / 2, appendix).
+- heads (mhsa only, default 16), kqv_groups (mhsa only, default 8): appendix reading.
+- ff_channels: feed-forward hidden width; `paper`: default C_T (F1, F2 in R^{C x C});
+  `mhsa`: default None = one C_T x C_T convolution (appendix transcription).
+- proj_channels: query/key width d of the projector; default None = C for R18/R34 (the ICCV
+  W_Q, W_K in R^{C x C}), 512 = C_T / 2 for R50/R101 (appendix key/query width).
+- proj_groups: groups of the per-pixel W_Q; default 1 for R18/R34, 8 for R50/R101, where C = 1024
+  makes W_Q (applied to all 196 pixels) the costliest weight of the module.
+- refresh: recurrent tokenizer refreshes `all` tokens (ICCV, default) or `half` (appendix).
+- kmeans_iters (3): Lloyd iterations of the clustering tokenizer.
+- head_hidden (None): width of an optional hidden layer in the token head (the paper has none;
+  offered only to show what would close the R50/R101 parameter gap).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from models.registry import register_model
+from models.resnet import STEMS, ResNetClassifier, VTResNet
+from models.transformer import TRANSFORMERS
+from models.vt import TokenHead, make_vt_stage
+
+
+def _resnet(depth: int, num_classes: int, stem: str) -> ResNetClassifier:
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
+    return ResNetClassifier(depth, num_classes=num_classes, stem=stem)
+
+
+@register_model
+def resnet18(*, num_classes: int = 1000, stem: str = "imagenet"):
+    """torchvision ResNet-18 with stage children."""
+    return _resnet(18, num_classes, stem)
+
+
+@register_model
+def resnet34(*, num_classes: int = 1000, stem: str = "imagenet"):
+    """torchvision ResNet-34 with stage children."""
+    return _resnet(34, num_classes, stem)
+
+
+@register_model
+def resnet50(*, num_classes: int = 1000, stem: str = "imagenet"):
+    """torchvision ResNet-50 with stage children."""
+    return _resnet(50, num_classes, stem)
+
+
+@register_model
+def resnet101(*, num_classes: int = 1000, stem: str = "imagenet"):
+    """torchvision ResNet-101 with stage children."""
+    return _resnet(101, num_classes, stem)
+
+
+def _vt_resnet(depth: int, *, num_classes: int, stem: str, num_tokens: int, token_channels: int, tokenizer: str,
+               recurrent: bool, transformer: str, projector: bool, last_projector: bool, num_modules: int,
+               qk_channels, heads, kqv_groups, ff_channels, proj_channels, proj_groups: int, refresh: str,
+               kmeans_iters: int, head_hidden) -> VTResNet:
+    """Validate the options and assemble a VT-ResNet."""
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
+    for name, value in (("num_tokens", num_tokens), ("token_channels", token_channels),
+                        ("num_modules", num_modules), ("proj_groups", proj_groups)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if transformer not in TRANSFORMERS:
+        raise ValueError(f"unknown transformer {transformer!r}; choose from {', '.join(TRANSFORMERS)}")
+    transformer_kwargs = _transformer_kwargs(transformer, qk_channels, heads, kqv_groups, ff_channels)
+    vt = partial(
+        make_vt_stage, num_modules=num_modules, num_tokens=num_tokens, token_channels=token_channels,
+        tokenizer=tokenizer, recurrent=recurrent, transformer=transformer, projector=projector,
+        last_projector=last_projector, transformer_kwargs=transformer_kwargs,
+        projector_kwargs={"channels": proj_channels, "groups": proj_groups},
+        tokenizer_kwargs={"refresh": refresh, "kmeans_iters": kmeans_iters},
+    )
+    head = partial(TokenHead, token_channels, num_classes, head_hidden)
+    return VTResNet(depth, vt=vt, head=head, num_classes=num_classes, stem=stem)
+
+
+def _transformer_kwargs(kind: str, qk_channels, heads, kqv_groups, ff_channels) -> dict:
+    """Options of the chosen transformer; an mhsa-only option on another transformer is an error."""
+    if kind == "mhsa":
+        return {"qk_channels": qk_channels, "heads": heads or 16, "groups": kqv_groups or 8,
+                "ff_channels": ff_channels}
+    if heads is not None or kqv_groups is not None:
+        raise ValueError(f"heads and kqv_groups apply only to transformer='mhsa', not {kind!r}")
+    if kind == "paper":
+        return {"qk_channels": qk_channels, "ff_channels": ff_channels}
+    return {}
+
+
+@register_model
+def vt_resnet18(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: int = 16,
+                token_channels: int = 1024, tokenizer: str = "filter", recurrent: bool = True,
+                transformer: str = "paper", projector: bool = True, last_projector: bool = False,
+                num_modules: int = 2, qk_channels: int | None = None, heads: int | None = None,
+                kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
+                proj_groups: int = 1, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None):
+    """VT-ResNet-18: stage 5 -> 2 VT modules at 14x14, C = 256 (Tables 2 and 8)."""
+    return _vt_resnet(18, **locals())
+
+
+@register_model
+def vt_resnet34(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: int = 16,
+                token_channels: int = 1024, tokenizer: str = "filter", recurrent: bool = True,
+                transformer: str = "paper", projector: bool = True, last_projector: bool = False,
+                num_modules: int = 3, qk_channels: int | None = None, heads: int | None = None,
+                kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
+                proj_groups: int = 1, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None):
+    """VT-ResNet-34: stage 5 -> 3 VT modules at 14x14, C = 256 (Tables 2 and 8)."""
+    return _vt_resnet(34, **locals())
+
+
+@register_model
+def vt_resnet50(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: int = 16,
+                token_channels: int = 1024, tokenizer: str = "filter", recurrent: bool = True,
+                transformer: str = "mhsa", projector: bool = True, last_projector: bool = False,
+                num_modules: int = 3, qk_channels: int | None = None, heads: int | None = None,
+                kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = 512,
+                proj_groups: int = 8, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None):
+    """VT-ResNet-50: stage 5 -> 3 VT modules at 14x14, C = 1024 (Table 8)."""
+    return _vt_resnet(50, **locals())
+
+
+@register_model
+def vt_resnet101(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: int = 16,
+                 token_channels: int = 1024, tokenizer: str = "filter", recurrent: bool = True,
+                 transformer: str = "mhsa", projector: bool = True, last_projector: bool = False,
+                 num_modules: int = 3, qk_channels: int | None = None, heads: int | None = None,
+                 kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = 512,
+                 proj_groups: int = 8, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None):
+    """VT-ResNet-101: stage 5 -> 3 VT modules at 14x14, C = 1024 (Table 8)."""
+    return _vt_resnet(101, **locals())
