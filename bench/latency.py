@@ -430,26 +430,24 @@ def _collect_cuda(run_once: Callable[[], float], *, min_iters: int, max_iters: i
     return times
 
 
-def _predicted_block(estimate_s: float) -> int:
-    """Iterations per sample that `blocked_autorange` will pick (it wants ~1e4x its ~1 us overhead).
-
-    An over-estimate (20 ms rather than 10 ms) only makes the run longer, never short of samples.
-    """
-    if estimate_s >= 0.02:
-        return 1
-    return 10 ** math.ceil(math.log10(0.02 / max(estimate_s, 1e-9)))
-
-
 def _collect_cpu(step: Callable[[], Any], *, threads: int, estimate_s: float, min_iters: int,
                  min_time_s: float, max_time_s: float) -> tuple[list[float], int]:
-    """`Timer.blocked_autorange` samples (seconds per iteration) and the iterations per sample."""
+    """`Timer.blocked_autorange` samples (seconds per iteration) and the iterations per sample.
+
+    `blocked_autorange` picks a block size that makes its timer overhead negligible (fast steps
+    are timed in blocks of 10 or 100), so it may return fewer samples than `min_iters`; more
+    blocks of the same size are then added with `Timer.timeit` until `min_iters` samples exist
+    or `max_time_s` has passed.
+    """
     from torch.utils.benchmark import Timer
 
-    wanted = min_iters * _predicted_block(estimate_s) * estimate_s
-    min_run_time = min(max(min_time_s, wanted), max(max_time_s, estimate_s))
+    start = time.perf_counter()
     timer = Timer(stmt="step()", globals={"step": step}, num_threads=threads)
-    measurement = timer.blocked_autorange(min_run_time=min_run_time)
-    return list(measurement.times), int(measurement.number_per_run)
+    measurement = timer.blocked_autorange(min_run_time=min(max(min_time_s, min_iters * estimate_s), max_time_s))
+    samples, per_sample = list(measurement.times), int(measurement.number_per_run)
+    while len(samples) < min_iters and time.perf_counter() - start < max_time_s:
+        samples.extend(timer.timeit(per_sample).times)
+    return samples, per_sample
 
 
 def summarize(times_s: Sequence[float], batch_size: int, iters_per_sample: int = 1) -> dict[str, Any]:

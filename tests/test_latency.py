@@ -1,0 +1,214 @@
+"""Trust checks of bench.latency: a known delay is measured as such, OOM backs off, state is restored."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from bench.errors import UsageError
+from bench.latency import OutOfMemory, is_oom, latency_env, measure_latency, summarize
+
+FAST = dict(min_time_s=0.2, min_iters=5, warmup_max_iters=10)  # threads=1 where given: the CI box is shared
+NO_CUDA = "CUDA is not available on this machine"
+
+
+class Sleeper(nn.Module):
+    """A forward that takes a known time (a sleep) plus a negligible linear layer."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return self.fc(x.mean((2, 3)))
+
+
+class OOMAbove(nn.Module):
+    """Raises the CUDA out-of-memory error for any batch above `limit` (simulated OOM)."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+        self.fc = nn.Linear(3, 2)
+        self.batches: list[int] = []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {x.shape[0]} GiB")
+        return self.fc(x.mean((2, 3)))
+
+
+def tiny_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+def test_known_sleep_is_measured_within_10_percent_with_spread():
+    nominal = 0.02
+    result = measure_latency(Sleeper(nominal), input_size=8, batch_size=2, threads=1, **FAST)
+    p50 = result["latency_ms_p50"] / 1000
+    assert abs(p50 - nominal) / nominal < 0.10, result
+    assert result["latency_ms_p20"] <= result["latency_ms_p50"] <= result["latency_ms_p80"]
+    assert result["latency_iters"] >= 5 and result["latency_samples"] >= 5
+    assert result["throughput_img_s"] == pytest.approx(2 / p50)
+    assert result["batch_size_used"] == 2 and result["mode"] == "inference"
+    assert result["warmup_iters"] >= 3
+
+
+def test_threads_and_training_flag_are_restored():
+    before = torch.get_num_threads()
+    model = tiny_cnn().train()
+    result = measure_latency(model, input_size=16, batch_size=2, threads=1, **FAST)
+    assert result["threads"] == 1
+    assert torch.get_num_threads() == before
+    assert model.training
+
+
+def test_train_step_runs_backward_and_keeps_weights():
+    model = tiny_cnn().eval()
+    weight = model[0].weight.detach().clone()
+    result = measure_latency(model, input_size=16, batch_size=4, train_step=True, threads=1, **FAST)
+    assert result["mode"] == "train_step"
+    assert model[0].weight.grad is not None
+    assert torch.equal(model[0].weight.detach(), weight)  # lr=0: every kernel runs, no update
+    assert not model.training
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_cpu_autocast_and_channels_last(dtype):
+    result = measure_latency(tiny_cnn(), input_size=16, batch_size=2, dtype=dtype, channels_last=True,
+                             threads=1, **FAST)
+    assert result["dtype"] == dtype and result["channels_last"]
+
+
+def test_oom_is_retried_at_half_batch_and_recorded():
+    model = OOMAbove(limit=5)
+    result = measure_latency(model, input_size=4, batch_size=16, **FAST)
+    assert result["batch_size_used"] == 4 and result["batch_size_requested"] == 16
+    assert result["oom_retries"] == 2
+    assert model.batches[:3] == [16, 8, 4]
+
+
+def test_oom_without_retry_or_at_batch_one_raises_out_of_memory():
+    with pytest.raises(OutOfMemory) as info:
+        measure_latency(OOMAbove(limit=5), input_size=4, batch_size=16, oom_retry=False, **FAST)
+    assert info.value.batch_size_tried == 16
+    with pytest.raises(OutOfMemory) as info:
+        measure_latency(OOMAbove(limit=0), input_size=4, batch_size=4, **FAST)
+    assert info.value.batch_size_tried == 1 and info.value.batch_size_requested == 4
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
+
+
+def test_other_errors_are_not_treated_as_oom():
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        measure_latency(Broken(), input_size=4, batch_size=2, **FAST)
+    assert is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert not is_oom(ValueError("out of range"))
+
+
+def test_peak_rss_covers_the_forward_allocation():
+    class Allocates(nn.Module):
+        def forward(self, x):
+            block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+            return x.mean() + block[-1]
+
+    result = measure_latency(Allocates(), input_size=4, batch_size=1, **FAST)
+    if result["peak_mem_kind"] != "process_peak_rss":
+        pytest.skip("peak RSS cannot be reset on this platform")
+    assert result["peak_mem_mb"] - result["mem_before_mb"] >= 60
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size=0), "batch size"),
+    (dict(batch_size=1, dtype="fp8"), "unknown dtype"),
+    (dict(batch_size=1, cuda_graphs=True), "CUDA graphs need a CUDA device"),
+    (dict(batch_size=1, compile_mode="turbo"), "torch.compile mode"),
+    (dict(batch_size=1, threads=0), "threads"),
+    (dict(batch_size=1, device="tpu"), "device"),
+    (dict(batch_size=1, warmup_iters=3), "unknown timing option"),
+])
+def test_bad_options_are_usage_errors(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        measure_latency(tiny_cnn(), input_size=8, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where CUDA is absent")
+def test_cuda_without_cuda_is_a_usage_error():
+    with pytest.raises(UsageError, match="CUDA is not available"):
+        measure_latency(tiny_cnn(), input_size=8, batch_size=1, device="cuda")
+
+
+def test_summarize_percentiles():
+    stats = summarize([0.001 * v for v in range(1, 12)], batch_size=4)
+    assert stats["latency_ms_p50"] == pytest.approx(6.0)
+    assert stats["latency_ms_p20"] == pytest.approx(3.0)
+    assert stats["latency_ms_p80"] == pytest.approx(9.0)
+    assert stats["throughput_img_s"] == pytest.approx(4 / 0.006)
+    assert stats["latency_iters"] == 11
+
+
+def test_latency_env_names_the_measurement():
+    env = latency_env(device="cpu", dtype="bf16", batch_size=8, input_size=32, threads=2)
+    for key in ("torch", "cuda", "cudnn", "cudnn_benchmark", "device_name", "git_commit"):
+        assert key in env
+    assert env["dtype"] == "bf16" and env["batch_size"] == 8
+    assert env["input_size"] == [32, 32] and env["threads"] == 2
+
+
+# ---------------------------------------------------------------- CUDA (marker gpu) --------
+
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(dtype="bf16", channels_last=True),
+    dict(dtype="fp16", cuda_graphs=True),
+    dict(train_step=True, dtype="bf16"),
+])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+def test_cuda_paths(options):
+    result = measure_latency(tiny_cnn(), input_size=32, batch_size=8, device="cuda", **options, **FAST)
+    assert result["timer"] == "cuda_events" and result["peak_mem_kind"] == "cuda_max_allocated"
+    assert 0 < result["latency_ms_p20"] <= result["latency_ms_p50"] <= result["latency_ms_p80"]
+    assert result["peak_mem_mb"] > 0 and result["cudnn_benchmark"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+def test_cuda_known_sleep_within_10_percent():
+    # The sleep holds the host; the events bracket it, so the sample is the host-side delay.
+    result = measure_latency(Sleeper(0.02), input_size=8, batch_size=2, device="cuda", **FAST)
+    assert abs(result["latency_ms_p50"] - 20) / 20 < 0.10, result
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+def test_cuda_real_oom_backs_off():
+    free, _ = torch.cuda.mem_get_info()
+
+    class Hungry(nn.Module):
+        def forward(self, x):
+            # batch 8 asks for 2x the free memory, batch 2 for half of it.
+            block = torch.empty(int(free * x.shape[0] / 4), dtype=torch.uint8, device=x.device)
+            return x.mean() + block[:1].float()
+
+    result = measure_latency(Hungry(), input_size=4, batch_size=8, device="cuda", **FAST)
+    assert result["batch_size_used"] <= 2 and result["oom_retries"] >= 2
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+def test_cuda_compile():
+    result = measure_latency(tiny_cnn(), input_size=32, batch_size=8, device="cuda", dtype="bf16",
+                             compile_mode="default", **FAST)
+    assert result["compile"] == "default" and result["first_iter_ms"] > result["latency_ms_p50"]
