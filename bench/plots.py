@@ -1,0 +1,420 @@
+"""Report plots (seaborn on matplotlib's Agg backend), drawn from the report's aggregated table.
+
+Every plot is titled, has axes labelled with units and a legend, and uses ONE colour per model
+family (`FAMILY_COLORS`) across all plots. A plot whose data do not exist raises `PlotSkipped` with
+the reason, which the report lists.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are written on clusters and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.colors import to_rgb  # noqa: E402
+
+from bench.reference import VARIANT_DEFAULTS, family_of  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# seaborn "deep" colours, one per family, fixed so that a family looks the same in every plot.
+FAMILY_COLORS = {"resnet": "#4C72B0", "vt_resnet": "#DD8452", "fpn": "#55A868", "vt_fpn": "#C44E52",
+                 "other": "#8C8C8C"}
+FAMILY_LABELS = {"resnet": "ResNet", "vt_resnet": "VT-ResNet", "fpn": "FPN", "vt_fpn": "VT-FPN",
+                 "other": "other"}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+class PlotSkipped(Exception):
+    """A plot that cannot be drawn from the data at hand; the message says why."""
+
+
+@dataclass
+class PlotResult:
+    """One drawn plot: its name, title and files."""
+
+    name: str
+    title: str
+    png: Path
+    svg: Path
+
+
+def _theme() -> None:
+    sns.set_theme(style="whitegrid", context="notebook")
+
+
+def _col(df: pd.DataFrame, name: str) -> pd.Series:
+    return df[name] if name in df.columns else pd.Series(np.nan, index=df.index)
+
+
+def _text_key(df: pd.DataFrame, cols: list[str], sep: str) -> pd.Series:
+    """Row-wise 'a · b' of the columns' values as text (missing -> 'nan'); '' without columns."""
+    if not cols:
+        return pd.Series("", index=df.index)
+    return df[cols].apply(lambda r: sep.join(f"{c.split('.')[-1]}={v}" for c, v in zip(cols, r.values)), axis=1)
+
+
+def _family_handles(families: list[str]) -> list[Any]:
+    """Legend handles, one patch per family present."""
+    from matplotlib.patches import Patch
+
+    return [Patch(color=FAMILY_COLORS[f], label=FAMILY_LABELS[f]) for f in families]
+
+
+def _short_label(row: pd.Series, label_cols: list[str]) -> str:
+    parts = [str(row["model"]).replace("vt_resnet", "VT-R").replace("resnet", "R").replace("vt_fpn_r", "VT-FPN-R")
+             .replace("fpn_r", "FPN-R")]
+    parts += [f"{c.split('.')[-1]}={row[c]}" for c in label_cols if not pd.isna(row.get(c))]
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------- accuracy vs GMACs
+
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Rows not dominated by another (lower or equal x with strictly higher y), sorted by x."""
+    ordered = points.sort_values([x, y], ascending=[True, False])
+    front, best = [], -math.inf
+    for idx, row in ordered.iterrows():
+        if row[y] > best:
+            front.append(idx)
+            best = row[y]
+    return points.loc[front].sort_values(x)
+
+
+def plot_accuracy_vs_gmacs(agg: pd.DataFrame, label_cols: list[str]) -> plt.Figure:
+    """Accuracy (top-1 or mIoU, mean ± std) against GMACs, Pareto front marked, one panel per data set."""
+    metric = next((m for m in ("top1", "miou") if agg[m].notna().any()), None) if not agg.empty and \
+        any(m in agg.columns for m in ("top1", "miou")) else None
+    metric = metric if metric in agg.columns and agg[metric].notna().any() else None
+    if metric is None:
+        raise PlotSkipped("no accuracy (top1 or miou) in the records")
+    rows = agg[agg[metric].notna() & _col(agg, "gmacs").notna()]
+    if rows.empty:
+        raise PlotSkipped(f"no cell has both {metric} and gmacs (train without complexity?)")
+    datasets = list(dict.fromkeys(_col(rows, "train.dataset").fillna("?").astype(str)))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.8), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        sub = rows[_col(rows, "train.dataset").fillna("?").astype(str) == dataset]
+        _accuracy_panel(ax, sub, metric, label_cols, dataset)
+    name = "top-1 accuracy" if metric == "top1" else "mIoU"
+    fig.suptitle(f"{name} vs GMACs (mean ± sample std over seeds; Pareto front dashed)")
+    fig.tight_layout()
+    return fig
+
+
+def _accuracy_panel(ax: plt.Axes, sub: pd.DataFrame, metric: str, label_cols: list[str], dataset: str) -> None:
+    families = [f for f in FAMILY_COLORS if (sub["family"] == f).any()]
+    for fam in families:
+        part = sub[sub["family"] == fam]
+        ax.errorbar(part["gmacs"], part[metric], yerr=_col(part, f"{metric}_std").fillna(0), fmt="o",
+                    color=FAMILY_COLORS[fam], ecolor=FAMILY_COLORS[fam], capsize=3, markersize=7,
+                    label=FAMILY_LABELS[fam])
+    front = pareto_front(sub, "gmacs", metric)
+    ax.step(front["gmacs"], front[metric], where="post", color="black", linestyle="--", linewidth=1.2,
+            label="Pareto front")
+    ax.scatter(front["gmacs"], front[metric], s=160, facecolors="none", edgecolors="black", linewidths=1.2)
+    if len(sub) <= 16:
+        for _, row in sub.iterrows():
+            ax.annotate(_short_label(row, label_cols), (row["gmacs"], row[metric]), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("GMACs per image (10⁹ multiply-accumulates)")
+    ax.set_ylabel("top-1 accuracy (%)" if metric == "top1" else "mIoU (%)")
+    ax.set_title(f"data set: {dataset}")
+    ax.legend(loc="lower right", fontsize=8)
+
+
+# --------------------------------------------------------------------------- latency vs tokens
+
+def plot_latency_vs_tokens(agg: pd.DataFrame, settings: list[str]) -> plt.Figure:
+    """Latency p50 (p20-p80 bars) against the token count, one line per tokenizer, a panel per VT model."""
+    need = ["latency_ms_p50", "num_tokens", "tokenizer"]
+    if any(c not in agg.columns for c in need):
+        raise PlotSkipped("needs latency_ms_p50 and VT cells with num_tokens and tokenizer")
+    rows = agg[agg[need].notna().all(axis=1) & agg["family"].isin(["vt_resnet", "vt_fpn"])]
+    if rows.empty or rows["num_tokens"].nunique() < 2:
+        raise PlotSkipped("no VT model was timed at two or more token counts")
+    setting_key = _text_key(rows, settings, " · ")
+    models = sorted(rows["model"].unique(), key=lambda m: (m.startswith("vt_fpn"), int("".join(c for c in m if c.isdigit()) or 0)))
+    setting_values = list(dict.fromkeys(setting_key))
+    fig, axes = plt.subplots(len(setting_values), len(models), figsize=(5.5 * len(models), 4.2 * len(setting_values)),
+                             squeeze=False)
+    for i, setting in enumerate(setting_values):
+        for j, model in enumerate(models):
+            sub = rows[(setting_key == setting) & (rows["model"] == model)]
+            _latency_panel(axes[i][j], sub, agg, model, setting)
+    fig.suptitle("Latency vs number of tokens L (p50, bars p20–p80)")
+    fig.tight_layout()
+    return fig
+
+
+def _tokenizer_colors(family: str, tokenizers: list[str]) -> dict[str, Any]:
+    """Shades of the family's colour, one per tokenizer (the family keeps its colour)."""
+    base = np.array(to_rgb(FAMILY_COLORS[family]))
+    shades = np.linspace(0.55, 1.25, max(len(tokenizers), 1))
+    return {t: tuple(np.clip(base * s, 0, 1)) for t, s in zip(tokenizers, shades)}
+
+
+def _latency_panel(ax: plt.Axes, sub: pd.DataFrame, agg: pd.DataFrame, model: str, setting: str) -> None:
+    family = family_of(model)
+    tokenizers = sorted(sub["tokenizer"].astype(str).unique())
+    colors = _tokenizer_colors(family, tokenizers)
+    for k, tok in enumerate(tokenizers):
+        part = sub[sub["tokenizer"].astype(str) == tok].sort_values("num_tokens")
+        lo = part["latency_ms_p50"] - _col(part, "latency_ms_p20").fillna(part["latency_ms_p50"])
+        hi = _col(part, "latency_ms_p80").fillna(part["latency_ms_p50"]) - part["latency_ms_p50"]
+        ax.errorbar(part["num_tokens"].astype(float), part["latency_ms_p50"], yerr=[lo.clip(lower=0), hi.clip(lower=0)],
+                    color=colors[tok], marker=MARKERS[k % len(MARKERS)], linestyle=LINESTYLES[k % len(LINESTYLES)],
+                    capsize=3, label=f"{FAMILY_LABELS[family]} tokenizer={tok}")
+    _baseline_line(ax, sub, agg, model)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(sub["num_tokens"].astype(float).unique()))
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("tokens per VT module, L")
+    batch = sub["latency.batch_size"].iloc[0] if "latency.batch_size" in sub.columns else "?"
+    ax.set_ylabel(f"latency p50 (ms per batch of {batch})")
+    ax.set_title(f"{model}\n{setting}", fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def _baseline_line(ax: plt.Axes, sub: pd.DataFrame, agg: pd.DataFrame, model: str) -> None:
+    """The baseline's latency (same latency settings) as a horizontal line in its family colour."""
+    base = model[3:]
+    keys = [c for c in sub.columns if c.startswith("latency.") or c in ("env.device_name", "input_size")]
+    first = sub.iloc[0]
+    cand = agg[(agg["model"] == base) & agg["latency_ms_p50"].notna()]
+    for key in keys:
+        cand = cand[cand[key].astype(str) == str(first[key])]
+    if not cand.empty:
+        fam = family_of(base)
+        ax.axhline(float(cand["latency_ms_p50"].iloc[0]), color=FAMILY_COLORS[fam], linestyle="--",
+                   label=f"{FAMILY_LABELS[fam]} baseline ({base})")
+
+
+# --------------------------------------------------------------------------- stage 5
+
+def _default_variant(rows: pd.DataFrame) -> pd.DataFrame:
+    """Prefer rows whose model options are the paper's defaults (L=16, filter tokenizer, ...)."""
+    keep = []
+    for idx, row in rows.iterrows():
+        defaults = VARIANT_DEFAULTS.get(row["family"], {})
+        ok = all(pd.isna(row.get(k)) or str(row.get(k)).lower() == str(v).lower() for k, v in defaults.items()
+                 if k in rows.columns)
+        keep.append(ok)
+    chosen = rows[keep]
+    return chosen if not chosen.empty else rows
+
+
+def _common_setting(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows at the most common input size/number of classes/stem, so bars are comparable."""
+    keys = [c for c in ("input_size", "num_classes", "stem") if c in rows.columns]
+    if not keys:
+        return rows
+    key = _text_key(rows, keys, "|")
+    return rows[key == key.value_counts().index[0]]
+
+
+def plot_stage5(agg: pd.DataFrame) -> plt.Figure:
+    """Stage-5 GMACs of ResNet against the VT stage of VT-ResNet, per depth, reduction annotated."""
+    if "stage_gmacs" not in agg.columns:
+        raise PlotSkipped("no per-stage GMACs (gmacs_stage5 / gmacs_vt) in the records")
+    rows = agg[agg["family"].isin(["resnet", "vt_resnet"]) & agg["stage_gmacs"].notna()]
+    if rows.empty:
+        raise PlotSkipped("no ResNet or VT-ResNet cell with per-stage GMACs")
+    rows = _common_setting(_default_variant(rows)).drop_duplicates("model")
+    rows = rows.assign(depth=rows["model"].map(lambda m: "R" + "".join(c for c in m if c.isdigit())),
+                       family_label=rows["family"].map(FAMILY_LABELS))
+    order = sorted(rows["depth"].unique(), key=lambda d: int(d[1:] or 0))
+    fams = [f for f in ("resnet", "vt_resnet") if (rows["family"] == f).any()]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sns.barplot(data=rows, x="depth", y="stage_gmacs", hue="family_label", order=order,
+                hue_order=[FAMILY_LABELS[f] for f in fams], palette=[FAMILY_COLORS[f] for f in fams], ax=ax)
+    _annotate_reduction(ax, rows, order)
+    size = rows["input_size"].iloc[0] if "input_size" in rows.columns else "?"
+    ax.set_title(f"Stage 5 (ResNet) vs VT stage (VT-ResNet), input {size}")
+    ax.set_xlabel("backbone depth")
+    ax.set_ylabel("stage GMACs per image (10⁹ MACs)")
+    ax.legend(title="family")
+    fig.tight_layout()
+    return fig
+
+
+def _annotate_reduction(ax: plt.Axes, rows: pd.DataFrame, order: list[str]) -> None:
+    for i, depth in enumerate(order):
+        vt = rows[(rows["depth"] == depth) & (rows["family"] == "vt_resnet")]
+        if not vt.empty and "stage_gmacs_reduction_x" in vt.columns and not pd.isna(vt["stage_gmacs_reduction_x"].iloc[0]):
+            ratio = float(vt["stage_gmacs_reduction_x"].iloc[0])
+            ax.annotate(f"{ratio:.1f}x fewer", (i, float(vt["stage_gmacs"].iloc[0])), xytext=(0, 4),
+                        textcoords="offset points", ha="left", fontsize=8)
+
+
+# --------------------------------------------------------------------------- FPN vs VT-FPN
+
+def plot_fpn(agg: pd.DataFrame) -> plt.Figure:
+    """FPN vs VT-FPN: total and FPN-module GMACs per backbone, and mIoU when trained."""
+    rows = agg[agg["family"].isin(["fpn", "vt_fpn"])] if "family" in agg.columns else agg.iloc[0:0]
+    if rows.empty or "gmacs" not in rows.columns or rows["gmacs"].isna().all():
+        raise PlotSkipped("no FPN or VT-FPN cell with GMACs")
+    rows = _common_setting(_default_variant(rows[rows["gmacs"].notna()])).drop_duplicates("model")
+    long = pd.concat([rows.assign(part="total", value=rows["gmacs"]),
+                      rows.assign(part="FPN module", value=_col(rows, "stage_gmacs"))]).dropna(subset=["value"])
+    long["bar"] = long["model"].map(lambda m: "R" + "".join(c for c in m if c.isdigit())) + " · " + long["part"]
+    has_miou = "miou" in rows.columns and rows["miou"].notna().any()
+    fig, axes = plt.subplots(1, 2 if has_miou else 1, figsize=(12 if has_miou else 7, 4.5), squeeze=False)
+    fams = [f for f in ("fpn", "vt_fpn") if (rows["family"] == f).any()]
+    long["family_label"] = long["family"].map(FAMILY_LABELS)
+    sns.barplot(data=long, x="bar", y="value", hue="family_label", hue_order=[FAMILY_LABELS[f] for f in fams],
+                palette=[FAMILY_COLORS[f] for f in fams], ax=axes[0][0])
+    size = rows["input_size"].iloc[0] if "input_size" in rows.columns else "?"
+    axes[0][0].set_title(f"GMACs per image at {size}")
+    axes[0][0].set_xlabel("backbone · part")
+    axes[0][0].set_ylabel("GMACs per image (10⁹ MACs)")
+    axes[0][0].legend(title="family")
+    if has_miou:
+        _miou_panel(axes[0][1], rows[rows["miou"].notna()], fams)
+    fig.suptitle("FPN vs VT-FPN")
+    fig.tight_layout()
+    return fig
+
+
+def _miou_panel(ax: plt.Axes, rows: pd.DataFrame, fams: list[str]) -> None:
+    rows = rows.assign(depth=rows["model"].map(lambda m: "R" + "".join(c for c in m if c.isdigit())),
+                       family_label=rows["family"].map(FAMILY_LABELS))
+    sns.barplot(data=rows, x="depth", y="miou", hue="family_label", hue_order=[FAMILY_LABELS[f] for f in fams],
+                palette=[FAMILY_COLORS[f] for f in fams], ax=ax)
+    for patch_group, fam in zip(ax.containers, fams):
+        part = rows[rows["family"] == fam]
+        ax.errorbar([p.get_x() + p.get_width() / 2 for p in patch_group][: len(part)], part["miou"],
+                    yerr=_col(part, "miou_std").fillna(0), fmt="none", ecolor="black", capsize=3)
+    ax.set_title("mIoU (mean ± sample std over seeds)")
+    ax.set_xlabel("backbone depth")
+    ax.set_ylabel("mIoU (%)")
+    ax.legend(title="family")
+
+
+# --------------------------------------------------------------------------- files
+
+def save_figure(fig: plt.Figure, out_dir: Path, name: str) -> tuple[Path, Path]:
+    """Write NAME.png (for the HTML page) and NAME.svg; close the figure."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
+    fig.savefig(png, dpi=110, bbox_inches="tight")
+    fig.savefig(svg, bbox_inches="tight")
+    plt.close(fig)
+    return png, svg
+
+
+def draw(name: str, title: str, make: Callable[[], plt.Figure], out_dir: Path,
+         drawn: list[PlotResult], skipped: list[tuple[str, str]]) -> None:
+    """Draw one plot, recording it as drawn or (with the reason) skipped."""
+    _theme()
+    try:
+        fig = make()
+    except PlotSkipped as exc:
+        log.info("plot %s skipped: %s", name, exc)
+        skipped.append((name, str(exc)))
+        return
+    png, svg = save_figure(fig, out_dir, name)
+    drawn.append(PlotResult(name=name, title=title, png=png, svg=svg))
+
+
+# --------------------------------------------------------------------------- tokenizer attention
+
+def sample_image(dataset: str | None, size: tuple[int, int]) -> tuple["torch.Tensor", "torch.Tensor", str]:  # noqa: F821
+    """(normalised model input (3, H, W), display image (H, W), caption): a digit or a synthetic image."""
+    import torch
+    import torch.nn.functional as F
+
+    if str(dataset).lower() == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        gray, caption = torch.tensor(digits.images[0] / 16.0, dtype=torch.float32), f"digits sample 0 (label {digits.target[0]})"
+    else:
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+        disc = ((xx + 0.35) ** 2 + (yy + 0.3) ** 2 < 0.12).float()
+        square = ((xx - 0.4).abs() < 0.25).float() * ((yy - 0.35).abs() < 0.25).float()
+        gray, caption = 0.15 + 0.7 * disc + 0.5 * square, "synthetic image (a disc and a square)"
+    gray = F.interpolate(gray[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+    model_input = ((gray - 0.5) / 0.5).expand(3, -1, -1).contiguous()
+    return model_input, gray, caption
+
+
+def load_weights(model: Any, checkpoint: Path | None) -> str:
+    """Load a cell's checkpoint.pt into `model` if there is one; say which weights the plot shows."""
+    import torch
+
+    if checkpoint is None or not checkpoint.exists():
+        return "untrained weights"
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict", "model_state"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            epoch = state.get("epoch")
+            state = state[key]
+            break
+    else:
+        epoch = None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError) as exc:
+        raise PlotSkipped(f"checkpoint {checkpoint} does not fit the model: {str(exc).splitlines()[0]}") from exc
+    return "trained weights" + (f" (epoch {epoch})" if epoch is not None else "")
+
+
+def plot_attention(config: dict[str, Any], checkpoint: Path | None, max_tokens: int = 32) -> plt.Figure:
+    """The first tokenizer's attention over an input image, one panel per token (models.token_attention)."""
+    import torch
+    import torch.nn.functional as F
+
+    import models
+
+    if not hasattr(models, "token_attention"):
+        raise PlotSkipped("models.token_attention is not available in this checkout")
+    model = models.build_model(config["model"], **(config.get("model_args") or {}))
+    weights = load_weights(model, checkpoint)
+    size = _size_of(config.get("input_size") or getattr(model, "default_input_size", 224))
+    image, gray, caption = sample_image((config.get("train") or {}).get("dataset"), size)
+    with torch.no_grad():
+        maps = models.token_attention(model.eval(), image[None])
+    attn = F.interpolate(maps[0][:1].float(), size=size, mode="bilinear", align_corners=False)[0]
+    return _attention_figure(attn[:max_tokens].numpy(), gray.numpy(), config, weights, caption, len(maps))
+
+
+def _size_of(value: Any) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def _attention_figure(attn: np.ndarray, gray: np.ndarray, config: dict[str, Any], weights: str,
+                      caption: str, n_tokenizers: int) -> plt.Figure:
+    tokens = attn.shape[0]
+    ncols = min(8, tokens + 1)
+    nrows = math.ceil((tokens + 1) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, 2.0 * nrows + 0.8), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0][0].imshow(gray, cmap="gray", vmin=0, vmax=1)
+    axes[0][0].set_title("input", fontsize=8)
+    last = None
+    for t in range(tokens):
+        ax = axes[(t + 1) // ncols][(t + 1) % ncols]
+        ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
+        last = ax.imshow(attn[t], cmap="magma", alpha=0.65)
+        ax.set_title(f"token {t + 1}", fontsize=8)
+    if last is not None:
+        fig.colorbar(last, ax=axes.ravel().tolist(), shrink=0.6, label="attention weight (softmax over pixels)")
+    options = ", ".join(f"{k}={v}" for k, v in (config.get("model_args") or {}).items())
+    fig.suptitle(f"Tokenizer attention over the input: {config['model']} ({options})\n"
+                 f"first of {n_tokenizers} tokenizer(s), {weights}; {caption}", fontsize=10)
+    return fig

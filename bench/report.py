@@ -1,0 +1,729 @@
+"""Reports from run records: one pandas DataFrame, tables beside the paper's numbers, and plots.
+
+Data flow (DESIGN.md): RUN_DIR/records/*.json (+ RUN_DIR/cells.json for the pending cells) ->
+`load_runs` (a row per record, config and metrics flattened) -> `aggregate` (a row per configuration,
+seeds collapsed into mean, sample standard deviation with ddof=1, and count) -> `add_derived`
+(stage GMACs, reductions and latency ratios against the baseline model) -> tables and plots.
+
+Column names of the aggregated table: model options bare (`tokenizer`, `num_tokens`, ...), other
+config sections dotted (`latency.device`, `train.dataset`), environment `env.*`; each numeric metric
+`M` appears as `M` (mean over seeds), `M_std` (sample std, ddof=1; empty for a single seed) and `M_n`
+(how many records had it). Reports are built from the records alone plus the shipped paper reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import UsageError
+from bench.records import CorruptRecord, iter_records
+from bench.reference import family_of
+
+log = logging.getLogger(__name__)
+
+SEED_KEYS = ("seed", "train.seed")
+GROUP_ENV_KEYS = ("env.device_name",)  # latency on different hardware is never averaged together
+TASK_OF_FAMILY = {"resnet": "cls", "vt_resnet": "cls", "fpn": "seg", "vt_fpn": "seg", "other": "cls"}
+EXPECTED_METRICS = {
+    "complexity": {"cls": ("gmacs", "params_m"), "seg": ("gmacs", "params_m")},
+    "latency": {"cls": ("latency_ms_p50", "throughput_img_s"), "seg": ("latency_ms_p50", "throughput_img_s")},
+    "train": {"cls": ("top1",), "seg": ("miou",)},
+}
+# Which stage a family's "stage GMACs" means: ResNet stage 5, the VT stage replacing it, the FPN module.
+STAGE_OF_FAMILY = {"resnet": "stage5", "vt_resnet": "vt", "fpn": "fpn", "vt_fpn": "fpn"}
+BASELINE_KEYS_COMPLEXITY = ("input_size", "num_classes", "stem")
+FORMATS = ("md", "csv", "html")
+
+
+@dataclass
+class RunData:
+    """Everything read from one or more run folders."""
+
+    cells: pd.DataFrame                     # one row per `ok` record, flattened
+    errors: pd.DataFrame                    # error records
+    corrupt: pd.DataFrame                   # unreadable record files
+    pending: pd.DataFrame                   # cells in cells.json without a usable record
+    missing: pd.DataFrame                   # ok records lacking a metric their `measure` promises
+    option_columns: list[str] = field(default_factory=list)   # flattened model options
+    metric_columns: list[str] = field(default_factory=list)
+    run_dirs: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)   # cell_id -> nested config
+
+
+# --------------------------------------------------------------------------- loading
+
+def check_run_dir(path: str | Path) -> Path:
+    """The run folder as a Path; a missing folder or one without records/ is a UsageError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UsageError(f"run folder {path} does not exist")
+    if not (path / "records").is_dir():
+        raise UsageError(f"{path} holds no records/ folder (is it a vtbench run folder?)")
+    return path
+
+
+def _scalar(value: Any) -> Any:
+    """A config value as one table cell: lists become 'a,b' (input sizes 'HxW'), dicts JSON."""
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, default=str)
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def input_size_label(value: Any) -> str | None:
+    """'224' / 224 / [224, 224] -> '224x224'; [800, 1216] -> '800x1216'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, (list, tuple)):
+        return "x".join(str(int(v)) for v in value)
+    return f"{int(value)}x{int(value)}"
+
+
+def flatten_config(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Flatten a cell config: model options bare, other sections dotted; returns (row, option names)."""
+    row: dict[str, Any] = {}
+    options = []
+    for key, value in config.items():
+        if key == "model_args" and isinstance(value, dict):
+            continue
+        if isinstance(value, dict):
+            row.update({f"{key}.{k}": _scalar(v) for k, v in value.items()})
+        elif key == "input_size":
+            row[key] = input_size_label(value)
+        else:
+            row[key] = _scalar(value)
+    for key, value in (config.get("model_args") or {}).items():
+        name = key if key not in row else f"model_args.{key}"
+        row[name] = _scalar(value)
+        options.append(name)
+    return row, options
+
+
+def flatten_record(record: dict[str, Any], run: str) -> tuple[dict[str, Any], list[str], list[str]]:
+    """One DataFrame row for an ok record; returns (row, option columns, metric columns)."""
+    row, options = flatten_config(record["config"])
+    row = {"run": run, "cell_id": record["cell_id"], **row}
+    for key, value in (record.get("env") or {}).items():
+        if not isinstance(value, (dict, list)):
+            row[f"env.{key}"] = value
+    metrics = []
+    for key, value in (record.get("metrics") or {}).items():
+        name = key if key not in row else f"metric.{key}"
+        row[name] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+        metrics.append(name)
+    row["finished_at"] = record.get("finished_at")
+    row["duration_s"] = record.get("duration_s")
+    return row, options, metrics
+
+
+def _task(model: Any) -> str:
+    return TASK_OF_FAMILY[family_of(str(model))]
+
+
+def _missing_metrics(record: dict[str, Any]) -> list[str]:
+    """Metrics that the cell's `measure` list promises but the record lacks (or holds as null)."""
+    config, metrics = record["config"], record.get("metrics") or {}
+    task = _task(config.get("model"))
+    expected = [m for step in config.get("measure") or [] for m in EXPECTED_METRICS.get(step, {}).get(task, ())]
+    return [m for m in expected if metrics.get(m) is None]
+
+
+def _config_summary(config: dict[str, Any]) -> str:
+    """A short human label of a cell: model and its options."""
+    options = ", ".join(f"{k}={v}" for k, v in (config.get("model_args") or {}).items())
+    seed = config.get("seed")
+    return f"{config.get('model')}({options})" + (f" seed={seed}" if seed is not None else "")
+
+
+def _read_cells_json(run_dir: Path) -> list[dict[str, Any]] | None:
+    """The run's resolved cells, or None when the run has no cells.json."""
+    path = run_dir / "cells.json"
+    if not path.exists():
+        return None
+    cells = json.loads(path.read_text())
+    if not isinstance(cells, list):
+        raise UsageError(f"{path}: expected a JSON list of cells")
+    return cells
+
+
+def load_runs(run_dirs: Iterable[str | Path]) -> RunData:
+    """Read every record (and cells.json) of the runs; corrupt, error, missing and pending are kept aside."""
+    rows, errors, corrupt, pending, missing, notes = [], [], [], [], [], []
+    configs: dict[str, dict[str, Any]] = {}
+    options: dict[str, None] = {}
+    metric_names: dict[str, None] = {}
+    dirs = [check_run_dir(d) for d in run_dirs]
+    for run_dir in dirs:
+        run = run_dir.name
+        seen: dict[str, str] = {}
+        for path, record in iter_records(run_dir / "records"):
+            if isinstance(record, CorruptRecord):
+                log.warning("corrupt record: %s", record)
+                corrupt.append({"run": run, "path": str(path), "reason": str(record)})
+                seen.setdefault(path.stem, "corrupt record")
+                continue
+            seen[record["cell_id"]] = record["status"]
+            if record["status"] == "error":
+                errors.append(_error_row(record, run, path))
+                continue
+            row, opts, mets = flatten_record(record, run)
+            rows.append(row)
+            configs[record["cell_id"]] = record["config"]
+            options.update(dict.fromkeys(opts))
+            metric_names.update(dict.fromkeys(mets))
+            missing += [{"run": run, "cell_id": record["cell_id"], "model": record["config"].get("model"),
+                         "cell": _config_summary(record["config"]), "metric": m} for m in _missing_metrics(record)]
+        pending += _pending_rows(run_dir, seen, notes)
+    cells = pd.DataFrame(rows)
+    return RunData(cells=cells, errors=_frame(errors, ["run", "cell_id", "model", "cell", "error_type", "message", "path"]),
+                   corrupt=_frame(corrupt, ["run", "path", "reason"]),
+                   pending=_frame(pending, ["run", "cell_id", "model", "cell", "reason"]),
+                   missing=_frame(missing, ["run", "cell_id", "model", "cell", "metric"]),
+                   option_columns=list(options), metric_columns=list(metric_names), run_dirs=dirs, notes=notes,
+                   configs=configs)
+
+
+def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _error_row(record: dict[str, Any], run: str, path: Path) -> dict[str, Any]:
+    error = record.get("error") or {}
+    return {"run": run, "cell_id": record["cell_id"], "model": record["config"].get("model"),
+            "cell": _config_summary(record["config"]), "error_type": error.get("type", "?"),
+            "message": error.get("message", ""), "path": str(path)}
+
+
+def _pending_rows(run_dir: Path, seen: dict[str, str], notes: list[str]) -> list[dict[str, Any]]:
+    """Cells listed in cells.json that have no ok/error record (none yet, or a corrupt one)."""
+    cells = _read_cells_json(run_dir)
+    if cells is None:
+        notes.append(f"{run_dir.name}: no cells.json, so pending cells cannot be counted")
+        return []
+    rows = []
+    for cell in cells:
+        status = seen.get(cell["cell_id"])
+        if status in ("ok", "error"):
+            continue
+        config = cell.get("config") or {}
+        rows.append({"run": run_dir.name, "cell_id": cell["cell_id"], "model": config.get("model"),
+                     "cell": _config_summary(config), "reason": status or "no record yet"})
+    return rows
+
+
+# --------------------------------------------------------------------------- aggregation
+
+def _json_key(values: Iterable[Any]) -> str:
+    """A hashable, NaN-safe key for a tuple of cell values."""
+    def clean(v: Any) -> Any:
+        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+            return None
+        return v.item() if hasattr(v, "item") else v
+    return json.dumps([clean(v) for v in values], default=str)
+
+
+def numeric_metrics(data: RunData) -> list[str]:
+    """Metric columns holding numbers (bool and text metrics such as `mode` are not averaged)."""
+    out = []
+    for name in data.metric_columns:
+        col = data.cells[name]
+        values = col.dropna()
+        if len(values) and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values):
+            out.append(name)
+    return out
+
+
+def aggregate(data: RunData) -> pd.DataFrame:
+    """One row per configuration (config without seed, and device name); metrics mean, std (ddof=1), n."""
+    cells = data.cells
+    if cells.empty:
+        return pd.DataFrame(columns=["group_id", "model", "n"])
+    numeric = numeric_metrics(data)
+    skip = set(data.metric_columns) | {"run", "cell_id", "finished_at", "duration_s"} | set(SEED_KEYS)
+    config_cols = [c for c in cells.columns if c not in skip and not c.startswith("env.")]
+    key_cols = config_cols + [c for c in GROUP_ENV_KEYS if c in cells.columns]
+    keys = cells[key_cols].apply(lambda r: _json_key(r.values), axis=1)
+    rows = [_aggregate_group(group, key, key_cols, numeric, data.metric_columns)
+            for key, group in cells.groupby(keys, sort=False)]
+    return _integer_columns(pd.DataFrame(rows), key_cols)
+
+
+def _integer_columns(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """Config columns holding whole numbers (num_tokens 16, not 16.0) as nullable integers."""
+    for col in cols:
+        values = df[col].dropna()
+        if len(values) and all(_is_number(v) and float(v).is_integer() for v in values):
+            df[col] = df[col].astype("Int64")
+    return df
+
+
+def _aggregate_group(group: pd.DataFrame, key: str, key_cols: list[str], numeric: list[str],
+                     metrics: list[str]) -> dict[str, Any]:
+    first = group.iloc[0]
+    row: dict[str, Any] = {"group_id": hashlib.sha256(key.encode()).hexdigest()[:10]}
+    row.update({c: first[c] for c in key_cols})
+    row["n"] = len(group)
+    seeds = group[[c for c in SEED_KEYS if c in group.columns]].stack()
+    row["seeds"] = _joined(pd.Series(sorted(seeds, key=lambda v: (not _is_number(v), float(v) if _is_number(v) else 0, str(v)))))
+    row["runs"] = _joined(group["run"])
+    row["cell_ids"] = _joined(group["cell_id"])
+    for col in [c for c in group.columns if c.startswith("env.") and c not in key_cols]:
+        row[col] = _joined(group[col])
+    for name in metrics:
+        if name in numeric:
+            values = pd.to_numeric(group[name], errors="coerce").dropna()
+            row[name] = values.mean() if len(values) else np.nan
+            row[f"{name}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+            row[f"{name}_n"] = len(values)
+        else:
+            row[name] = _joined(group[name])
+    return row
+
+
+def _joined(values: pd.Series) -> str | None:
+    """Distinct non-null values, in order, joined by ';' (None when all are null)."""
+    uniq = list(dict.fromkeys(str(v) for v in values if not (v is None or (isinstance(v, float) and math.isnan(v)))))
+    return ";".join(uniq) if uniq else None
+
+
+# --------------------------------------------------------------------------- derived columns
+
+def baseline_of(model: str) -> str | None:
+    """The baseline a VT model is compared with: vt_resnetN -> resnetN, vt_fpn_rN -> fpn_rN."""
+    return model[3:] if family_of(model) in ("vt_resnet", "vt_fpn") else None
+
+
+def add_derived(agg: pd.DataFrame) -> pd.DataFrame:
+    """Add stage GMACs/params, reductions against the baseline model and the latency ratio."""
+    agg = agg.copy()
+    if agg.empty:
+        return agg
+    agg["family"] = agg["model"].map(lambda m: family_of(str(m)))
+    for kind in ("gmacs", "params_m"):
+        agg[f"stage_{kind}"] = [_stage_value(row, kind) for _, row in agg.iterrows()]
+    latency_keys = [c for c in agg.columns if c.startswith("latency.")] + list(GROUP_ENV_KEYS)
+    pairs = [("gmacs", "gmacs_reduction_x", BASELINE_KEYS_COMPLEXITY, True),
+             ("stage_gmacs", "stage_gmacs_reduction_x", BASELINE_KEYS_COMPLEXITY, True),
+             ("stage_params_m", "stage_params_reduction_x", BASELINE_KEYS_COMPLEXITY, True),
+             ("latency_ms_p50", "latency_ratio_x", BASELINE_KEYS_COMPLEXITY + tuple(latency_keys), False)]
+    for metric, out, keys, inverse in pairs:
+        if metric in agg.columns:
+            agg[out] = _ratio_to_baseline(agg, metric, [k for k in keys if k in agg.columns], inverse)
+    return agg
+
+
+def _stage_value(row: pd.Series, kind: str) -> float:
+    stage = STAGE_OF_FAMILY.get(row["family"])
+    value = row.get(f"{kind}_{stage}") if stage else None
+    return float(value) if value is not None and not pd.isna(value) else np.nan
+
+
+def _ratio_to_baseline(agg: pd.DataFrame, metric: str, keys: list[str], inverse: bool) -> list[float]:
+    """baseline/value (a reduction, `inverse`) or value/baseline, matching the baseline on `keys`."""
+    index: dict[tuple[str, str], float] = {}
+    for _, row in agg.iterrows():
+        if not pd.isna(row.get(metric)):
+            index.setdefault((row["model"], _json_key(row[k] for k in keys)), float(row[metric]))
+    out = []
+    for _, row in agg.iterrows():
+        base = baseline_of(str(row["model"]))
+        ref = index.get((base, _json_key(row[k] for k in keys))) if base else None
+        value = row.get(metric)
+        if ref is None or pd.isna(value) or not value or not ref:
+            out.append(np.nan)
+        else:
+            out.append(ref / float(value) if inverse else float(value) / ref)
+    return out
+
+
+# --------------------------------------------------------------------------- tables
+
+FAMILY_ORDER = {"resnet": 0, "vt_resnet": 1, "fpn": 2, "vt_fpn": 3, "other": 4}
+
+
+def _depth(model: str) -> int:
+    digits = "".join(ch for ch in str(model) if ch.isdigit())
+    return int(digits) if digits else 0
+
+
+def sort_rows(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
+    """Order rows by depth, then family (ResNet before VT-ResNet), then the given columns."""
+    if df.empty:
+        return df
+    keys = pd.DataFrame({"_d": df["model"].map(_depth), "_f": df["model"].map(lambda m: FAMILY_ORDER[family_of(str(m))])})
+    for col in by or []:
+        keys[col] = df[col].map(lambda v: (0, float(v)) if _is_number(v) else (1, str(v)))
+    order = sorted(range(len(df)), key=lambda i: tuple(keys.iloc[i]))
+    return df.iloc[order].reset_index(drop=True)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and not pd.isna(value)
+
+
+def varying_columns(agg: pd.DataFrame, candidates: Iterable[str]) -> list[str]:
+    """The candidate columns that take more than one value across the table (they tell rows apart)."""
+    out = []
+    for col in candidates:
+        if col in agg.columns and agg[col].map(lambda v: _json_key([v])).nunique() > 1:
+            out.append(col)
+    return out
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    """A number with fixed digits, '' for a missing value."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    if isinstance(value, str):
+        return value
+    return f"{float(value):.{digits}f}"
+
+
+def fmt_pm(mean: Any, std: Any, n: Any, digits: int = 2) -> str:
+    """'mean ± std (n=k)'; a single value shows no ±."""
+    if mean is None or pd.isna(mean):
+        return ""
+    count = "" if n is None or pd.isna(n) else f" (n={int(n)})"
+    spread = "" if std is None or pd.isna(std) else f" ± {float(std):.{digits}f}"
+    return f"{float(mean):.{digits}f}{spread}{count}"
+
+
+def _ratio(value: Any, is_baseline: bool) -> str:
+    if is_baseline:
+        return "baseline"
+    return "" if value is None or pd.isna(value) else f"{float(value):.2f}x"
+
+
+def _label_frame(rows: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
+    out = pd.DataFrame({"model": rows["model"].astype(str).values})
+    for col in label_cols:
+        out[col] = [fmt(v) if _is_number(v) and not float(v).is_integer() else ("" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v))
+                    for v in rows[col]]
+    return out
+
+
+def complexity_table(agg: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
+    """Model, GMACs, params, stage-5/VT/FPN-module GMACs and reductions against the baseline."""
+    if "gmacs" not in agg.columns:
+        return pd.DataFrame()
+    rows = sort_rows(agg[agg["gmacs"].notna()], label_cols)
+    rows = rows.drop_duplicates(subset=["model", *label_cols, "gmacs", "params_m"]) if "params_m" in rows else rows
+    out = _label_frame(rows, label_cols)
+    is_base = rows["family"].isin(["resnet", "fpn"]).values
+    out["GMACs"] = [fmt(v, 3) for v in rows["gmacs"]]
+    out["params (M)"] = [fmt(v, 2) for v in rows.get("params_m", pd.Series(np.nan, index=rows.index))]
+    out["stage GMACs (stage 5 / VT / FPN module)"] = [fmt(v, 3) for v in rows["stage_gmacs"]]
+    out["total reduction vs baseline"] = [_ratio(v, b) for v, b in zip(rows.get("gmacs_reduction_x", [np.nan] * len(rows)), is_base)]
+    out["stage reduction vs baseline"] = [_ratio(v, b) for v, b in zip(rows.get("stage_gmacs_reduction_x", [np.nan] * len(rows)), is_base)]
+    return out
+
+
+def latency_settings(agg: pd.DataFrame) -> list[str]:
+    """Columns that define one latency table: device, device name, dtype, batch and any varying knob."""
+    fixed = ["latency.device", "env.device_name", "latency.dtype", "latency.batch_size"]
+    others = [c for c in agg.columns if c.startswith("latency.") and c not in fixed]
+    return [c for c in fixed if c in agg.columns] + varying_columns(agg, others)
+
+
+def latency_tables(agg: pd.DataFrame, label_cols: list[str]) -> list[tuple[str, pd.DataFrame]]:
+    """One table per (device, dtype, batch, ...): p50 (p20-p80), throughput, peak memory, ratio to baseline."""
+    if "latency_ms_p50" not in agg.columns:
+        return []
+    rows = agg[agg["latency_ms_p50"].notna()]
+    settings = latency_settings(rows)
+    tables = []
+    for key, group in rows.groupby(rows[settings].apply(lambda r: _json_key(r.values), axis=1), sort=False):
+        group = sort_rows(group, label_cols)
+        title = " · ".join(f"{c.split('.', 1)[-1]}={v}" for c, v in zip(settings, json.loads(key)))
+        tables.append((title, _latency_rows(group, label_cols)))
+    return tables
+
+
+def _latency_rows(group: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
+    out = _label_frame(group, label_cols)
+    col = lambda name: group[name] if name in group.columns else pd.Series(np.nan, index=group.index)  # noqa: E731
+    out["p50 ms (p20-p80)"] = [f"{fmt(m)} ({fmt(lo)}-{fmt(hi)})" if not pd.isna(m) else ""
+                               for m, lo, hi in zip(col("latency_ms_p50"), col("latency_ms_p20"), col("latency_ms_p80"))]
+    out["throughput (img/s)"] = [fmt(v, 1) for v in col("throughput_img_s")]
+    out["peak memory (MB)"] = [fmt(v, 1) for v in col("peak_mem_mb")]
+    out["batch used"] = [fmt(v, 0) for v in col("batch_size_used")]
+    is_base = group["family"].isin(["resnet", "fpn"]).values
+    out["p50 / baseline"] = [_ratio(v, b) for v, b in zip(col("latency_ratio_x"), is_base)]
+    return out
+
+
+ACCURACY_COLUMNS = (("top1", "top-1 (%)"), ("top5", "top-5 (%)"), ("miou", "mIoU (%)"),
+                    ("pixel_acc", "pixel acc. (%)"))
+
+
+def accuracy_table(agg: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
+    """Top-1 / mIoU as mean ± sample std (n) per configuration, with data set, epochs and input."""
+    present = [(m, title) for m, title in ACCURACY_COLUMNS if m in agg.columns and agg[m].notna().any()]
+    if not present:
+        return pd.DataFrame()
+    rows = sort_rows(agg[agg[[m for m, _ in present]].notna().any(axis=1)], label_cols)
+    out = _label_frame(rows, label_cols)
+    for col, title in (("train.dataset", "data set"), ("train.epochs", "epochs")):
+        if col in rows.columns and col not in label_cols:
+            out[title] = [fmt(v, 0) if _is_number(v) else str(v) for v in rows[col]]
+    for metric, title in present:
+        out[title] = [fmt_pm(m, s, n) for m, s, n in zip(rows[metric], rows[f"{metric}_std"], rows[f"{metric}_n"])]
+    if "gmacs" in rows.columns:
+        out["GMACs"] = [fmt(v, 3) for v in rows["gmacs"]]
+    return out
+
+
+def paper_table(comparison: pd.DataFrame) -> pd.DataFrame:
+    """Paper vs measured, readable: delta = measured - paper, and in % of the paper's number."""
+    if comparison.empty:
+        return pd.DataFrame()
+    digits = {"GMAC": 3, "M": 2, "%": 2, "x": 2}
+    out = comparison[["table", "model", "variant", "metric", "unit", "input_size"]].copy()
+    out["paper"] = [fmt(v, digits.get(u, 3)) for v, u in zip(comparison["paper"], comparison["unit"])]
+    out["measured"] = [fmt_pm(v, s, n, digits.get(u, 3)) for v, s, n, u in
+                       zip(comparison["measured"], comparison["measured_std"], comparison["n"], comparison["unit"])]
+    out["delta"] = [f"{v:+.{digits.get(u, 3)}f}" for v, u in zip(comparison["delta"], comparison["unit"])]
+    out["delta %"] = [f"{v:+.1f}%" if not pd.isna(v) else "" for v in comparison["delta_pct"]]
+    return out
+
+
+# --------------------------------------------------------------------------- rendering
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub pipe table (no extra dependency); '_none_' for an empty frame."""
+    if df is None or df.empty:
+        return "_none_\n"
+    def cell(v: Any) -> str:
+        return ("" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |",
+             "|" + "|".join(" --- " for _ in df.columns) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- the report
+
+@dataclass
+class Report:
+    """What `write_report` built and wrote."""
+
+    data: RunData
+    table: pd.DataFrame                       # aggregated + derived: table.csv
+    comparison: pd.DataFrame                  # paper vs measured (raw numbers)
+    sections: list[tuple[str, Any]]           # (heading, markdown text or DataFrame) in order
+    plots: list[Any] = field(default_factory=list)
+    skipped_plots: list[tuple[str, str]] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+PLOT_TITLES = {
+    "accuracy_vs_gmacs": "Accuracy vs GMACs, Pareto front marked",
+    "latency_vs_tokens": "Latency vs number of tokens, one line per tokenizer",
+    "stage5_gmacs": "Stage-5 GMACs: ResNet vs VT-ResNet",
+    "fpn_vs_vt_fpn": "FPN vs VT-FPN: GMACs and mIoU",
+    "token_attention": "Tokenizer attention maps, one panel per token",
+}
+
+
+def parse_formats(text: str) -> list[str]:
+    """'md,csv,html' -> ['md', 'csv', 'html']; an unknown format is a UsageError."""
+    formats = [f.strip().lower() for f in str(text).split(",") if f.strip()]
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise UsageError(f"unknown report format(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
+    return formats
+
+
+def build_report(run_dirs: Iterable[str | Path]) -> Report:
+    """Load the runs and build every table (nothing written yet)."""
+    from bench.reference import compare
+
+    data = load_runs(run_dirs)
+    table = add_derived(aggregate(data))
+    label_cols = varying_columns(table, [*data.option_columns, "input_size"]) if not table.empty else []
+    comparison = compare(table) if not table.empty else compare(pd.DataFrame(columns=["model"]))
+    sections: list[tuple[str, Any]] = [
+        ("Complexity", complexity_table(table, label_cols) if not table.empty else pd.DataFrame()),
+        *[(f"Latency: {title}", df) for title, df in (latency_tables(table, label_cols) if not table.empty else [])],
+        ("Accuracy", accuracy_table(table, label_cols) if not table.empty else pd.DataFrame()),
+        ("Paper vs measured", paper_table(comparison)),
+    ]
+    if not any(title.startswith("Latency") for title, _ in sections):
+        sections.insert(1, ("Latency", pd.DataFrame()))
+    return Report(data=data, table=table, comparison=comparison, sections=sections)
+
+
+def draw_plots(report: Report, out_dir: Path) -> None:
+    """Draw every plot whose data exist into OUT/plots; the others are listed with the reason."""
+    from bench import plots
+
+    table, label_cols = report.table, varying_columns(report.table, report.data.option_columns)
+    drawn, skipped = report.plots, report.skipped_plots
+    plot_dir = out_dir / "plots"
+    if table.empty:
+        skipped.extend((name, "no ok records") for name in PLOT_TITLES)
+        return
+    settings = latency_settings(table) if "latency_ms_p50" in table.columns else []
+    plots.draw("accuracy_vs_gmacs", PLOT_TITLES["accuracy_vs_gmacs"], lambda: plots.plot_accuracy_vs_gmacs(table, label_cols), plot_dir, drawn, skipped)
+    plots.draw("latency_vs_tokens", PLOT_TITLES["latency_vs_tokens"], lambda: plots.plot_latency_vs_tokens(table, settings), plot_dir, drawn, skipped)
+    plots.draw("stage5_gmacs", PLOT_TITLES["stage5_gmacs"], lambda: plots.plot_stage5(table), plot_dir, drawn, skipped)
+    plots.draw("fpn_vs_vt_fpn", PLOT_TITLES["fpn_vs_vt_fpn"], lambda: plots.plot_fpn(table), plot_dir, drawn, skipped)
+    plots.draw("token_attention", PLOT_TITLES["token_attention"], lambda: _attention(report.data), plot_dir, drawn, skipped)
+
+
+def attention_cell(data: RunData) -> tuple[dict[str, Any], Path | None] | None:
+    """The VT cell whose tokenizer attention is drawn: one with a checkpoint first, classification first."""
+    from bench.plots import PlotSkipped  # noqa: F401  (documented failure mode of the caller)
+
+    cells = data.cells
+    if cells.empty:
+        return None
+    vt = cells[cells["model"].map(lambda m: family_of(str(m)) in ("vt_resnet", "vt_fpn"))]
+    candidates = []
+    run_dirs = {d.name: d for d in data.run_dirs}
+    for _, row in vt.iterrows():
+        ckpt = run_dirs[row["run"]] / "cells" / row["cell_id"] / "checkpoint.pt"
+        top1 = row.get("top1") if "top1" in row else None
+        score = (not ckpt.exists(), family_of(row["model"]) != "vt_resnet",
+                 -(float(top1) if top1 is not None and not pd.isna(top1) else -1.0))
+        candidates.append((score, row["cell_id"], ckpt if ckpt.exists() else None))
+    if not candidates:
+        return None
+    _, cell_id, ckpt = min(candidates, key=lambda c: c[0])
+    return data.configs[cell_id], ckpt
+
+
+def _attention(data: RunData):
+    from bench.plots import PlotSkipped, plot_attention
+
+    chosen = attention_cell(data)
+    if chosen is None:
+        raise PlotSkipped("no VT-ResNet or VT-FPN cell in the records")
+    return plot_attention(*chosen)
+
+
+def _header(report: Report) -> str:
+    data = report.data
+    cells = data.cells
+    runs = ", ".join(d.name for d in data.run_dirs)
+    devices = _joined(cells["env.device_name"]) if "env.device_name" in cells.columns else None
+    hosts = _joined(cells["env.host"]) if "env.host" in cells.columns else None
+    dates = sorted(str(v)[:10] for v in cells.get("finished_at", pd.Series(dtype=object)).dropna())
+    when = f"{dates[0]} to {dates[-1]}" if dates and dates[0] != dates[-1] else (dates[0] if dates else "unknown")
+    lines = [f"# vtbench report: {runs}", "",
+             f"- records: {len(cells)} ok, {len(data.errors)} failed, {len(data.corrupt)} corrupt; "
+             f"{len(data.pending)} pending cell(s); {len(data.missing)} missing metric(s)",
+             f"- configurations (seeds aggregated): {len(report.table)}",
+             f"- measured on: {devices or 'unknown'} (host(s): {hosts or 'unknown'}), {when}",
+             f"- report written {pd.Timestamp.now(tz='UTC').strftime('%Y-%m-%d %H:%M UTC')} by `vtbench report`",
+             "- mean ± std is the sample standard deviation over seeds (ddof=1), n = number of records;"
+             " GMACs are multiply-accumulates per image (the paper's FLOPs); reductions are baseline / VT"
+             " (ResNet-N for VT-ResNet-N, FPN-RN for VT-FPN-RN, same input), latency ratios VT / baseline"]
+    lines += [f"- note: {note}" for note in data.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _status_sections(data: RunData) -> list[tuple[str, pd.DataFrame]]:
+    return [("Failed cells (error records)", data.errors.drop(columns=["path"])),
+            ("Corrupt record files", data.corrupt),
+            ("Pending cells (in cells.json, no record yet)", data.pending),
+            ("Missing metrics (promised by the cell's `measure`, absent from its record)", data.missing)]
+
+
+def render_markdown(report: Report, out_dir: Path) -> str:
+    """report.md: header, tables, plots (linked) with the skipped ones and why, then the problem cells."""
+    parts = [_header(report)]
+    for title, df in report.sections:
+        parts.append(f"## {title}\n\n{markdown_table(df)}")
+    parts.append("## Plots\n")
+    for plot in report.plots:
+        parts.append(f"### {plot.title}\n\n![{plot.title}]({plot.png.relative_to(out_dir).as_posix()}) "
+                     f"([SVG]({plot.svg.relative_to(out_dir).as_posix()}))\n")
+    if report.skipped_plots:
+        parts.append("Skipped plots:\n\n" + "\n".join(f"- {PLOT_TITLES.get(n, n)}: {why}" for n, why in report.skipped_plots) + "\n")
+    parts.append("## Pending, failed and incomplete cells\n")
+    for title, df in _status_sections(report.data):
+        parts.append(f"### {title} ({len(df)})\n\n{markdown_table(df)}")
+    return "\n".join(parts)
+
+
+HTML_STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}th,td{border:1px solid #ccc;padding:3px 7px}
+th{background:#f0f0f0}img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4}"""
+
+
+def render_html(report: Report) -> str:
+    """One self-contained page: the same content as report.md, plots embedded as base64 PNG."""
+    import base64
+    import html
+
+    body = [f"<pre>{html.escape(_header(report))}</pre>"]
+    for title, df in report.sections:
+        body.append(f"<h2>{html.escape(title)}</h2>" + _html_table(df))
+    body.append("<h2>Plots</h2>")
+    for plot in report.plots:
+        data = base64.b64encode(plot.png.read_bytes()).decode()
+        body.append(f"<h3>{html.escape(plot.title)}</h3><img alt='{html.escape(plot.title)}' src='data:image/png;base64,{data}'>")
+    if report.skipped_plots:
+        body.append("<p>Skipped plots:</p><ul>" + "".join(
+            f"<li>{html.escape(PLOT_TITLES.get(n, n))}: {html.escape(why)}</li>" for n, why in report.skipped_plots) + "</ul>")
+    body.append("<h2>Pending, failed and incomplete cells</h2>")
+    for title, df in _status_sections(report.data):
+        body.append(f"<h3>{html.escape(title)} ({len(df)})</h3>" + _html_table(df))
+    title = "vtbench report: " + ", ".join(d.name for d in report.data.run_dirs)
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{HTML_STYLE}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    if df is None or df.empty:
+        return "<p><em>none</em></p>"
+    return df.to_html(index=False, escape=True, na_rep="", border=0)
+
+
+def default_out_dir(run_dirs: list[str | Path], out: str | Path | None) -> Path:
+    """--out, or RUN/report for a single run; several runs need --out."""
+    if out is not None:
+        return Path(out)
+    if len(run_dirs) != 1:
+        raise UsageError("several runs need --out DIR for the combined report")
+    return Path(run_dirs[0]) / "report"
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
+                 formats: Iterable[str] = FORMATS) -> Report:
+    """Build the report of the runs and write table.csv, cells.csv, report.md, report.html and plots."""
+    formats = list(formats)
+    out_dir = default_out_dir(run_dirs, out)
+    report = build_report(run_dirs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if "csv" in formats:
+        report.files["table.csv"] = _write_csv(report.table, out_dir / "table.csv")
+        report.files["cells.csv"] = _write_csv(report.data.cells, out_dir / "cells.csv")
+        report.files["paper_vs_measured.csv"] = _write_csv(report.comparison, out_dir / "paper_vs_measured.csv")
+    if "md" in formats or "html" in formats:
+        draw_plots(report, out_dir)
+    if "md" in formats:
+        report.files["report.md"] = out_dir / "report.md"
+        report.files["report.md"].write_text(render_markdown(report, out_dir))
+    if "html" in formats:
+        report.files["report.html"] = out_dir / "report.html"
+        report.files["report.html"].write_text(render_html(report))
+    log.info("report of %d record(s) written to %s (%s)", len(report.data.cells), out_dir, ", ".join(report.files))
+    return report
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> Path:
+    df.to_csv(path, index=False)
+    return path

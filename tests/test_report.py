@@ -1,0 +1,254 @@
+"""`vtbench report` from fixture records: files, aggregates, paper deltas, pending cells, plots.
+
+The fixture run (written to a tmp dir) holds ok records of a complexity grid at 224x224 (ResNet-18 vs
+VT-ResNet-18), a digits ablation (two seeds, a missing top1), FPN vs VT-FPN at 473x473, an error
+record, a corrupt file, and two cells in cells.json that never ran. Aggregates use the sample
+standard deviation (ddof=1), as the report states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.errors import UsageError
+from bench.records import make_record, write_json_atomic, write_record
+
+ENV = {"host": "fixture-host", "device_name": "Fixture CPU", "torch": "2.x", "threads": 2}
+LATENCY = {"device": "cpu", "batch_size": 1, "dtype": "fp32", "threads": 2}
+
+
+def _config(model, seed=0, measure=("complexity", "latency", "train"), input_size=32, dataset="digits", **options):
+    args = {"num_classes": 10, "stem": "cifar", **options} if dataset == "digits" else dict(options)
+    return {"model": model, "model_args": args, "measure": list(measure), "input_size": input_size, "seed": seed,
+            "complexity": {}, "latency": dict(LATENCY), "train": {"dataset": dataset, "epochs": 3}}
+
+
+def _latency(p50):
+    return {"latency_ms_p50": p50, "latency_ms_p20": p50 * 0.9, "latency_ms_p80": p50 * 1.2,
+            "throughput_img_s": 1000.0 / p50, "peak_mem_mb": 50.0, "batch_size_used": 1, "mode": "inference"}
+
+
+# (config, metrics) of every ok record; top1 values chosen so the hand-computed aggregates are exact.
+DIGITS = [
+    (_config("resnet18", 0), {"gmacs": 0.56, "params_m": 11.2, "top1": 90.0, **_latency(4.0)}),
+    (_config("resnet18", 1), {"gmacs": 0.56, "params_m": 11.2, "top1": 92.0, **_latency(4.0)}),
+    (_config("vt_resnet18", 0, num_tokens=8, tokenizer="filter"), {"gmacs": 0.40, "params_m": 11.0, "top1": 93.0, **_latency(5.0)}),
+    (_config("vt_resnet18", 1, num_tokens=8, tokenizer="filter"), {"gmacs": 0.40, "params_m": 11.0, "top1": 95.5, **_latency(5.0)}),
+    (_config("vt_resnet18", 0, num_tokens=16, tokenizer="filter"), {"gmacs": 0.42, "params_m": 11.0, "top1": 94.0, **_latency(6.0)}),
+    (_config("vt_resnet18", 1, num_tokens=16, tokenizer="filter"), {"gmacs": 0.42, "params_m": 11.0, "top1": 96.0, **_latency(6.0)}),
+    # seed 2 lost its top1: counted in gmacs_n but not top1_n, and listed as a missing metric
+    (_config("vt_resnet18", 2, num_tokens=16, tokenizer="filter"), {"gmacs": 0.42, "params_m": 11.0, **_latency(6.0)}),
+    (_config("vt_resnet18", 0, num_tokens=8, tokenizer="pooling"), {"gmacs": 0.39, "params_m": 10.5, "top1": 91.0, **_latency(4.5)}),
+    (_config("vt_resnet18", 0, num_tokens=16, tokenizer="pooling"), {"gmacs": 0.40, "params_m": 10.5, "top1": 92.0, **_latency(5.5)}),
+]
+PAPER_GRID = [
+    (_config("resnet18", measure=("complexity",), input_size=224, dataset="imagenet", num_classes=1000),
+     {"gmacs": 1.814, "params_m": 11.69, "gmacs_stage5": 0.462, "params_m_stage5": 8.39}),
+    (_config("vt_resnet18", measure=("complexity",), input_size=224, dataset="imagenet", num_classes=1000),
+     {"gmacs": 1.600, "params_m": 11.90, "gmacs_vt": 0.200, "params_m_vt": 8.00}),
+]
+FPN = [
+    (_config("fpn_r50", measure=("complexity", "train"), input_size=473, dataset="lip"),
+     {"gmacs": 37.0, "params_m": 28.0, "gmacs_fpn": 12.9, "miou": 46.0}),
+    (_config("vt_fpn_r50", measure=("complexity", "train"), input_size=473, dataset="lip"),
+     {"gmacs": 27.0, "params_m": 30.0, "gmacs_fpn": 2.5, "miou": 47.5}),
+]
+ERROR_CONFIG = _config("vt_resnet18", 0, num_tokens=32, tokenizer="filter")
+PENDING = [_config("vt_resnet18", 0, num_tokens=4, tokenizer="filter"), _config("vt_resnet18", 1, num_tokens=4, tokenizer="filter")]
+CORRUPT_CONFIG = _config("vt_resnet18", 0, num_tokens=8, tokenizer="clustering")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A partial run folder with every kind of record the report must cope with."""
+    run = tmp_path_factory.mktemp("runs") / "fixture"
+    records = run / "records"
+    cells = []
+    for config, metrics in DIGITS + PAPER_GRID + FPN:
+        rec = make_record(config, metrics=metrics, env=ENV, run="fixture", started_at="2026-11-25T10:00:00+00:00")
+        write_record(records, rec)
+        cells.append({"cell_id": rec["cell_id"], "config": config})
+    try:
+        raise MemoryError("CUDA out of memory at batch 1")
+    except MemoryError as exc:
+        err = make_record(ERROR_CONFIG, error=exc, env=ENV, run="fixture")
+    write_record(records, err)
+    cells.append({"cell_id": err["cell_id"], "config": ERROR_CONFIG})
+    corrupt = make_record(CORRUPT_CONFIG, metrics={}, env=ENV)
+    (records / f"{corrupt['cell_id']}.json").write_text('{"schema": "vtbench.record/1", "cell_')
+    cells.append({"cell_id": corrupt["cell_id"], "config": CORRUPT_CONFIG})
+    for config in PENDING:
+        cells.append({"cell_id": make_record(config, env=ENV)["cell_id"], "config": config})
+    write_json_atomic(run / "cells.json", cells)
+    return run
+
+
+@pytest.fixture(scope="module")
+def report(run_dir):
+    """The report of the fixture run, written once for all tests (plots included)."""
+    from bench.report import write_report
+
+    return write_report([run_dir])
+
+
+def _row(table: pd.DataFrame, model: str, **options) -> pd.Series:
+    sel = table["model"] == model
+    for key, value in options.items():
+        sel &= table[key].astype(str) == str(value)
+    assert sel.sum() == 1, f"expected one row for {model} {options}, got {sel.sum()}"
+    return table[sel].iloc[0]
+
+
+def test_every_file_is_written(report, run_dir):
+    out = run_dir / "report"
+    for name in ("table.csv", "cells.csv", "paper_vs_measured.csv", "report.md", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(report.plots)  # self-contained
+    for plot in report.plots:
+        assert plot.png.exists() and plot.svg.exists()
+    csv = pd.read_csv(out / "table.csv")
+    assert {"top1", "top1_std", "top1_n", "gmacs", "latency_ms_p50", "tokenizer", "num_tokens", "latency.device"} <= set(csv.columns)
+
+
+def test_aggregates_are_mean_and_sample_std(report):
+    table = report.table
+    vt16 = _row(table, "vt_resnet18", num_tokens=16, tokenizer="filter", input_size="32x32")
+    assert vt16["n"] == 3 and vt16["gmacs_n"] == 3
+    assert vt16["top1_n"] == 2  # seed 2 has no top1
+    assert vt16["top1"] == pytest.approx(95.0)
+    assert vt16["top1_std"] == pytest.approx(statistics.stdev([94.0, 96.0]))  # ddof=1: sqrt(2)
+    vt8 = _row(table, "vt_resnet18", num_tokens=8, tokenizer="filter", input_size="32x32")
+    assert vt8["top1"] == pytest.approx(94.25)
+    assert vt8["top1_std"] == pytest.approx(float(np.std([93.0, 95.5], ddof=1)))
+    single = _row(table, "vt_resnet18", num_tokens=8, tokenizer="pooling", input_size="32x32")
+    assert single["top1_n"] == 1 and math.isnan(single["top1_std"])
+    base = _row(table, "resnet18", input_size="32x32")
+    assert base["top1"] == pytest.approx(91.0) and base["seeds"] == "0;1"
+
+
+def test_baseline_ratios(report):
+    table = report.table
+    vt = _row(table, "vt_resnet18", input_size="224x224")
+    assert vt["stage_gmacs_reduction_x"] == pytest.approx(0.462 / 0.200)
+    assert vt["gmacs_reduction_x"] == pytest.approx(1.814 / 1.600)
+    vt16 = _row(table, "vt_resnet18", num_tokens=16, tokenizer="filter", input_size="32x32")
+    assert vt16["latency_ratio_x"] == pytest.approx(6.0 / 4.0)
+    fpn = _row(table, "vt_fpn_r50")
+    assert fpn["stage_gmacs_reduction_x"] == pytest.approx(12.9 / 2.5)
+
+
+def test_paper_vs_measured_deltas(report):
+    cmp = report.comparison
+    def delta(table, model, metric):
+        rows = cmp[(cmp["table"] == table) & (cmp["model"] == model) & (cmp["metric"] == metric)]
+        assert len(rows) == 1, (table, model, metric, rows)
+        return rows.iloc[0]
+    assert delta("T8", "vt_resnet18", "gmacs")["delta"] == pytest.approx(1.600 - 1.569)
+    assert delta("T2", "vt_resnet18", "gmacs")["delta"] == pytest.approx(1.600 - 1.579)
+    assert delta("T8", "resnet18", "params_m")["delta_pct"] == pytest.approx(100 * (11.69 - 11.7) / 11.7)
+    assert delta("T1", "vt_resnet18", "stage_gmacs_reduction_x")["measured"] == pytest.approx(0.462 / 0.2)
+    assert delta("T10", "vt_fpn_r50", "miou")["delta"] == pytest.approx(47.5 - 47.39)
+    assert delta("T10", "fpn_r50", "gmacs_fpn")["delta"] == pytest.approx(12.9 - 12.8)
+    # digits cells (10 classes, 32x32) are never compared with ImageNet numbers
+    assert not (cmp["paper"] == 72.0).any()
+    assert (cmp["table"] == "T3").sum() == 2  # filter tokenizer: gmacs and params from the note
+
+
+def test_pending_failed_corrupt_and_missing_are_listed(report, run_dir):
+    data = report.data
+    assert len(data.errors) == 1 and data.errors.iloc[0]["error_type"] == "MemoryError"
+    assert len(data.corrupt) == 1
+    assert len(data.pending) == 3  # two never ran, one has a corrupt record
+    assert sorted(data.pending["reason"]) == ["corrupt record", "no record yet", "no record yet"]
+    assert list(data.missing["metric"]) == ["top1"]
+    md = (run_dir / "report" / "report.md").read_text()
+    assert "3 pending cell(s)" in md and "1 failed" in md and "1 corrupt" in md
+    assert "### Pending cells (in cells.json, no record yet) (3)" in md
+    assert "CUDA out of memory" in md
+    assert "94.25 ± 1.77 (n=2)" in md  # accuracy table shows mean ± sample std (n)
+
+
+def _assert_not_blank(png: Path):
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(png).convert("RGB"), dtype=float)
+    assert pixels.std() > 0
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1
+
+
+@pytest.mark.parametrize("name", ["accuracy_vs_gmacs", "latency_vs_tokens", "stage5_gmacs", "fpn_vs_vt_fpn"])
+def test_plots_exist_and_are_not_blank(report, name):
+    drawn = {p.name: p for p in report.plots}
+    assert name in drawn, f"{name} skipped: {dict(report.skipped_plots).get(name)}"
+    _assert_not_blank(drawn[name].png)
+    assert drawn[name].svg.read_text().lstrip().startswith("<?xml")
+
+
+def test_attention_plot_uses_models_token_attention(report):
+    import models
+
+    if not hasattr(models, "token_attention"):
+        assert "token_attention" in dict(report.skipped_plots)
+        pytest.skip("models.token_attention is not in this checkout yet")
+    drawn = {p.name: p for p in report.plots}
+    assert "token_attention" in drawn, dict(report.skipped_plots).get("token_attention")
+    _assert_not_blank(drawn["token_attention"].png)
+
+
+def test_complexity_only_run_skips_accuracy_plot(tmp_path):
+    from bench.report import write_report
+
+    records = tmp_path / "cplx" / "records"
+    for config, metrics in PAPER_GRID:
+        write_record(records, make_record(config, metrics=metrics, env=ENV))
+    rep = write_report([tmp_path / "cplx"], formats=["md"])
+    skipped = dict(rep.skipped_plots)
+    assert "accuracy_vs_gmacs" in skipped and "latency_vs_tokens" in skipped
+    md = (tmp_path / "cplx" / "report" / "report.md").read_text()
+    assert "no cells.json" in md and "Skipped plots" in md
+
+
+def test_command_rejects_bad_runs(tmp_path):
+    from bench.commands import report as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    with pytest.raises(UsageError, match="does not exist"):
+        cmd.run(parser.parse_args([str(tmp_path / "nope")]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no records"):
+        cmd.run(parser.parse_args([str(tmp_path / "empty")]))
+    with pytest.raises(UsageError, match="format"):
+        cmd.run(parser.parse_args([str(tmp_path / "empty"), "--format", "pdf"]))
+
+
+def test_command_writes_report(run_dir, tmp_path):
+    from bench.commands import report as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    assert cmd.run(parser.parse_args([str(run_dir), "--out", str(tmp_path / "o"), "--format", "csv"])) == 0
+    assert (tmp_path / "o" / "table.csv").exists() and not (tmp_path / "o" / "report.md").exists()
+
+
+def test_reference_ships_and_names_tables():
+    from bench.reference import CSV_PATH, load_paper_csv, load_reference
+
+    assert CSV_PATH.exists()
+    ref = load_reference()
+    assert set(ref["table"]) == set(load_paper_csv()["table"])
+    t10 = ref[(ref["table"] == "T10") & (ref["model"] == "vt_fpn_r50")].set_index("metric")["value"]
+    assert t10["gmacs"] == pytest.approx(26.4) and t10["gmacs_fpn"] == pytest.approx(2.0)
+    t6 = ref[(ref["table"] == "T6") & (ref["metric"] == "gmacs")]
+    assert sorted(m["num_tokens"] for m in t6["match"]) == [32, 32, 64, 64]
+    t5 = ref[(ref["table"] == "T5") & (ref["variant"] == "token_op=none")]
+    assert all(m == {"transformer": "none"} for m in t5["match"])
