@@ -1,0 +1,55 @@
+"""`vtbench launch GRID`: validate a grid, skip the cells already done, submit the rest as one array.
+
+    vtbench launch experiments/smoke.yaml --wait            # local executor, follow to the end
+    vtbench launch experiments/imagenet_repro.yaml --cluster slurm
+    vtbench launch experiments/digits_ablation.yaml --dry-run
+
+Exit status: 0 when submitted (or, with --wait, when every cell ended with an ok record);
+1 when a waited-for cell failed; 2 on bad input (the grid's problems, all on one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+NAME = "launch"
+HELP = "Launch a grid (experiments/*.yaml) on the local, debug or SLURM executor."
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `vtbench launch`."""
+    from bench.launch import CLUSTERS
+
+    parser.add_argument("grid", metavar="GRID", help="grid file, e.g. experiments/smoke.yaml")
+    parser.add_argument("--cluster", choices=CLUSTERS, default="local",
+                        help="submitit executor: local (default, this machine), debug (in this process), "
+                             "slurm (needs SLURM_CONF)")
+    parser.add_argument("--run-dir", default=None, metavar="DIR", help="run folder (default: runs/<grid name>)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the cells and which would be skipped; write and submit nothing")
+    parser.add_argument("--wait", action="store_true",
+                        help="follow the cells with a progress bar; exit 1 if one fails")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `vtbench launch`."""
+    from bench.launch import launch
+
+    result = launch(args.grid, cluster=args.cluster, run_dir=args.run_dir, dry_run=args.dry_run, wait=args.wait)
+    if args.dry_run:
+        log.info("dry run: %d cell(s) would run, %d skipped; nothing written", len(result.plan.to_run),
+                 len(result.plan.done) + len(result.plan.in_flight))
+        return 0
+    if result.finished:
+        for cell_id, error in result.failed.items():
+            log.error("cell %s failed: %s", cell_id, error)
+        log.info("%s: %d ok, %d failed; `vtbench status %s` for details, `vtbench report %s` for tables",
+                 result.run_dir, len(result.submitted) - len(result.failed), len(result.failed),
+                 result.run_dir, result.run_dir)
+        return 0 if result.ok else 1
+    if result.job_id is not None:
+        log.info("follow with: vtbench status %s", result.run_dir)
+    return 0

@@ -1,0 +1,646 @@
+"""Experiment grids: load a YAML study, validate all of it, expand it into resolved cells.
+
+A grid file (``experiments/NAME.yaml``) is data, not code (pycls sweeps: a base plus axes,
+expanded before anything is launched)::
+
+    name: token_sweep                       # required; names the run folder (runs/NAME)
+    description: VT-R18/R50 FLOPs and CPU latency against the number of visual tokens
+    base:                                   # a partial cell (docs/architecture.md, "Cell config")
+      model: vt_resnet18                    # a registered name, or package.module:callable
+      model_args: {num_classes: 1000}
+      measure: [complexity, latency]
+      input_size: 224
+      latency: {device: cpu, batch_size: 1, threads: 2}
+    axes:                                   # cartesian product; every list non-empty
+      model: [vt_resnet18, vt_resnet50]
+      num_tokens: [4, 8, 16, 32, 64]        # short name of model_args.num_tokens
+    include:                                # extra cells (a sub-grid each) over the base
+      - {model: resnet18, axes: {seed: [0, 1]}}
+    exclude:                                # drop every cell that matches all keys of a rule
+      - {model: "vt_resnet50", num_tokens: [4, 64]}   # a list means "any of"; strings may glob
+    resources:                              # how each job of the array is sized
+      timeout_min: 30
+      cpus_per_task: 2
+      array_parallelism: 4
+
+Keys in axes, include and exclude may be short: a top-level cell key (`model`, `measure`,
+`input_size`, `seed`, ...); `batch_size`, `dtype`, `device` mean `latency.NAME`; an option of
+any registered model means `model_args.NAME`; other latency options mean `latency.NAME` and
+training options `train.NAME`. Dotted paths (`train.batch_size`) are always accepted. To match
+a list value in an exclude rule, wrap it: `input_size: [[800, 1216]]`.
+
+Each cell is fully resolved (defaults filled in; the `latency` / `train` / `complexity` sections
+of measurements the cell does not run are emptied, so an axis that cannot change a result does
+not multiply cells), given a stable id (`bench.records.cell_id_of`), and deduplicated.
+Every problem in a grid is collected and raised at once as one `UsageError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import fnmatch
+import inspect
+import functools
+import itertools
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from bench.errors import UsageError
+from bench.records import cell_id_of
+
+log = logging.getLogger(__name__)
+
+GRID_KEYS = ("name", "description", "base", "axes", "include", "exclude", "resources")
+CELL_KEYS = ("model", "model_args", "measure", "input_size", "seed", "complexity", "latency", "train")
+SECTIONS = ("model_args", "complexity", "latency", "train")
+MEASUREMENTS = ("complexity", "latency", "train")
+SHORT_TO_LATENCY = ("batch_size", "dtype", "device")
+
+DEFAULT_LATENCY = {"device": "cpu", "batch_size": 1, "dtype": "fp32", "threads": None,
+                   "channels_last": False, "compile": None, "cuda_graphs": False, "train_step": False}
+# Options of measure_latency beyond the defaults above (see bench/latency.py).
+EXTRA_LATENCY_KEYS = ("oom_retry", "min_batch_size", "cudnn_benchmark", "in_channels",
+                      "warmup_min_iters", "warmup_max_iters", "warmup_max_s", "settle_tol",
+                      "min_iters", "max_iters", "min_time_s", "max_time_s")
+COMPLEXITY_KEYS = ("batch_size",)
+DTYPES = ("fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+@dataclasses.dataclass
+class Resources:
+    """What each job of the array asks for (submitit/SLURM parameters).
+
+    Args:
+        timeout_min: wall-clock limit of one cell's job, in minutes.
+        cpus_per_task: CPU cores per task.
+        gpus_per_node: GPUs per node (0 on CPU).
+        tasks_per_node: processes per node (>1: distributed training, one record from rank 0).
+        nodes: nodes per job.
+        mem_gb: memory per node in GB (None: the cluster's default).
+        partition: SLURM partition (None: the cluster's default).
+        array_parallelism: how many cells of the array SLURM runs at once.
+        local_parallelism: how many cells the local executor runs at once (1 keeps latency clean).
+        account: SLURM account. qos: SLURM quality of service. constraint: SLURM node features.
+        signal_delay_s: seconds before the time limit at which SLURM sends the requeue signal.
+        max_num_timeout: how many times a timed-out cell is requeued.
+        setup: shell lines run before each job (module loads, venv activation).
+    """
+
+    timeout_min: int = 60
+    cpus_per_task: int = 2
+    gpus_per_node: int = 0
+    tasks_per_node: int = 1
+    nodes: int = 1
+    mem_gb: float | None = None
+    partition: str | None = None
+    array_parallelism: int = 4
+    local_parallelism: int = 1
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    signal_delay_s: int | None = None
+    max_num_timeout: int = 3
+    setup: list[str] = dataclasses.field(default_factory=list)
+
+
+_RESOURCE_TYPES = {"timeout_min": "posint", "cpus_per_task": "posint", "gpus_per_node": "nonnegint",
+                   "tasks_per_node": "posint", "nodes": "posint", "mem_gb": "posnum?",
+                   "partition": "str?", "array_parallelism": "posint", "local_parallelism": "posint",
+                   "account": "str?", "qos": "str?", "constraint": "str?",
+                   "signal_delay_s": "nonnegint?", "max_num_timeout": "nonnegint", "setup": "strlist"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One resolved cell: its stable id and its full config."""
+
+    cell_id: str
+    config: dict[str, Any]
+
+
+@dataclasses.dataclass
+class Grid:
+    """A validated, expanded grid."""
+
+    name: str
+    description: str
+    path: Path
+    text: str
+    cells: list[Cell]
+    resources: Resources
+    duplicates: int = 0
+
+
+class _Problems:
+    """Collects every problem found, so the user sees them all at once."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, message: str) -> None:
+        if message not in self.items:
+            self.items.append(message)
+
+    def raise_if_any(self, source: str) -> None:
+        if self.items:
+            n = len(self.items)
+            raise UsageError(f"{source}: {n} problem{'s' if n > 1 else ''}: " + "; ".join(self.items))
+
+
+# ----------------------------------------------------------------------------------------- loading
+def load_grid(path: str | Path) -> Grid:
+    """Read, validate and expand the grid file at `path`; raise one UsageError listing all problems."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"grid file not found: {path}")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    return build_grid(raw, source=str(path), text=text, path=path)
+
+
+def build_grid(raw: Any, *, source: str = "<grid>", text: str | None = None,
+               path: Path | None = None) -> Grid:
+    """Validate and expand an already-parsed grid mapping (see the module doc for the schema)."""
+    problems = _Problems()
+    if not isinstance(raw, dict):
+        raise UsageError(f"{source}: a grid is a mapping with keys {', '.join(GRID_KEYS)}")
+    vocab = _Vocabulary.load()
+    _check_keys(raw, GRID_KEYS, "grid", problems)
+    name = _check_name(raw.get("name"), problems)
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        problems.add("description: must be a string")
+    resources = _parse_resources(raw.get("resources") or {}, problems)
+    base = _parse_base(raw.get("base"), vocab, problems)
+    blocks = _parse_blocks(raw, vocab, problems)
+    rules = _parse_rules(raw.get("exclude"), vocab, problems)
+    # Keep going after structural problems: the cells that can be expanded are checked too, so
+    # the user sees every problem at once.
+    configs = [cfg for block in blocks for cfg in _expand(base, block)]
+    kept = _apply_excludes(configs, rules)
+    resolved = [_resolve(cfg) for cfg in kept]
+    for cfg in resolved:
+        _validate_cell(cfg, vocab, problems)
+    if not resolved:
+        problems.add("the grid has no cells (every cell excluded?)")
+    problems.raise_if_any(source)
+    cells, duplicates = _dedupe(resolved)
+    if duplicates:
+        log.info("%s: %d duplicate cell(s) merged", source, duplicates)
+    return Grid(name=name, description=description, path=path or Path(source),
+                text=text if text is not None else yaml.safe_dump(raw, sort_keys=False),
+                cells=cells, resources=resources, duplicates=duplicates)
+
+
+# ------------------------------------------------------------------------------------ vocabulary
+@dataclasses.dataclass
+class _Vocabulary:
+    """Names a grid may use: models, their options, latency and training options."""
+
+    models: list[str]
+    options: dict[str, dict[str, Any]]
+    train_keys: tuple[str, ...] | None
+    train_config: Any
+
+    @classmethod
+    def load(cls) -> "_Vocabulary":
+        from models import list_models, model_options
+
+        names = list_models()
+        train_keys, train_config = _train_vocabulary()
+        return cls(models=names, options={n: model_options(n) for n in names},
+                   train_keys=train_keys, train_config=train_config)
+
+    @property
+    def all_options(self) -> set[str]:
+        return {opt for opts in self.options.values() for opt in opts}
+
+    @property
+    def latency_keys(self) -> tuple[str, ...]:
+        return tuple(DEFAULT_LATENCY) + EXTRA_LATENCY_KEYS
+
+    def short_names(self) -> list[str]:
+        """Every name accepted without a dot."""
+        return sorted(set(CELL_KEYS) | self.all_options | set(self.latency_keys) | set(self.train_keys or ()))
+
+    def resolve(self, key: Any) -> tuple[str, ...] | None:
+        """Map a short or dotted key to a path in the cell config (None if unknown)."""
+        if not isinstance(key, str) or not key:
+            return None
+        if "." in key:
+            head, _, tail = key.partition(".")
+            return (head, tail) if head in SECTIONS and tail and self._known_in(head, tail) else None
+        if key in CELL_KEYS:
+            return (key,)
+        if key in SHORT_TO_LATENCY:
+            return ("latency", key)
+        if key in self.all_options:
+            return ("model_args", key)
+        if key in self.latency_keys:
+            return ("latency", key)
+        if self.train_keys and key in self.train_keys:
+            return ("train", key)
+        return None
+
+    def _known_in(self, section: str, key: str) -> bool:
+        known = {"model_args": self.all_options, "latency": set(self.latency_keys),
+                 "complexity": set(COMPLEXITY_KEYS), "train": set(self.train_keys or ()) or None}[section]
+        return known is None or key in known
+
+    def suggest(self, key: str) -> str:
+        """A did-you-mean hint for an unknown key."""
+        candidates = self.short_names() + [f"{s}.{k}" for s in SECTIONS for k in self._section_names(s)]
+        close = did_you_mean(key, candidates)
+        return f" (did you mean {close}?)" if close else ""
+
+    def _section_names(self, section: str) -> Iterable[str]:
+        return {"model_args": self.all_options, "latency": self.latency_keys,
+                "complexity": COMPLEXITY_KEYS, "train": self.train_keys or ()}[section]
+
+
+def _train_vocabulary() -> tuple[tuple[str, ...] | None, Any]:
+    """TrainConfig's field names, or None while bench.train is not importable."""
+    try:
+        from bench.train import TrainConfig
+    except ImportError as exc:
+        log.warning("bench.train is not importable (%s): training options are not validated", exc)
+        return None, None
+    return tuple(f.name for f in dataclasses.fields(TrainConfig)), TrainConfig
+
+
+# ------------------------------------------------------------------------------------- top level
+def _check_keys(mapping: dict, allowed: Iterable[str], where: str, problems: _Problems) -> None:
+    allowed = list(allowed)
+    for key in mapping:
+        if key not in allowed:
+            close = did_you_mean(key, allowed)
+            hint = f" (did you mean {close}?)" if close else ""
+            problems.add(f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}")
+
+
+def did_you_mean(word: Any, candidates: Iterable[str], n: int = 2) -> str:
+    """Close matches of `word` among `candidates` ('a or b'), or '' when nothing is close."""
+    candidates = list(candidates)
+    close = difflib.get_close_matches(str(word), candidates, n=n, cutoff=0.6)
+    if not close:
+        close = [c for c in candidates if c.startswith(str(word)) or str(word).startswith(c)][:n]
+    if not close:
+        close = difflib.get_close_matches(str(word), candidates, n=n, cutoff=0.5)
+    return " or ".join(close)
+
+
+def _check_name(name: Any, problems: _Problems) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        problems.add("name: required, letters, digits, '_', '-' or '.' (it names the run folder)")
+        return str(name)
+    return name
+
+
+def _parse_resources(raw: Any, problems: _Problems) -> Resources:
+    if not isinstance(raw, dict):
+        problems.add("resources: must be a mapping")
+        return Resources()
+    _check_keys(raw, _RESOURCE_TYPES, "resources", problems)
+    values = {}
+    for key, kind in _RESOURCE_TYPES.items():
+        if key in raw:
+            if _type_ok(raw[key], kind):
+                values[key] = raw[key]
+            else:
+                problems.add(f"resources.{key}: {raw[key]!r} is not {_describe(kind)}")
+    return Resources(**values)
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    if kind.endswith("?"):
+        if value is None:
+            return True
+        kind = kind[:-1]
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    return {"posint": is_int and value > 0, "nonnegint": is_int and value >= 0,
+            "posnum": (is_int or isinstance(value, float)) and value > 0,
+            "str": isinstance(value, str) and bool(value), "bool": isinstance(value, bool),
+            "strlist": isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
+
+
+def _describe(kind: str) -> str:
+    base = {"posint": "a positive integer", "nonnegint": "an integer >= 0", "posnum": "a positive number",
+            "str": "a non-empty string", "bool": "true or false", "strlist": "a list of strings"}
+    text = base[kind.rstrip("?")]
+    return text + " or null" if kind.endswith("?") else text
+
+
+def _parse_base(raw: Any, vocab: _Vocabulary, problems: _Problems) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        problems.add("base: required mapping (a partial cell: model, model_args, measure, input_size, ...)")
+        return {}
+    _check_keys(raw, CELL_KEYS, "base", problems)
+    for section in SECTIONS:
+        if section in raw and not isinstance(raw[section], dict):
+            problems.add(f"base.{section}: must be a mapping")
+    return {k: copy.deepcopy(v) for k, v in raw.items() if k in CELL_KEYS}
+
+
+# A block is a list of override sets; each set is a list of (path, value, origin) triples.
+def _parse_blocks(raw: dict, vocab: _Vocabulary, problems: _Problems) -> list[list[list[tuple]]]:
+    blocks = [_parse_axes(raw.get("axes") or {}, "axes", vocab, problems, fixed=[])]
+    include = raw.get("include") or []
+    if not isinstance(include, list):
+        problems.add("include: must be a list of mappings")
+        return blocks
+    for i, item in enumerate(include):
+        where = f"include[{i}]"
+        if not isinstance(item, dict) or not item:
+            problems.add(f"{where}: must be a non-empty mapping of overrides (optionally with 'axes')")
+            continue
+        fixed = _parse_overrides({k: v for k, v in item.items() if k != "axes"}, where, vocab, problems)
+        blocks.append(_parse_axes(item.get("axes") or {}, f"{where}.axes", vocab, problems, fixed))
+    return blocks
+
+
+def _parse_overrides(mapping: dict, where: str, vocab: _Vocabulary, problems: _Problems) -> list[tuple]:
+    out = []
+    for key, value in mapping.items():
+        path = vocab.resolve(key)
+        if path is None:
+            problems.add(f"{where}: unknown key {key!r}{vocab.suggest(key)}")
+            continue
+        out.append((path, value, f"{where}.{key}"))
+    return out
+
+
+def _parse_axes(axes: Any, where: str, vocab: _Vocabulary, problems: _Problems,
+                fixed: list[tuple]) -> list[list[tuple]]:
+    """The override sets of one block: `fixed` plus one choice per axis (cartesian product)."""
+    if not isinstance(axes, dict):
+        problems.add(f"{where}: must be a mapping of name -> list of values")
+        return [fixed]
+    choices = []
+    for key, values in axes.items():
+        path = vocab.resolve(key)
+        if path is None:
+            problems.add(f"{where}: unknown axis {key!r}{vocab.suggest(key)}")
+            continue
+        if not isinstance(values, list) or not values:
+            problems.add(f"{where}.{key}: an axis is a non-empty list of values")
+            continue
+        choices.append([(path, v, f"{where}.{key}") for v in values])
+    return [fixed + list(combo) for combo in itertools.product(*choices)]
+
+
+@dataclasses.dataclass
+class _Rule:
+    index: int
+    conditions: list[tuple[tuple[str, ...], Any]]
+    matched: int = 0
+
+    def matches(self, config: dict) -> bool:
+        return all(_value_matches(_get(config, path), want) for path, want in self.conditions)
+
+
+def _parse_rules(raw: Any, vocab: _Vocabulary, problems: _Problems) -> list[_Rule]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        problems.add("exclude: must be a list of mappings")
+        return []
+    rules = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not item:
+            problems.add(f"exclude[{i}]: must be a non-empty mapping of key -> value (or list of values)")
+            continue
+        conditions = [(path, value) for path, value, _ in _parse_overrides(item, f"exclude[{i}]", vocab, problems)]
+        rules.append(_Rule(i, conditions))
+    return rules
+
+
+def _value_matches(actual: Any, want: Any) -> bool:
+    """A rule value matches if equal; a list matches any element; strings may be glob patterns."""
+    if isinstance(want, list):
+        return any(_value_matches(actual, w) for w in want)
+    if isinstance(want, str) and isinstance(actual, str):
+        return fnmatch.fnmatchcase(actual, want)
+    return actual == want
+
+
+# ------------------------------------------------------------------------------------- expansion
+def _get(config: dict, path: tuple[str, ...]) -> Any:
+    node: Any = config
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set(config: dict, path: tuple[str, ...], value: Any) -> None:
+    if len(path) == 1 and path[0] in SECTIONS and isinstance(value, dict):
+        section = config.setdefault(path[0], {})
+        if isinstance(section, dict):
+            section.update(copy.deepcopy(value))
+            return
+    node = config
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[path[-1]] = copy.deepcopy(value)
+
+
+def _expand(base: dict, block: list[list[tuple]]) -> Iterable[dict]:
+    for overrides in block:
+        config = copy.deepcopy(base)
+        for path, value, _origin in overrides:
+            _set(config, path, value)
+        yield config
+
+
+def _apply_excludes(configs: list[dict], rules: list[_Rule]) -> list[dict]:
+    kept = []
+    for config in configs:
+        hit = [rule for rule in rules if rule.matches(config)]
+        for rule in hit:
+            rule.matched += 1
+        if not hit:
+            kept.append(config)
+    for rule in rules:
+        if not rule.matched:
+            log.warning("exclude[%d] matches no cell", rule.index)
+    return kept
+
+
+def _resolve(config: dict) -> dict[str, Any]:
+    """Fill defaults; empty the sections of measurements the cell does not run."""
+    cell = {"model": config.get("model"), "model_args": dict(config.get("model_args") or {}),
+            "measure": config.get("measure", ["complexity"]), "input_size": config.get("input_size"),
+            "seed": config.get("seed", 0)}
+    measure = cell["measure"] if isinstance(cell["measure"], list) else []
+    for section in MEASUREMENTS:
+        given = config.get(section) or {}
+        given = dict(given) if isinstance(given, dict) else given
+        if section not in measure:
+            cell[section] = {}
+        elif section == "latency" and isinstance(given, dict):
+            cell[section] = {**DEFAULT_LATENCY, **given}
+        else:
+            cell[section] = given
+    if isinstance(cell["input_size"], tuple):
+        cell["input_size"] = list(cell["input_size"])
+    return cell
+
+
+def _dedupe(configs: list[dict]) -> tuple[list[Cell], int]:
+    seen: dict[str, Cell] = {}
+    for config in configs:
+        cid = cell_id_of(config)
+        seen.setdefault(cid, Cell(cid, config))
+    return list(seen.values()), len(configs) - len(seen)
+
+
+# ------------------------------------------------------------------------------------ validation
+def _validate_cell(cell: dict, vocab: _Vocabulary, problems: _Problems) -> None:
+    """Check one resolved cell; messages are deduplicated across cells."""
+    model = cell["model"]
+    if model is None:
+        problems.add("model: every cell needs a model (in base or as an axis)")
+    elif isinstance(model, str) and ":" in model:
+        options = _import_options(model, problems)
+        if options is not None:
+            _validate_model_args(model, cell["model_args"], options, problems)
+    elif not isinstance(model, str) or model not in vocab.options:
+        close = did_you_mean(model, vocab.models)
+        hint = f" (did you mean {close}?)" if close else ""
+        problems.add(f"model: unknown model {model!r}{hint}; known: {', '.join(vocab.models)}")
+    else:
+        _validate_model_args(model, cell["model_args"], vocab.options[model], problems)
+    _validate_measure(cell["measure"], problems)
+    _validate_input_size(cell["input_size"], problems)
+    if not (isinstance(cell["seed"], int) and not isinstance(cell["seed"], bool) and cell["seed"] >= 0):
+        problems.add(f"seed: {cell['seed']!r} is not an integer >= 0")
+    _validate_complexity(cell["complexity"], problems)
+    _validate_latency(cell["latency"], problems)
+    _validate_train(cell["train"], vocab, problems)
+
+
+def _import_options(ref: str, problems: _Problems) -> dict[str, Any] | None:
+    """Options of a model given as `package.module:callable` (None: any keyword is accepted)."""
+    from bench.modelref import resolve_model_ref
+
+    try:
+        factory = resolve_model_ref(ref).factory
+    except ValueError as exc:  # UsageError
+        problems.add(f"model: {exc}")
+        return None
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return {"**": None}
+    return {p.name: p.default for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def _validate_model_args(model: str, args: dict, options: dict[str, Any], problems: _Problems) -> None:
+    inapplicable = [] if "**" in options else sorted(set(args) - set(options))
+    for key in inapplicable:
+        problems.add(f"model_args.{key}: does not apply to {model!r} (it accepts: "
+                     f"{', '.join(sorted(options)) or 'nothing'}); drop it with an exclude rule "
+                     f"or give {model} its own include entry")
+    if not inapplicable:
+        _try_build_on_meta(model, args, problems)
+
+
+@functools.lru_cache(maxsize=None)
+def _meta_build_error(model: str, args_json: str) -> str | None:
+    """Build the model on the meta device (no memory, milliseconds) to let it reject bad values."""
+    import torch
+
+    from bench.modelref import resolve_model_ref
+
+    try:
+        with torch.device("meta"):
+            resolve_model_ref(model).build(**json.loads(args_json))
+    except (ValueError, TypeError, KeyError) as exc:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (RuntimeError, NotImplementedError) as exc:
+        # Not the user's input: a model that cannot be built on the meta device. The runner will
+        # build it for real; say so instead of failing the grid.
+        log.warning("could not pre-build %s on the meta device (%s); its options are checked at run time",
+                    model, exc)
+    return None
+
+
+def _try_build_on_meta(model: str, args: dict, problems: _Problems) -> None:
+    error = _meta_build_error(model, json.dumps(args, sort_keys=True, default=str))
+    if error:
+        problems.add(f"model_args for {model} {json.dumps(args, sort_keys=True)}: {error}")
+
+
+def _validate_measure(measure: Any, problems: _Problems) -> None:
+    if (not isinstance(measure, list) or not measure or len(set(map(str, measure))) != len(measure)
+            or any(m not in MEASUREMENTS for m in measure)):
+        problems.add(f"measure: {measure!r} must be a non-empty list of distinct {', '.join(MEASUREMENTS)}")
+
+
+def _validate_input_size(size: Any, problems: _Problems) -> None:
+    ok = _type_ok(size, "posint") or (isinstance(size, list) and len(size) == 2
+                                      and all(_type_ok(s, "posint") for s in size))
+    if not ok:
+        problems.add(f"input_size: {size!r} must be a positive integer or [H, W] (required)")
+
+
+def _validate_complexity(section: Any, problems: _Problems) -> None:
+    if not isinstance(section, dict):
+        problems.add("complexity: must be a mapping")
+        return
+    _check_keys(section, COMPLEXITY_KEYS, "complexity", problems)
+    if "batch_size" in section and not _type_ok(section["batch_size"], "posint"):
+        problems.add(f"complexity.batch_size: {section['batch_size']!r} is not a positive integer")
+
+
+def _validate_latency(section: Any, problems: _Problems) -> None:
+    if not isinstance(section, dict):
+        problems.add("latency: must be a mapping")
+        return
+    _check_keys(section, tuple(DEFAULT_LATENCY) + EXTRA_LATENCY_KEYS, "latency", problems)
+    checks = {"batch_size": "posint", "threads": "posint?", "channels_last": "bool", "cuda_graphs": "bool",
+              "train_step": "bool", "min_batch_size": "posint", "oom_retry": "bool", "in_channels": "posint"}
+    for key, kind in checks.items():
+        if key in section and not _type_ok(section[key], kind):
+            problems.add(f"latency.{key}: {section[key]!r} is not {_describe(kind)}")
+    if "device" in section and not (isinstance(section["device"], str) and _DEVICE_RE.match(section["device"])):
+        problems.add(f"latency.device: {section['device']!r} is not cpu, cuda, cuda:N or mps")
+    if "dtype" in section and section["dtype"] not in DTYPES:
+        problems.add(f"latency.dtype: {section['dtype']!r} is not one of {', '.join(DTYPES)}")
+    if section.get("compile") is not None and section["compile"] not in COMPILE_MODES:
+        problems.add(f"latency.compile: {section['compile']!r} is not null or one of {', '.join(COMPILE_MODES)}")
+
+
+def _validate_train(section: Any, vocab: _Vocabulary, problems: _Problems) -> None:
+    if not isinstance(section, dict):
+        problems.add("train: must be a mapping")
+        return
+    if vocab.train_config is None or not section:
+        return
+    try:
+        vocab.train_config.from_dict(dict(section))
+    except (TypeError, ValueError) as exc:  # UsageError is a ValueError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        problems.add(f"train: {first}")
+
+
+def signature_keys(func: Any) -> set[str]:
+    """Keyword names a callable accepts (used by tests to keep LATENCY keys in step with bench.latency)."""
+    return {p.name for p in inspect.signature(func).parameters.values()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}

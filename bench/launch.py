@@ -1,0 +1,390 @@
+"""Launch a grid: skip the cells already done, submit the rest as ONE job array with submitit.
+
+`launch(grid_path, cluster=..., run_dir=..., dry_run=..., wait=...)`:
+
+1. load and validate the grid (`bench.grid.load_grid`): any problem stops here, nothing submitted;
+2. write `RUN_DIR/grid.yaml` (the grid as given) and `RUN_DIR/cells.json` (every resolved cell);
+3. plan: a cell with an `ok` record is skipped; a cell still queued or running in an earlier job of
+   this run is left alone; every other cell runs (new, failed, or with a corrupt record; failed
+   and corrupt records are moved to `RUN_DIR/superseded/` first, so status never shows a stale row);
+4. submit them as one array (`executor.map_array(CellRunner, cells)`) with the grid's resources
+   (`slurm_array_parallelism` and friends) through `submitit.AutoExecutor(folder=RUN_DIR/submitit,
+   cluster=...)`, append the submission to `RUN_DIR/jobs.json`, and return at once;
+5. with `wait`, follow the cells with a progress bar until each has a record (or its job ended
+   without one); the result says which failed.
+
+Clusters: `local` (subprocesses on this machine; the default, works anywhere), `debug` (in this
+process, one cell after the other; always waits), `slurm` (needs `sbatch` and `SLURM_CONF`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from bench.errors import UsageError
+from bench.grid import Cell, Grid, Resources, load_grid
+from bench.records import CorruptRecord, now_iso, read_record, write_json_atomic
+from bench.runner import CellPaths, CellRunner
+
+log = logging.getLogger(__name__)
+
+CLUSTERS = ("local", "debug", "slurm")
+DEFAULT_RUNS_ROOT = Path("runs")
+
+
+@dataclasses.dataclass
+class Plan:
+    """Which cells of a grid run and which are skipped, and why."""
+
+    to_run: list[Cell] = dataclasses.field(default_factory=list)
+    reasons: dict[str, str] = dataclasses.field(default_factory=dict)   # cell_id -> new|error|corrupt
+    done: list[Cell] = dataclasses.field(default_factory=list)
+    in_flight: list[Cell] = dataclasses.field(default_factory=list)
+    corrupt: dict[str, str] = dataclasses.field(default_factory=dict)   # cell_id -> message
+
+
+@dataclasses.dataclass
+class LaunchResult:
+    """What `launch` did."""
+
+    run_dir: Path
+    grid: Grid
+    plan: Plan
+    cluster: str
+    job_id: str | None = None
+    task_job_ids: list[str] = dataclasses.field(default_factory=list)
+    finished: bool = False
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)    # cell_id -> one-line error
+
+    @property
+    def submitted(self) -> list[str]:
+        return [] if self.job_id is None else [c.cell_id for c in self.plan.to_run]
+
+    @property
+    def ok(self) -> bool:
+        """True unless a waited-for cell failed."""
+        return not self.failed
+
+
+def launch(grid_path: str | os.PathLike, cluster: str = "local", run_dir: str | os.PathLike | None = None,
+           dry_run: bool = False, wait: bool = False, poll_s: float = 2.0) -> LaunchResult:
+    """Launch the grid at `grid_path` (see the module doc); returns at once unless `wait`."""
+    if cluster not in CLUSTERS:
+        raise UsageError(f"unknown cluster {cluster!r}; choose from {', '.join(CLUSTERS)}")
+    grid = load_grid(grid_path)
+    run_dir = Path(run_dir) if run_dir is not None else DEFAULT_RUNS_ROOT / grid.name
+    if cluster == "slurm":
+        check_slurm_reachable()
+    plan = plan_cells(grid.cells, run_dir)
+    result = LaunchResult(run_dir=run_dir, grid=grid, plan=plan, cluster=cluster)
+    log_plan(grid, plan, run_dir)
+    if dry_run:
+        return result
+    write_run_files(run_dir, grid)
+    if not plan.to_run:
+        log.info("nothing to submit: every cell of %s is done or in flight", grid.name)
+        result.finished = not plan.in_flight
+        return result
+    supersede_records(run_dir, plan)
+    jobs = submit(grid, plan.to_run, run_dir, cluster)
+    result.task_job_ids = [str(job.job_id) for job in jobs]
+    result.job_id = array_job_id(result.task_job_ids, cluster)
+    record_submission(run_dir, result)
+    if wait or cluster == "debug":
+        result.failed = follow(run_dir, plan.to_run, jobs, poll_s=poll_s)
+        result.finished = True
+    return result
+
+
+# -------------------------------------------------------------------------------------- planning
+def plan_cells(cells: Sequence[Cell], run_dir: Path) -> Plan:
+    """Split cells into done (ok record), in flight (queued/running in an earlier job) and to run."""
+    plan = Plan()
+    in_flight = cells_in_flight(run_dir)
+    for cell in cells:
+        state = record_state(CellPaths(run_dir, cell.cell_id).record)
+        if state == "ok":
+            plan.done.append(cell)
+        elif cell.cell_id in in_flight:
+            plan.in_flight.append(cell)
+        else:
+            plan.to_run.append(cell)
+            plan.reasons[cell.cell_id] = "new" if state is None else state.split(":")[0]
+            if state and state.startswith("corrupt"):
+                plan.corrupt[cell.cell_id] = state.split(":", 1)[1].strip()
+    return plan
+
+
+def record_state(path: Path) -> str | None:
+    """`ok`, `error`, `corrupt: why`, or None when there is no record."""
+    if not path.exists():
+        return None
+    try:
+        return read_record(path)["status"]
+    except CorruptRecord as exc:
+        return f"corrupt: {exc}"
+
+
+def log_plan(grid: Grid, plan: Plan, run_dir: Path) -> None:
+    """Tell the user what will run and what is skipped (the dry-run listing)."""
+    log.info("grid %s: %d cells -> %s: %d to run, %d done (skipped), %d in flight (skipped)",
+             grid.name, len(grid.cells), run_dir, len(plan.to_run), len(plan.done), len(plan.in_flight))
+    for cell_id, message in plan.corrupt.items():
+        log.warning("corrupt record for cell %s (it runs again): %s", cell_id, message)
+    rows = [(c, "run (" + plan.reasons[c.cell_id] + ")") for c in plan.to_run]
+    rows += [(c, "skip (ok record)") for c in plan.done] + [(c, "skip (in flight)") for c in plan.in_flight]
+    for cell, action in rows:
+        log.info("  %s  %-18s %s", cell.cell_id, action, describe_cell(cell.config))
+
+
+def describe_cell(config: dict[str, Any]) -> str:
+    """One short line naming a cell: model, its options, input size, seed, measurements."""
+    args = ",".join(f"{k}={v}" for k, v in sorted((config.get("model_args") or {}).items()))
+    size = config.get("input_size")
+    return (f"{config.get('model')}({args}) @{size} seed={config.get('seed')} "
+            f"[{'+'.join(config.get('measure') or [])}]")
+
+
+# ---------------------------------------------------------------------------------- run folder
+def write_run_files(run_dir: Path, grid: Grid) -> None:
+    """RUN_DIR/grid.yaml (as given) and RUN_DIR/cells.json (every resolved cell)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "records").mkdir(exist_ok=True)
+    tmp = run_dir / ".grid.yaml.tmp"
+    tmp.write_text(grid.text)
+    os.replace(tmp, run_dir / "grid.yaml")
+    write_json_atomic(run_dir / "cells.json", [{"cell_id": c.cell_id, "config": c.config} for c in grid.cells])
+
+
+def supersede_records(run_dir: Path, plan: Plan) -> None:
+    """Move failed and corrupt records of cells about to run to RUN_DIR/superseded/."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for cell in plan.to_run:
+        path = CellPaths(run_dir, cell.cell_id).record
+        if path.exists():
+            target = run_dir / "superseded" / f"{cell.cell_id}.{stamp}.json"
+            target.parent.mkdir(exist_ok=True)
+            shutil.move(str(path), target)
+            log.info("moved the %s record of %s to %s", plan.reasons[cell.cell_id], cell.cell_id, target)
+
+
+def read_jobs(run_dir: Path) -> list[dict[str, Any]]:
+    """RUN_DIR/jobs.json, or [] when there is none (a corrupt one is an error: it is our file)."""
+    import json
+
+    path = run_dir / "jobs.json"
+    if not path.exists():
+        return []
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def record_submission(run_dir: Path, result: LaunchResult) -> None:
+    """Append this submission to RUN_DIR/jobs.json."""
+    jobs = read_jobs(run_dir)
+    jobs.append({"job_id": result.job_id, "cell_ids": result.submitted, "task_job_ids": result.task_job_ids,
+                 "cluster": result.cluster, "submitted_at": now_iso(), "host": socket.gethostname(),
+                 "grid": result.grid.name})
+    write_json_atomic(run_dir / "jobs.json", jobs)
+    log.info("submitted %d cell(s) as job %s on %s", len(result.submitted), result.job_id, result.cluster)
+
+
+def array_job_id(task_job_ids: list[str], cluster: str) -> str:
+    """The id naming the whole array: SLURM's array id, else the ids themselves."""
+    if cluster == "slurm":
+        return task_job_ids[0].split("_")[0]
+    if len(task_job_ids) == 1:
+        return task_job_ids[0]
+    return f"{task_job_ids[0]}..{task_job_ids[-1]}"
+
+
+# ------------------------------------------------------------------------------------ in flight
+def cells_in_flight(run_dir: Path) -> set[str]:
+    """Cells of earlier submissions whose job is still queued or running (asked of the cluster)."""
+    cells: set[str] = set()
+    jobs = read_jobs(run_dir)
+    slurm_ids = _live_slurm_task_ids(jobs)
+    for entry in jobs:
+        for cell_id, task_id in zip(entry.get("cell_ids", []), entry.get("task_job_ids", [])):
+            if entry.get("cluster") == "slurm" and task_id in slurm_ids:
+                cells.add(cell_id)
+            elif entry.get("cluster") == "local" and entry.get("host") == socket.gethostname() \
+                    and _local_job_alive(task_id):
+                cells.add(cell_id)
+    return cells
+
+
+def _live_slurm_task_ids(jobs: list[dict[str, Any]]) -> set[str]:
+    """Array task ids (`123_4`) SLURM still has queued or running, or none if it cannot be asked."""
+    if not any(entry.get("cluster") == "slurm" for entry in jobs):
+        return set()
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("cannot ask SLURM which earlier jobs still run (%s); their cells may be submitted "
+                    "again (each cell still writes one record)", exc)
+        return set()
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def _local_job_alive(job_id: str) -> bool:
+    """A local job's id is its controller's PID: alive and still a submitit process?"""
+    if not str(job_id).isdigit():
+        return False
+    try:
+        cmdline = Path(f"/proc/{job_id}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"submitit" in cmdline
+
+
+# ------------------------------------------------------------------------------------ submitting
+def check_slurm_reachable() -> None:
+    """Fail early with one clear line when SLURM's clients cannot be used."""
+    if shutil.which("sbatch") is None:
+        raise UsageError("--cluster slurm: sbatch is not on PATH (is this a SLURM login node?)")
+    if not os.environ.get("SLURM_CONF") and not Path("/etc/slurm/slurm.conf").exists():
+        raise UsageError("--cluster slurm: set SLURM_CONF to the cluster's slurm.conf "
+                         "(e.g. STATE_DIR/slurm.conf from scripts/slurm_cluster.sh start)")
+
+
+def make_executor(cluster: str, folder: Path, resources: Resources, n_cells: int, name: str):
+    """A submitit AutoExecutor carrying the grid's resources."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster,
+                                     slurm_max_num_timeout=resources.max_num_timeout)
+    executor.update_parameters(**executor_parameters(cluster, resources, n_cells, name))
+    return executor
+
+
+def executor_parameters(cluster: str, resources: Resources, n_cells: int, name: str) -> dict[str, Any]:
+    """Translate the grid's resources into AutoExecutor parameters for `cluster`."""
+    params: dict[str, Any] = {"name": f"vtbench-{name}", "timeout_min": resources.timeout_min,
+                              "nodes": resources.nodes, "tasks_per_node": resources.tasks_per_node,
+                              "cpus_per_task": resources.cpus_per_task,
+                              "gpus_per_node": resources.gpus_per_node}
+    if resources.mem_gb is not None:
+        params["mem_gb"] = resources.mem_gb
+    if cluster == "slurm":
+        params["slurm_array_parallelism"] = resources.array_parallelism
+        for key in ("partition", "account", "qos", "constraint", "signal_delay_s"):
+            if getattr(resources, key) is not None:
+                params[f"slurm_{key}"] = getattr(resources, key)
+        if resources.setup:
+            params["slurm_setup"] = list(resources.setup)
+    elif cluster == "local":
+        if resources.nodes > 1:
+            raise UsageError(f"the local executor runs one node; the grid asks for {resources.nodes}")
+        # Local jobs all start at once and wait for one of `local_parallelism` slots; the time
+        # limit counts from the start, so it covers the cells queued ahead of each one.
+        waves = math.ceil(n_cells / max(1, resources.local_parallelism))
+        params["timeout_min"] = resources.timeout_min * (waves + 1)
+        if resources.setup:
+            params["local_setup"] = list(resources.setup)
+    return params
+
+
+def submit(grid: Grid, cells: list[Cell], run_dir: Path, cluster: str) -> list[Any]:
+    """Submit `cells` as one job array; returns submitit's jobs, in the order of `cells`."""
+    executor = make_executor(cluster, (run_dir / "submitit").resolve(), grid.resources, len(cells), grid.name)
+    runner = CellRunner(run_dir, grid.name, grid.resources.local_parallelism)
+    payload = [{"cell_id": c.cell_id, "config": c.config} for c in cells]
+    return executor.map_array(runner, payload)
+
+
+# ------------------------------------------------------------------------------------- following
+def follow(run_dir: Path, cells: list[Cell], jobs: list[Any], poll_s: float = 2.0) -> dict[str, str]:
+    """Wait with a progress bar until each cell has a record or its job ended; returns failures."""
+    from tqdm import tqdm
+
+    pending = {cell.cell_id: job for cell, job in zip(cells, jobs)}
+    failed: dict[str, str] = {}
+    with tqdm(total=len(pending), unit="cell", desc=run_dir.name, dynamic_ncols=True) as bar:
+        while pending:
+            for cell_id, job in list(pending.items()):
+                outcome = _outcome(run_dir, cell_id, job)
+                if outcome is None:
+                    continue
+                del pending[cell_id]
+                bar.update(1)
+                if outcome != "ok":
+                    failed[cell_id] = outcome
+                    bar.write(f"cell {cell_id} failed: {outcome}")
+            bar.set_postfix(failed=len(failed))
+            if pending:
+                time.sleep(poll_s)
+    return failed
+
+
+def _outcome(run_dir: Path, cell_id: str, job: Any) -> str | None:
+    """`ok`, a one-line error, or None while the cell is still going."""
+    debug_error = _run_debug_job(job) if _is_debug(job) else None
+    path = CellPaths(run_dir, cell_id).record
+    state = record_state(path)
+    if state == "ok":
+        return "ok"
+    if state == "error":
+        error = read_record(path).get("error") or {}
+        return f"{error.get('type', 'error')}: {error.get('message', '')}"
+    if state is not None:  # corrupt: cannot happen for a record we wrote atomically, but say so
+        return state
+    if debug_error is not None:
+        return f"debug job {job.job_id} raised without a record: {debug_error}"
+    if not job.done():
+        return None
+    time.sleep(0.5)  # the record is written before the job's result; re-check once
+    if record_state(path) is not None:
+        return _outcome(run_dir, cell_id, job)
+    return f"job {job.job_id} ended without a record: {_job_failure(job)}"
+
+
+def _is_debug(job: Any) -> bool:
+    return type(job).__name__ == "DebugJob"
+
+
+def _run_debug_job(job: Any) -> str | None:
+    """Run a debug job in this process; returns its error line, if it raised.
+
+    Calls the submission directly rather than `DebugJob.result()`, which opens pdb on an error.
+    """
+    submission = job.submission()
+    if submission.done():
+        return None
+    saved = os.environ.get("SUBMITIT_DEBUG_JOB_ID")
+    os.environ["SUBMITIT_DEBUG_JOB_ID"] = str(job.job_id)  # so submitit.JobEnvironment() works
+    try:
+        submission.result()
+    except Exception as exc:  # noqa: BLE001 - reported as the cell's failure by the caller
+        log.error("debug job %s raised", job.job_id, exc_info=True)
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        if saved is None:
+            os.environ.pop("SUBMITIT_DEBUG_JOB_ID", None)
+        else:
+            os.environ["SUBMITIT_DEBUG_JOB_ID"] = saved
+    return None
+
+
+def _job_failure(job: Any) -> str:
+    """One line on why a job ended without a record (state and last error line)."""
+    try:
+        exc = job.exception()
+    except Exception as err:  # noqa: BLE001 - asking the cluster can fail; say what we know
+        return f"state {getattr(job, 'state', '?')} ({err})"
+    if exc is None:
+        return f"state {job.state}"
+    lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("-")]
+    return f"state {job.state}: {lines[-1] if lines else type(exc).__name__}"
