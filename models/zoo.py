@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from models.fpn import FPN, VTFPN, SegmentationFPN
 from models.registry import register_model
 from models.resnet import STEMS, ResNetClassifier, VTResNet
 from models.transformer import TRANSFORMERS
@@ -144,3 +145,58 @@ def vt_resnet101(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens:
                  proj_groups: int = 8, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None):
     """VT-ResNet-101: stage 5 -> 3 VT modules at 14x14, C = 1024 (Table 8)."""
     return _vt_resnet(101, **locals())
+
+
+def _check_seg(num_classes: int) -> None:
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+
+
+@register_model
+def fpn_r50(*, num_classes: int = 171):
+    """Semantic FPN on ResNet-50 (torchvision FPN + Detectron2 head; Tables 9-10)."""
+    _check_seg(num_classes)
+    return SegmentationFPN(50, partial(FPN), num_classes)
+
+
+@register_model
+def fpn_r101(*, num_classes: int = 171):
+    """Semantic FPN on ResNet-101 (torchvision FPN + Detectron2 head; Tables 9-10)."""
+    _check_seg(num_classes)
+    return SegmentationFPN(101, partial(FPN), num_classes)
+
+
+def _vt_fpn(depth: int, *, num_classes: int, num_tokens: int, token_channels: int, tokenizer: str,
+            transformer: str, qk_channels, heads, kqv_groups, ff_channels, proj_channels, proj_groups: int,
+            kmeans_iters: int) -> SegmentationFPN:
+    """Validate the options and assemble a VT-FPN."""
+    _check_seg(num_classes)
+    for name, value in (("num_tokens", num_tokens), ("token_channels", token_channels), ("proj_groups", proj_groups)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if transformer not in TRANSFORMERS:
+        raise ValueError(f"unknown transformer {transformer!r}; choose from {', '.join(TRANSFORMERS)}")
+    fpn = partial(
+        VTFPN, num_tokens=num_tokens, token_channels=token_channels, tokenizer=tokenizer, transformer=transformer,
+        transformer_kwargs=_transformer_kwargs(transformer, qk_channels, heads, kqv_groups, ff_channels),
+        proj_channels=proj_channels, proj_groups=proj_groups, kmeans_iters=kmeans_iters,
+    )
+    return SegmentationFPN(depth, fpn, num_classes)
+
+
+@register_model
+def vt_fpn_r50(*, num_classes: int = 171, num_tokens: int = 8, token_channels: int = 1024, tokenizer: str = "filter",
+               transformer: str = "paper", qk_channels: int | None = None, heads: int | None = None,
+               kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
+               proj_groups: int = 16, kmeans_iters: int = 3):
+    """VT-FPN on ResNet-50: 8 tokens x 1024 channels per level, one transformer (Tables 9-10)."""
+    return _vt_fpn(50, **locals())
+
+
+@register_model
+def vt_fpn_r101(*, num_classes: int = 171, num_tokens: int = 8, token_channels: int = 1024, tokenizer: str = "filter",
+                transformer: str = "paper", qk_channels: int | None = None, heads: int | None = None,
+                kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
+                proj_groups: int = 16, kmeans_iters: int = 3):
+    """VT-FPN on ResNet-101: 8 tokens x 1024 channels per level, one transformer (Tables 9-10)."""
+    return _vt_fpn(101, **locals())
