@@ -1,0 +1,155 @@
+"""Training: loss goes down, resume is exact, bad checkpoints are clear errors, metrics are right."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from bench import checkpoint as ckpt
+from bench.errors import UsageError
+from bench.train import (TrainConfig, confusion_matrix, segmentation_metrics, topk_correct, train)
+
+TINY = f"{__name__}:tiny_cnn"
+
+
+def tiny_cnn(num_classes: int = 10, task: str = "cls") -> nn.Module:
+    """A tiny CNN with BatchNorm and dropout, for classification or segmentation."""
+    layers: list[nn.Module] = [nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                               nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()]
+    if task == "cls":
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(16, num_classes)]
+    else:
+        layers += [nn.Conv2d(16, num_classes, 1)]
+    model = nn.Sequential(*layers)
+    model.task, model.num_classes, model.default_input_size = task, num_classes, 8
+    return model
+
+
+def _config(**overrides) -> TrainConfig:
+    values = dict(dataset="digits", input_size=8, epochs=4, batch_size=64, lr=0.1, threads=1,
+                  dataset_args={"augment": True})
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+class _Killed(Exception):
+    """Stands for the process being killed right after a checkpoint."""
+
+
+def _kill_after(monkeypatch, epochs: int) -> None:
+    real_save = ckpt.save_checkpoint
+
+    def save_then_die(out_dir, state):
+        path = real_save(out_dir, state)
+        if state["epoch"] == epochs:
+            raise _Killed()
+        return path
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_die)
+
+
+def test_config_rejects_unknown_and_bad_values():
+    with pytest.raises(UsageError, match="unknown train option"):
+        TrainConfig.from_dict({"epochs": 1, "learning_rate": 0.1})
+    with pytest.raises(UsageError, match="schedule"):
+        TrainConfig(schedule="linear")
+    assert TrainConfig.from_dict({"epochs": 2}).to_dict()["epochs"] == 2
+
+
+def test_training_reduces_loss_and_writes_metrics(tmp_path):
+    metrics = train(TINY, {}, _config(epochs=3, dataset_args={}), tmp_path, progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3]
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"] - 0.2
+    assert metrics["top1"] > 40 and metrics["best_top1"] >= metrics["top1"]
+    assert metrics["epochs"] == 3 and metrics["resumed_from_epoch"] == 0
+    for key in ("top5", "train_time_s", "epoch_time_s"):
+        assert metrics[key] > 0
+
+
+def test_resume_after_kill_is_exact(tmp_path, monkeypatch):
+    straight = train(TINY, {}, _config(), tmp_path / "straight", progress=False)
+    _kill_after(monkeypatch, 2)
+    with pytest.raises(_Killed):
+        train(TINY, {}, _config(), tmp_path / "resumed", progress=False)
+    monkeypatch.undo()
+    torch.manual_seed(12345)  # a resumed process starts with other RNG states
+    resumed = train(TINY, {}, _config(), tmp_path / "resumed", progress=False)
+    assert resumed["resumed_from_epoch"] == 2 and resumed["epochs"] == 4
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert resumed["top1"] == straight["top1"] and resumed["train_loss"] == straight["train_loss"]
+    assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_finished_run_resumes_to_its_final_metrics(tmp_path):
+    first = train(TINY, {}, _config(epochs=1), tmp_path, progress=False)
+    again = train(TINY, {}, _config(epochs=1), tmp_path, progress=False)
+    assert again["resumed_from_epoch"] == 1 and again["top1"] == first["top1"]
+
+
+def test_corrupt_or_foreign_checkpoint_is_a_clear_error_and_keeps_the_last_good(tmp_path):
+    train(TINY, {}, _config(epochs=2), tmp_path, progress=False)
+    with pytest.raises(ckpt.CheckpointError, match="another config"):
+        train(TINY, {}, _config(epochs=2, lr=0.05), tmp_path, progress=False)
+    (tmp_path / ckpt.CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(ckpt.CheckpointError, match="corrupt.*checkpoint.prev.pt"):
+        train(TINY, {}, _config(epochs=2), tmp_path, progress=False)
+    assert (tmp_path / ckpt.CHECKPOINT).read_bytes() == b"not a checkpoint"
+    previous = torch.load(tmp_path / ckpt.PREVIOUS, weights_only=True)
+    assert previous["epoch"] == 1
+
+
+def test_model_that_does_not_fit_the_data_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="does not fit"):
+        train(TINY, {"task": "seg", "num_classes": 10}, _config(epochs=1), tmp_path, progress=False)
+    with pytest.raises(UsageError, match="has 7 classes"):
+        train(TINY, {"num_classes": 7}, _config(epochs=1), tmp_path, progress=False)
+    with pytest.raises(UsageError, match="unknown dataset"):
+        train(TINY, {}, _config(epochs=1, dataset="mnist"), tmp_path, progress=False)
+
+
+def test_segmentation_trains_and_reports_miou(tmp_path):
+    cfg = _config(dataset="shapes", epochs=1, input_size=16, batch_size=16,
+                  dataset_args={"num_samples": 32})
+    metrics = train(TINY, {"task": "seg", "num_classes": 5}, cfg, tmp_path, progress=False)
+    assert 0 <= metrics["miou"] <= 100 and 0 <= metrics["pixel_acc"] <= 100
+    assert metrics["best_miou"] == metrics["miou"] and "top1" not in metrics
+
+
+def test_segmentation_metrics_from_a_hand_made_confusion_matrix():
+    conf = torch.tensor([[5, 1, 0], [2, 3, 0], [0, 0, 0]])  # rows = truth; class 2 absent
+    metrics = segmentation_metrics(conf)
+    # IoU_0 = 5 / (5 + 1 + 2) = 0.625, IoU_1 = 3 / (3 + 2 + 1) = 0.5, class 2 skipped
+    assert metrics["miou"] == pytest.approx(56.25)
+    assert metrics["pixel_acc"] == pytest.approx(800 / 11)
+    assert metrics["iou_per_class"] == [62.5, 50.0, None]
+
+
+def test_confusion_matrix_counts_and_ignores():
+    target = torch.tensor([[0, 0, 1], [1, 255, 2]])
+    pred = torch.tensor([[0, 1, 1], [2, 0, 2]])
+    conf = confusion_matrix(pred, target, 3, ignore_index=255)
+    assert conf.tolist() == [[1, 1, 0], [0, 1, 1], [0, 0, 1]]
+    with pytest.raises(ValueError, match="outside"):
+        confusion_matrix(pred, torch.full_like(target, 4), 3)
+
+
+def test_topk_correct():
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]])
+    assert topk_correct(logits, torch.tensor([1, 2]), ks=(1, 2)) == [1, 1]
+    assert topk_correct(logits, torch.tensor([1, 2]), ks=(1, 5)) == [1, 2]  # k capped at classes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["resnet18", "vt_resnet18"])
+def test_digits_resnet18_and_vt_resnet18_reach_95_percent(tmp_path, model):
+    """Digits at the native 8x8 resolution (cifar stem), 10 epochs: ~1 CPU-minute each on 2 cores."""
+    metrics = train(model, {"num_classes": 10, "stem": "cifar"},
+                    TrainConfig(dataset="digits", input_size=8, epochs=10, threads=2), tmp_path,
+                    progress=False)
+    assert metrics["top1"] >= 95.0, metrics
