@@ -624,7 +624,8 @@ def _measure_with_backoff(runnable: nn.Module, *, batch_size: int, min_batch_siz
         current, retries = smaller, retries + 1
 
 
-def latency_env(*, device: str | torch.device = "cpu", dtype: str = "fp32", batch_size: int | None = None,
+def latency_env(*, device: str | torch.device = "cpu", dtype: str = "fp32",
+                batch_size: int | Sequence[int] | None = None,
                 input_size: int | Sequence[int] | None = None, threads: int | None = None,
                 cudnn_benchmark: bool | None = None) -> dict[str, Any]:
     """The environment of a latency measurement: `capture_env` plus dtype, batch, size, threads, cuDNN."""

@@ -1,0 +1,273 @@
+"""`vtbench profile MODEL_OR_IMPORT_PATH`: MACs and parameters by stage, latency and memory per batch.
+
+Prints a readable table to stdout; with `--json PATH` also writes one record (bench/records.py):
+
+    config:  {"model": ..., "model_args": {...}, "measure": ["complexity", "latency"],
+              "input_size": 224 | [H, W], "seed": 0, "complexity": {},
+              "latency": {"device", "batch_size": [1, 32], "dtype", "threads", "channels_last",
+                          "compile", "cuda_graphs", "train_step"}}
+    metrics: the flat complexity metrics (`gmacs`, `params_m`, `gmacs_<stage>`, ...) and
+             `latency`: one row per batch size asked for (the dict of `measure_latency`, or
+             `{"batch_size_requested": B, "error": "..."}` where it ran out of memory).
+             With exactly one batch size, that row's metrics are also copied to the top level
+             (`latency_ms_p50`, `throughput_img_s`, ...), as a grid cell's record has them.
+
+Exit status: 0, 1 when some batch size ran out of memory (its row says so), 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import time
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+from bench.errors import UsageError
+
+NAME = "profile"
+HELP = "Measure one model (registry name or package.module:callable): MACs, params, latency, memory."
+
+log = logging.getLogger(__name__)
+
+STAGE_ORDER = ("stem", "stage2", "stage3", "stage4", "stage5", "vt", "fpn", "head")
+_NOT_STAGES = ("fvcore", "flopcounter")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `vtbench profile`."""
+    from bench.latency import COMPILE_MODES, DTYPES
+
+    parser.add_argument("model", metavar="MODEL_OR_IMPORT_PATH",
+                        help="a registered model (see `vtbench models`) or package.module:callable")
+    parser.add_argument("--input-size", default=None,
+                        help="square side or HxW (default: the model's default_input_size, else 224)")
+    parser.add_argument("--batch-size", default="1", help="comma-separated batch sizes (default: 1)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="fp32, or bf16/fp16 autocast")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    parser.add_argument("--compile", dest="compile_mode", default=None, choices=COMPILE_MODES, metavar="MODE",
+                        help=f"torch.compile mode ({', '.join(COMPILE_MODES)})")
+    parser.add_argument("--cuda-graphs", action="store_true", help="time CUDA graph replays of the forward")
+    parser.add_argument("--train-step", action="store_true", help="time forward+backward+SGD step, not inference")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: current)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="model option, repeatable (e.g. --set num_tokens=8 --set tokenizer=recurrent)")
+    parser.add_argument("--min-time", type=float, default=1.0, help="timed seconds per batch size, at least")
+    parser.add_argument("--no-oom-retry", action="store_true", help="do not retry an out-of-memory at half batch")
+    parser.add_argument("--no-latency", action="store_true", help="complexity only")
+    parser.add_argument("--no-complexity", action="store_true", help="latency only")
+    parser.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write the record here")
+
+
+# ------------------------------------------------------------------------------- parsing -----
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """`"1,32"` -> [1, 32]; raise UsageError on anything but positive integers."""
+    sizes = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not re.fullmatch(r"\d+", part) or int(part) < 1:
+            raise UsageError(f"batch sizes must be positive integers separated by commas, got {text!r}")
+        sizes.append(int(part))
+    return sizes
+
+
+def parse_input_size(text: str | None) -> int | list[int] | None:
+    """`"224"` -> 224, `"224x320"` -> [224, 320], None -> None; UsageError otherwise."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+)\s*)?", str(text))
+    if not match or int(match.group(1)) < 1 or (match.group(2) and int(match.group(2)) < 1):
+        raise UsageError(f"input size must be a positive side or HxW, got {text!r}")
+    if match.group(2) is None:
+        return int(match.group(1))
+    return [int(match.group(1)), int(match.group(2))]
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """`["num_tokens=8", "projector=false"]` -> {"num_tokens": 8, "projector": False} (YAML values)."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise UsageError(f"--set expects KEY=VALUE with KEY a Python name, got {item!r}")
+        try:
+            overrides[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--set {key}: cannot parse value {value!r}") from exc
+    return overrides
+
+
+def _check_device_options(args: argparse.Namespace, batch_sizes: Sequence[int]) -> None:
+    """Fail before building anything when the device cannot run the options asked for."""
+    from bench.latency import check_dtype, check_options, resolve_device
+
+    if args.no_latency:
+        return
+    device = resolve_device(args.device)
+    check_options(device=device, batch_size=batch_sizes[0], compile_mode=args.compile_mode,
+                  cuda_graphs=args.cuda_graphs, train_step=args.train_step, threads=args.threads)
+    check_dtype(device, args.dtype)
+    if args.min_time <= 0:
+        raise UsageError(f"--min-time must be positive, got {args.min_time}")
+
+
+# ----------------------------------------------------------------------------- measuring -----
+
+def complexity_metrics(model, input_size: int | list[int]) -> dict[str, Any]:
+    """Flat complexity metrics from `bench.complexity` (imported when needed)."""
+    from bench.complexity import measure_complexity
+
+    size = tuple(input_size) if isinstance(input_size, list) else input_size
+    return measure_complexity(model, size, batch_size=1).to_metrics()
+
+
+def latency_rows(model, args: argparse.Namespace, input_size, batch_sizes: Sequence[int]) -> list[dict[str, Any]]:
+    """One `measure_latency` row per batch size; an out-of-memory becomes an error row."""
+    from bench.latency import OutOfMemory, measure_latency
+
+    rows = []
+    for batch in batch_sizes:
+        log.info("timing %s at batch %d on %s (%s)", args.model, batch, args.device, args.dtype)
+        try:
+            rows.append(measure_latency(
+                model, input_size=input_size, batch_size=batch, device=args.device, dtype=args.dtype,
+                channels_last=args.channels_last, compile_mode=args.compile_mode, cuda_graphs=args.cuda_graphs,
+                train_step=args.train_step, threads=args.threads, oom_retry=not args.no_oom_retry,
+                min_time_s=args.min_time))
+        except OutOfMemory as exc:
+            log.error("batch %d: %s", batch, exc)
+            rows.append({"batch_size_requested": batch, "batch_size_tried": exc.batch_size_tried,
+                         "error": f"OutOfMemory: {exc}"})
+    return rows
+
+
+def build_config(args: argparse.Namespace, overrides: dict[str, Any], input_size, batch_sizes) -> dict[str, Any]:
+    """The record's fully resolved config, in the cell layout of docs/architecture.md."""
+    measure = [m for m, off in (("complexity", args.no_complexity), ("latency", args.no_latency)) if not off]
+    return {
+        "model": args.model,
+        "model_args": overrides,
+        "measure": measure,
+        "input_size": input_size,
+        "seed": 0,
+        "complexity": {},
+        "latency": {"device": args.device, "batch_size": list(batch_sizes), "dtype": args.dtype,
+                    "threads": args.threads, "channels_last": args.channels_last,
+                    "compile": args.compile_mode, "cuda_graphs": args.cuda_graphs,
+                    "train_step": args.train_step},
+    }
+
+
+def profile(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate, build, measure; return (config, metrics)."""
+    import torch
+
+    from bench.modelref import default_input_size, resolve_model_ref
+
+    batch_sizes = parse_batch_sizes(args.batch_size)
+    input_size = parse_input_size(args.input_size)
+    overrides = parse_overrides(args.overrides)
+    if args.no_latency and args.no_complexity:
+        raise UsageError("nothing to measure: --no-latency and --no-complexity together")
+    _check_device_options(args, batch_sizes)
+    ref = resolve_model_ref(args.model)
+    torch.manual_seed(0)
+    model = ref.build(**overrides).eval()  # complexity traces inference; latency sets its own mode
+    if input_size is None:
+        input_size = default_input_size(model)
+    metrics: dict[str, Any] = {}
+    if not args.no_complexity:
+        metrics.update(complexity_metrics(model, input_size))
+    if not args.no_latency:
+        rows = latency_rows(model, args, input_size, batch_sizes)
+        metrics["latency"] = rows
+        if len(rows) == 1 and "error" not in rows[0]:
+            metrics.update({k: v for k, v in rows[0].items() if k not in metrics})
+    return build_config(args, overrides, input_size, batch_sizes), metrics
+
+
+# ------------------------------------------------------------------------------- output ------
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """Align `rows` under `columns` = [(key, header, format spec)]; missing values print as '-'."""
+    cells = [[header for _, header, _ in columns]]
+    for row in rows:
+        line = []
+        for key, _, spec in columns:
+            value = row.get(key)
+            line.append("-" if value is None else (format(value, spec) if spec else str(value)))
+        cells.append(line)
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    text = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+def stage_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-stage MACs and params from the flat `gmacs_<stage>` / `params_m_<stage>` metrics."""
+    stages = [k[len("gmacs_"):] for k in metrics if k.startswith("gmacs_") and k[len("gmacs_"):] not in _NOT_STAGES]
+    known = [s for s in STAGE_ORDER if s in stages]
+    ordered = known + [s for s in stages if s not in known]
+    rows = [{"stage": s, "gmacs": metrics.get(f"gmacs_{s}"), "params_m": metrics.get(f"params_m_{s}")}
+            for s in ordered]
+    rows.append({"stage": "total", "gmacs": metrics.get("gmacs"), "params_m": metrics.get("params_m")})
+    return rows
+
+
+LATENCY_COLUMNS = (
+    ("batch_size_requested", "batch", ""), ("batch_size_used", "used", ""),
+    ("latency_ms_p50", "p50 ms", ".2f"), ("latency_ms_p20", "p20 ms", ".2f"), ("latency_ms_p80", "p80 ms", ".2f"),
+    ("latency_iters", "iters", ""), ("throughput_img_s", "img/s", ".1f"), ("peak_mem_mb", "peak MiB", ".0f"),
+    ("error", "error", ""),
+)
+
+
+def render(config: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """The readable report of one profile: header, stages, latency."""
+    lat = config["latency"]
+    head = (f"{config['model']} {config['model_args'] or ''} input {config['input_size']}  "
+            f"device {lat['device']} {lat['dtype']}{' channels_last' if lat['channels_last'] else ''}"
+            f"{' compile=' + lat['compile'] if lat['compile'] else ''}{' cuda_graphs' if lat['cuda_graphs'] else ''}"
+            f"  {'train step' if lat['train_step'] else 'inference'}")
+    parts = [head]
+    if "gmacs" in metrics:
+        parts.append(format_table(stage_rows(metrics), (("stage", "stage", ""), ("gmacs", "GMACs", ".3f"),
+                                                        ("params_m", "params M", ".3f"))))
+        fvcore = metrics.get("gmacs_fvcore")
+        unsupported = metrics.get("unsupported_ops") or {}
+        parts.append(f"fvcore total {fvcore:.3f} GMACs; flop counter {metrics.get('gmacs_flopcounter', float('nan')):.3f}"
+                     f" GMACs; unsupported ops: {', '.join(f'{k} x{v}' for k, v in unsupported.items()) or 'none'}"
+                     if fvcore is not None else "")
+    if "latency" in metrics:
+        rows = metrics["latency"]
+        parts.append(format_table(rows, LATENCY_COLUMNS if any("error" in r for r in rows) else LATENCY_COLUMNS[:-1]))
+        done = [r for r in rows if "error" not in r]
+        if done:
+            parts.append(f"timer: {done[0]['timer']}; threads {done[0]['threads']}; "
+                         f"peak memory = {done[0]['peak_mem_kind']}")
+    return "\n\n".join(p for p in parts if p)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `vtbench profile`."""
+    from bench.latency import latency_env
+    from bench.records import make_record, now_iso, write_json_atomic
+
+    started, t0 = now_iso(), time.perf_counter()
+    config, metrics = profile(args)
+    print(render(config, metrics))
+    if args.json_path:
+        done = [r for r in metrics.get("latency", []) if "error" not in r]
+        env = latency_env(device=args.device, dtype=args.dtype, batch_size=config["latency"]["batch_size"],
+                          input_size=config["input_size"], threads=done[0]["threads"] if done else args.threads,
+                          cudnn_benchmark=done[0]["cudnn_benchmark"] if done else None)
+        record = make_record(config, metrics=metrics, env=env, started_at=started,
+                             duration_s=time.perf_counter() - t0)
+        path = write_json_atomic(args.json_path, record)
+        log.info("record written to %s", path)
+    return 1 if any("error" in r for r in metrics.get("latency", [])) else 0
