@@ -103,12 +103,12 @@ def plot_accuracy_vs_gmacs(agg: pd.DataFrame, label_cols: list[str]) -> plt.Figu
     if rows.empty:
         raise PlotSkipped(f"no cell has both {metric} and gmacs (train without complexity?)")
     datasets = list(dict.fromkeys(_col(rows, "train.dataset").fillna("?").astype(str)))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7.5 * len(datasets), 5.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         sub = rows[_col(rows, "train.dataset").fillna("?").astype(str) == dataset]
         _accuracy_panel(ax, sub, metric, label_cols, dataset)
     name = "top-1 accuracy" if metric == "top1" else "mIoU"
-    fig.suptitle(f"{name} vs GMACs (mean ± sample std over seeds; Pareto front dashed)")
+    fig.suptitle(f"{name} vs GMACs\n(mean ± sample std over seeds; Pareto front dashed)", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -125,13 +125,14 @@ def _accuracy_panel(ax: plt.Axes, sub: pd.DataFrame, metric: str, label_cols: li
             label="Pareto front")
     ax.scatter(front["gmacs"], front[metric], s=160, facecolors="none", edgecolors="black", linewidths=1.2)
     if len(sub) <= 16:
+        varying = [c for c in label_cols if sub[c].astype(str).nunique() > 1]
         for _, row in sub.iterrows():
-            ax.annotate(_short_label(row, label_cols), (row["gmacs"], row[metric]), fontsize=7,
+            ax.annotate(_short_label(row, varying), (row["gmacs"], row[metric]), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("GMACs per image (10⁹ multiply-accumulates)")
     ax.set_ylabel("top-1 accuracy (%)" if metric == "top1" else "mIoU (%)")
     ax.set_title(f"data set: {dataset}")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
 
 
 # --------------------------------------------------------------------------- latency vs tokens
@@ -153,7 +154,7 @@ def plot_latency_vs_tokens(agg: pd.DataFrame, settings: list[str]) -> plt.Figure
         for j, model in enumerate(models):
             sub = rows[(setting_key == setting) & (rows["model"] == model)]
             _latency_panel(axes[i][j], sub, agg, model, setting)
-    fig.suptitle("Latency vs number of tokens L (p50, bars p20–p80)")
+    fig.suptitle("Latency vs number of tokens L\n(p50, bars p20–p80; dashed: baseline)", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -208,8 +209,9 @@ def _default_variant(rows: pd.DataFrame) -> pd.DataFrame:
     keep = []
     for idx, row in rows.iterrows():
         defaults = VARIANT_DEFAULTS.get(row["family"], {})
-        ok = all(pd.isna(row.get(k)) or str(row.get(k)).lower() == str(v).lower() for k, v in defaults.items()
-                 if k in rows.columns)
+        ok = all(pd.isna(row.get(k)) or str(row.get(k)).lower() in
+                 {str(a).lower() for a in (v if isinstance(v, tuple) else (v,))}
+                 for k, v in defaults.items() if k in rows.columns)
         keep.append(ok)
     chosen = rows[keep]
     return chosen if not chosen.empty else rows
@@ -238,7 +240,7 @@ def plot_stage5(agg: pd.DataFrame) -> plt.Figure:
     fams = [f for f in ("resnet", "vt_resnet") if (rows["family"] == f).any()]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sns.barplot(data=rows, x="depth", y="stage_gmacs", hue="family_label", order=order,
-                hue_order=[FAMILY_LABELS[f] for f in fams], palette=[FAMILY_COLORS[f] for f in fams], ax=ax)
+                hue_order=[FAMILY_LABELS[f] for f in fams], palette=[FAMILY_COLORS[f] for f in fams], errorbar=None, ax=ax)
     _annotate_reduction(ax, rows, order)
     size = rows["input_size"].iloc[0] if "input_size" in rows.columns else "?"
     ax.set_title(f"Stage 5 (ResNet) vs VT stage (VT-ResNet), input {size}")
@@ -274,7 +276,7 @@ def plot_fpn(agg: pd.DataFrame) -> plt.Figure:
     fams = [f for f in ("fpn", "vt_fpn") if (rows["family"] == f).any()]
     long["family_label"] = long["family"].map(FAMILY_LABELS)
     sns.barplot(data=long, x="bar", y="value", hue="family_label", hue_order=[FAMILY_LABELS[f] for f in fams],
-                palette=[FAMILY_COLORS[f] for f in fams], ax=axes[0][0])
+                palette=[FAMILY_COLORS[f] for f in fams], errorbar=None, ax=axes[0][0])
     size = rows["input_size"].iloc[0] if "input_size" in rows.columns else "?"
     axes[0][0].set_title(f"GMACs per image at {size}")
     axes[0][0].set_xlabel("backbone · part")
@@ -282,7 +284,7 @@ def plot_fpn(agg: pd.DataFrame) -> plt.Figure:
     axes[0][0].legend(title="family")
     if has_miou:
         _miou_panel(axes[0][1], rows[rows["miou"].notna()], fams)
-    fig.suptitle("FPN vs VT-FPN")
+    fig.suptitle("FPN vs VT-FPN", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -291,7 +293,7 @@ def _miou_panel(ax: plt.Axes, rows: pd.DataFrame, fams: list[str]) -> None:
     rows = rows.assign(depth=rows["model"].map(lambda m: "R" + "".join(c for c in m if c.isdigit())),
                        family_label=rows["family"].map(FAMILY_LABELS))
     sns.barplot(data=rows, x="depth", y="miou", hue="family_label", hue_order=[FAMILY_LABELS[f] for f in fams],
-                palette=[FAMILY_COLORS[f] for f in fams], ax=ax)
+                palette=[FAMILY_COLORS[f] for f in fams], errorbar=None, ax=ax)
     for patch_group, fam in zip(ax.containers, fams):
         part = rows[rows["family"] == fam]
         ax.errorbar([p.get_x() + p.get_width() / 2 for p in patch_group][: len(part)], part["miou"],
@@ -299,7 +301,7 @@ def _miou_panel(ax: plt.Axes, rows: pd.DataFrame, fams: list[str]) -> None:
     ax.set_title("mIoU (mean ± sample std over seeds)")
     ax.set_xlabel("backbone depth")
     ax.set_ylabel("mIoU (%)")
-    ax.legend(title="family")
+    ax.legend(title="family", loc="lower right")
 
 
 # --------------------------------------------------------------------------- files
@@ -308,8 +310,10 @@ def save_figure(fig: plt.Figure, out_dir: Path, name: str) -> tuple[Path, Path]:
     """Write NAME.png (for the HTML page) and NAME.svg; close the figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
     png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
-    fig.savefig(png, dpi=110, bbox_inches="tight")
-    fig.savefig(svg, bbox_inches="tight")
+    # no bbox_inches="tight": the figures lay themselves out (tight_layout), and the tight bounding
+    # box costs a second full draw per file
+    fig.savefig(png, dpi=110)
+    fig.savefig(svg)
     plt.close(fig)
     return png, svg
 
@@ -340,13 +344,18 @@ def sample_image(dataset: str | None, size: tuple[int, int]) -> tuple["torch.Ten
 
         digits = load_digits()
         gray, caption = torch.tensor(digits.images[0] / 16.0, dtype=torch.float32), f"digits sample 0 (label {digits.target[0]})"
+        # bench.data normalises digits with the pixel mean/std of its training split; the whole
+        # set's statistics are within a few percent of those and need no split here
+        stats = torch.tensor(digits.images / 16.0, dtype=torch.float32)
+        mean, std = float(stats.mean()), float(stats.std())
     else:
         yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
         disc = ((xx + 0.35) ** 2 + (yy + 0.3) ** 2 < 0.12).float()
         square = ((xx - 0.4).abs() < 0.25).float() * ((yy - 0.35).abs() < 0.25).float()
         gray, caption = 0.15 + 0.7 * disc + 0.5 * square, "synthetic image (a disc and a square)"
+        mean, std = 0.5, 0.25
     gray = F.interpolate(gray[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
-    model_input = ((gray - 0.5) / 0.5).expand(3, -1, -1).contiguous()
+    model_input = ((gray - mean) / std).expand(3, -1, -1).contiguous()
     return model_input, gray, caption
 
 
@@ -412,8 +421,10 @@ def _attention_figure(attn: np.ndarray, gray: np.ndarray, config: dict[str, Any]
         ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
         last = ax.imshow(attn[t], cmap="magma", alpha=0.65)
         ax.set_title(f"token {t + 1}", fontsize=8)
+    fig.subplots_adjust(left=0.02, right=0.86, top=1 - 0.9 / fig.get_figheight(), bottom=0.03, wspace=0.1, hspace=0.35)
     if last is not None:
-        fig.colorbar(last, ax=axes.ravel().tolist(), shrink=0.6, label="attention weight (softmax over pixels)")
+        cax = fig.add_axes([0.89, 0.15, 0.015, 0.6])
+        fig.colorbar(last, cax=cax, label="attention weight (softmax over pixels)")
     options = ", ".join(f"{k}={v}" for k, v in (config.get("model_args") or {}).items())
     fig.suptitle(f"Tokenizer attention over the input: {config['model']} ({options})\n"
                  f"first of {n_tokenizers} tokenizer(s), {weights}; {caption}", fontsize=10)

@@ -170,7 +170,8 @@ def load_runs(run_dirs: Iterable[str | Path]) -> RunData:
         for path, record in iter_records(run_dir / "records"):
             if isinstance(record, CorruptRecord):
                 log.warning("corrupt record: %s", record)
-                corrupt.append({"run": run, "path": str(path), "reason": str(record)})
+                reason = str(record).removeprefix(f"{path}: ")
+                corrupt.append({"run": run, "path": str(path), "reason": reason})
                 seen.setdefault(path.stem, "corrupt record")
                 continue
             seen[record["cell_id"]] = record["status"]
@@ -484,12 +485,22 @@ def accuracy_table(agg: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
     return out
 
 
-def paper_table(comparison: pd.DataFrame) -> pd.DataFrame:
+def cell_options(table: pd.DataFrame, option_columns: list[str]) -> dict[str, str]:
+    """group_id -> the model options a configuration set explicitly ('' when none)."""
+    out = {}
+    for _, row in table.iterrows():
+        opts = [f"{c}={row[c]}" for c in option_columns if c in table.columns and not pd.isna(row[c])]
+        out[row["group_id"]] = ", ".join(opts)
+    return out
+
+
+def paper_table(comparison: pd.DataFrame, options: dict[str, str] | None = None) -> pd.DataFrame:
     """Paper vs measured, readable: delta = measured - paper, and in % of the paper's number."""
     if comparison.empty:
         return pd.DataFrame()
     digits = {"GMAC": 3, "M": 2, "%": 2, "x": 2}
     out = comparison[["table", "model", "variant", "metric", "unit", "input_size"]].copy()
+    out.insert(3, "measured cell's options", comparison["group_id"].map(lambda g: (options or {}).get(g, "")))
     out["paper"] = [fmt(v, digits.get(u, 3)) for v, u in zip(comparison["paper"], comparison["unit"])]
     out["measured"] = [fmt_pm(v, s, n, digits.get(u, 3)) for v, s, n, u in
                        zip(comparison["measured"], comparison["measured_std"], comparison["n"], comparison["unit"])]
@@ -557,7 +568,8 @@ def build_report(run_dirs: Iterable[str | Path]) -> Report:
         ("Complexity", complexity_table(table, label_cols) if not table.empty else pd.DataFrame()),
         *[(f"Latency: {title}", df) for title, df in (latency_tables(table, label_cols) if not table.empty else [])],
         ("Accuracy", accuracy_table(table, label_cols) if not table.empty else pd.DataFrame()),
-        ("Paper vs measured", paper_table(comparison)),
+        ("Paper vs measured", paper_table(comparison, cell_options(table, data.option_columns)
+                                          if not table.empty else {})),
     ]
     if not any(title.startswith("Latency") for title, _ in sections):
         sections.insert(1, ("Latency", pd.DataFrame()))

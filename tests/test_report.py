@@ -252,3 +252,19 @@ def test_reference_ships_and_names_tables():
     assert sorted(m["num_tokens"] for m in t6["match"]) == [32, 32, 64, 64]
     t5 = ref[(ref["table"] == "T5") & (ref["variant"] == "token_op=none")]
     assert all(m == {"transformer": "none"} for m in t5["match"])
+
+
+def test_variant_defaults_agree_with_the_model_zoo():
+    """The reference's idea of the paper's default variant is what build_model builds by default."""
+    import models
+    from bench.reference import VARIANT_DEFAULTS, family_of
+
+    for name in models.list_models():
+        defaults = VARIANT_DEFAULTS.get(family_of(name))
+        if not defaults:
+            continue
+        options = models.model_options(name)
+        for key, want in defaults.items():
+            if key in options:
+                accepted = want if isinstance(want, tuple) else (want,)
+                assert options[key] in accepted, (name, key, options[key], want)
