@@ -1,0 +1,351 @@
+"""Do the VT models' MAC savings become latency savings? ResNet vs VT-ResNet, side by side.
+
+    python -m bench.speed                       # CPU, fp32 inference, batch 1 and 32 -> results/speed_cpu
+    python -m bench.speed --gpu                 # CUDA, bf16, batch 1/64/256, eager/compile/CUDA graphs
+                                                #   -> results/speed_gpu
+    python -m bench.speed --profile             # also torch.profiler op tables of each model
+
+All models are built once (ImageNet stem, 1000 classes, seed 0) and timed in ONE process. The runs
+are interleaved: in each round every model is measured once at the batch size, and the order
+alternates between rounds (A B C D, then D C B A, ...), so slow drifts of a shared machine hit both
+sides of a pair alike. Each round gives a latency ratio VT / baseline from two measurements taken
+next to each other; the reported ratio is the median over rounds, with the min and max beside it.
+The target (issue 3): the latency ratio is no worse than the MACs ratio.
+
+Outputs in --out: `speed.md` (machine, tables, per-stage breakdown), `speed.csv` (one row per pair,
+batch and mode), `speed.json` (the same plus every round's raw measurement and the environment),
+and with --profile `profile_<model>_b<batch>.txt`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+log = logging.getLogger("bench.speed")
+
+PAIRS = {"r18": ("resnet18", "vt_resnet18"), "r50": ("resnet50", "vt_resnet50")}
+INPUT_SIZE = 224
+CPU_DEFAULTS = dict(batch_sizes=[1, 32], modes=["eager"], dtype="fp32", device="cpu", out="results/speed_cpu")
+GPU_DEFAULTS = dict(batch_sizes=[1, 64, 256], modes=["eager", "compile", "cuda_graphs"], dtype="bf16",
+                    device="cuda", out="results/speed_gpu")
+MODE_OPTIONS = {"eager": {}, "compile": {"compile_mode": "default"}, "cuda_graphs": {"cuda_graphs": True}}
+
+
+# ------------------------------------------------------------------------------ models ------
+
+def build_models(pairs: Sequence[str]) -> dict[str, nn.Module]:
+    """Build every model of the pairs once, in eval mode, with seed 0 weights."""
+    from models import build_model
+
+    built = {}
+    for key in pairs:
+        for name in PAIRS[key]:
+            torch.manual_seed(0)
+            built[name] = build_model(name).eval()
+    return built
+
+
+def complexity(models: dict[str, nn.Module]) -> dict[str, dict[str, Any]]:
+    """Paper-convention MACs and parameters of each model at 224x224 (bench.complexity)."""
+    from bench.complexity import measure_complexity
+
+    return {name: measure_complexity(model, INPUT_SIZE, batch_size=1).to_metrics() for name, model in models.items()}
+
+
+# ------------------------------------------------------------------------------ timing ------
+
+def timing_options(batch: int, device: str, quick: bool) -> dict[str, Any]:
+    """Warm-up and iteration limits: short per round, since the rounds themselves repeat."""
+    if device == "cpu":
+        heavy = batch > 8
+        return dict(warmup_min_iters=1 if heavy else 3, warmup_max_s=2.0 if heavy else 3.0,
+                    min_iters=3 if heavy else 10, min_time_s=0.5 if quick else (1.0 if heavy else 2.0),
+                    max_time_s=60.0)
+    return dict(warmup_min_iters=10, warmup_max_s=10.0, min_iters=20, min_time_s=0.5 if quick else 1.0)
+
+
+def interleaved(models: dict[str, nn.Module], *, batch: int, rounds: int, device: str, dtype: str, mode: str,
+                threads: int | None, channels_last: bool, quick: bool) -> dict[str, list[dict[str, Any]]]:
+    """`rounds` rounds of one measurement per model, alternating the order; rows per model."""
+    from bench.latency import OutOfMemory, measure_latency
+
+    names = list(models)
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    failed: set[str] = set()
+    if mode == "compile":
+        torch._dynamo.reset()  # a fresh cache per batch size: each model sees one static shape
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            if name in failed:
+                continue
+            log.info("round %d/%d: %s batch %d %s %s", r + 1, rounds, name, batch, dtype, mode)
+            try:
+                row = measure_latency(models[name], input_size=INPUT_SIZE, batch_size=batch, device=device,
+                                      dtype=dtype, threads=threads, channels_last=channels_last, oom_retry=False,
+                                      **MODE_OPTIONS[mode], **timing_options(batch, device, quick))
+            except OutOfMemory as exc:
+                log.error("%s at batch %d: %s", name, batch, exc)
+                failed.add(name)
+                row = {"error": f"OutOfMemory: {exc}"}
+            rows[name].append({"round": r, **row})
+    return rows
+
+
+def pair_summary(base: str, vt: str, rows: dict[str, list[dict[str, Any]]],
+                 macs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Median latencies and the per-round latency ratio of one pair, beside the MACs ratio."""
+    ok_b = {r["round"]: r for r in rows[base] if "error" not in r}
+    ok_v = {r["round"]: r for r in rows[vt] if "error" not in r}
+    rounds = sorted(set(ok_b) & set(ok_v))
+    out: dict[str, Any] = {"baseline": base, "vt_model": vt, "rounds": len(rounds),
+                           "macs_ratio": macs[vt]["gmacs"] / macs[base]["gmacs"],
+                           "params_ratio": macs[vt]["params_m"] / macs[base]["params_m"],
+                           "base_gmacs": macs[base]["gmacs"], "vt_gmacs": macs[vt]["gmacs"]}
+    if not rounds:
+        out["error"] = "; ".join(r["error"] for r in rows[base] + rows[vt] if "error" in r) or "no rounds"
+        return out
+    ratios = [ok_v[i]["latency_ms_p50"] / ok_b[i]["latency_ms_p50"] for i in rounds]
+    for side, ok in (("base", ok_b), ("vt", ok_v)):
+        for q in ("p50", "p20", "p80"):
+            out[f"{side}_ms_{q}"] = statistics.median(ok[i][f"latency_ms_{q}"] for i in rounds)
+        out[f"{side}_img_s"] = statistics.median(ok[i]["throughput_img_s"] for i in rounds)
+        out[f"{side}_peak_mem_mb"] = max(ok[i]["peak_mem_mb"] for i in rounds)
+    out.update(latency_ratio=statistics.median(ratios), latency_ratio_min=min(ratios),
+               latency_ratio_max=max(ratios), round_ratios=ratios)
+    out["meets_target"] = out["latency_ratio"] <= out["macs_ratio"]
+    return out
+
+
+def stage_times(model: nn.Module, batch: int, iters: int, threads: int | None) -> dict[str, float]:
+    """Median CPU wall time (ms) of each top-level stage over `iters` forward passes (forward hooks)."""
+    from bench.latency import fixed_threads
+
+    times: dict[str, list[float]] = {name: [] for name, _ in model.named_children()}
+    starts: dict[str, float] = {}
+
+    def pre(name: str) -> Callable:
+        return lambda module, inputs: starts.__setitem__(name, time.perf_counter())
+
+    def post(name: str) -> Callable:
+        return lambda module, inputs, output: times[name].append(1000 * (time.perf_counter() - starts[name]))
+
+    handles = []
+    for name, child in model.named_children():
+        handles += [child.register_forward_pre_hook(pre(name)), child.register_forward_hook(post(name))]
+    x = torch.randn(batch, 3, INPUT_SIZE, INPUT_SIZE)
+    try:
+        with fixed_threads(threads or torch.get_num_threads()), torch.inference_mode():
+            model(x)  # warm-up, not recorded below
+            for values in times.values():
+                values.clear()
+            for _ in range(iters):
+                model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: statistics.median(values) for name, values in times.items() if values}
+
+
+def profile_ops(model: nn.Module, batch: int, iters: int, threads: int | None, path: Path) -> str:
+    """torch.profiler table (top ops by self CPU time) of `iters` forward passes, written to `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench.latency import fixed_threads
+
+    x = torch.randn(batch, 3, INPUT_SIZE, INPUT_SIZE)
+    with fixed_threads(threads or torch.get_num_threads()), torch.inference_mode():
+        model(x)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(iters):
+                model(x)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    shapes = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=25)
+    path.write_text(f"{model.__class__.__name__} batch {batch}, {iters} forward passes\n\n{table}\n\n"
+                    f"grouped by input shape\n\n{shapes}\n")
+    return table
+
+
+# ------------------------------------------------------------------------------ output ------
+
+def machine(device: str, threads: int | None) -> dict[str, Any]:
+    """The environment of the run, with the load average (the machine may be shared)."""
+    from bench.latency import latency_env
+
+    env = latency_env(device=device, threads=threads)
+    env["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    env["loadavg"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return env
+
+
+CSV_KEYS = ("device", "dtype", "mode", "batch", "baseline", "vt_model", "base_ms_p50", "base_ms_p20", "base_ms_p80",
+            "vt_ms_p50", "vt_ms_p20", "vt_ms_p80", "latency_ratio", "latency_ratio_min", "latency_ratio_max",
+            "macs_ratio", "base_gmacs", "vt_gmacs", "params_ratio", "meets_target", "rounds", "base_img_s",
+            "vt_img_s", "base_peak_mem_mb", "vt_peak_mem_mb", "error")
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec) if isinstance(value, float) else str(value)
+
+
+def markdown(summaries: list[dict[str, Any]], stages: dict[str, dict[str, float]], env_start: dict[str, Any],
+             env_end: dict[str, Any], args: argparse.Namespace) -> str:
+    """The committed report: machine, ratio table, per-stage breakdown."""
+    dev = env_start["device_name"]
+    lines = [
+        f"# VT-ResNet vs ResNet latency on {dev}",
+        "",
+        f"- machine: {dev} ({env_start['cpu_count']} logical CPUs), host `{env_start['host']}`, {env_start['platform']}",
+        f"- torch {env_start['torch']} (CUDA {env_start['cuda']}, cuDNN {env_start['cudnn']}), "
+        f"torchvision {env_start['torchvision']}, Python {env_start['python']}",
+        f"- device `{args.device}`, dtype {args.dtype}, threads {env_start['threads']}, input 224x224, "
+        f"inference (eval, inference_mode){', channels_last' if args.channels_last else ''}",
+        f"- date {env_start['date']} -> {env_end['date']}; git {env_start['git_commit']}",
+        f"- load average at start {_fmt(env_start['loadavg'])}, at end {_fmt(env_end['loadavg'])}"
+        + (". **The machine was shared with other jobs during the run**: absolute times are noisy; the ratios "
+           "come from adjacent measurements in alternating order and are the figures to read." if args.shared else ""),
+        f"- {args.rounds} interleaved rounds per batch size; ratio = median over rounds of VT p50 / baseline p50 "
+        "(min-max over rounds in brackets). Target: latency ratio <= MACs ratio.",
+        "",
+        "| batch | mode | baseline | VT model | baseline p50 ms [p20-p80] | VT p50 ms [p20-p80] | latency ratio [min-max] "
+        "| MACs ratio | params ratio | target met |",
+        "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for s in summaries:
+        if "error" in s:
+            lines.append(f"| {s['batch']} | {s['mode']} | {s['baseline']} | {s['vt_model']} | error: {s['error']} "
+                         f"| | | {s['macs_ratio']:.3f} | {s['params_ratio']:.3f} | - |")
+            continue
+        lines.append(
+            f"| {s['batch']} | {s['mode']} | {s['baseline']} | {s['vt_model']} "
+            f"| {s['base_ms_p50']:.2f} [{s['base_ms_p20']:.2f}-{s['base_ms_p80']:.2f}] "
+            f"| {s['vt_ms_p50']:.2f} [{s['vt_ms_p20']:.2f}-{s['vt_ms_p80']:.2f}] "
+            f"| **{s['latency_ratio']:.3f}** [{s['latency_ratio_min']:.3f}-{s['latency_ratio_max']:.3f}] "
+            f"| {s['macs_ratio']:.3f} | {s['params_ratio']:.3f} | {'yes' if s['meets_target'] else 'no'} |")
+    if stages:
+        lines += ["", "## Where the time goes: median wall time per stage (ms, forward hooks, same process)", ""]
+        names = list(stages)
+        from bench.commands.profile import STAGE_ORDER
+
+        seen = list(dict.fromkeys(st for name in names for st in stages[name]))
+        all_stages = [st for st in STAGE_ORDER if st in seen] + [st for st in seen if st not in STAGE_ORDER]
+        lines.append("| model, batch | " + " | ".join(all_stages) + " |")
+        lines.append("| --- |" + " ---: |" * len(all_stages))
+        for name in names:
+            total = sum(stages[name].values())
+            lines.append(f"| {name} | " + " | ".join(
+                f"{stages[name][st]:.2f} ({100 * stages[name][st] / total:.0f}%)" if st in stages[name] else "-"
+                for st in all_stages) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path, summaries: list[dict[str, Any]], raw: dict[str, Any], md: str) -> None:
+    """speed.md, speed.csv and speed.json under `out` (JSON atomically)."""
+    from bench.records import write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed.md").write_text(md)
+    with open(out / "speed.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_KEYS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(summaries)
+    write_json_atomic(out / "speed.json", raw)
+
+
+# ------------------------------------------------------------------------------ main --------
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options; --gpu switches the defaults to the CUDA benchmark."""
+    p = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n")[0])
+    p.add_argument("--gpu", action="store_true", help="CUDA: bf16, batch 1/64/256, eager, compile, CUDA graphs")
+    p.add_argument("--out", default=None, help="output folder (default results/speed_cpu or results/speed_gpu)")
+    p.add_argument("--pairs", default="r18,r50", help=f"comma-separated of {', '.join(PAIRS)}")
+    p.add_argument("--batch-sizes", default=None, help="comma-separated (default 1,32 on CPU; 1,64,256 on GPU)")
+    p.add_argument("--modes", default=None, help="comma-separated of eager, compile, cuda_graphs")
+    p.add_argument("--dtype", default=None, help="fp32 (CPU default) or bf16 (GPU default) or fp16")
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds per batch size")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all logical CPUs)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    p.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown (CPU only)")
+    p.add_argument("--profile", action="store_true", help="write torch.profiler op tables (CPU)")
+    p.add_argument("--quick", action="store_true", help="shorter timing per round (smoke test)")
+    p.add_argument("--not-shared", dest="shared", action="store_false",
+                   help="do not state in the report that the machine was shared")
+    args = p.parse_args(argv)
+    defaults = GPU_DEFAULTS if args.gpu else CPU_DEFAULTS
+    args.device = defaults["device"]
+    args.out = args.out or defaults["out"]
+    args.dtype = args.dtype or defaults["dtype"]
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else defaults["batch_sizes"]
+    args.modes = args.modes.split(",") if args.modes else defaults["modes"]
+    args.pairs = args.pairs.split(",")
+    args.threads = args.threads or (os.cpu_count() if not args.gpu else None)
+    bad = [m for m in args.modes if m not in MODE_OPTIONS] + [k for k in args.pairs if k not in PAIRS]
+    if bad or args.rounds < 1 or min(args.batch_sizes) < 1:
+        p.error(f"bad modes/pairs/rounds/batch sizes: {bad or args.rounds or args.batch_sizes}")
+    if args.gpu and not torch.cuda.is_available():
+        p.error("--gpu needs CUDA, which is not available on this machine")
+    return args
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Build, measure complexity, time interleaved, break down by stage; write the outputs."""
+    out = Path(args.out)
+    env_start = machine(args.device, args.threads)
+    models = build_models(args.pairs)
+    macs = complexity(models)
+    summaries, raw_rows = [], {}
+    for batch in args.batch_sizes:
+        for mode in args.modes:
+            rows = interleaved(models, batch=batch, rounds=args.rounds, device=args.device, dtype=args.dtype,
+                               mode=mode, threads=args.threads, channels_last=args.channels_last, quick=args.quick)
+            raw_rows[f"{mode}_b{batch}"] = rows
+            for key in args.pairs:
+                s = pair_summary(*PAIRS[key], rows, macs)
+                summaries.append({"device": args.device, "dtype": args.dtype, "mode": mode, "batch": batch, **s})
+                log.info("batch %d %s %s: latency ratio %s, MACs ratio %.3f", batch, mode, key,
+                         _fmt(s.get("latency_ratio")), s["macs_ratio"])
+    stages = {}
+    if args.device == "cpu" and not args.no_stages:
+        for batch in args.batch_sizes:
+            for name, model in models.items():
+                stages[f"{name}, b{batch}"] = stage_times(model, batch, iters=5 if batch <= 8 else 2,
+                                                          threads=args.threads)
+    if args.profile and args.device == "cpu":
+        out.mkdir(parents=True, exist_ok=True)
+        for batch in args.batch_sizes:
+            for name, model in models.items():
+                profile_ops(model, batch, 5 if batch <= 8 else 2, args.threads, out / f"profile_{name}_b{batch}.txt")
+    env_end = machine(args.device, args.threads)
+    md = markdown(summaries, stages, env_start, env_end, args)
+    raw = {"env": env_start, "env_end": env_end, "args": {k: v for k, v in vars(args).items()},
+           "complexity": macs, "summaries": summaries, "stages_ms": stages, "rounds": raw_rows}
+    write_outputs(out, summaries, raw, md)
+    return summaries
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: `python -m bench.speed [--gpu] [--out DIR] ...`; prints the markdown report."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    summaries = run(args)
+    sys.stdout.write((Path(args.out) / "speed.md").read_text())
+    return 0 if all("error" not in s for s in summaries) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
