@@ -586,7 +586,9 @@ def measure_latency(model: nn.Module, *, input_size: int | Sequence[int], batch_
     torch_dtype = check_dtype(dev, dtype)
     n_threads = threads or torch.get_num_threads()
     runnable = _prepare_model(model, dev, channels_last, compile_mode)
-    with fixed_threads(n_threads), _cudnn_benchmark(cudnn_benchmark if dev.type == "cuda" else None), \
+    # The CUDA device context makes events, streams and graphs use `dev`, not the default device.
+    device_ctx = torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
+    with device_ctx, fixed_threads(n_threads), _cudnn_benchmark(cudnn_benchmark if dev.type == "cuda" else None), \
             _training_flag(model, train_step):
         stats, used, retries = _measure_with_backoff(
             runnable, batch_size=batch_size, min_batch_size=min_batch_size, oom_retry=oom_retry,
