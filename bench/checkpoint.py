@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
@@ -29,8 +31,11 @@ PREVIOUS = "checkpoint.prev.pt"
 FORMAT = "vtbench.checkpoint/1"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be resumed from: unreadable, or written under another config."""
+class CheckpointError(UsageError):
+    """A checkpoint that cannot be resumed from: unreadable, or written under another config.
+
+    A UsageError, so `vtbench train` reports it on one line and exits 2.
+    """
 
 
 def fingerprint(payload: dict[str, Any]) -> str:

@@ -26,7 +26,6 @@ Only rank 0 writes `checkpoint.pt` and `metrics.jsonl`.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,6 +109,8 @@ class TrainConfig:
     deterministic: bool = False
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, _coerce(field.name, str(field.type), getattr(self, field.name)))
         if self.schedule not in SCHEDULES:
             raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})")
         for name in ("epochs", "batch_size"):
@@ -117,6 +118,10 @@ class TrainConfig:
                 raise UsageError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if not (self.device == "cpu" or str(self.device).startswith("cuda")):
             raise UsageError(f"device must be cpu or cuda[:N] (got {self.device!r})")
+        if isinstance(self.input_size, (list, tuple)):
+            if len(set(self.input_size)) != 1:
+                raise UsageError(f"training takes square inputs (got input_size {list(self.input_size)})")
+            self.input_size = int(self.input_size[0])
         if not isinstance(self.dataset_args, dict):
             raise UsageError(f"dataset_args must be a mapping (got {self.dataset_args!r})")
 
@@ -132,6 +137,26 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict copy (JSON-able)."""
         return dataclasses.asdict(self)
+
+
+def _coerce(name: str, type_name: str, value: Any) -> Any:
+    """Convert a value given as text or YAML (`1e-4` is a string to YAML) to the field's type."""
+    if value is None or isinstance(value, (list, tuple, dict)):
+        return value
+    base = type_name.replace(" | None", "")
+    try:
+        if base == "bool" and isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        if base in ("int", "float") and not isinstance(value, bool):
+            converted = float(value)
+            if base == "int" and not converted.is_integer():
+                raise ValueError(value)
+            return int(converted) if base == "int" else converted
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"train option {name} must be {base}, got {value!r}") from exc
+    return value
 
 
 def train(model_name: str, model_args: dict[str, Any] | None, cfg: TrainConfig | dict,
@@ -191,16 +216,9 @@ def config_fingerprint(model_name: str, model_args: dict[str, Any], cfg: TrainCo
 
 def build_network(model_name: str, model_args: dict[str, Any]) -> nn.Module:
     """`models.build_model(name, **args)`, or a factory given as `package.module:callable`."""
-    if ":" in model_name:
-        module_name, _, attr = model_name.partition(":")
-        try:
-            factory: Callable[..., nn.Module] = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise UsageError(f"cannot import model factory {model_name!r}: {exc}") from exc
-        return factory(**model_args)
-    from models import build_model
+    from bench.modelref import build_from_ref
 
-    return build_model(model_name, **model_args)
+    return build_from_ref(model_name, model_args)
 
 
 class ShardSampler(Sampler[int]):

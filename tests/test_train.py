@@ -153,3 +153,40 @@ def test_digits_resnet18_and_vt_resnet18_reach_95_percent(tmp_path, model):
                     TrainConfig(dataset="digits", input_size=8, epochs=10, threads=2), tmp_path,
                     progress=False)
     assert metrics["top1"] >= 95.0, metrics
+
+
+def _cli_args(*argv: str):
+    import argparse
+
+    from bench.commands import train as command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    return command, parser.parse_args(list(argv))
+
+
+def test_cli_trains_and_writes_a_record(tmp_path):
+    command, args = _cli_args(TINY, "--dataset", "digits", "--epochs", "1", "--input-size", "8",
+                              "--threads", "1", "--out", str(tmp_path), "--set", "weight_decay=1e-4",
+                              "--set", "dataset_args.augment=true", "--no-progress")
+    assert command.run(args) == 0
+    (record_path,) = (tmp_path / "records").glob("*.json")
+    record = json.loads(record_path.read_text())
+    assert record["status"] == "ok" and record["config"]["model_args"] == {"num_classes": 10}
+    assert record["config"]["train"]["weight_decay"] == 1e-4 and record["config"]["input_size"] == 8
+    assert record["metrics"]["epochs"] == 1 and "top1" in record["metrics"]
+    with pytest.raises(UsageError, match="--resume"):
+        command.run(args)  # OUT holds a checkpoint and --resume was not given
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "mnist"], "unknown dataset"),
+    (["--dataset", "cifar10"], "cifar-10-batches-py"),
+    (["--dataset", "digits", "--set", "task=seg"], "does not fit"),
+    (["--dataset", "digits", "--set", "num_classes=3"], "has 3 classes"),
+    (["--dataset", "digits", "--set", "epochs=many"], "must be int"),
+])
+def test_cli_bad_input_is_a_usage_error(tmp_path, argv, message):
+    command, args = _cli_args(TINY, *argv, "--out", str(tmp_path), "--input-size", "8")
+    with pytest.raises(UsageError, match=message):
+        command.run(args)

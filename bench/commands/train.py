@@ -1,0 +1,175 @@
+"""`vtbench train MODEL --dataset NAME`: train and evaluate one model, write one record.
+
+    vtbench train resnet18 --dataset digits --set stem=cifar --epochs 15 --out runs/train/r18
+    vtbench train vt_fpn_r50 --dataset shapes --input-size 64 --epochs 5 --batch-size 16
+    vtbench train resnet50 --dataset imagenet --data-root /data/imagenet --device cuda
+
+OUT (default `runs/train/MODEL-DATASET`) receives `checkpoint.pt` (every epoch, atomic),
+`metrics.jsonl` (one line per epoch) and `records/CELL_ID.json`, a record in DESIGN.md's shape
+whose `config` is the fully resolved cell (`model`, `model_args`, `measure: [train]`,
+`input_size`, `seed`, `train`). `--set KEY=VALUE` (YAML value, repeatable) sets a training option
+when KEY is a TrainConfig field (`weight_decay`, `schedule`, `label_smoothing`, ...), a data-set
+option as `dataset_args.KEY`, and a model option otherwise (`num_tokens`, `stem`, ...);
+`train.KEY` and `model_args.KEY` force either side. `num_classes` defaults to the data set's.
+Several processes (`torchrun --nproc-per-node 2 -m bench train ...`, or a multi-task SLURM job)
+train data-parallel; only rank 0 writes. Bad input exits 2 with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.errors import UsageError
+
+NAME = "train"
+HELP = "Train and evaluate one model on a data set (classification or segmentation); write a record."
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `vtbench train`."""
+    parser.add_argument("model", metavar="MODEL", help="a registered model (`vtbench models`) or package.module:callable")
+    parser.add_argument("--dataset", required=True, metavar="NAME",
+                        help="digits, shapes, cifar10, cifar100, imagenet or segfolder")
+    parser.add_argument("--data-root", default=None, metavar="DIR", help="local data folder (never downloaded)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 15)")
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default 64)")
+    parser.add_argument("--lr", type=float, default=None, help="SGD learning rate (default 0.05)")
+    parser.add_argument("--input-size", type=int, default=None, help="square image side (default: the data set's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="training, data-set (dataset_args.KEY) or model option; repeatable")
+    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/train/MODEL-DATASET)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: all allowed)")
+    parser.add_argument("--seed", type=int, default=None, help="seed (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """`["a=1", "b.c=x"]` -> [("a", 1), ("b.c", "x")]; values are YAML; UsageError when malformed."""
+    parsed = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            parsed.append((key.strip(), yaml.safe_load(value) if value.strip() else None))
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--set {key}: cannot parse value {value!r}") from exc
+    return parsed
+
+
+def split_overrides(pairs: list[tuple[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Route each --set pair to the training options or the model arguments (see module doc)."""
+    from bench.train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    train_opts: dict[str, Any] = {"dataset_args": {}}
+    model_args: dict[str, Any] = {}
+    for key, value in pairs:
+        if key.startswith("dataset_args."):
+            train_opts["dataset_args"][key.split(".", 1)[1]] = value
+        elif key.startswith("train."):
+            train_opts[key.split(".", 1)[1]] = value
+        elif key.startswith(("model_args.", "model.")):
+            model_args[key.split(".", 1)[1]] = value
+        elif key in fields:
+            train_opts[key] = value
+        else:
+            model_args[key] = value
+    return train_opts, model_args
+
+
+def build_config(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """TrainConfig options and model arguments from the command line (flags win over --set)."""
+    train_opts, model_args = split_overrides(parse_overrides(args.overrides))
+    flags = {"dataset": args.dataset, "data_root": args.data_root, "epochs": args.epochs,
+             "batch_size": args.batch_size, "lr": args.lr, "input_size": args.input_size,
+             "device": args.device, "threads": args.threads, "seed": args.seed}
+    train_opts.update({k: v for k, v in flags.items() if v is not None})
+    return train_opts, model_args
+
+
+def resolve_defaults(model: str, train_opts: dict[str, Any], model_args: dict[str, Any]) -> str:
+    """Fill `num_classes` and `input_size` from the data set, so the config is fully resolved.
+
+    Returns the task the model is trained for.
+    """
+    from bench.data import dataset_spec, resolve_task
+
+    spec = dataset_spec(train_opts["dataset"])
+    task = spec.tasks[0] if len(spec.tasks) == 1 else _model_task(model, model_args)
+    task = resolve_task(spec.name, task)
+    classes = spec.num_classes[task]
+    if "num_classes" not in model_args and classes is not None and _accepts(model, "num_classes"):
+        model_args["num_classes"] = classes
+    train_opts.setdefault("input_size", spec.default_input_size[task])
+    return task
+
+
+def _model_task(model: str, model_args: dict[str, Any]) -> str:
+    """The `task` attribute of the model (built once, for data sets that serve several tasks)."""
+    from bench.modelref import build_from_ref
+
+    return getattr(build_from_ref(model, model_args), "task", "cls")
+
+
+def _accepts(model: str, option: str) -> bool:
+    import inspect
+
+    from bench.modelref import resolve_model_ref
+
+    ref = resolve_model_ref(model)
+    if ref.kind == "registry":
+        from models import model_options
+
+        return option in model_options(model)
+    params = inspect.signature(ref.factory).parameters
+    return option in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, then write OUT/records/CELL_ID.json (rank 0); an error is recorded and re-raised."""
+    from bench.distributed import current_env
+    from bench.records import capture_env, make_record, now_iso, write_record
+    from bench.train import TrainConfig, train
+
+    train_opts, model_args = build_config(args)
+    resolve_defaults(args.model, train_opts, model_args)
+    cfg = TrainConfig.from_dict(train_opts)
+    out = Path(args.out or Path("runs") / "train" / f"{args.model.replace(':', '.')}-{cfg.dataset}")
+    if (out / "checkpoint.pt").exists() and not args.resume:
+        raise UsageError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose another --out")
+    config = {"model": args.model, "model_args": model_args, "measure": ["train"],
+              "input_size": cfg.input_size, "seed": cfg.seed, "train": cfg.to_dict()}
+    started, tic = now_iso(), time.perf_counter()
+    try:
+        metrics = train(args.model, model_args, cfg, out, resume=args.resume, progress=not args.no_progress)
+    except UsageError:
+        raise
+    except Exception as exc:
+        if current_env().is_main:
+            write_record(out / "records", make_record(config, error=exc, env=capture_env(cfg.device),
+                                                      started_at=started, duration_s=time.perf_counter() - tic))
+        raise
+    if current_env().is_main:
+        record = make_record(config, metrics=metrics, env=capture_env(cfg.device), started_at=started,
+                             duration_s=time.perf_counter() - tic)
+        path = write_record(out / "records", record)
+        log.info("%s", _result_line(metrics))
+        log.info("record written to %s", path)
+    return 0
+
+
+def _result_line(metrics: dict[str, Any]) -> str:
+    keys = ("top1", "top5", "best_top1", "miou", "pixel_acc", "best_miou", "epochs", "epoch_time_s")
+    return "final: " + ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
