@@ -257,7 +257,9 @@ class _Vocabulary:
         return None
 
     def _known_in(self, section: str, key: str) -> bool:
-        known = {"model_args": self.all_options, "latency": set(self.latency_keys),
+        if section == "model_args":  # any name: import-path models have their own options,
+            return True                 # and each cell is checked against its model's options
+        known = {"latency": set(self.latency_keys),
                  "complexity": set(COMPLEXITY_KEYS), "train": set(self.train_keys or ()) or None}[section]
         return known is None or key in known
 
@@ -431,7 +433,11 @@ def _parse_rules(raw: Any, vocab: _Vocabulary, problems: _Problems) -> list[_Rul
 def _value_matches(actual: Any, want: Any) -> bool:
     """A rule value matches if equal; a list matches any element; strings may be glob patterns."""
     if isinstance(want, list):
-        return any(_value_matches(actual, w) for w in want)
+        return any(_one_value_matches(actual, w) for w in want)
+    return _one_value_matches(actual, want)
+
+
+def _one_value_matches(actual: Any, want: Any) -> bool:
     if isinstance(want, str) and isinstance(actual, str):
         return fnmatch.fnmatchcase(actual, want)
     return actual == want

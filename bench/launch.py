@@ -312,7 +312,9 @@ def follow(run_dir: Path, cells: list[Cell], jobs: list[Any], poll_s: float = 2.
 
     pending = {cell.cell_id: job for cell, job in zip(cells, jobs)}
     failed: dict[str, str] = {}
-    with tqdm(total=len(pending), unit="cell", desc=run_dir.name, dynamic_ncols=True) as bar:
+    # The bar shows on a terminal; elsewhere (CI logs) each finished cell is one log line.
+    with tqdm(total=len(pending), unit="cell", desc=run_dir.name, dynamic_ncols=True, disable=None,
+              mininterval=1.0) as bar:
         while pending:
             for cell_id, job in list(pending.items()):
                 outcome = _outcome(run_dir, cell_id, job)
@@ -322,8 +324,10 @@ def follow(run_dir: Path, cells: list[Cell], jobs: list[Any], poll_s: float = 2.
                 bar.update(1)
                 if outcome != "ok":
                     failed[cell_id] = outcome
-                    bar.write(f"cell {cell_id} failed: {outcome}")
-            bar.set_postfix(failed=len(failed))
+                    log.warning("cell %s failed: %s", cell_id, outcome)
+                elif bar.disable:
+                    log.info("cell %s ok (%d/%d done)", cell_id, len(cells) - len(pending), len(cells))
+            bar.set_postfix(failed=len(failed), refresh=False)
             if pending:
                 time.sleep(poll_s)
     return failed

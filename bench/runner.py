@@ -204,6 +204,8 @@ def _measure_model(config: dict[str, Any], measure: list[str]) -> dict[str, Any]
 
     metrics: dict[str, Any] = {}
     model = resolve_model_ref(config["model"]).build(**dict(config.get("model_args") or {}))
+    # Measured as deployed: eval mode (latency switches to train mode itself for train steps).
+    model.eval()
     size = _input_size(config["input_size"])
     if "complexity" in measure:
         from bench.complexity import measure_complexity
