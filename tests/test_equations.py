@@ -1,0 +1,214 @@
+"""Each VT equation against an independent plain computation (per sample, row layout, loops)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models import build_model, token_attention
+from models.fpn import VTFPN
+from models.projector import Projector
+from models.tokenizers import (
+    ClusteringTokenizer,
+    FilterTokenizer,
+    PoolingTokenizer,
+    RecurrentTokenizer,
+    kmeans_centroids,
+    make_tokenizer,
+)
+from models.transformer import MHSATransformer, PaperTransformer, make_transformer
+
+B, C, H, W, L, CT = 2, 8, 5, 6, 4, 12
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: tiny tensors, shared CI cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _rows(x: torch.Tensor, b: int) -> torch.Tensor:
+    """Feature map of sample b as the paper's X: (HW, C)."""
+    return x[b].reshape(x.shape[1], -1).t()
+
+
+def _w(conv) -> torch.Tensor:
+    """A 1x1 conv's weight as the paper's right-multiplied matrix (C_in x C_out)."""
+    return conv.weight.reshape(conv.weight.shape[0], -1).t()
+
+
+def test_filter_tokenizer_equation():
+    tok = FilterTokenizer(C, CT, L)
+    x = torch.randn(B, C, H, W)
+    tokens, attn = tok(x)
+    assert tokens.shape == (B, CT, L) and attn.shape == (B, L, H * W)
+    for b in range(B):
+        xb = _rows(x, b)
+        a = torch.softmax(xb @ _w(tok.w_a), dim=0)  # softmax over HW
+        expected = (a.t() @ xb) @ _w(tok.adapter)  # T = softmax_HW(X W_A)^T X, then C -> C_T
+        torch.testing.assert_close(tokens[b].t(), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(attn[b], a.t(), rtol=1e-5, atol=1e-6)
+
+
+def test_filter_tokenizer_without_adapter_when_channels_match():
+    tok = FilterTokenizer(C, C, L)
+    assert tok.adapter is None
+    x = torch.randn(1, C, H, W)
+    tokens, attn = tok(x)
+    torch.testing.assert_close(tokens[0].t(), attn[0] @ _rows(x, 0))
+
+
+def test_recurrent_tokenizer_equation():
+    tok = RecurrentTokenizer(C, CT, L)
+    x, t_in = torch.randn(B, C, H, W), torch.randn(B, CT, L)
+    tokens, attn = tok(x, t_in)
+    for b in range(B):
+        xb = _rows(x, b)
+        w_r = t_in[b].t() @ _w(tok.w_tr)  # W_R = T_in W_{T->R}: (L, C)
+        a = torch.softmax(xb @ w_r.t(), dim=0)  # (HW, L)
+        expected = (a.t() @ xb) @ _w(tok.adapter)
+        torch.testing.assert_close(tokens[b].t(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_recurrent_tokenizer_depends_on_incoming_tokens():
+    tok = RecurrentTokenizer(C, CT, L)
+    x = torch.randn(1, C, H, W)
+    a, _ = tok(x, torch.randn(1, CT, L))
+    b, _ = tok(x, torch.randn(1, CT, L))
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError):
+        tok(x, None)
+
+
+def test_recurrent_half_refresh_keeps_second_half():
+    tok = RecurrentTokenizer(C, CT, L, refresh="half")
+    x, t_in = torch.randn(1, C, H, W), torch.randn(1, CT, L)
+    tokens, attn = tok(x, t_in)
+    assert tokens.shape == (1, CT, L) and attn.shape == (1, L // 2, H * W)
+    torch.testing.assert_close(tokens[..., : L // 2], t_in[..., L // 2 :])
+
+
+def test_pooling_tokenizer_is_cell_average():
+    tok = PoolingTokenizer(C, C, 6)  # 2 x 3 grid
+    x = torch.randn(1, C, 4, 6)
+    tokens, attn = tok(x)
+    expected = x.reshape(1, C, 2, 2, 3, 2).mean(dim=(3, 5)).reshape(1, C, 6)
+    torch.testing.assert_close(tokens, expected)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(1, 6))
+    torch.testing.assert_close(tokens[0].t(), attn[0] @ _rows(x, 0))
+
+
+def test_kmeans_recovers_separated_clusters():
+    centers = torch.eye(C)[:3]  # three orthogonal directions
+    labels = torch.arange(30) % 3
+    pixels = (centers[labels] + 0.01 * torch.randn(30, C)).t().unsqueeze(0)  # (1, C, N)
+    cent = kmeans_centroids(pixels, 3, iters=5)[0]
+    sims = cent @ centers.t()
+    assert sorted(sims.argmax(1).tolist()) == [0, 1, 2] and sims.max(1).values.min() > 0.99
+
+
+def test_clustering_tokenizer_uses_centroids_as_w_a():
+    tok = ClusteringTokenizer(C, C, L, iters=2)
+    x = torch.randn(B, C, H, W)
+    tokens, attn = tok(x)
+    for b in range(B):
+        cent = kmeans_centroids(x[b : b + 1].flatten(2), L, 2)[0]  # this sample alone
+        a = torch.softmax(_rows(x, b) @ cent.t(), dim=0)
+        torch.testing.assert_close(attn[b], a.t(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(tokens[b].t(), a.t() @ _rows(x, b), rtol=1e-5, atol=1e-5)
+
+
+def test_paper_transformer_equations():
+    trf = PaperTransformer(CT, qk_channels=6, ff_channels=10)
+    t = torch.randn(B, CT, L)
+    out = trf(t)
+    for b in range(B):
+        tin = t[b].t()  # (L, C_T)
+        a = torch.softmax((tin @ _w(trf.key)) @ (tin @ _w(trf.query)).t(), dim=1)  # softmax_L
+        t1 = tin + a @ tin  # T'_out = T_in + softmax_L((T K)(T Q)^T) T_in
+        t2 = t1 + torch.relu(t1 @ _w(trf.ff1)) @ _w(trf.ff2)  # T_out = T' + relu(T' F1) F2
+        torch.testing.assert_close(out[b].t(), t2, rtol=1e-5, atol=1e-5)
+
+
+def test_mhsa_transformer_matches_plain_multihead():
+    heads = 2
+    trf = MHSATransformer(CT, heads=heads, qk_channels=8, groups=2, ff_channels=None)
+    t = torch.randn(B, CT, L)
+    out = trf(t)
+    for b in range(B):
+        q = trf.query(t[b : b + 1])[0].t()  # (L, 8)
+        k = trf.key(t[b : b + 1])[0].t()
+        v = trf.value(t[b : b + 1])[0].t()  # (L, CT)
+        parts = []
+        for h in range(heads):
+            qh, kh = q[:, h * 4 : (h + 1) * 4], k[:, h * 4 : (h + 1) * 4]
+            vh = v[:, h * CT // heads : (h + 1) * CT // heads]
+            parts.append(torch.softmax(qh @ kh.t() / math.sqrt(4), dim=1) @ vh)
+        t1 = t[b].t() + torch.cat(parts, dim=1)
+        t2 = t1 + trf.ff(t1.t().unsqueeze(0))[0].t()
+        torch.testing.assert_close(out[b].t(), t2, rtol=1e-5, atol=1e-5)
+
+
+def test_none_transformer_is_identity():
+    t = torch.randn(B, CT, L)
+    assert torch.equal(make_transformer("none", CT)(t), t)
+
+
+def test_projector_equation_and_residual():
+    proj = Projector(C, C, channels=6)  # C_T = C: the ICCV equation, no value map
+    assert proj.w_v is None
+    x, t = torch.randn(B, C, H, W), torch.randn(B, C, L)
+    out = proj(x, t)
+    for b in range(B):
+        xb = _rows(x, b)
+        a = torch.softmax((xb @ _w(proj.w_q)) @ (t[b].t() @ _w(proj.w_k)).t(), dim=1)  # softmax_L
+        expected = xb + a @ t[b].t()  # X_out = X_in + softmax_L((X W_Q)(T W_K)^T) T
+        torch.testing.assert_close(_rows(out, b), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_projector_with_value_map_is_residual():
+    proj = Projector(C, CT)
+    x, t = torch.randn(B, C, H, W), torch.randn(B, CT, L)
+    with torch.no_grad():
+        proj.w_v.weight.zero_()  # the residual branch vanishes: X_out = X_in
+    torch.testing.assert_close(proj(x, t), x)
+
+
+def test_vt_fpn_mixes_levels_through_one_transformer():
+    fpn = VTFPN([4, 8], out_channels=32, num_tokens=2, token_channels=32, proj_groups=1).eval()
+    feats = [torch.randn(1, 4, 8, 8), torch.randn(1, 8, 4, 4)]
+    base = fpn(feats)
+    changed = fpn([feats[0], feats[1] + 1.0])
+    assert not torch.allclose(base[0], changed[0])  # level 0 sees level 1's tokens
+
+
+def test_token_attention_shapes_and_normalisation():
+    model = build_model("vt_resnet18", num_classes=3, stem="cifar").eval()
+    maps = token_attention(model, torch.randn(2, 3, 32, 32))
+    assert [tuple(m.shape) for m in maps] == [(2, 16, 8, 8), (2, 16, 8, 8)]
+    torch.testing.assert_close(maps[0].sum(dim=(2, 3)), torch.ones(2, 16))
+    with pytest.raises(ValueError):
+        token_attention(build_model("resnet18", num_classes=3, stem="cifar"), torch.randn(1, 3, 32, 32))
+
+
+def test_vt_fpn_token_attention_per_level():
+    model = build_model("vt_fpn_r50", num_classes=3).eval()
+    maps = token_attention(model, torch.randn(1, 3, 64, 64))
+    assert [tuple(m.shape) for m in maps] == [(1, 8, 16, 16), (1, 8, 8, 8), (1, 8, 4, 4), (1, 8, 2, 2)]
+
+
+def test_make_tokenizer_rejects_bad_values():
+    with pytest.raises(ValueError):
+        make_tokenizer("nope", C, C, L)
+    with pytest.raises(ValueError):
+        make_tokenizer("filter", C, C, 0)
