@@ -74,6 +74,8 @@ class TrainConfig:
         step_size: epochs between decays for `step` (default: a third of `epochs`).
         gamma: decay factor for `step`.
         label_smoothing: classification label smoothing (0 = off).
+        clip_grad_norm: clip the global gradient norm to this value (None = off); VT models
+            trained from scratch at lr 0.05 can diverge without it.
         ignore_index: mask value ignored by the segmentation loss and metrics.
         device: `cpu`, `cuda` or `cuda:N` (with several processes, each takes its local GPU).
         amp: fp16 mixed precision, used on CUDA only.
@@ -98,6 +100,7 @@ class TrainConfig:
     step_size: int | None = None
     gamma: float = 0.1
     label_smoothing: float = 0.0
+    clip_grad_norm: float | None = None
     ignore_index: int = IGNORE_INDEX
     device: str = "cpu"
     amp: bool = True
@@ -137,6 +140,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict copy (JSON-able)."""
         return dataclasses.asdict(self)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
 
 
 def _coerce(name: str, type_name: str, value: Any) -> Any:
@@ -412,6 +419,9 @@ class Trainer:
         if bar is not None:
             bar.close()
         bdist.all_reduce_sum(sums)
+        if not math.isfinite(float(sums[0])):
+            raise TrainingDiverged(f"training diverged: mean loss of epoch {epoch + 1} is not finite; "
+                                   "lower lr or set clip_grad_norm")
         return {"train_loss": float(sums[0] / max(sums[1], 1)), "epoch_time_s": elapsed,
                 "images_per_s": float(sums[1]) / elapsed if elapsed > 0 else float("nan")}
 
@@ -421,8 +431,14 @@ class Trainer:
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
             logits = self.model(images)
         loss = self.criterion(self._match(logits.float(), targets), targets)
+        if not self.use_amp and not torch.isfinite(loss):  # under AMP the scaler skips such steps
+            raise TrainingDiverged(f"training diverged: loss is {loss.item()} at epoch "
+                                   f"{len(self.history) + 1}; lower lr or set clip_grad_norm")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.cfg.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach()
@@ -580,5 +596,5 @@ def _summary(record: dict[str, Any]) -> str:
     return ", ".join(f"{k} {record[k]:.4g}" for k in keys if k in record)
 
 
-__all__ = ["TrainConfig", "train", "Trainer", "config_fingerprint", "build_network",
+__all__ = ["TrainConfig", "TrainingDiverged", "train", "Trainer", "config_fingerprint", "build_network",
            "confusion_matrix", "segmentation_metrics", "topk_correct", "seed_everything"]

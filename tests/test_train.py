@@ -104,6 +104,16 @@ def test_corrupt_or_foreign_checkpoint_is_a_clear_error_and_keeps_the_last_good(
     assert previous["epoch"] == 1
 
 
+def test_divergence_is_reported_and_clipping_is_applied(tmp_path):
+    from bench.train import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="clip_grad_norm"):
+        train(TINY, {}, _config(epochs=1, lr=1e12, dataset_args={}), tmp_path / "a", progress=False)
+    metrics = train(TINY, {}, _config(epochs=1, lr=1e12, clip_grad_norm=1e-12, momentum=0.0,
+                                      weight_decay=0.0, dataset_args={}), tmp_path / "b", progress=False)
+    assert metrics["train_loss"] == metrics["train_loss"]  # finite: each step has norm lr * 1e-12 = 1
+
+
 def test_model_that_does_not_fit_the_data_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="does not fit"):
         train(TINY, {"task": "seg", "num_classes": 10}, _config(epochs=1), tmp_path, progress=False)
