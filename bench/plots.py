@@ -58,6 +58,17 @@ def _col(df: pd.DataFrame, name: str) -> pd.Series:
     return df[name] if name in df.columns else pd.Series(np.nan, index=df.index)
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Cell values equal, treating every kind of missing (None, NaN, <NA>) as the same."""
+    if _missing(a) or _missing(b):
+        return _missing(a) and _missing(b)
+    return str(a) == str(b)
+
+
 def _text_key(df: pd.DataFrame, cols: list[str], sep: str) -> pd.Series:
     """Row-wise 'a · b' of the columns' values as text (missing -> 'nan'); '' without columns."""
     if not cols:
@@ -195,7 +206,7 @@ def _baseline_line(ax: plt.Axes, sub: pd.DataFrame, agg: pd.DataFrame, model: st
     first = sub.iloc[0]
     cand = agg[(agg["model"] == base) & agg["latency_ms_p50"].notna()]
     for key in keys:
-        cand = cand[cand[key].astype(str) == str(first[key])]
+        cand = cand[cand[key].map(lambda v: _same_value(v, first[key]))]
     if not cand.empty:
         fam = family_of(base)
         ax.axhline(float(cand["latency_ms_p50"].iloc[0]), color=FAMILY_COLORS[fam], linestyle="--",

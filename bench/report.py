@@ -490,7 +490,7 @@ def cell_options(table: pd.DataFrame, option_columns: list[str]) -> dict[str, st
     out = {}
     for _, row in table.iterrows():
         opts = [f"{c}={row[c]}" for c in option_columns if c in table.columns and not pd.isna(row[c])]
-        out[row["group_id"]] = ", ".join(opts)
+        out[row["group_id"]] = ", ".join(opts) or "(defaults)"
     return out
 
 
@@ -586,7 +586,8 @@ def draw_plots(report: Report, out_dir: Path) -> None:
     if table.empty:
         skipped.extend((name, "no ok records") for name in PLOT_TITLES)
         return
-    settings = latency_settings(table) if "latency_ms_p50" in table.columns else []
+    timed = table[table["latency_ms_p50"].notna()] if "latency_ms_p50" in table.columns else table.iloc[0:0]
+    settings = latency_settings(timed) if not timed.empty else []
     plots.draw("accuracy_vs_gmacs", PLOT_TITLES["accuracy_vs_gmacs"], lambda: plots.plot_accuracy_vs_gmacs(table, label_cols), plot_dir, drawn, skipped)
     plots.draw("latency_vs_tokens", PLOT_TITLES["latency_vs_tokens"], lambda: plots.plot_latency_vs_tokens(table, settings), plot_dir, drawn, skipped)
     plots.draw("stage5_gmacs", PLOT_TITLES["stage5_gmacs"], lambda: plots.plot_stage5(table), plot_dir, drawn, skipped)

@@ -268,3 +268,34 @@ def test_variant_defaults_agree_with_the_model_zoo():
             if key in options:
                 accepted = want if isinstance(want, tuple) else (want,)
                 assert options[key] in accepted, (name, key, options[key], want)
+
+
+def test_several_runs_combine_and_need_out(run_dir, tmp_path):
+    from bench.report import write_report
+
+    other = tmp_path / "other"
+    for config, metrics in PAPER_GRID:
+        write_record(other / "records", make_record(dict(config, seed=1), metrics=metrics, env=ENV))
+    with pytest.raises(UsageError, match="--out"):
+        write_report([run_dir, other])
+    rep = write_report([run_dir, other], out=tmp_path / "both", formats=["csv"])
+    vt = _row(rep.table, "vt_resnet18", input_size="224x224")
+    assert vt["n"] == 2 and vt["runs"] == "fixture;other" and vt["gmacs_std"] == pytest.approx(0.0)
+
+
+def test_load_weights_reads_trainer_checkpoints(tmp_path):
+    """bench.train saves {'model': state_dict, 'epoch': ...}; the attention plot loads it, or says untrained."""
+    import torch
+
+    from bench.plots import PlotSkipped, load_weights
+
+    net = torch.nn.Linear(3, 2)
+    assert load_weights(net, None) == "untrained weights"
+    assert load_weights(net, tmp_path / "missing.pt") == "untrained weights"
+    trained = torch.nn.Linear(3, 2)
+    torch.save({"model": trained.state_dict(), "epoch": 3}, tmp_path / "checkpoint.pt")
+    assert load_weights(net, tmp_path / "checkpoint.pt") == "trained weights (epoch 3)"
+    assert torch.equal(net.weight, trained.weight)
+    torch.save({"model": torch.nn.Linear(4, 2).state_dict()}, tmp_path / "bad.pt")
+    with pytest.raises(PlotSkipped, match="does not fit"):
+        load_weights(net, tmp_path / "bad.pt")
