@@ -92,6 +92,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     assert abs(one["top1"] - two["top1"]) < 0.5 and abs(one["train_loss"] - two["train_loss"]) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_without_sync_bn_two_processes_differ(tmp_path):
     """The honest counterpart: per-process BatchNorm statistics change the result."""
