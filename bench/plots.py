@@ -234,7 +234,8 @@ def _common_setting(rows: pd.DataFrame) -> pd.DataFrame:
     if not keys:
         return rows
     key = _text_key(rows, keys, "|")
-    return rows[key == key.value_counts().index[0]]
+    models_per_key = rows.groupby(key)["model"].nunique()
+    return rows[key == models_per_key.idxmax()]  # the setting that covers the most models
 
 
 def plot_stage5(agg: pd.DataFrame) -> plt.Figure:
@@ -274,30 +275,37 @@ def _annotate_reduction(ax: plt.Axes, rows: pd.DataFrame, order: list[str]) -> N
 # --------------------------------------------------------------------------- FPN vs VT-FPN
 
 def plot_fpn(agg: pd.DataFrame) -> plt.Figure:
-    """FPN vs VT-FPN: total and FPN-module GMACs per backbone, and mIoU when trained."""
+    """FPN vs VT-FPN: total and FPN-module GMACs per backbone, a panel per input size; mIoU when trained."""
     rows = agg[agg["family"].isin(["fpn", "vt_fpn"])] if "family" in agg.columns else agg.iloc[0:0]
     if rows.empty or "gmacs" not in rows.columns or rows["gmacs"].isna().all():
         raise PlotSkipped("no FPN or VT-FPN cell with GMACs")
-    rows = _common_setting(_default_variant(rows[rows["gmacs"].notna()])).drop_duplicates("model")
-    long = pd.concat([rows.assign(part="total", value=rows["gmacs"]),
-                      rows.assign(part="FPN module", value=_col(rows, "stage_gmacs"))]).dropna(subset=["value"])
-    long["bar"] = long["model"].map(lambda m: "R" + "".join(c for c in m if c.isdigit())) + " · " + long["part"]
+    rows = _default_variant(rows[rows["gmacs"].notna()])
+    sizes = list(dict.fromkeys(rows["input_size"].astype(str))) if "input_size" in rows.columns else ["?"]
     has_miou = "miou" in rows.columns and rows["miou"].notna().any()
-    fig, axes = plt.subplots(1, 2 if has_miou else 1, figsize=(12 if has_miou else 7, 4.5), squeeze=False)
     fams = [f for f in ("fpn", "vt_fpn") if (rows["family"] == f).any()]
-    long["family_label"] = long["family"].map(FAMILY_LABELS)
-    sns.barplot(data=long, x="bar", y="value", hue="family_label", hue_order=[FAMILY_LABELS[f] for f in fams],
-                palette=[FAMILY_COLORS[f] for f in fams], errorbar=None, ax=axes[0][0])
-    size = rows["input_size"].iloc[0] if "input_size" in rows.columns else "?"
-    axes[0][0].set_title(f"GMACs per image at {size}")
-    axes[0][0].set_xlabel("backbone · part")
-    axes[0][0].set_ylabel("GMACs per image (10⁹ MACs)")
-    axes[0][0].legend(title="family")
+    ncols = len(sizes) + int(has_miou)
+    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4.6), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        at_size = rows[rows["input_size"].astype(str) == size] if "input_size" in rows.columns else rows
+        _fpn_gmacs_panel(ax, at_size.drop_duplicates("model"), fams, size)
     if has_miou:
-        _miou_panel(axes[0][1], rows[rows["miou"].notna()], fams)
+        _miou_panel(axes[0][-1], rows[rows["miou"].notna()].drop_duplicates("model"), fams)
     fig.suptitle("FPN vs VT-FPN", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def _fpn_gmacs_panel(ax: plt.Axes, rows: pd.DataFrame, fams: list[str], size: str) -> None:
+    long = pd.concat([rows.assign(part="total", value=rows["gmacs"]),
+                      rows.assign(part="FPN module", value=_col(rows, "stage_gmacs"))]).dropna(subset=["value"])
+    long["bar"] = long["model"].map(lambda m: "R" + "".join(c for c in m if c.isdigit())) + " · " + long["part"]
+    long["family_label"] = long["family"].map(FAMILY_LABELS)
+    sns.barplot(data=long, x="bar", y="value", hue="family_label", hue_order=[FAMILY_LABELS[f] for f in fams],
+                palette=[FAMILY_COLORS[f] for f in fams], errorbar=None, ax=ax)
+    ax.set_title(f"GMACs per image at {size}")
+    ax.set_xlabel("backbone · part")
+    ax.set_ylabel("GMACs per image (10⁹ MACs)")
+    ax.legend(title="family")
 
 
 def _miou_panel(ax: plt.Axes, rows: pd.DataFrame, fams: list[str]) -> None:
@@ -309,7 +317,8 @@ def _miou_panel(ax: plt.Axes, rows: pd.DataFrame, fams: list[str]) -> None:
         part = rows[rows["family"] == fam]
         ax.errorbar([p.get_x() + p.get_width() / 2 for p in patch_group][: len(part)], part["miou"],
                     yerr=_col(part, "miou_std").fillna(0), fmt="none", ecolor="black", capsize=3)
-    ax.set_title("mIoU (mean ± sample std over seeds)")
+    datasets = ", ".join(dict.fromkeys(_col(rows, "train.dataset").dropna().astype(str))) or "?"
+    ax.set_title(f"mIoU on {datasets} (mean ± sample std over seeds)")
     ax.set_xlabel("backbone depth")
     ax.set_ylabel("mIoU (%)")
     ax.legend(title="family", loc="lower right")
@@ -436,7 +445,7 @@ def _attention_figure(attn: np.ndarray, gray: np.ndarray, config: dict[str, Any]
     if last is not None:
         cax = fig.add_axes([0.89, 0.15, 0.015, 0.6])
         fig.colorbar(last, cax=cax, label="attention weight (softmax over pixels)")
-    options = ", ".join(f"{k}={v}" for k, v in (config.get("model_args") or {}).items())
+    options = ", ".join(f"{k}={v}" for k, v in (config.get("model_args") or {}).items()) or "default options"
     fig.suptitle(f"Tokenizer attention over the input: {config['model']} ({options})\n"
                  f"first of {n_tokenizers} tokenizer(s), {weights}; {caption}", fontsize=10)
     return fig

@@ -60,6 +60,10 @@ FPN = [
      {"gmacs": 37.0, "params_m": 28.0, "gmacs_fpn": 12.9, "miou": 46.0}),
     (_config("vt_fpn_r50", measure=("complexity", "train"), input_size=473, dataset="lip"),
      {"gmacs": 27.0, "params_m": 30.0, "gmacs_fpn": 2.5, "miou": 47.5}),
+    (_config("fpn_r50", measure=("complexity",), input_size=[800, 1216], dataset="coco_stuff"),
+     {"gmacs": 160.0, "params_m": 28.0, "gmacs_fpn": 55.1}),
+    (_config("vt_fpn_r50", measure=("complexity",), input_size=[800, 1216], dataset="coco_stuff"),
+     {"gmacs": 110.0, "params_m": 30.0, "gmacs_fpn": 9.0}),
 ]
 ERROR_CONFIG = _config("vt_resnet18", 0, num_tokens=32, tokenizer="filter")
 PENDING = [_config("vt_resnet18", 0, num_tokens=4, tokenizer="filter"), _config("vt_resnet18", 1, num_tokens=4, tokenizer="filter")]
@@ -142,8 +146,9 @@ def test_baseline_ratios(report):
     assert vt["gmacs_reduction_x"] == pytest.approx(1.814 / 1.600)
     vt16 = _row(table, "vt_resnet18", num_tokens=16, tokenizer="filter", input_size="32x32")
     assert vt16["latency_ratio_x"] == pytest.approx(6.0 / 4.0)
-    fpn = _row(table, "vt_fpn_r50")
+    fpn = _row(table, "vt_fpn_r50", input_size="473x473")
     assert fpn["stage_gmacs_reduction_x"] == pytest.approx(12.9 / 2.5)
+    assert _row(table, "vt_fpn_r50", input_size="800x1216")["gmacs_reduction_x"] == pytest.approx(160 / 110)
 
 
 def test_paper_vs_measured_deltas(report):
@@ -158,6 +163,9 @@ def test_paper_vs_measured_deltas(report):
     assert delta("T1", "vt_resnet18", "stage_gmacs_reduction_x")["measured"] == pytest.approx(0.462 / 0.2)
     assert delta("T10", "vt_fpn_r50", "miou")["delta"] == pytest.approx(47.5 - 47.39)
     assert delta("T10", "fpn_r50", "gmacs_fpn")["delta"] == pytest.approx(12.9 - 12.8)
+    assert delta("T9", "vt_fpn_r50", "gmacs_fpn")["delta"] == pytest.approx(9.0 - 8.5)
+    assert delta("T9", "vt_fpn_r50", "gmacs")["delta_pct"] == pytest.approx(100 * (110 - 113) / 113)
+    assert not ((cmp["table"] == "T9") & (cmp["metric"] == "miou")).any()  # no COCO-stuff training
     # digits cells (10 classes, 32x32) are never compared with ImageNet numbers
     assert not (cmp["paper"] == 72.0).any()
     assert (cmp["table"] == "T3").sum() == 2  # filter tokenizer: gmacs and params from the note
@@ -171,7 +179,7 @@ def test_pending_failed_corrupt_and_missing_are_listed(report, run_dir):
     assert sorted(data.pending["reason"]) == ["corrupt record", "no record yet", "no record yet"]
     assert list(data.missing["metric"]) == ["top1"]
     md = (run_dir / "report" / "report.md").read_text()
-    assert "3 pending cell(s)" in md and "1 failed" in md and "1 corrupt" in md
+    assert "15 ok, 1 failed, 1 corrupt; 3 pending cell(s); 1 missing metric(s)" in md
     assert "### Pending cells (in cells.json, no record yet) (3)" in md
     assert "CUDA out of memory" in md
     assert "94.25 ± 1.77 (n=2)" in md  # accuracy table shows mean ± sample std (n)
