@@ -230,13 +230,14 @@ def _live_slurm_task_ids(jobs: list[dict[str, Any]]) -> set[str]:
     if not any(entry.get("cluster") == "slurm" for entry in jobs):
         return set()
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True,
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %t"], capture_output=True, text=True,
                              timeout=60, check=True).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("cannot ask SLURM which earlier jobs still run (%s); their cells may be submitted "
                     "again (each cell still writes one record)", exc)
         return set()
-    return {line.strip() for line in out.splitlines() if line.strip()}
+    # A completing job (CG) has finished its cell's work: it is not in flight any more.
+    return {line.split()[0] for line in out.splitlines() if line.strip() and line.split()[-1] != "CG"}
 
 
 def _local_job_alive(job_id: str) -> bool:
