@@ -145,7 +145,8 @@ def test_documented_options():
     for key in ("num_classes", "num_tokens", "token_channels", "tokenizer", "transformer", "projector", "stem"):
         assert key in opts
     assert opts["num_tokens"] == 16 and opts["token_channels"] == 1024 and opts["num_modules"] == 2
-    assert model_options("vt_resnet50")["transformer"] == "mhsa"
+    assert model_options("vt_resnet50")["transformer"] == "paper"
+    assert model_options("vt_resnet50")["proj_groups"] == 16
     assert model_options("vt_fpn_r50")["num_tokens"] == 8
 
 

@@ -1,0 +1,493 @@
+"""Regenerate the committed fidelity table: the paper's complexity numbers beside vtbench's models.
+
+    python -m bench.fidelity [--out results/fidelity] [--skip-seg] [--threads N]
+
+Writes `fidelity.md` (machine and date named), `fidelity.csv` (the twelve models, per-stage
+breakdown) and `alternatives.csv` (the other readings of the paper's open choices, and the
+ablations of Tables 3-7). The paper's numbers come from `bench/reference/paper_numbers.csv`.
+
+Tolerances (model zoo issue): ResNets within 0.5% of Table 8's MACs; VT-ResNets within 3% (MACs)
+and 5% (params) of Table 8, or of Table 2 for VT-R18/R34; the FPN module 55.1 G (800x1216) and
+12.9 G (473x473) for FPN, within 15% of 8.5 G / 2.0 G for VT-FPN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from bench.complexity import measure_complexity
+from bench.reference import load_reference
+from models import build_model
+
+log = logging.getLogger(__name__)
+
+CLS_SIZE = (224, 224)
+SEG_SIZES = {"T9": ((800, 1216), 171), "T10": ((473, 473), 20)}  # COCO-stuff 171 classes, LIP 20
+STAGES = ("stem", "stage2", "stage3", "stage4", "stage5", "vt", "fpn", "head")
+# The table each VT-ResNet's default is held to (the paper's Tables 2 and 8 disagree; PAPER.md).
+VT_TABLE = {"vt_resnet18": "T8", "vt_resnet34": "T2", "vt_resnet50": "T8", "vt_resnet101": "T8"}
+TOL_RESNET_GMACS = 0.005
+TOL_VT_GMACS, TOL_VT_PARAMS = 0.03, 0.05
+TOL_FPN_MODULE = {"fpn": 0.005, "vt_fpn": 0.15}
+FPN_MODULE_EXACT = {(800, 1216): 55.1, (473, 473): 12.9}  # torchvision FPN, counted with fvcore
+
+
+@dataclass
+class Reading:
+    """One configuration to measure: a model, its overrides, and why it is in the table."""
+
+    model: str
+    overrides: dict = field(default_factory=dict)
+    label: str = "default"
+    table: str = ""  # the paper table whose row it is compared with ("" for none)
+    variant: str = ""  # the paper row's variant label (T3-T7), if any
+    why: str = ""
+
+
+def paper_value(model: str, metric: str, table: str, input_size: tuple[int, int], variant: str = "") -> float | None:
+    """The paper's number for a model/metric/table (and ablation variant), or None."""
+    ref = load_reference()
+    size = f"{input_size[0]}x{input_size[1]}"
+    rows = ref[(ref.model == model) & (ref.metric == metric) & (ref.table == table) & (ref.input_size == size)]
+    if variant:
+        rows = rows[rows.variant == variant]
+    return float(rows.value.iloc[0]) if len(rows) else None
+
+
+def measure(model_name: str, overrides: dict, input_size: tuple[int, int], num_classes: int) -> dict:
+    """Complexity metrics of one configuration (fresh model, eval mode, batch 1)."""
+    model = build_model(model_name, num_classes=num_classes, **overrides)
+    return measure_complexity(model, input_size).to_metrics()
+
+
+def measure_fpn_module(model_name: str, input_size: tuple[int, int], **overrides) -> float:
+    """G MACs (paper convention) of the `fpn` child alone, fed C2..C5 of the right shapes."""
+    model = build_model(model_name, **overrides)
+    h, w = input_size
+    channels = [256, 512, 1024, 2048]
+    feats = [torch.randn(1, c, _down(h, 2 ** (i + 2)), _down(w, 2 ** (i + 2))) for i, c in enumerate(channels)]
+    wrapper = _Wrap(model.fpn)
+    return _paper_macs(wrapper, feats) / 1e9
+
+
+class _Wrap(torch.nn.Module):
+    """Let fvcore trace a module that takes and returns a list of maps (tuple in, tuple out)."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *feats):
+        return tuple(self.inner(list(feats)))
+
+
+def _paper_macs(module: torch.nn.Module, feats: list[torch.Tensor]) -> float:
+    from fvcore.nn import FlopCountAnalysis
+
+    from bench.complexity import EXTRA_HANDLES, PAPER_OPS
+
+    module.eval()
+    with torch.no_grad():
+        analysis = FlopCountAnalysis(module, tuple(feats)).set_op_handle(**EXTRA_HANDLES)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        return float(sum(v for k, v in analysis.by_operator().items() if k in PAPER_OPS))
+
+
+def _down(size: int, stride: int) -> int:
+    """Spatial size after ResNet's stride-`stride` downsampling (ceil at each stride-2 step)."""
+    while stride > 1:
+        size = (size + 1) // 2
+        stride //= 2
+    return size
+
+
+def main_readings() -> list[Reading]:
+    """The twelve registered models with their default options, each against its paper table."""
+    readings = [Reading(f"resnet{d}", table="T8") for d in (18, 34, 50, 101)]
+    readings += [Reading(f"vt_resnet{d}", table=VT_TABLE[f"vt_resnet{d}"]) for d in (18, 34, 50, 101)]
+    readings += [Reading(m, table=t) for t in SEG_SIZES for m in ("fpn_r50", "fpn_r101", "vt_fpn_r50", "vt_fpn_r101")]
+    return readings
+
+
+def alternative_readings() -> list[Reading]:
+    """Other readings of the open choices, and the paper's ablations (Tables 3-7)."""
+    out = []
+    for m in ("vt_resnet18", "vt_resnet34"):
+        out += [
+            Reading(m, {}, "default vs the other table", "T8" if m == "vt_resnet34" else "T2",
+                    why="Tables 2 and 8 disagree"),
+            Reading(m, {"qk_channels": 1024}, "K, Q full C_T x C_T", VT_TABLE[m], why="ICCV K, Q in R^{C x C}"),
+            Reading(m, {"last_projector": True}, "projector in the last module too", VT_TABLE[m],
+                    why="last projector's output is never read"),
+            Reading(m, {"transformer": "mhsa"}, "appendix transformer (mhsa)", VT_TABLE[m],
+                    why="grouped k/q/v, 16 heads, one FF conv"),
+            Reading(m, {"token_channels": 256}, "C_T = C = 256", VT_TABLE[m], why="ICCV equations without C_T"),
+            Reading(m, {"tokenizer": "pooling", "recurrent": False}, "tokenizer=pooling", "T3", "tokenizer=pooling"),
+            Reading(m, {"tokenizer": "clustering"}, "tokenizer=clustering", "T3", "tokenizer=clustering"),
+            Reading(m, {"recurrent": False}, "recurrent=false", "T4", "recurrent=false"),
+            Reading(m, {"transformer": "none"}, "token_op=none", "T5", "token_op=none"),
+            Reading(m, {"num_tokens": 32}, "num_tokens=32", "T6", "num_tokens=32"),
+            Reading(m, {"num_tokens": 64}, "num_tokens=64", "T6", "num_tokens=64"),
+            Reading(m, {"projector": False}, "projector=false", "T7", "projector=false"),
+        ]
+    for m in ("vt_resnet50", "vt_resnet101"):
+        out += [
+            Reading(m, {"transformer": "mhsa", "proj_channels": 512, "proj_groups": 8},
+                    "appendix reading (mhsa, projector d=512 in 8 groups)", "T8",
+                    why="grouped k/q/v, 16 heads, one FF conv: meets MACs, not params"),
+            Reading(m, {"proj_channels": None, "proj_groups": 1}, "ICCV projector (W_Q, W_K in R^{C x C})", "T8",
+                    why="no grouping anywhere"),
+            Reading(m, {"qk_channels": 1024}, "K, Q full C_T x C_T", "T8"),
+            Reading(m, {"refresh": "half"}, "recurrent refreshes half the tokens", "T8", why="appendix transcription"),
+            Reading(m, {"head_hidden": 2048}, "head with a 2048-wide hidden layer", "T8", why="not in the paper"),
+            Reading(m, {"last_projector": True}, "projector in the last module too", "T8"),
+        ]
+    out += [
+        Reading("vt_fpn_r50", {"transformer": "mhsa"}, "appendix transformer (mhsa)", "T9"),
+        Reading("vt_fpn_r50", {"proj_groups": 1}, "ungrouped W_Q (ICCV)", "T9"),
+    ]
+    return out
+
+
+def measure_reading(r: Reading) -> dict:
+    """Measure one reading and set it beside the paper's numbers."""
+    size, classes = SEG_SIZES[r.table] if r.table in SEG_SIZES else (CLS_SIZE, 1000)
+    metrics = measure(r.model, r.overrides, size, classes)
+    row = {"model": r.model, "reading": r.label, "overrides": _fmt(r.overrides), "table": r.table,
+           "input": f"{size[0]}x{size[1]}", "why": r.why}
+    for metric in ("gmacs", "params_m", "gmacs_fpn"):
+        paper = paper_value(r.model, metric, r.table, size, r.variant) if r.table else None
+        row[f"paper_{metric}"] = paper
+        measured = metrics.get(metric)
+        row[metric] = measured
+        row[f"delta_pct_{metric}"] = None if paper is None or measured is None else 100 * (measured - paper) / paper
+    row["gmacs_fvcore"] = metrics["gmacs_fvcore"]
+    row["gmacs_flopcounter"] = metrics["gmacs_flopcounter"]
+    for stage in STAGES:
+        row[f"gmacs_{stage}"] = metrics.get(f"gmacs_{stage}")
+        row[f"params_m_{stage}"] = metrics.get(f"params_m_{stage}")
+    row["unsupported_ops"] = _fmt(metrics["unsupported_ops"])
+    row["verdict"] = verdict(row)
+    return row
+
+
+def verdict(row: dict) -> str:
+    """'ok' or what misses, against the tolerances of the model zoo issue."""
+    model, misses = row["model"], []
+    d_gmacs, d_params = row["delta_pct_gmacs"], row["delta_pct_params_m"]
+    if model.startswith("resnet") and d_gmacs is not None and abs(d_gmacs) > 100 * TOL_RESNET_GMACS:
+        misses.append(f"MACs {d_gmacs:+.1f}%")
+    if model.startswith("vt_resnet"):
+        if d_gmacs is not None and abs(d_gmacs) > 100 * TOL_VT_GMACS:
+            misses.append(f"MACs {d_gmacs:+.1f}%")
+        if d_params is not None and abs(d_params) > 100 * TOL_VT_PARAMS:
+            misses.append(f"params {d_params:+.1f}%")
+    if "fpn" in model and row.get("delta_pct_gmacs_fpn") is not None:
+        tol = TOL_FPN_MODULE["vt_fpn" if model.startswith("vt_") else "fpn"]
+        exact = FPN_MODULE_EXACT.get(tuple(int(v) for v in row["input"].split("x")))
+        target = exact if not model.startswith("vt_") and exact else row["paper_gmacs_fpn"]
+        if abs(row["gmacs_fpn"] - target) / target > tol:
+            misses.append(f"FPN module {row['delta_pct_gmacs_fpn']:+.1f}%")
+    return "ok" if not misses else "misses: " + ", ".join(misses)
+
+
+def _fmt(d: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in d.items()) if d else ""
+
+
+def budget_rows(main: pd.DataFrame) -> pd.DataFrame:
+    """What Table 8 leaves the VT stage + head, from the measured ResNet trunks (stem..stage4)."""
+    rows = []
+    for depth in (18, 34, 50, 101):
+        res = main[main.model == f"resnet{depth}"].iloc[0]
+        vt = main[main.model == f"vt_resnet{depth}"].iloc[0]
+        trunk_g = sum(res[f"gmacs_{s}"] for s in ("stem", "stage2", "stage3", "stage4"))
+        trunk_p = sum(res[f"params_m_{s}"] for s in ("stem", "stage2", "stage3", "stage4"))
+        for table in ("T8", "T2"):
+            g = paper_value(f"vt_resnet{depth}", "gmacs", table, CLS_SIZE)
+            p = paper_value(f"vt_resnet{depth}", "params_m", table, CLS_SIZE)
+            if g is None:
+                continue
+            budget_g, budget_p = (g - trunk_g) * 1e3, p - trunk_p
+            rows.append({"model": f"vt_resnet{depth}", "table": table, "trunk_gmacs": trunk_g, "trunk_params_m": trunk_p,
+                         "budget_mmacs": budget_g, "budget_params_m": budget_p, "macs_per_param": budget_g / budget_p,
+                         "measured_mmacs": (vt["gmacs_vt"] + vt["gmacs_head"]) * 1e3,
+                         "measured_params_m": vt["params_m_vt"] + vt["params_m_head"],
+                         "resnet_stage5_over_vt_gmacs": res["gmacs_stage5"] / vt["gmacs_vt"],
+                         "resnet_stage5_over_vt_params": res["params_m_stage5"] / vt["params_m_vt"],
+                         "paper_t1_gmacs_x": paper_value(f"vt_resnet{depth}", "stage_gmacs_reduction_x", "T1", CLS_SIZE),
+                         "paper_t1_params_x": paper_value(f"vt_resnet{depth}", "stage_params_reduction_x", "T1", CLS_SIZE)})
+    return pd.DataFrame(rows)
+
+
+def environment() -> str:
+    """Machine, software and date line for the report."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"{now}; host {platform.node()} ({cpu}, {torch.get_num_threads()} threads); python "
+            f"{platform.python_version()}, torch {torch.__version__}; git {commit or 'unknown'}")
+
+
+def run(out_dir: Path, skip_seg: bool = False) -> None:
+    """Measure every reading and write fidelity.md, fidelity.csv and alternatives.csv."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    readings = [r for r in main_readings() if not (skip_seg and r.table in SEG_SIZES)]
+    main = pd.DataFrame([_logged(measure_reading, r) for r in readings])
+    alts = pd.DataFrame([_logged(measure_reading, r) for r in alternative_readings()
+                         if not (skip_seg and r.table in SEG_SIZES)])
+    budget = budget_rows(main)
+    fpn_modules = _fpn_module_rows()
+    main.to_csv(out_dir / "fidelity.csv", index=False)
+    alts.to_csv(out_dir / "alternatives.csv", index=False)
+    (out_dir / "fidelity.md").write_text(render(main, alts, budget, fpn_modules, environment()))
+    log.info("wrote %s", out_dir)
+
+
+def _num(v, fmt: str = "{:.3f}") -> str:
+    return "" if v is None or (isinstance(v, float) and pd.isna(v)) else fmt.format(v)
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    """A DataFrame of strings as a markdown table."""
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _main_table(main: pd.DataFrame) -> str:
+    rows = []
+    for _, r in main.iterrows():
+        rows.append({
+            "model": r.model, "table": r.table, "input": r.input,
+            "paper GMACs": _num(r.paper_gmacs), "measured GMACs": _num(r.gmacs), "Δ MACs": _num(r.delta_pct_gmacs, "{:+.2f}%"),
+            "paper params (M)": _num(r.paper_params_m, "{:.1f}"), "measured params (M)": _num(r.params_m, "{:.2f}"),
+            "Δ params": _num(r.delta_pct_params_m, "{:+.1f}%"),
+            "paper FPN module": _num(r.paper_gmacs_fpn, "{:.1f}"), "measured FPN module": _num(r.gmacs_fpn, "{:.2f}"),
+            "fvcore total": _num(r.gmacs_fvcore), "FlopCounterMode": _num(r.gmacs_flopcounter), "verdict": r.verdict,
+        })
+    return _md_table(pd.DataFrame(rows))
+
+
+def _stage_table(main: pd.DataFrame) -> str:
+    rows = []
+    for _, r in main.iterrows():
+        row = {"model": r.model, "input": r.input}
+        for stage in STAGES:
+            g, p = r.get(f"gmacs_{stage}"), r.get(f"params_m_{stage}")
+            row[stage] = "" if g is None or pd.isna(g) else f"{g:.3f} / {p:.2f}"
+        rows.append(row)
+    return _md_table(pd.DataFrame(rows))
+
+
+def _alt_table(alts: pd.DataFrame) -> str:
+    rows = []
+    for _, r in alts.iterrows():
+        rows.append({
+            "model": r.model, "reading": r.reading, "options": r.overrides, "vs": r.table,
+            "paper GMACs": _num(r.paper_gmacs), "GMACs": _num(r.gmacs), "Δ MACs": _num(r.delta_pct_gmacs, "{:+.1f}%"),
+            "paper params": _num(r.paper_params_m, "{:.1f}"), "params": _num(r.params_m, "{:.2f}"),
+            "Δ params": _num(r.delta_pct_params_m, "{:+.1f}%"), "stage GMACs (vt or fpn)": _num(
+                r.gmacs_vt if not pd.isna(r.get("gmacs_vt", float("nan"))) else r.gmacs_fpn),
+            "verdict": r.verdict, "note": r.why,
+        })
+    return _md_table(pd.DataFrame(rows))
+
+
+def _budget_table(budget: pd.DataFrame) -> str:
+    rows = [{"model": r.model, "table": r.table, "trunk GMACs / M": f"{r.trunk_gmacs:.4f} / {r.trunk_params_m:.2f}",
+             "left for VT + head (M MACs / M params)": f"{r.budget_mmacs:.0f} / {r.budget_params_m:.2f}",
+             "MACs per param": f"{r.macs_per_param:.1f}",
+             "measured VT + head": f"{r.measured_mmacs:.0f} / {r.measured_params_m:.2f}",
+             "ResNet stage 5 / VT stage (MACs, params)": f"{r.resnet_stage5_over_vt_gmacs:.2f}x, "
+                                                         f"{r.resnet_stage5_over_vt_params:.2f}x",
+             "Table 1 (MACs, params)": f"{_num(r.paper_t1_gmacs_x, '{:.1f}')}x, {_num(r.paper_t1_params_x, '{:.2f}')}x"}
+            for r in budget.itertuples()]
+    return _md_table(pd.DataFrame(rows))
+
+
+def render(main: pd.DataFrame, alts: pd.DataFrame, budget: pd.DataFrame, fpn_modules: pd.DataFrame, env: str) -> str:
+    """The fidelity report as markdown."""
+    fpn_lines = "\n".join(f"- `{r.model}` FPN module alone at {r.input}: {r.gmacs_fpn:.2f} G MACs"
+                           for r in fpn_modules.itertuples())
+    misses = main[main.verdict != "ok"]
+    miss_lines = "\n".join(f"- `{r.model}` ({r.table}, {r.input}): {r.verdict}" for r in misses.itertuples()) or \
+        "- none: every default model is within the issue's tolerances."
+    return FIDELITY_MD.format(env=env, main=_main_table(main), stages=_stage_table(main), budget=_budget_table(budget),
+                              alts=_alt_table(alts), fpn_modules=fpn_lines, misses=miss_lines)
+
+
+def _fpn_module_rows() -> pd.DataFrame:
+    rows = []
+    for size in ((800, 1216), (473, 473)):
+        for name in ("fpn_r50", "vt_fpn_r50"):
+            rows.append({"model": name, "input": f"{size[0]}x{size[1]}", "gmacs_fpn": measure_fpn_module(name, size)})
+    return pd.DataFrame(rows)
+
+
+def _logged(fn, reading: Reading) -> dict:
+    log.info("measuring %s %s (%s)", reading.model, _fmt(reading.overrides), reading.table)
+    return fn(reading)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: regenerate results/fidelity."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("results/fidelity"))
+    parser.add_argument("--skip-seg", action="store_true", help="leave out the FPN rows (the slow ones)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run(args.out, skip_seg=args.skip_seg)
+    return 0
+
+
+
+FIDELITY_MD = """# Fidelity: the paper's complexity numbers beside vtbench's models
+
+Measured {env}.
+Regenerate with `python -m bench.fidelity` (about ten minutes on two CPU cores; `--skip-seg` leaves
+out the FPN rows). Machine-readable: `fidelity.csv` (the twelve models, every stage) and
+`alternatives.csv` (other readings and the ablations).
+
+## How MACs are counted
+
+`gmacs` is the paper's convention: multiply-accumulates of convolutions and matrix products, per image,
+i.e. fvcore's `by_operator()` summed over `conv`, `linear`, `addmm`, `mm`, `matmul`, `einsum`, `bmm`
+and the two matrix products inside `scaled_dot_product_attention` (a handle vtbench registers).
+Batch norm (folded at inference), pooling, softmax, upsampling and element-wise operations are not
+counted. This gives exactly 1.814/3.664/4.089/7.801 G for torchvision's ResNet-18/34/50/101 (Table 8
+prints 7.802 for R101). `fvcore total` is fvcore's plain total plus vtbench's handles for softmax,
+max-pooling, mean and residual additions; `FlopCounterMode` is `torch.utils.flop_counter`'s total / 2,
+an independent count of the same matrix products (it agrees with `gmacs` to the MAC on every row).
+No model has an operator left without a handle (`unsupported_ops` is empty in `fidelity.csv`).
+
+## The twelve models with their default options
+
+VT-ResNet-18 is held to Table 8 and VT-ResNet-34 to Table 2 (the tables disagree, PAPER.md): with one
+reading, VT-R18 is within tolerance of both tables, while VT-R34's 3 modules match Table 2's 21.8 M
+params but not Table 8's 19.2 M, which would leave 11.0 M for 3 modules and the head, 3.7 M per module
+against VT-R18's 3.9 M per module in Table 8 (the "other table" rows below show both). FPN rows: the
+paper's totals (Tables 9-10) and the FPN module alone, at 800x1216 with 171 COCO-stuff classes and at
+473x473 with 20 LIP classes.
+
+{main}
+
+### FPN module measured alone (the paper's "FPN GFLOPs")
+
+{fpn_modules}
+
+`torchvision.ops.FeaturePyramidNetwork([256, 512, 1024, 2048], 256)` gives 55.10 G at 800x1216 as
+the paper prints; at 473x473 it gives 12.89 G where Table 10 prints 12.8 (the test holds it to the
+exact fvcore count, 12.9). VT-FPN replaces the FPN's 3x3 output convolutions and top-down path by
+VT modules and keeps its lateral 1x1 convolutions (they bring C2..C5 to 256 channels): the lateral
+convs alone are 7.47 G at 800x1216 (92.5 k MACs per pyramid pixel), and the paper's 8.5 G and 2.0 G
+are both about 105 k MACs per pyramid pixel, which leaves about 13 k per pixel for the VT part:
+tokenizer logits and pixel average (2 x 256 x 8), projector attention (8 x 256 + 8 x 256) and a
+W_Q grouped 16 ways (256 x 256 / 16). That is the default (`proj_groups=16`), with the ICCV
+transformer (K, Q 1024 -> 512, F1, F2 1024 x 1024) over the 32 tokens of the four levels: 3.15 M
+params but only ~0.1 G MACs at 32 tokens.
+
+## Per-stage breakdown (G MACs / M params)
+
+{stages}
+
+## Budget arithmetic (what Table 8 leaves the VT stage and head)
+
+The trunk (stem and stages 2-4) is torchvision's, so subtracting it from the paper's totals gives what
+the VT stage plus the head may cost. Any weight applied to the 16 tokens costs 16 MACs per image per
+parameter; weights applied to all 196 pixels cost 196; only the head's weights cost about 1.
+
+{budget}
+
+VT-R18/R34 have about 19-20 MACs per parameter to spend: nearly every parameter can sit on the
+tokens, and the default reading spends 141 M / 8.70 M (VT-R18, 16 MACs per param plus the per-pixel
+work). VT-R50/R101 have only about 10, fewer than the 16 that any token weight costs: the paper's MACs
+and params for R50/R101 cannot both hold unless some parameters cost less than 16 MACs each (a head
+wider than one linear layer, for example), or unless Table 8's R50/R101 rows were computed differently
+from its R18/R34 rows. vtbench adds no such parameters. Its default R50/R101 reading (the same
+transformer and tokenizers as R18/R34) meets the params and lands within the 3% tolerance on the
+*network's* MACs (+2.8% for R50, +1.3% for R101), but its VT stage plus head costs 229 M MACs against
+the 134 M / 139 M that Table 8 leaves, about 1.7x: the tolerance on the total hides that, and the last
+column shows it again as Table 1's stage-5 ratio (3.55x here, 6.1x / 6.9x in the paper). The
+`mhsa` reading below meets the stage's MACs better (169 M) and misses the params by 14-22% instead.
+Table 1's ratios for R18/R34 (2.4x, 5.0x) also differ from ours (2.9x); its R34 ratio implies a VT
+stage of about 128 M MACs, below even VT-R18's Table 8 budget, so Table 1 cannot be reconciled with
+Table 2's VT-R34 (3.299 G) either.
+
+## The chosen reading (defaults), with the arithmetic per module
+
+C = 256 (R18/R34) or 1024 (R50/R101) at 14x14 (HW = 196), C_T = 1024, L = 16.
+
+- Tokenizer (ICCV eqs. 1-2): the first filter-based, `T = softmax_HW(X W_A)^T X` (W_A: C x 16, no bias:
+  a per-token constant is cancelled by the softmax over HW), the others recurrent, `W_R = T_in W_T->R`
+  (W_T->R: C_T x C). The pixel average has C channels; an adapter C -> C_T (a 1x1 conv on the 16 tokens,
+  262 k params, 4.2 M MACs) brings it to C_T when C != C_T (R18/R34 only). Per module: logits
+  196 x C x 16 and pixel average 16 x 196 x C MACs (0.8 M each for C = 256, 3.2 M for C = 1024);
+  W_T->R 262 k params / 4.2 M MACs (C = 256) or 1.05 M / 16.8 M (C = 1024).
+- Transformer (ICCV eqs. 3-4, `transformer="paper"`): no heads, no value projection, no normalisation,
+  no scaling. K, Q: C_T -> C_T/2 = 512 (the appendix's key/query width; 2 x 524 k params), F1, F2:
+  C_T x C_T (2 x 1.05 M). 3.15 M params, 50.7 M MACs per module (16 tokens). Full 1024-wide K and Q
+  (the literal C x C) add 1.05 M params per module and overshoot VT-R18's params by 16%.
+- Projector (ICCV eq. 5): W_Q on every pixel C -> 256, W_K C_T -> 256, a value map W_V C_T -> C when
+  C_T != C. R18/R34: W_Q 65 k params, 12.8 M MACs; W_K and W_V 262 k params, 4.2 M MACs each;
+  attention 2 x 196 x 16 x 256 = 1.6 M. R50/R101: W_Q grouped 16 ways (the appendix's grouped query
+  convolution) 16 k params, 3.2 M MACs; W_K 262 k / 4.2 M; attention 196 x 16 x (256 + 1024) = 4.0 M.
+- The last module has no projector (`last_projector=False`): the head reads only the tokens, so its
+  projected feature map would never be used: its weights would get no gradient and its MACs would do
+  no work. `last_projector=True` is offered and measured below.
+- Head: mean of the 16 output tokens, linear C_T -> 1000 (1.025 M params, 1.0 M MACs).
+- Sums: VT-R18 = module 1 (4.01 M, 79.3 M MACs) + module 2 (3.67 M, 60.7 M) = 7.67 M / 140 M;
+  VT-R50 = 3.45 M / 68.5 M + 4.50 M / 85.3 M + 4.22 M / 73.9 M = 12.2 M / 228 M.
+
+## Alternative readings and the ablations of Tables 3-7
+
+Each row changes the options shown and is compared with the paper row named in `vs` (Tables 3-7 rows
+are the paper's ablation numbers for VT-R18/R34).
+
+{alts}
+
+What the ablation rows say about the paper's own arithmetic: Table 6 adds about 8.3 M MACs per extra
+token with unchanged params, so nearly all of the paper's ~7.8 M module parameters (VT-R18) are token
+weights, as in the default reading (measured: 8.0-8.2 M per token). Table 5 (no transformer: -51 M MACs,
+-3.1 M params for 2 modules) implies a transformer of about 1.55 M params, half of the ICCV
+transformer's 3.15 M at C_T = 1024, while Table 7 (no projector: -82 M MACs, -2.3 M params) implies
+about 1.15 M params per projector and a projector in both modules. No single reading reproduces
+Tables 5 and 7 together with Tables 2 and 8; vtbench keeps the reading that matches the main tables and
+shows the ablation gaps here. Table 4's VT-R34 without recurrence (3.369 G) costs more than the
+recurrent default (3.299 G), which no reading reproduces, since a filter tokenizer is cheaper than a
+recurrent one.
+
+## What misses, and why
+
+{misses}
+
+Among the alternatives and ablations above, the misses are the readings the defaults were chosen
+against (full-width K/Q, C_T = C, the appendix `mhsa` transformer at C = 256, the ICCV projector at
+C = 1024) and the Table 5 and Table 7 ablations, whose paper numbers imply a lighter transformer and
+heavier projectors than any reading that meets Tables 2 and 8 (see above). The FPN totals run about
+3-4% above the paper's 159/113 G (R50): the backbone and the FPN module match exactly, so the
+difference is the semantic head (30.2 G here with 171 classes and GroupNorm towers as in Detectron2),
+for which the paper gives no separate number.
+"""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""The model zoo's fidelity tolerances: default models against the paper's complexity tables."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from bench import fidelity
+from bench.complexity import measure_complexity
+from models import build_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@functools.lru_cache(maxsize=None)
+def _measure(name: str):
+    return measure_complexity(build_model(name), 224)
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101])
+def test_resnet_macs_match_table8(depth):
+    result = _measure(f"resnet{depth}")
+    paper = fidelity.paper_value(f"resnet{depth}", "gmacs", "T8", (224, 224))
+    assert abs(result.gmacs - paper) / paper < fidelity.TOL_RESNET_GMACS
+    torchvision_params = {18: 11.690, 34: 21.798, 50: 25.557, 101: 44.549}[depth]
+    assert result.params_m == pytest.approx(torchvision_params, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", ["vt_resnet18", "vt_resnet34", "vt_resnet50", "vt_resnet101"])
+def test_vt_resnet_defaults_within_tolerance(name):
+    result = _measure(name)
+    table = fidelity.VT_TABLE[name]
+    paper_g = fidelity.paper_value(name, "gmacs", table, (224, 224))
+    paper_p = fidelity.paper_value(name, "params_m", table, (224, 224))
+    assert abs(result.gmacs - paper_g) / paper_g < fidelity.TOL_VT_GMACS, (result.gmacs, paper_g)
+    assert abs(result.params_m - paper_p) / paper_p < fidelity.TOL_VT_PARAMS, (result.params_m, paper_p)
+    assert result.unsupported_ops == {}
+
+
+def test_vt_resnet18_hand_count():
+    """The module arithmetic written in the fidelity report (C=256, C_T=1024, L=16, HW=196)."""
+    result = _measure("vt_resnet18")
+    c, ct, n, hw = 256, 1024, 16, 196
+    tokenizer1 = c * n * hw * 2 + n * c * ct  # logits + pixel average + adapter
+    tokenizer2 = n * ct * c + c * n * hw * 2 + n * c * ct  # W_T->R + the same
+    transformer = n * (2 * ct * ct // 2 + 2 * ct * ct) + n * n * (ct // 2 + ct)  # K, Q, F1, F2 + attention
+    projector = hw * c * c + n * ct * c * 2 + hw * n * c * 2  # W_Q, W_K + W_V, attention
+    assert result.stage_gmacs["vt"] * 1e9 == pytest.approx(tokenizer1 + tokenizer2 + 2 * transformer + projector)
+    assert result.stage_gmacs["head"] * 1e9 == pytest.approx(ct * 1000)
+
+
+@pytest.mark.parametrize("size", [(473, 473), pytest.param((800, 1216), marks=pytest.mark.slow)])
+def test_fpn_module_exact(size):
+    measured = fidelity.measure_fpn_module("fpn_r50", size)
+    assert abs(measured - fidelity.FPN_MODULE_EXACT[size]) / fidelity.FPN_MODULE_EXACT[size] < 0.005
+
+
+@pytest.mark.parametrize("size", [(473, 473), pytest.param((800, 1216), marks=pytest.mark.slow)])
+def test_vt_fpn_module_within_15_percent(size):
+    measured = fidelity.measure_fpn_module("vt_fpn_r50", size)
+    table = "T9" if size == (800, 1216) else "T10"
+    paper = fidelity.paper_value("vt_fpn_r50", "gmacs_fpn", table, size)
+    assert abs(measured - paper) / paper < fidelity.TOL_FPN_MODULE["vt_fpn"], (measured, paper)
+
+
+@pytest.mark.slow
+def test_fpn_totals_near_paper():
+    fpn = measure_complexity(build_model("fpn_r50"), (800, 1216))
+    vt_fpn = measure_complexity(build_model("vt_fpn_r50"), (800, 1216))
+    assert abs(fpn.gmacs - 159) / 159 < 0.06 and abs(vt_fpn.gmacs - 113) / 113 < 0.06
+    assert fpn.stage_gmacs["fpn"] == pytest.approx(55.1, rel=0.005)
+
+
+def test_verdict_flags_misses():
+    row = {"model": "vt_resnet50", "delta_pct_gmacs": 4.0, "delta_pct_params_m": -10.0}
+    assert fidelity.verdict(row) == "misses: MACs +4.0%, params -10.0%"
+    assert fidelity.verdict({"model": "resnet18", "delta_pct_gmacs": 0.1, "delta_pct_params_m": 0.0}) == "ok"
