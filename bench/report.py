@@ -187,7 +187,8 @@ def load_runs(run_dirs: Iterable[str | Path]) -> RunData:
                          "cell": _config_summary(record["config"]), "metric": m} for m in _missing_metrics(record)]
         pending += _pending_rows(run_dir, seen, notes)
     cells = pd.DataFrame(rows)
-    return RunData(cells=cells, errors=_frame(errors, ["run", "cell_id", "model", "cell", "error_type", "message", "path"]),
+    return RunData(cells=cells, errors=_frame(errors, ["run", "cell_id", "model", "cell", "error_type", "message",
+                                          "metrics measured before the error", "path"]),
                    corrupt=_frame(corrupt, ["run", "path", "reason"]),
                    pending=_frame(pending, ["run", "cell_id", "model", "cell", "reason"]),
                    missing=_frame(missing, ["run", "cell_id", "model", "cell", "metric"]),
@@ -201,9 +202,13 @@ def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
 
 def _error_row(record: dict[str, Any], run: str, path: Path) -> dict[str, Any]:
     error = record.get("error") or {}
+    kept = [k for k, v in (record.get("metrics") or {}).items() if v is not None]
+    main = [k for k in ("gmacs", "params_m", "latency_ms_p50", "top1", "miou") if k in kept]
+    more = len(kept) - len(main)
     return {"run": run, "cell_id": record["cell_id"], "model": record["config"].get("model"),
             "cell": _config_summary(record["config"]), "error_type": error.get("type", "?"),
-            "message": error.get("message", ""), "path": str(path)}
+            "message": error.get("message", ""), "metrics measured before the error": ", ".join(main) + (f" (+{more} more)" if more else ""),
+            "path": str(path)}
 
 
 def _pending_rows(run_dir: Path, seen: dict[str, str], notes: list[str]) -> list[dict[str, Any]]:
@@ -652,7 +657,8 @@ def _header(report: Report) -> str:
              f"- report written {pd.Timestamp.now(tz='UTC').strftime('%Y-%m-%d %H:%M UTC')} by `vtbench report`",
              "- mean ± std is the sample standard deviation over seeds (ddof=1), n = number of records;"
              " GMACs are multiply-accumulates per image (the paper's FLOPs); reductions are baseline / VT"
-             " (ResNet-N for VT-ResNet-N, FPN-RN for VT-FPN-RN, same input), latency ratios VT / baseline"]
+             " (ResNet-N for VT-ResNet-N, FPN-RN for VT-FPN-RN, same input), latency ratios VT / baseline;"
+             " an empty option column means the model's default"]
     lines += [f"- note: {note}" for note in data.notes]
     return "\n".join(lines) + "\n"
 
@@ -691,7 +697,7 @@ def render_html(report: Report) -> str:
     import base64
     import html
 
-    body = [f"<pre>{html.escape(_header(report))}</pre>"]
+    body = [_header_html(report)]
     for title, df in report.sections:
         body.append(f"<h2>{html.escape(title)}</h2>" + _html_table(df))
     body.append("<h2>Plots</h2>")
@@ -707,6 +713,15 @@ def render_html(report: Report) -> str:
     title = "vtbench report: " + ", ".join(d.name for d in report.data.run_dirs)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{HTML_STYLE}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _header_html(report: Report) -> str:
+    """The markdown header (a title and a bullet list) as HTML."""
+    import html
+
+    lines = _header(report).splitlines()
+    items = "".join(f"<li>{html.escape(line[2:])}</li>" for line in lines if line.startswith("- "))
+    return f"<h1>{html.escape(lines[0].lstrip('# '))}</h1><ul>{items}</ul>"
 
 
 def _html_table(df: pd.DataFrame) -> str:
