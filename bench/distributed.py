@@ -3,10 +3,12 @@
 Ranks come from, in order of precedence:
 1. torchrun-style variables: `WORLD_SIZE > 1` with `RANK`, `LOCAL_RANK`, `MASTER_ADDR`,
    `MASTER_PORT`;
-2. a multi-task submitit job (`submitit.JobEnvironment`: global/local rank, number of tasks,
-   host names) or, without submitit, a multi-task SLURM step (`SLURM_PROCID`, `SLURM_NTASKS`,
-   `SLURM_LOCALID`, `SLURM_JOB_NODELIST`). The master is the first host of the job and the port is
-   derived from the job id, so every task agrees without talking.
+2. a multi-task submitit job (`SUBMITIT_EXECUTOR` set; `submitit.JobEnvironment` gives the
+   global/local rank, number of tasks and host names; SLURM or local executor);
+3. a multi-task SLURM step without submitit (`SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`,
+   `SLURM_JOB_NODELIST`).
+The master is the first host of the job and the port is derived from the job id (unless
+`MASTER_PORT` is set), so every task agrees without talking.
 
 Backend: NCCL on CUDA, gloo on CPU. `nn.SyncBatchNorm` only runs on accelerators, so on CPU
 BatchNorm layers are replaced by `CpuSyncBatchNorm`, which all-reduces the batch statistics with
@@ -68,24 +70,36 @@ def detect_env(environ: dict[str, str] | None = None) -> DistEnv:
                        local_rank=int(env.get("LOCAL_RANK", "0")),
                        master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
                        master_port=int(env.get("MASTER_PORT", "29500")))
+    if env.get("SUBMITIT_EXECUTOR") and environ is None:
+        return _submitit_env(env)
     if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
-        return _slurm_env(env)
+        return DistEnv(rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
+                       local_rank=int(env.get("SLURM_LOCALID", "0")),
+                       master_addr=env.get("MASTER_ADDR") or _first_slurm_host(env),
+                       master_port=_job_port(env, env.get("SLURM_ARRAY_JOB_ID", env.get("SLURM_JOB_ID", "0"))))
     return DistEnv()
 
 
-def _slurm_env(env) -> DistEnv:
-    """Ranks of a multi-task SLURM step; submitit's JobEnvironment when the job is submitit's."""
-    job_id = env.get("SLURM_ARRAY_JOB_ID", env.get("SLURM_JOB_ID", "0"))
-    port = int(env.get("MASTER_PORT", DEFAULT_PORT_BASE + int("".join(filter(str.isdigit, job_id)) or 0) % 20000))
-    if env.get("SUBMITIT_EXECUTOR") or env.get("SUBMITIT_FOLDER"):
-        import submitit
+def _submitit_env(env) -> DistEnv:
+    """Ranks of a submitit job (SLURM or local executor); one task means no distribution."""
+    import submitit
 
+    try:
         job = submitit.JobEnvironment()
-        return DistEnv(rank=job.global_rank, world_size=job.num_tasks, local_rank=job.local_rank,
-                       master_addr=job.hostnames[0], master_port=port)
-    return DistEnv(rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
-                   local_rank=int(env.get("SLURM_LOCALID", "0")),
-                   master_addr=env.get("MASTER_ADDR") or _first_slurm_host(env), master_port=port)
+    except RuntimeError:  # the variable is set but this is not a submitit job process
+        return DistEnv()
+    if job.num_tasks <= 1:
+        return DistEnv()
+    return DistEnv(rank=job.global_rank, world_size=job.num_tasks, local_rank=job.local_rank,
+                   master_addr=job.hostnames[0], master_port=_job_port(env, str(job.job_id)))
+
+
+def _job_port(env, job_id: str) -> int:
+    """MASTER_PORT if set, else a port derived from the job id (every task derives the same)."""
+    if env.get("MASTER_PORT"):
+        return int(env["MASTER_PORT"])
+    digits = "".join(filter(str.isdigit, job_id.split("_")[0]))
+    return DEFAULT_PORT_BASE + int(digits or 0) % 20000
 
 
 def _first_slurm_host(env) -> str:

@@ -102,3 +102,25 @@ def test_without_sync_bn_two_processes_differ(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(double), {"epochs": 1, "sync_bn": False}),
              nprocs=2, join=True)
     assert _max_diff(_weights(single), _weights(double)) > 1e-4
+
+
+def _submitit_task(out_dir: str) -> dict:
+    return train(TINY, {}, _config(epochs=1), out_dir, resume=True, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_task_submitit_job_trains_distributed(tmp_path, monkeypatch):
+    """A submitit job with 2 tasks (local executor) takes its ranks from JobEnvironment."""
+    submitit = pytest.importorskip("submitit")
+    here = os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    executor = submitit.LocalExecutor(folder=str(tmp_path / "submitit"))
+    executor.update_parameters(nodes=1, tasks_per_node=2, timeout_min=5)
+    job = executor.submit(_submitit_task, str(tmp_path / "out"))
+    results = job.results()
+    assert len(results) == 2 and all(r["world_size"] == 2 for r in results)
+    assert results[0]["top1"] == results[1]["top1"]
+    single = train(TINY, {}, _config(epochs=1), tmp_path / "single", resume=False, progress=False)
+    assert _max_diff(_weights(tmp_path / "single"), _weights(tmp_path / "out")) < 1e-4
+    assert abs(single["train_loss"] - results[0]["train_loss"]) < 1e-4
