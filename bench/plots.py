@@ -135,11 +135,10 @@ def _accuracy_panel(ax: plt.Axes, sub: pd.DataFrame, metric: str, label_cols: li
     ax.step(front["gmacs"], front[metric], where="post", color="black", linestyle="--", linewidth=1.2,
             label="Pareto front")
     ax.scatter(front["gmacs"], front[metric], s=160, facecolors="none", edgecolors="black", linewidths=1.2)
-    if len(sub) <= 16:
-        varying = [c for c in label_cols if sub[c].astype(str).nunique() > 1]
-        for _, row in sub.iterrows():
-            ax.annotate(_short_label(row, varying), (row["gmacs"], row[metric]), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
+    varying = [c for c in label_cols if sub[c].astype(str).nunique() > 1]
+    for _, row in (sub if len(sub) <= 16 else front).iterrows():  # many points: label the front only
+        ax.annotate(_short_label(row, varying), (row["gmacs"], row[metric]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("GMACs per image (10⁹ multiply-accumulates)")
     ax.set_ylabel("top-1 accuracy (%)" if metric == "top1" else "mIoU (%)")
     ax.set_title(f"data set: {dataset}")

@@ -151,9 +151,12 @@ def _read_cells_json(run_dir: Path) -> list[dict[str, Any]] | None:
     path = run_dir / "cells.json"
     if not path.exists():
         return None
-    cells = json.loads(path.read_text())
-    if not isinstance(cells, list):
-        raise UsageError(f"{path}: expected a JSON list of cells")
+    try:
+        cells = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: unreadable cells.json ({exc})") from exc
+    if not isinstance(cells, list) or not all(isinstance(c, dict) and "cell_id" in c for c in cells):
+        raise UsageError(f"{path}: expected a JSON list of cells with cell_id and config")
     return cells
 
 
