@@ -27,6 +27,8 @@ LATENCY = {"device": "cpu", "batch_size": 1, "dtype": "fp32", "threads": 2}
 
 def _config(model, seed=0, measure=("complexity", "latency", "train"), input_size=32, dataset="digits", **options):
     args = {"num_classes": 10, "stem": "cifar", **options} if dataset == "digits" else dict(options)
+    if dataset == "digits" and model.startswith("vt_"):
+        args["token_channels"] = 64  # a small VT keeps the attention-map plot (a real build) fast
     return {"model": model, "model_args": args, "measure": list(measure), "input_size": input_size, "seed": seed,
             "complexity": {}, "latency": dict(LATENCY), "train": {"dataset": dataset, "epochs": 3}}
 
