@@ -591,6 +591,9 @@ def draw_plots(report: Report, out_dir: Path) -> None:
     table, label_cols = report.table, varying_columns(report.table, report.data.option_columns)
     drawn, skipped = report.plots, report.skipped_plots
     plot_dir = out_dir / "plots"
+    for name in PLOT_TITLES:  # a plot skipped now must not survive from an earlier report
+        for suffix in (".png", ".svg"):
+            (plot_dir / f"{name}{suffix}").unlink(missing_ok=True)
     if table.empty:
         skipped.extend((name, "no ok records") for name in PLOT_TITLES)
         return

@@ -220,7 +220,11 @@ def test_complexity_only_run_skips_accuracy_plot(tmp_path):
     records = tmp_path / "cplx" / "records"
     for config, metrics in PAPER_GRID:
         write_record(records, make_record(config, metrics=metrics, env=ENV))
+    stale = tmp_path / "cplx" / "report" / "plots" / "accuracy_vs_gmacs.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
     rep = write_report([tmp_path / "cplx"], formats=["md"])
+    assert not stale.exists()  # a plot skipped now is not left over from an earlier report
     skipped = dict(rep.skipped_plots)
     assert "accuracy_vs_gmacs" in skipped and "latency_vs_tokens" in skipped
     md = (tmp_path / "cplx" / "report" / "report.md").read_text()
