@@ -76,13 +76,6 @@ def _text_key(df: pd.DataFrame, cols: list[str], sep: str) -> pd.Series:
     return df[cols].apply(lambda r: sep.join(f"{c.split('.')[-1]}={v}" for c, v in zip(cols, r.values)), axis=1)
 
 
-def _family_handles(families: list[str]) -> list[Any]:
-    """Legend handles, one patch per family present."""
-    from matplotlib.patches import Patch
-
-    return [Patch(color=FAMILY_COLORS[f], label=FAMILY_LABELS[f]) for f in families]
-
-
 def _short_label(row: pd.Series, label_cols: list[str]) -> str:
     parts = [str(row["model"]).replace("vt_resnet", "VT-R").replace("resnet", "R").replace("vt_fpn_r", "VT-FPN-R")
              .replace("fpn_r", "FPN-R")]

@@ -608,8 +608,6 @@ def draw_plots(report: Report, out_dir: Path) -> None:
 
 def attention_cell(data: RunData) -> tuple[dict[str, Any], Path | None] | None:
     """The VT cell whose tokenizer attention is drawn: one with a checkpoint first, classification first."""
-    from bench.plots import PlotSkipped  # noqa: F401  (documented failure mode of the caller)
-
     cells = data.cells
     if cells.empty:
         return None

@@ -9,7 +9,6 @@ standard deviation (ddof=1), as the report states.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from pathlib import Path
