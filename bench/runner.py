@@ -130,6 +130,19 @@ def job_context() -> JobContext:
                       rank=env.global_rank, num_tasks=env.num_tasks)
 
 
+def _export_torch_distributed(ctx: JobContext) -> None:
+    """In a multi-task job, export MASTER_ADDR/PORT, RANK, WORLD_SIZE for torch.distributed.
+
+    The same for every executor (SLURM or local), with a port drawn from the job id, so two array
+    tasks on one node do not collide (submitit's TorchDistributedEnvironment, as DeiT does).
+    """
+    if ctx.num_tasks <= 1 or "WORLD_SIZE" in os.environ:
+        return
+    denv = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    log.info("distributed: rank %d of %d, master %s:%d", denv.rank, denv.world_size,
+             denv.master_addr, denv.master_port)
+
+
 # -------------------------------------------------------------------------------------- the cell
 def run_cell(run_dir: Path, cell: dict[str, Any], *, run_name: str | None = None,
              local_parallelism: int = 1) -> dict[str, Any]:
@@ -143,6 +156,7 @@ def run_cell(run_dir: Path, cell: dict[str, Any], *, run_name: str | None = None
         log.info("cell %s already has an ok record; nothing to do", cell_id)
         return {**summary, "status": "ok", "skipped": True}
     paths.work.mkdir(parents=True, exist_ok=True)
+    _export_torch_distributed(ctx)
     slot = _local_slot(paths.run_dir / "submitit" / "slots", local_parallelism) \
         if ctx.cluster == "local" and ctx.rank == 0 else contextlib.nullcontext()
     with slot, _cell_lock(paths, ctx) as got_lock:

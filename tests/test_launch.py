@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -296,19 +297,29 @@ def test_local_interrupted_training_is_requeued_and_resumes(tmp_path):
     while time.time() < deadline and not (metrics_file.exists() and metrics_file.read_text().count("\n") >= 2):
         time.sleep(0.2)
     assert metrics_file.exists(), "training never reached its second epoch"
-    from submitit.local.local import LocalJob
-
-    job = LocalJob(run_dir / "submitit", result.task_job_ids[0])
-    job._process = None
-    os.kill(int(result.task_job_ids[0]), 0)
-    # The controller forwards the signal to its task, as on a time-out.
-    import signal
-
-    os.kill(int(result.task_job_ids[0]), signal.SIGUSR2)
+    # The local controller (the job id is its PID) forwards time-outs to its task with SIGUSR2;
+    # send that signal to the task as a time-out would.
+    controller = int(result.task_job_ids[0])
+    (task,) = [int(p) for p in Path(f"/proc/{controller}/task/{controller}/children").read_text().split()]
+    os.kill(task, signal.SIGUSR2)
     deadline = time.time() + 300
     record = run_dir / "records" / f"{cell_id}.json"
     while time.time() < deadline and not record.exists():
         time.sleep(0.5)
     rec = read_record(record)
     assert rec["status"] == "ok"
-    assert 0 < rec["metrics"]["resumed_from_epoch"] < 6
+    assert 2 <= rec["metrics"]["resumed_from_epoch"] < 6
+    assert "preempted or timed out; requeueing it" in (run_dir / "cells" / cell_id / "log").read_text()
+
+
+@pytest.mark.slow
+def test_local_two_task_job_trains_distributed_and_gives_one_record(tmp_path):
+    """tasks_per_node=2 on the local executor: torch.distributed (gloo) from submitit's environment."""
+    run_dir = tmp_path / "run"
+    grid = write_grid(tmp_path, base={"model": TINY, "model_args": {"num_classes": 10}, "measure": ["train"],
+                                      "input_size": 8, "train": tiny_train(epochs=1)},
+                      axes={}, include=[], resources={"timeout_min": 10, "tasks_per_node": 2})
+    result = launch(grid, cluster="local", run_dir=run_dir, wait=True, poll_s=1)
+    assert result.ok, result.failed
+    (record,) = records_of(run_dir).values()
+    assert record["metrics"]["world_size"] == 2 and record["job"]["num_tasks"] == 2
