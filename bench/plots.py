@@ -417,6 +417,13 @@ def _size_of(value: Any) -> tuple[int, int]:
     return int(value), int(value)
 
 
+def _which_tokenizer(model: str, count: int) -> str:
+    """Which of the model's tokenizers the panels show (token_attention's first)."""
+    if family_of(model) == "vt_fpn":
+        return f"tokenizer of pyramid level 1 of {count} (the finest)"
+    return f"tokenizer of VT module 1 of {count}"
+
+
 def _attention_figure(attn: np.ndarray, gray: np.ndarray, config: dict[str, Any], weights: str,
                       caption: str, n_tokenizers: int) -> plt.Figure:
     tokens = attn.shape[0]
@@ -439,5 +446,5 @@ def _attention_figure(attn: np.ndarray, gray: np.ndarray, config: dict[str, Any]
         fig.colorbar(last, cax=cax, label="attention weight (softmax over pixels)")
     options = ", ".join(f"{k}={v}" for k, v in (config.get("model_args") or {}).items()) or "default options"
     fig.suptitle(f"Tokenizer attention over the input: {config['model']} ({options})\n"
-                 f"first of {n_tokenizers} tokenizer(s), {weights}; {caption}", fontsize=10)
+                 f"{_which_tokenizer(config['model'], n_tokenizers)}, {weights}; {caption}", fontsize=10)
     return fig
