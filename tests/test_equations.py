@@ -212,3 +212,16 @@ def test_make_tokenizer_rejects_bad_values():
         make_tokenizer("nope", C, C, L)
     with pytest.raises(ValueError):
         make_tokenizer("filter", C, C, 0)
+
+
+@pytest.mark.parametrize("kind", ["filter", "recurrent", "pooling", "clustering"])
+def test_tokenizers_are_batch_independent_and_deterministic(kind):
+    tok = make_tokenizer(kind, C, CT, L).eval()
+    x, t_in = torch.randn(3, C, H, W), torch.randn(3, CT, L)
+    tokens, attn = tok(x, t_in)
+    alone, alone_attn = tok(x[1:2], t_in[1:2])
+    torch.testing.assert_close(tokens[1:2], alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(attn[1:2], alone_attn, rtol=1e-5, atol=1e-6)
+    again, _ = tok(x, t_in)
+    assert torch.equal(tokens, again)
+    assert not any(p.shape[0] == 3 for p in tok.parameters())  # no weight with a batch dimension
