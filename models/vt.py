@@ -4,6 +4,10 @@ A VT stage replaces ResNet's stage 5 (section 4.1): it acts on the stage-4 map (
 the first module's tokenizer is filter-based and the later ones recurrent (unless told otherwise),
 and the classification head averages the last module's output tokens and applies a linear layer.
 
+Layouts: feature maps (B, C, H, W); tokens (B, C_T, L), channels first, so every per-token weight
+is a 1x1 Conv1d; attention (B, L, HW). `token_attention` reshapes the latter to (B, L, H, W); a
+recurrent tokenizer with `refresh="half"` reports only the L/2 tokens it recomputes.
+
 The last module of a stage that feeds a token head has no projector by default
 (`last_projector=False`): its projected feature map would never be read, so its weights would
 receive no gradient and its MACs would do no work.
