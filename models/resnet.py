@@ -70,8 +70,8 @@ class ResNetClassifier(nn.Module):
         _check_classes(num_classes)
         trunk = torchvision_trunk(depth)
         self.num_classes = num_classes
-        self.default_input_size = DEFAULT_INPUT_SIZE[stem] if stem in DEFAULT_INPUT_SIZE else 224
-        self.stem = make_stem(trunk, stem)
+        self.stem = make_stem(trunk, stem)  # raises on an unknown stem
+        self.default_input_size = DEFAULT_INPUT_SIZE[stem]
         self.stage2, self.stage3, self.stage4, self.stage5 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(trunk.fc.in_features, num_classes))
 
@@ -100,8 +100,8 @@ class VTResNet(nn.Module):
         _check_classes(num_classes)
         trunk = torchvision_trunk(depth)
         self.num_classes = num_classes
-        self.default_input_size = DEFAULT_INPUT_SIZE[stem] if stem in DEFAULT_INPUT_SIZE else 224
-        self.stem = make_stem(trunk, stem)
+        self.stem = make_stem(trunk, stem)  # raises on an unknown stem
+        self.default_input_size = DEFAULT_INPUT_SIZE[stem]
         self.stage2, self.stage3, self.stage4 = trunk.layer1, trunk.layer2, trunk.layer3
         self.vt = vt(_block_out(trunk.layer3[-1]))
         self.head = head()
@@ -113,5 +113,6 @@ class VTResNet(nn.Module):
 
 
 def _check_classes(num_classes: int) -> None:
+    """Reject a classifier without outputs."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
