@@ -274,7 +274,8 @@ def test_real_vt_resnet_trains_through_the_local_executor(tmp_path):
     """A registered VT-ResNet trained one epoch on digits by a local job."""
     grid = {"name": "realtrain",
             "base": {"model": "vt_resnet18", "model_args": {"num_classes": 10, "stem": "cifar", "num_tokens": 4},
-                     "measure": ["complexity", "train"], "input_size": 16, "train": tiny_train(epochs=1)}}
+                     "measure": ["complexity", "train"], "input_size": 16,
+                     "train": tiny_train(epochs=1, lr=0.05, clip_grad_norm=1.0)}}
     path = tmp_path / "realtrain.yaml"
     path.write_text(yaml.safe_dump(grid))
     result = launch(path, cluster="local", run_dir=tmp_path / "run", wait=True, poll_s=1)
