@@ -155,11 +155,30 @@ def barrier() -> None:
         dist.barrier()
 
 
+class _DifferentiableAllReduce(torch.autograd.Function):
+    """Sum over processes whose backward sums the gradients over processes too.
+
+    (The same as `torch.distributed.nn.functional.all_reduce`, which is deprecated.)
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        summed = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+        return summed
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        summed = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+        return summed
+
+
 class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics are computed over the global batch of all processes.
 
-    Works on any device and backend (gloo included) because it uses
-    `torch.distributed.nn.functional.all_reduce`, whose backward all-reduces the gradients, so
+    Works on any device and backend (gloo included) because it uses a
+    differentiable all-reduce whose backward all-reduces the gradients, so
     the gradient equals that of one process seeing the whole batch. Outside training, or on one
     process, it is plain BatchNorm. Parameters and buffers keep BatchNorm's names, so state dicts
     are interchangeable.
@@ -184,8 +203,7 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def _global_moments(self, input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Mean and biased variance over the global batch (two-pass, for accuracy)."""
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _DifferentiableAllReduce.apply
         dims = [0] + list(range(2, input.dim()))
         x = input.float()
         count = torch.tensor([x.numel() / x.size(1)], dtype=torch.float64)
