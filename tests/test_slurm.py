@@ -25,7 +25,8 @@ from bench.status import run_status
 REPO = Path(__file__).resolve().parents[1]
 TINY = "tests.test_launch:tiny_net"
 
-pytestmark = pytest.mark.slurm
+# The timeout turns a hung job into a failure instead of a stuck CI run.
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 
 
 def _cluster_problem() -> str | None:
