@@ -82,9 +82,9 @@ class VTFPN(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """[C2..C5] -> [P2..P5], each with `out_channels` channels."""
         maps = [conv(f) for conv, f in zip(self.lateral, feats)]
-        tokens = [tok(m)[0] for tok, m in zip(self.tokenizers, maps)]  # each (B, C_T, L)
-        sizes = [t.shape[-1] for t in tokens]
-        mixed = self.transformer(torch.cat(tokens, dim=-1)).split(sizes, dim=-1)  # all levels together
+        tokens = [tok(m)[0] for tok, m in zip(self.tokenizers, maps)]  # each (B, L, C_T)
+        sizes = [t.shape[1] for t in tokens]
+        mixed = self.transformer(torch.cat(tokens, dim=1)).split(sizes, dim=1)  # all levels together
         return [proj(m, t) for proj, m, t in zip(self.projectors, maps, mixed)]
 
 

@@ -6,6 +6,10 @@ W_Q acts on every pixel (C -> d), W_K on every token (C_T -> d); d = `channels` 
 C x C gives d = C). When C_T != C the tokens are brought to C channels by a value map
 W_V (C_T -> C), which the ICCV equations do not need (they have C_T = C) and the appendix has.
 `groups` makes W_Q a grouped 1x1 convolution (appendix reading), the only per-pixel weight here.
+
+Layouts: the feature map stays NCHW and W_Q a 1x1 `Conv2d` on it (measured as fast as a matmul on
+CPU, and no layout copy); tokens are (B, L, C_T), so W_K and W_V are `nn.Linear`s, one GEMM over
+all B*L token rows.
 """
 
 from __future__ import annotations
@@ -30,13 +34,13 @@ class Projector(nn.Module):
         if in_channels % groups or d % groups:
             raise ValueError(f"projector groups={groups} must divide C={in_channels} and d={d}")
         self.w_q = nn.Conv2d(in_channels, d, 1, groups=groups, bias=False)  # W_Q
-        self.w_k = nn.Conv1d(token_channels, d, 1, bias=False)  # W_K
-        self.w_v = nn.Conv1d(token_channels, in_channels, 1, bias=False) if token_channels != in_channels else None
+        self.w_k = nn.Linear(token_channels, d, bias=False)  # W_K, per token
+        self.w_v = nn.Linear(token_channels, in_channels, bias=False) if token_channels != in_channels else None
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """x (B, C, H, W), tokens (B, C_T, L) -> (B, C, H, W)."""
-        q = self.w_q(x).flatten(2)  # (B, d, HW)
-        k = self.w_k(tokens)  # (B, d, L)
-        attention = torch.bmm(k.transpose(1, 2), q).softmax(dim=1)  # (B, L, HW), softmax over L
-        values = self.w_v(tokens) if self.w_v is not None else tokens  # (B, C, L)
-        return x + torch.bmm(values, attention).view_as(x)
+        """x (B, C, H, W), tokens (B, L, C_T) -> (B, C, H, W)."""
+        q = self.w_q(x).flatten(2)  # (B, d, HW) = (X W_Q)^T
+        k = self.w_k(tokens)  # (B, L, d) = T W_K
+        attention = torch.bmm(k, q).softmax(dim=1)  # (B, L, HW), softmax over L
+        values = self.w_v(tokens) if self.w_v is not None else tokens  # (B, L, C)
+        return x + torch.bmm(values.transpose(1, 2), attention).view_as(x)  # (A^T T)^T, NCHW

@@ -1,8 +1,10 @@
-"""Tokenizers: a feature map X (B, C, H, W) -> L visual tokens (B, C_T, L) and their attention (B, L, HW).
+"""Tokenizers: a feature map X (B, C, H, W) -> L visual tokens (B, L, C_T) and their attention (B, L, HW).
 
-Tokens are kept channels-first, (B, C_T, L), like the feature maps, so every per-token weight is a
-1x1 `Conv1d` (grouped convolutions of the appendix reading come for free) and no layout copies are
-needed between the tokenizer, the transformer and the projector.
+Tokens are token-major, (B, L, C_T), the paper's row layout T in R^{L x C_T}: every per-token weight
+(the adapter W_{C->C_T}, W_{T->R}) is an `nn.Linear`, one GEMM over all B*L token rows of the batch
+instead of B skinny per-sample GEMMs of L columns (the channels-first `Conv1d` layout, measured
+slow on CPU: results/speed_cpu/FINDINGS.md). Per-pixel weights (W_A) stay 1x1 `Conv2d`s on the
+NCHW feature map as it arrives from the ResNet: measured as fast as a matmul there, and no copy.
 
 Paper (ICCV text, section 3.1):
 - filter-based:   T = softmax_HW(X W_A)^T X,          W_A in R^{C x L}
@@ -28,7 +30,7 @@ TOKENIZERS = ("filter", "recurrent", "pooling", "clustering")
 
 
 class Tokenizer(nn.Module):
-    """Base class: `forward(x, tokens_in=None) -> (tokens (B, C_T, L), attention (B, L, HW))`."""
+    """Base class: `forward(x, tokens_in=None) -> (tokens (B, L, C_T), attention (B, L, HW))`."""
 
     recurrent: bool = False
 
@@ -39,15 +41,16 @@ class Tokenizer(nn.Module):
         self.in_channels = in_channels
         self.token_channels = token_channels
         self.num_tokens = num_tokens
-        # W_{C->C_T}: only when the token channel differs from the feature channel.
+        # W_{C->C_T}: only when the token channel differs from the feature channel; a per-token
+        # weight, so nn.Linear on token rows (one GEMM over B*L rows).
         self.adapter = (
-            nn.Conv1d(in_channels, token_channels, 1, bias=False) if token_channels != in_channels else None
+            nn.Linear(in_channels, token_channels, bias=False) if token_channels != in_channels else None
         )
 
     def _aggregate(self, x_flat: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Softmax over HW, then tokens = X^T A^T; x_flat (B, C, HW), logits (B, L, HW)."""
+        """Softmax over HW, then T = A X (eq. 1); x_flat (B, C, HW), logits (B, L, HW)."""
         attention = logits.softmax(dim=-1)
-        tokens = torch.bmm(x_flat, attention.transpose(1, 2))  # (B, C, L): each token a pixel average
+        tokens = torch.bmm(attention, x_flat.transpose(1, 2))  # (B, L, C): each token a pixel average
         if self.adapter is not None:
             tokens = self.adapter(tokens)
         return tokens, attention
@@ -92,22 +95,22 @@ class RecurrentTokenizer(Tokenizer):
         if refresh == "half" and num_tokens < 2:
             raise ValueError("refresh='half' needs num_tokens >= 2")
         self.refresh = refresh
-        self.w_tr = nn.Conv1d(token_channels, in_channels, 1, bias=False)  # W_{T->R} in R^{C_T x C}
+        self.w_tr = nn.Linear(token_channels, in_channels, bias=False)  # W_{T->R} in R^{C_T x C}, per token
 
     def forward(self, x: torch.Tensor, tokens_in: torch.Tensor | None = None):
-        """Tokens and attention of `x`, conditioned on `tokens_in` (B, C_T, L)."""
+        """Tokens and attention of `x`, conditioned on `tokens_in` (B, L, C_T)."""
         if tokens_in is None:
             raise ValueError("a recurrent tokenizer needs the previous module's tokens")
         kept = None
         if self.refresh == "half":
-            n = tokens_in.shape[-1] // 2
-            tokens_in, kept = tokens_in[..., :n], tokens_in[..., n:]
-        w_r = self.w_tr(tokens_in)  # (B, C, L'): one filter per token, from the tokens themselves
+            n = tokens_in.shape[1] // 2
+            tokens_in, kept = tokens_in[:, :n], tokens_in[:, n:]
+        w_r = self.w_tr(tokens_in)  # (B, L', C) = T_in W_{T->R}: one filter per token, from the tokens
         x_flat = x.flatten(2)
-        logits = torch.bmm(w_r.transpose(1, 2), x_flat)  # (B, L', HW) = (X W_R)^T
+        logits = torch.bmm(w_r, x_flat)  # (B, L', HW) = (X W_R)^T
         tokens, attention = self._aggregate(x_flat, logits)
         if kept is not None:
-            tokens = torch.cat([kept, tokens], dim=-1)
+            tokens = torch.cat([kept, tokens], dim=1)
         return tokens, attention
 
 
@@ -130,7 +133,7 @@ class PoolingTokenizer(Tokenizer):
     def forward(self, x: torch.Tensor, tokens_in: torch.Tensor | None = None):
         """Tokens (cell averages) and the pooling weights as the attention."""
         b = x.shape[0]
-        tokens = F.adaptive_avg_pool2d(x, self.grid).flatten(2)  # (B, C, L)
+        tokens = F.adaptive_avg_pool2d(x, self.grid).flatten(2).transpose(1, 2)  # (B, L, C)
         if self.adapter is not None:
             tokens = self.adapter(tokens)
         attention = _pooling_matrix(x.shape[-2], x.shape[-1], self.grid, x)

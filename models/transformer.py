@@ -1,4 +1,10 @@
-"""Token-space transformers on tokens (B, C_T, L): `paper`, `mhsa` and `none` (Table 5's no-op).
+"""Token-space transformers on tokens (B, L, C_T): `paper`, `mhsa` and `none` (Table 5's no-op).
+
+Layout: tokens are token-major, (B, L, C_T), the paper's row layout T in R^{L x C_T}, so every
+per-token weight is a right-multiplied matrix applied by `nn.Linear`: one GEMM over all B*L token
+rows of the batch. (As channels-first 1x1 `Conv1d`s on (B, C_T, L) they ran as B skinny GEMMs of
+L = 16 columns each, 81 % of the VT stage's CPU time; see results/speed_cpu/FINDINGS.md.) K and Q
+stay two projections: fusing them into one was measured slower.
 
 `paper` follows the ICCV equations (section 3.2) exactly:
     T'_out = T_in + softmax_L((T_in K)(T_in Q)^T) T_in
@@ -8,7 +14,9 @@ K, Q in R^{C x C}; their output width (`qk_channels`) is an open choice, default
 appendix transcription (this is what brings VT-ResNet-18/34 onto Tables 2 and 8; see
 results/fidelity). F1 is C_T x `ff_channels`, F2 is `ff_channels` x C_T.
 
-`mhsa` is the appendix reading: grouped 1x1 convolutions for key, query and value (`groups`),
+`mhsa` is the appendix reading: grouped projections for key, query and value (`groups`; the
+appendix's grouped 1x1 convolutions, here `GroupedLinear`, a block-diagonal weight applied as one
+batched matmul over the groups),
 key/query of `qk_channels` (default C_T / 2), `heads` heads with 1/sqrt(d_head) scaling via
 `scaled_dot_product_attention`, and a feed-forward that is either one C_T x C_T convolution
 (`ff_channels=None`, the transcription's `tokens + ff_conv(tokens)`) or relu(T F1) F2.
@@ -21,6 +29,46 @@ import torch.nn.functional as F
 from torch import nn
 
 TRANSFORMERS = ("paper", "mhsa", "none")
+
+
+class GroupedLinear(nn.Module):
+    """A grouped per-token projection: the appendix's grouped 1x1 convolution on token rows.
+
+    The weight is block-diagonal, `groups` blocks of (C_in / g) x (C_out / g), stored as
+    (g, C_in / g, C_out / g): the same parameters and MACs as `Conv1d(C_in, C_out, 1, groups=g)`.
+    All B*L token rows of a group go through one matmul (a batched matmul over the g groups), for
+    the same reason `nn.Linear` replaced the ungrouped 1x1 convolutions: one GEMM over B*L rows.
+
+    Args:
+        in_features: C_in, divisible by `groups`.
+        out_features: C_out, divisible by `groups`.
+        groups: number of diagonal blocks g.
+    """
+
+    def __init__(self, in_features: int, out_features: int, groups: int):
+        super().__init__()
+        if in_features % groups or out_features % groups:
+            raise ValueError(f"groups={groups} must divide {in_features} and {out_features}")
+        self.in_features, self.out_features, self.groups = in_features, out_features, groups
+        self.weight = nn.Parameter(torch.empty(groups, in_features // groups, out_features // groups))
+        bound = (groups / in_features) ** 0.5  # Conv1d's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., C_in) -> (..., C_out); output group j = input group j @ weight[j]."""
+        lead = x.shape[:-1]
+        rows = x.reshape(-1, self.groups, self.in_features // self.groups).transpose(0, 1)  # (g, N, C_in/g)
+        out = torch.matmul(rows, self.weight)  # (g, N, C_out/g): one GEMM per group over all N rows
+        return out.transpose(0, 1).reshape(*lead, self.out_features)
+
+
+def token_linear(in_features: int, out_features: int, groups: int = 1, bias: bool = False) -> nn.Module:
+    """A per-token weight on (B, L, C) tokens: `nn.Linear` (one GEMM over B*L rows) or `GroupedLinear`."""
+    if groups == 1:
+        return nn.Linear(in_features, out_features, bias=bias)
+    if bias:
+        raise ValueError("grouped token projections have no bias")
+    return GroupedLinear(in_features, out_features, groups)
 
 
 class PaperTransformer(nn.Module):
@@ -36,17 +84,18 @@ class PaperTransformer(nn.Module):
         super().__init__()
         qk = qk_channels or channels // 2
         ff = ff_channels or channels
-        self.key = nn.Conv1d(channels, qk, 1, bias=False)  # K
-        self.query = nn.Conv1d(channels, qk, 1, bias=False)  # Q
-        self.ff1 = nn.Conv1d(channels, ff, 1, bias=False)  # F1
-        self.ff2 = nn.Conv1d(ff, channels, 1, bias=False)  # F2
+        # Right-multiplied weights on token rows (nn.Linear stores them transposed): one GEMM over B*L rows.
+        self.key = nn.Linear(channels, qk, bias=False)  # K
+        self.query = nn.Linear(channels, qk, bias=False)  # Q
+        self.ff1 = nn.Linear(channels, ff, bias=False)  # F1
+        self.ff2 = nn.Linear(ff, channels, bias=False)  # F2
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, C_T, L) -> (B, C_T, L)."""
-        k, q = self.key(tokens), self.query(tokens)  # (B, d, L)
-        scores = torch.bmm(k.transpose(1, 2), q)  # (B, L, L): [i, j] = (T K)_i . (T Q)_j
+        """(B, L, C_T) -> (B, L, C_T)."""
+        k, q = self.key(tokens), self.query(tokens)  # (B, L, d): T K and T Q
+        scores = torch.bmm(k, q.transpose(1, 2))  # (B, L, L): [i, j] = (T K)_i . (T Q)_j
         attention = scores.softmax(dim=-1)  # softmax_L over j
-        tokens = tokens + torch.bmm(tokens, attention.transpose(1, 2))  # T_in + A T_in (eq. 3)
+        tokens = tokens + torch.bmm(attention, tokens)  # T_in + A T_in (eq. 3)
         return tokens + self.ff2(F.relu(self.ff1(tokens)))  # eq. 4
 
 
@@ -57,8 +106,8 @@ class MHSATransformer(nn.Module):
         channels: token channels C_T.
         heads: attention heads (default 16).
         qk_channels: key/query width (default C_T // 2).
-        groups: groups of the key, query and value 1x1 convolutions (default 8).
-        ff_channels: None for one C_T x C_T feed-forward convolution (appendix), or the hidden
+        groups: groups of the key, query and value projections (default 8).
+        ff_channels: None for one C_T x C_T feed-forward layer (appendix), or the hidden
             width of relu(T F1) F2.
     """
 
@@ -76,27 +125,27 @@ class MHSATransformer(nn.Module):
             if width % heads or width % groups:
                 raise ValueError(f"width {width} must be divisible by heads={heads} and groups={groups}")
         self.heads = heads
-        self.key = nn.Conv1d(channels, qk, 1, groups=groups, bias=False)
-        self.query = nn.Conv1d(channels, qk, 1, groups=groups, bias=False)
-        self.value = nn.Conv1d(channels, channels, 1, groups=groups, bias=False)
+        self.key = token_linear(channels, qk, groups)
+        self.query = token_linear(channels, qk, groups)
+        self.value = token_linear(channels, channels, groups)
         if ff_channels is None:
-            self.ff = nn.Conv1d(channels, channels, 1)
+            self.ff = nn.Linear(channels, channels)
         else:
             self.ff = nn.Sequential(
-                nn.Conv1d(channels, ff_channels, 1), nn.ReLU(inplace=True), nn.Conv1d(ff_channels, channels, 1)
+                nn.Linear(channels, ff_channels), nn.ReLU(inplace=True), nn.Linear(ff_channels, channels)
             )
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, h * d, L) -> (B, h, L, d)."""
-        b, c, n = t.shape
-        return t.view(b, self.heads, c // self.heads, n).transpose(2, 3)
+        """(B, L, h * d) -> (B, h, L, d)."""
+        b, n, c = t.shape
+        return t.view(b, n, self.heads, c // self.heads).transpose(1, 2)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, C_T, L) -> (B, C_T, L)."""
-        b, c, n = tokens.shape
+        """(B, L, C_T) -> (B, L, C_T)."""
+        b, n, c = tokens.shape
         q, k, v = self._split(self.query(tokens)), self._split(self.key(tokens)), self._split(self.value(tokens))
         out = F.scaled_dot_product_attention(q, k, v)  # (B, h, L, d_v), scaled by 1/sqrt(d_qk / h)
-        tokens = tokens + out.transpose(2, 3).reshape(b, c, n)
+        tokens = tokens + out.transpose(1, 2).reshape(b, n, c)
         return tokens + self.ff(tokens)
 
 

@@ -18,7 +18,7 @@ from models.tokenizers import (
     kmeans_centroids,
     make_tokenizer,
 )
-from models.transformer import MHSATransformer, PaperTransformer, make_transformer
+from models.transformer import GroupedLinear, MHSATransformer, PaperTransformer, make_transformer
 
 B, C, H, W, L, CT = 2, 8, 5, 6, 4, 12
 
@@ -42,21 +42,26 @@ def _rows(x: torch.Tensor, b: int) -> torch.Tensor:
     return x[b].reshape(x.shape[1], -1).t()
 
 
-def _w(conv) -> torch.Tensor:
-    """A 1x1 conv's weight as the paper's right-multiplied matrix (C_in x C_out)."""
-    return conv.weight.reshape(conv.weight.shape[0], -1).t()
+def _w(layer) -> torch.Tensor:
+    """A 1x1 conv's or a linear layer's weight as the paper's right-multiplied matrix (C_in x C_out)."""
+    return layer.weight.reshape(layer.weight.shape[0], -1).t()
+
+
+def _block_diag(layer) -> torch.Tensor:
+    """A grouped projection's weight as one dense block-diagonal right-multiplied matrix (C_in x C_out)."""
+    return torch.block_diag(*layer.weight)
 
 
 def test_filter_tokenizer_equation():
     tok = FilterTokenizer(C, CT, L)
     x = torch.randn(B, C, H, W)
     tokens, attn = tok(x)
-    assert tokens.shape == (B, CT, L) and attn.shape == (B, L, H * W)
+    assert tokens.shape == (B, L, CT) and attn.shape == (B, L, H * W)
     for b in range(B):
         xb = _rows(x, b)
         a = torch.softmax(xb @ _w(tok.w_a), dim=0)  # softmax over HW
         expected = (a.t() @ xb) @ _w(tok.adapter)  # T = softmax_HW(X W_A)^T X, then C -> C_T
-        torch.testing.assert_close(tokens[b].t(), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(tokens[b], expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(attn[b], a.t(), rtol=1e-5, atol=1e-6)
 
 
@@ -65,26 +70,26 @@ def test_filter_tokenizer_without_adapter_when_channels_match():
     assert tok.adapter is None
     x = torch.randn(1, C, H, W)
     tokens, attn = tok(x)
-    torch.testing.assert_close(tokens[0].t(), attn[0] @ _rows(x, 0))
+    torch.testing.assert_close(tokens[0], attn[0] @ _rows(x, 0))
 
 
 def test_recurrent_tokenizer_equation():
     tok = RecurrentTokenizer(C, CT, L)
-    x, t_in = torch.randn(B, C, H, W), torch.randn(B, CT, L)
+    x, t_in = torch.randn(B, C, H, W), torch.randn(B, L, CT)
     tokens, attn = tok(x, t_in)
     for b in range(B):
         xb = _rows(x, b)
-        w_r = t_in[b].t() @ _w(tok.w_tr)  # W_R = T_in W_{T->R}: (L, C)
+        w_r = t_in[b] @ _w(tok.w_tr)  # W_R = T_in W_{T->R}: (L, C)
         a = torch.softmax(xb @ w_r.t(), dim=0)  # (HW, L)
         expected = (a.t() @ xb) @ _w(tok.adapter)
-        torch.testing.assert_close(tokens[b].t(), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(tokens[b], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_recurrent_tokenizer_depends_on_incoming_tokens():
     tok = RecurrentTokenizer(C, CT, L)
     x = torch.randn(1, C, H, W)
-    a, _ = tok(x, torch.randn(1, CT, L))
-    b, _ = tok(x, torch.randn(1, CT, L))
+    a, _ = tok(x, torch.randn(1, L, CT))
+    b, _ = tok(x, torch.randn(1, L, CT))
     assert not torch.allclose(a, b)
     with pytest.raises(ValueError):
         tok(x, None)
@@ -92,20 +97,20 @@ def test_recurrent_tokenizer_depends_on_incoming_tokens():
 
 def test_recurrent_half_refresh_keeps_second_half():
     tok = RecurrentTokenizer(C, CT, L, refresh="half")
-    x, t_in = torch.randn(1, C, H, W), torch.randn(1, CT, L)
+    x, t_in = torch.randn(1, C, H, W), torch.randn(1, L, CT)
     tokens, attn = tok(x, t_in)
-    assert tokens.shape == (1, CT, L) and attn.shape == (1, L // 2, H * W)
-    torch.testing.assert_close(tokens[..., : L // 2], t_in[..., L // 2 :])
+    assert tokens.shape == (1, L, CT) and attn.shape == (1, L // 2, H * W)
+    torch.testing.assert_close(tokens[:, : L // 2], t_in[:, L // 2 :])
 
 
 def test_pooling_tokenizer_is_cell_average():
     tok = PoolingTokenizer(C, C, 6)  # 2 x 3 grid
     x = torch.randn(1, C, 4, 6)
     tokens, attn = tok(x)
-    expected = x.reshape(1, C, 2, 2, 3, 2).mean(dim=(3, 5)).reshape(1, C, 6)
+    expected = x.reshape(1, C, 2, 2, 3, 2).mean(dim=(3, 5)).reshape(1, C, 6).transpose(1, 2)  # (1, L, C)
     torch.testing.assert_close(tokens, expected)
     torch.testing.assert_close(attn.sum(-1), torch.ones(1, 6))
-    torch.testing.assert_close(tokens[0].t(), attn[0] @ _rows(x, 0))
+    torch.testing.assert_close(tokens[0], attn[0] @ _rows(x, 0))
 
 
 def test_kmeans_recovers_separated_clusters():
@@ -125,60 +130,70 @@ def test_clustering_tokenizer_uses_centroids_as_w_a():
         cent = kmeans_centroids(x[b : b + 1].flatten(2), L, 2)[0]  # this sample alone
         a = torch.softmax(_rows(x, b) @ cent.t(), dim=0)
         torch.testing.assert_close(attn[b], a.t(), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(tokens[b].t(), a.t() @ _rows(x, b), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(tokens[b], a.t() @ _rows(x, b), rtol=1e-5, atol=1e-5)
 
 
 def test_paper_transformer_equations():
     trf = PaperTransformer(CT, qk_channels=6, ff_channels=10)
-    t = torch.randn(B, CT, L)
+    t = torch.randn(B, L, CT)
     out = trf(t)
     for b in range(B):
-        tin = t[b].t()  # (L, C_T)
+        tin = t[b]  # (L, C_T)
         a = torch.softmax((tin @ _w(trf.key)) @ (tin @ _w(trf.query)).t(), dim=1)  # softmax_L
         t1 = tin + a @ tin  # T'_out = T_in + softmax_L((T K)(T Q)^T) T_in
         t2 = t1 + torch.relu(t1 @ _w(trf.ff1)) @ _w(trf.ff2)  # T_out = T' + relu(T' F1) F2
-        torch.testing.assert_close(out[b].t(), t2, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out[b], t2, rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_linear_is_a_grouped_1x1_conv():
+    layer = GroupedLinear(CT, 8, groups=4)
+    assert sum(p.numel() for p in layer.parameters()) == CT * 8 // 4  # as Conv1d(CT, 8, 1, groups=4)
+    t = torch.randn(B, L, CT)
+    conv_weight = layer.weight.transpose(1, 2).reshape(8, CT // 4, 1)  # group j: (C_out/g, C_in/g, 1)
+    expected = torch.nn.functional.conv1d(t.transpose(1, 2), conv_weight, groups=4).transpose(1, 2)
+    torch.testing.assert_close(layer(t), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer(t), t @ _block_diag(layer), rtol=1e-5, atol=1e-5)
 
 
 def test_mhsa_transformer_matches_plain_multihead():
     heads = 2
     trf = MHSATransformer(CT, heads=heads, qk_channels=8, groups=2, ff_channels=None)
-    t = torch.randn(B, CT, L)
+    t = torch.randn(B, L, CT)
     out = trf(t)
     for b in range(B):
-        q = trf.query(t[b : b + 1])[0].t()  # (L, 8)
-        k = trf.key(t[b : b + 1])[0].t()
-        v = trf.value(t[b : b + 1])[0].t()  # (L, CT)
+        q = t[b] @ _block_diag(trf.query)  # (L, 8): grouped projection as a block-diagonal matrix
+        k = t[b] @ _block_diag(trf.key)
+        v = t[b] @ _block_diag(trf.value)  # (L, CT)
         parts = []
         for h in range(heads):
             qh, kh = q[:, h * 4 : (h + 1) * 4], k[:, h * 4 : (h + 1) * 4]
             vh = v[:, h * CT // heads : (h + 1) * CT // heads]
             parts.append(torch.softmax(qh @ kh.t() / math.sqrt(4), dim=1) @ vh)
-        t1 = t[b].t() + torch.cat(parts, dim=1)
-        t2 = t1 + trf.ff(t1.t().unsqueeze(0))[0].t()
-        torch.testing.assert_close(out[b].t(), t2, rtol=1e-5, atol=1e-5)
+        t1 = t[b] + torch.cat(parts, dim=1)
+        t2 = t1 + t1 @ _w(trf.ff) + trf.ff.bias
+        torch.testing.assert_close(out[b], t2, rtol=1e-5, atol=1e-5)
 
 
 def test_none_transformer_is_identity():
-    t = torch.randn(B, CT, L)
+    t = torch.randn(B, L, CT)
     assert torch.equal(make_transformer("none", CT)(t), t)
 
 
 def test_projector_equation_and_residual():
     proj = Projector(C, C, channels=6)  # C_T = C: the ICCV equation, no value map
     assert proj.w_v is None
-    x, t = torch.randn(B, C, H, W), torch.randn(B, C, L)
+    x, t = torch.randn(B, C, H, W), torch.randn(B, L, C)
     out = proj(x, t)
     for b in range(B):
         xb = _rows(x, b)
-        a = torch.softmax((xb @ _w(proj.w_q)) @ (t[b].t() @ _w(proj.w_k)).t(), dim=1)  # softmax_L
-        expected = xb + a @ t[b].t()  # X_out = X_in + softmax_L((X W_Q)(T W_K)^T) T
+        a = torch.softmax((xb @ _w(proj.w_q)) @ (t[b] @ _w(proj.w_k)).t(), dim=1)  # softmax_L
+        expected = xb + a @ t[b]  # X_out = X_in + softmax_L((X W_Q)(T W_K)^T) T
         torch.testing.assert_close(_rows(out, b), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_projector_with_value_map_is_residual():
     proj = Projector(C, CT)
-    x, t = torch.randn(B, C, H, W), torch.randn(B, CT, L)
+    x, t = torch.randn(B, C, H, W), torch.randn(B, L, CT)
     with torch.no_grad():
         proj.w_v.weight.zero_()  # the residual branch vanishes: X_out = X_in
     torch.testing.assert_close(proj(x, t), x)
@@ -217,7 +232,7 @@ def test_make_tokenizer_rejects_bad_values():
 @pytest.mark.parametrize("kind", ["filter", "recurrent", "pooling", "clustering"])
 def test_tokenizers_are_batch_independent_and_deterministic(kind):
     tok = make_tokenizer(kind, C, CT, L).eval()
-    x, t_in = torch.randn(3, C, H, W), torch.randn(3, CT, L)
+    x, t_in = torch.randn(3, C, H, W), torch.randn(3, L, CT)
     tokens, attn = tok(x, t_in)
     alone, alone_attn = tok(x[1:2], t_in[1:2])
     torch.testing.assert_close(tokens[1:2], alone, rtol=1e-5, atol=1e-5)
