@@ -99,22 +99,26 @@ def measure_complexity(model: nn.Module, input_size, batch_size: int = 1) -> Com
     model.eval()
     try:
         with torch.no_grad():
+            # fvcore traces lazily, on the first query: query it here, in eval mode, so the trace
+            # neither updates batch-norm statistics nor fails on train-mode-only shapes.
             analysis = _fvcore_analysis(model, images)
+            by_op = analysis.by_operator()
+            per_module = analysis.by_module_and_operator()
+            total = analysis.total()
+            unsupported = _unsupported(analysis)
             flopcounter = _flopcounter_macs(model, images)
     finally:
         model.train(was_training)
-    by_op = analysis.by_operator()
-    per_module = analysis.by_module_and_operator()
     children = [name for name, _ in model.named_children()]
     return ComplexityResult(
         gmacs=_paper_sum(by_op) / batch_size / 1e9,
-        gmacs_fvcore=analysis.total() / batch_size / 1e9,
+        gmacs_fvcore=total / batch_size / 1e9,
         gmacs_flopcounter=flopcounter / batch_size / 1e9,
         params_m=_params(model) / 1e6,
         stage_gmacs={c: _paper_sum(per_module.get(c, {})) / batch_size / 1e9 for c in children},
         stage_params_m={c: _params(getattr(model, c)) / 1e6 for c in children},
         by_operator_gmacs={k: v / batch_size / 1e9 for k, v in sorted(by_op.items())},
-        unsupported_ops=_unsupported(analysis),
+        unsupported_ops=unsupported,
         input_size=(height, width),
         batch_size=batch_size,
     )

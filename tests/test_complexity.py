@@ -108,3 +108,15 @@ def test_stages_sum_to_total_and_metrics_are_flat():
 def test_bad_batch_size():
     with pytest.raises(ValueError):
         measure_complexity(TinyAttention(), 4, batch_size=0)
+
+
+def test_counting_leaves_batchnorm_statistics_and_mode_untouched():
+    """fvcore traces lazily; the trace must run in eval mode so BN running stats never move."""
+    from models import build_model
+
+    model = build_model("resnet18", num_classes=10, stem="cifar").train()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    measure_complexity(model, 16)
+    assert model.training
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
