@@ -142,10 +142,11 @@ def _accuracy_panel(ax: plt.Axes, sub: pd.DataFrame, metric: str, label_cols: li
 
 def plot_latency_vs_tokens(agg: pd.DataFrame, settings: list[str]) -> plt.Figure:
     """Latency p50 (p20-p80 bars) against the token count, one line per tokenizer, a panel per VT model."""
-    need = ["latency_ms_p50", "num_tokens", "tokenizer"]
+    need = ["latency_ms_p50", "num_tokens"]
     if any(c not in agg.columns for c in need):
-        raise PlotSkipped("needs latency_ms_p50 and VT cells with num_tokens and tokenizer")
-    rows = agg[agg[need].notna().all(axis=1) & agg["family"].isin(["vt_resnet", "vt_fpn"])]
+        raise PlotSkipped("needs latency_ms_p50 and VT cells with num_tokens")
+    rows = agg[agg[need].notna().all(axis=1) & agg["family"].isin(["vt_resnet", "vt_fpn"])].copy()
+    rows["tokenizer"] = [tokenization_label(row) for _, row in rows.iterrows()]
     if rows.empty or rows["num_tokens"].nunique() < 2:
         raise PlotSkipped("no VT model was timed at two or more token counts")
     setting_key = _text_key(rows, settings, " · ")
@@ -160,6 +161,22 @@ def plot_latency_vs_tokens(agg: pd.DataFrame, settings: list[str]) -> plt.Figure
     fig.suptitle("Latency vs number of tokens L\n(p50, bars p20–p80; dashed: baseline)", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def tokenization_label(row: pd.Series) -> str:
+    """How a VT cell tokenizes, as one label: the first tokenizer and whether later modules recur.
+
+    VT-ResNet's default (ICCV section 3) is a filter-based first module and recurrent ones after it
+    (`recurrent=True`); `recurrent=False` repeats the first tokenizer in every module (Tables 3-4).
+    VT-FPN has one tokenizer per level and no recurrence.
+    """
+    tokenizer = row.get("tokenizer")
+    tokenizer = "filter" if tokenizer is None or (isinstance(tokenizer, float) and np.isnan(tokenizer)) else str(tokenizer)
+    if tokenizer == "recurrent" or str(row.get("family")) != "vt_resnet":
+        return tokenizer
+    recurrent = row.get("recurrent")
+    recurs = recurrent is None or (isinstance(recurrent, float) and np.isnan(recurrent)) or bool(recurrent)
+    return f"{tokenizer}+recurrent" if recurs else tokenizer
 
 
 def _tokenizer_colors(family: str, tokenizers: list[str]) -> dict[str, Any]:

@@ -320,3 +320,20 @@ def test_load_weights_reads_trainer_checkpoints(tmp_path):
     torch.save({"model": torch.nn.Linear(4, 2).state_dict()}, tmp_path / "bad.pt")
     with pytest.raises(PlotSkipped, match="does not fit"):
         load_weights(net, tmp_path / "bad.pt")
+
+
+def test_tokenization_label_separates_recurrent_from_repeated_tokenizers():
+    """The latency-vs-tokens plot draws one line per tokenization: filter+recurrent is not filter."""
+    import pandas as pd
+
+    from bench.plots import tokenization_label
+
+    def label(**row):
+        return tokenization_label(pd.Series(row))
+
+    assert label(family="vt_resnet") == "filter+recurrent"                      # paper default
+    assert label(family="vt_resnet", tokenizer="filter", recurrent=False) == "filter"
+    assert label(family="vt_resnet", tokenizer="pooling", recurrent=False) == "pooling"
+    assert label(family="vt_resnet", tokenizer="clustering", recurrent=True) == "clustering+recurrent"
+    assert label(family="vt_resnet", tokenizer="recurrent") == "recurrent"
+    assert label(family="vt_fpn", tokenizer="filter") == "filter"
