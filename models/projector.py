@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.layers import token_linear
+
 
 class Projector(nn.Module):
     """Residual cross-attention from pixels (queries) to tokens (keys and values).
@@ -34,8 +36,8 @@ class Projector(nn.Module):
         if in_channels % groups or d % groups:
             raise ValueError(f"projector groups={groups} must divide C={in_channels} and d={d}")
         self.w_q = nn.Conv2d(in_channels, d, 1, groups=groups, bias=False)  # W_Q
-        self.w_k = nn.Linear(token_channels, d, bias=False)  # W_K, per token
-        self.w_v = nn.Linear(token_channels, in_channels, bias=False) if token_channels != in_channels else None
+        self.w_k = token_linear(token_channels, d)  # W_K, per token
+        self.w_v = token_linear(token_channels, in_channels) if token_channels != in_channels else None
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W), tokens (B, L, C_T) -> (B, C, H, W)."""

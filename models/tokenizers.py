@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.layers import token_linear
+
 TOKENIZERS = ("filter", "recurrent", "pooling", "clustering")
 
 
@@ -44,7 +46,7 @@ class Tokenizer(nn.Module):
         # W_{C->C_T}: only when the token channel differs from the feature channel; a per-token
         # weight, so nn.Linear on token rows (one GEMM over B*L rows).
         self.adapter = (
-            nn.Linear(in_channels, token_channels, bias=False) if token_channels != in_channels else None
+            token_linear(in_channels, token_channels) if token_channels != in_channels else None
         )
 
     def _aggregate(self, x_flat: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +97,7 @@ class RecurrentTokenizer(Tokenizer):
         if refresh == "half" and num_tokens < 2:
             raise ValueError("refresh='half' needs num_tokens >= 2")
         self.refresh = refresh
-        self.w_tr = nn.Linear(token_channels, in_channels, bias=False)  # W_{T->R} in R^{C_T x C}, per token
+        self.w_tr = token_linear(token_channels, in_channels)  # W_{T->R} in R^{C_T x C}, per token
 
     def forward(self, x: torch.Tensor, tokens_in: torch.Tensor | None = None):
         """Tokens and attention of `x`, conditioned on `tokens_in` (B, L, C_T)."""

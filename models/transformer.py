@@ -28,47 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.layers import token_linear
+
 TRANSFORMERS = ("paper", "mhsa", "none")
-
-
-class GroupedLinear(nn.Module):
-    """A grouped per-token projection: the appendix's grouped 1x1 convolution on token rows.
-
-    The weight is block-diagonal, `groups` blocks of (C_in / g) x (C_out / g), stored as
-    (g, C_in / g, C_out / g): the same parameters and MACs as `Conv1d(C_in, C_out, 1, groups=g)`.
-    All B*L token rows of a group go through one matmul (a batched matmul over the g groups), for
-    the same reason `nn.Linear` replaced the ungrouped 1x1 convolutions: one GEMM over B*L rows.
-
-    Args:
-        in_features: C_in, divisible by `groups`.
-        out_features: C_out, divisible by `groups`.
-        groups: number of diagonal blocks g.
-    """
-
-    def __init__(self, in_features: int, out_features: int, groups: int):
-        super().__init__()
-        if in_features % groups or out_features % groups:
-            raise ValueError(f"groups={groups} must divide {in_features} and {out_features}")
-        self.in_features, self.out_features, self.groups = in_features, out_features, groups
-        self.weight = nn.Parameter(torch.empty(groups, in_features // groups, out_features // groups))
-        bound = (groups / in_features) ** 0.5  # Conv1d's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-        nn.init.uniform_(self.weight, -bound, bound)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., C_in) -> (..., C_out); output group j = input group j @ weight[j]."""
-        lead = x.shape[:-1]
-        rows = x.reshape(-1, self.groups, self.in_features // self.groups).transpose(0, 1)  # (g, N, C_in/g)
-        out = torch.matmul(rows, self.weight)  # (g, N, C_out/g): one GEMM per group over all N rows
-        return out.transpose(0, 1).reshape(*lead, self.out_features)
-
-
-def token_linear(in_features: int, out_features: int, groups: int = 1, bias: bool = False) -> nn.Module:
-    """A per-token weight on (B, L, C) tokens: `nn.Linear` (one GEMM over B*L rows) or `GroupedLinear`."""
-    if groups == 1:
-        return nn.Linear(in_features, out_features, bias=bias)
-    if bias:
-        raise ValueError("grouped token projections have no bias")
-    return GroupedLinear(in_features, out_features, groups)
 
 
 class PaperTransformer(nn.Module):
@@ -85,10 +47,10 @@ class PaperTransformer(nn.Module):
         qk = qk_channels or channels // 2
         ff = ff_channels or channels
         # Right-multiplied weights on token rows (nn.Linear stores them transposed): one GEMM over B*L rows.
-        self.key = nn.Linear(channels, qk, bias=False)  # K
-        self.query = nn.Linear(channels, qk, bias=False)  # Q
-        self.ff1 = nn.Linear(channels, ff, bias=False)  # F1
-        self.ff2 = nn.Linear(ff, channels, bias=False)  # F2
+        self.key = token_linear(channels, qk)  # K
+        self.query = token_linear(channels, qk)  # Q
+        self.ff1 = token_linear(channels, ff)  # F1
+        self.ff2 = token_linear(ff, channels)  # F2
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L, C_T) -> (B, L, C_T)."""
@@ -129,10 +91,12 @@ class MHSATransformer(nn.Module):
         self.query = token_linear(channels, qk, groups)
         self.value = token_linear(channels, channels, groups)
         if ff_channels is None:
-            self.ff = nn.Linear(channels, channels)
+            self.ff = token_linear(channels, channels, bias=True)
         else:
             self.ff = nn.Sequential(
-                nn.Linear(channels, ff_channels), nn.ReLU(inplace=True), nn.Linear(ff_channels, channels)
+                token_linear(channels, ff_channels, bias=True),
+                nn.ReLU(inplace=True),
+                token_linear(ff_channels, channels, bias=True),
             )
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,8 @@ from models.tokenizers import (
     kmeans_centroids,
     make_tokenizer,
 )
-from models.transformer import GroupedLinear, MHSATransformer, PaperTransformer, make_transformer
+from models.layers import GroupedLinear
+from models.transformer import MHSATransformer, PaperTransformer, make_transformer
 
 B, C, H, W, L, CT = 2, 8, 5, 6, 4, 12
 
@@ -240,3 +241,22 @@ def test_tokenizers_are_batch_independent_and_deterministic(kind):
     again, _ = tok(x, t_in)
     assert torch.equal(tokens, again)
     assert not any(p.shape[0] == 3 for p in tok.parameters())  # no weight with a batch dimension
+
+
+@pytest.mark.parametrize("transformer", ["paper", "mhsa"])
+def test_state_dict_of_the_channels_first_layout_loads(transformer):
+    """A state dict saved with 1x1 Conv1d token weights (C_out, C_in / g, 1) loads and computes the same."""
+    model = build_model("vt_resnet18", num_classes=3, stem="cifar", transformer=transformer).eval()
+    old = {}
+    for name, value in model.state_dict().items():
+        module = model.get_submodule(name.rsplit(".", 1)[0])
+        if isinstance(module, GroupedLinear):  # (g, C_in/g, C_out/g) -> grouped Conv1d (C_out, C_in/g, 1)
+            value = value.transpose(1, 2).reshape(module.out_features, -1, 1)
+        elif isinstance(module, torch.nn.Linear) and name.startswith("vt.") and name.endswith("weight"):
+            value = value.unsqueeze(-1)
+        old[name] = value.clone()
+    fresh = build_model("vt_resnet18", num_classes=3, stem="cifar", transformer=transformer).eval()
+    fresh.load_state_dict(old)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x))
