@@ -14,7 +14,8 @@ are the reading that lands on the paper's complexity tables (results/fidelity/ s
 and what the alternatives give). VT-ResNet options:
 
 - num_tokens (16), token_channels C_T (1024): section 5.1 and the appendix.
-- tokenizer: the first module's tokenizer (filter | pooling | clustering; default filter).
+- tokenizer: the first module's tokenizer (filter | pooling | clustering; default filter), or
+  `recurrent`: the paper's scheme spelled out (filter-based first module, recurrent after).
 - recurrent (True): later modules use the recurrent tokenizer; False repeats `tokenizer` (Table 4).
 - transformer: paper | mhsa | none (Table 5); default `paper` (the ICCV equations) for all four.
 - projector (True; Table 7), last_projector (False: the last module's projected map is never read).
@@ -87,6 +88,7 @@ def _vt_resnet(depth: int, *, num_classes: int, stem: str, num_tokens: int, toke
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if transformer not in TRANSFORMERS:
         raise ValueError(f"unknown transformer {transformer!r}; choose from {', '.join(TRANSFORMERS)}")
+    tokenizer, recurrent = _tokenization(tokenizer, recurrent)
     transformer_kwargs = _transformer_kwargs(transformer, qk_channels, heads, kqv_groups, ff_channels)
     vt = partial(
         make_vt_stage, num_modules=num_modules, num_tokens=num_tokens, token_channels=token_channels,
@@ -97,6 +99,19 @@ def _vt_resnet(depth: int, *, num_classes: int, stem: str, num_tokens: int, toke
     )
     head = partial(TokenHead, token_channels, num_classes, head_hidden)
     return VTResNet(depth, vt=vt, head=head, num_classes=num_classes, stem=stem)
+
+
+def _tokenization(tokenizer: str, recurrent: bool) -> tuple[str, bool]:
+    """Map `tokenizer="recurrent"` (DESIGN.md's name for the paper's scheme) onto its two options.
+
+    "recurrent" is the ICCV default spelled out: a filter-based first module, recurrent tokenizers
+    after it (section 3.1); it contradicts `recurrent=False`.
+    """
+    if tokenizer != "recurrent":
+        return tokenizer, recurrent
+    if not recurrent:
+        raise ValueError("tokenizer='recurrent' (filter-based first, recurrent after) contradicts recurrent=False")
+    return "filter", True
 
 
 def _transformer_kwargs(kind: str, qk_channels, heads, kqv_groups, ff_channels) -> dict:
