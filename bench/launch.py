@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 from bench.errors import UsageError
 from bench.grid import Cell, Grid, Resources, load_grid
+from bench.status import read_jobs  # noqa: F401  (re-exported: launch's callers read jobs.json too)
 from bench.records import CorruptRecord, now_iso, read_record, write_json_atomic
 from bench.runner import CellPaths, CellRunner
 
@@ -175,19 +176,6 @@ def supersede_records(run_dir: Path, plan: Plan) -> None:
             target.parent.mkdir(exist_ok=True)
             shutil.move(str(path), target)
             log.info("moved the %s record of %s to %s", plan.reasons[cell.cell_id], cell.cell_id, target)
-
-
-def read_jobs(run_dir: Path) -> list[dict[str, Any]]:
-    """RUN_DIR/jobs.json, or [] when there is none (a corrupt one is an error: it is our file)."""
-    import json
-
-    path = run_dir / "jobs.json"
-    if not path.exists():
-        return []
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc})") from exc
 
 
 def record_submission(run_dir: Path, result: LaunchResult) -> None:

@@ -77,7 +77,7 @@ def run_status(run_dir: str | os.PathLike) -> RunStatus:
     records, corrupt = _read_records(run_dir / "records")
     known = {c["cell_id"] for c in cells}
     statuses = [_cell_status(run_dir, c, records.get(c["cell_id"]), corrupt) for c in cells]
-    return RunStatus(run_dir=run_dir, cells=statuses, jobs=_read_jobs(run_dir), corrupt=corrupt,
+    return RunStatus(run_dir=run_dir, cells=statuses, jobs=read_jobs(run_dir), corrupt=corrupt,
                      stray_records=len(set(records) - known))
 
 
@@ -94,7 +94,8 @@ def _read_records(records_dir: Path) -> tuple[dict[str, dict], dict[str, str]]:
     return records, corrupt
 
 
-def _read_jobs(run_dir: Path) -> list[dict[str, Any]]:
+def read_jobs(run_dir: Path) -> list[dict[str, Any]]:
+    """RUN_DIR/jobs.json, or [] when there is none (a corrupt one is an error: it is our file)."""
     path = run_dir / "jobs.json"
     if not path.exists():
         return []

@@ -12,12 +12,7 @@ from bench.complexity import measure_complexity
 from models import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("ctor,paper", [(torchvision.models.resnet18, 1.814), (torchvision.models.resnet50, 4.089)])
