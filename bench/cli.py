@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "bench.commands.train",
     "bench.commands.launch",
     "bench.commands.status",
+    "bench.commands.interleave",
     "bench.commands.report",
 )
 

@@ -1,0 +1,144 @@
+"""`vtbench interleave`: a run's latency cells re-measured in alternating rounds, records updated."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import bench.interleave as inter
+from bench.cli import main as cli_main
+from bench.errors import UsageError
+from bench.launch import launch
+from bench.records import read_record
+
+REPO = Path(__file__).resolve().parents[1]
+SLEEPY = "tests.test_interleave:sleepy_net"
+FAST = {"device": "cpu", "threads": 1, "min_iters": 3, "min_time_s": 0.05, "warmup_max_s": 0.2,
+        "warmup_min_iters": 1}
+
+
+class SleepyNet(nn.Module):
+    """An inference step that takes `sleep_ms` (plus a tiny conv): a latency with a known floor."""
+
+    task = "cls"
+    default_input_size = 8
+
+    def __init__(self, sleep_ms: float):
+        super().__init__()
+        self.num_classes = 2
+        self.sleep_ms = sleep_ms
+        self.stem = nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.sleep_ms / 1000)
+        return self.stem(x)
+
+
+def sleepy_net(sleep_ms: float = 1.0) -> nn.Module:
+    return SleepyNet(sleep_ms)
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    """A finished run (debug executor) of two latency cells, 2 ms and 8 ms, and one complexity cell."""
+    monkeypatch.syspath_prepend(str(REPO))
+    grid = {"name": "sleepy", "description": "interleave tests",
+            "base": {"model": SLEEPY, "measure": ["complexity", "latency"], "input_size": 8,
+                     "latency": dict(FAST)},
+            "axes": {"model_args.sleep_ms": [2.0, 8.0]},
+            "include": [{"measure": ["complexity"], "model_args": {"sleep_ms": 0.0}}]}
+    path = tmp_path / "sleepy.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    run = tmp_path / "run"
+    result = launch(path, cluster="debug", run_dir=run)
+    assert result.finished and result.ok and len(result.submitted) == 3
+    return run
+
+
+def _records(run: Path) -> dict[float, dict]:
+    out = {}
+    for path in (run / "records").glob("*.json"):
+        record = read_record(path)
+        out[record["config"]["model_args"]["sleep_ms"]] = record
+    return out
+
+
+def test_round_orders_alternate_direction():
+    assert inter.round_orders(3, 4) == [[0, 1, 2], [2, 1, 0], [0, 1, 2], [2, 1, 0]]
+
+
+def test_combine_rounds_takes_medians_min_sum_and_max():
+    rounds = [dict(latency_ms_p50=p, latency_ms_p20=p - 1, latency_ms_p80=p + 1, latency_ms_mean=p,
+                   latency_ms_min=p - 2, latency_iters=10, peak_mem_mb=m, batch_size_used=4)
+              for p, m in ((10.0, 100.0), (30.0, 120.0), (12.0, 90.0))]
+    out = inter.combine_rounds(rounds)
+    assert out["latency_ms_p50"] == 12.0 and out["latency_ms_p20"] == 11.0 and out["latency_ms_p80"] == 13.0
+    assert out["latency_ms_min"] == 8.0 and out["latency_iters"] == 30 and out["peak_mem_mb"] == 120.0
+    assert out["throughput_img_s"] == pytest.approx(4 / 0.012)
+    assert out["latency_round_p50_ms"] == [10.0, 30.0, 12.0]
+    assert out["latency_rounds"] == 3 and out["latency_protocol"] == "interleaved"
+
+
+def test_interleave_measures_in_alternating_order_and_updates_only_latency(run_dir, monkeypatch):
+    before = _records(run_dir)
+    order = []
+    real_measure = inter._measure
+
+    def spy(model, config, timing):
+        order.append(config["model_args"]["sleep_ms"])
+        return real_measure(model, config, timing)
+
+    monkeypatch.setattr(inter, "_measure", spy)
+    updated = inter.interleave(run_dir, rounds=3)
+    assert order == [2.0, 8.0, 8.0, 2.0, 2.0, 8.0]  # the complexity-only cell is not a latency cell
+    assert len(updated) == 2
+    after = _records(run_dir)
+    assert after[0.0] == before[0.0]  # untouched
+    for sleep_ms in (2.0, 8.0):
+        m, old = after[sleep_ms]["metrics"], before[sleep_ms]["metrics"]
+        assert m["latency_protocol"] == "interleaved" and m["latency_rounds"] == 3
+        assert m["latency_cells_interleaved"] == 2
+        assert m["latency_ms_p50"] == statistics.median(m["latency_round_p50_ms"])
+        assert m["latency_ms_p50"] >= sleep_ms  # the sleep is a floor
+        assert m["latency_single_pass"]["latency_ms_p50"] == old["latency_ms_p50"]
+        assert m["gmacs"] == old["gmacs"] and m["params_m"] == old["params_m"]
+        assert "remeasured_at" in after[sleep_ms]
+    assert after[8.0]["metrics"]["latency_ms_p50"] > after[2.0]["metrics"]["latency_ms_p50"] + 3
+    # A second pass keeps the ORIGINAL single-pass figures, not the first interleaved ones.
+    inter.interleave(run_dir, rounds=2)
+    again = _records(run_dir)[2.0]["metrics"]
+    assert again["latency_rounds"] == 2
+    assert again["latency_single_pass"]["latency_ms_p50"] == before[2.0]["metrics"]["latency_ms_p50"]
+
+
+def test_interleave_refuses_unfinished_runs_and_bad_options(run_dir, tmp_path):
+    with pytest.raises(UsageError, match="at least 2"):
+        inter.interleave(run_dir, rounds=1)
+    with pytest.raises(UsageError, match="not latency cells"):
+        inter.interleave(run_dir, rounds=2, only=["nosuchcell"])
+    victim = next(p for p in (run_dir / "records").glob("*.json")
+                  if "latency" in read_record(p)["config"]["measure"])
+    victim.unlink()
+    with pytest.raises(UsageError, match="no ok record"):
+        inter.interleave(run_dir, rounds=2)
+    with pytest.raises(UsageError, match="not a run folder"):
+        inter.interleave(tmp_path / "nowhere", rounds=2)
+
+
+def test_cli_updates_records_and_rejects_a_non_run(run_dir, tmp_path, capsys):
+    assert cli_main(["interleave", str(run_dir), "--rounds", "2", "--min-time-s", "0.02"]) == 0
+    assert all(r["metrics"].get("latency_rounds") == 2 for r in _records(run_dir).values()
+               if "latency" in r["config"]["measure"])
+    assert cli_main(["report", str(run_dir)]) == 0  # the updated records still make a report
+    table = (run_dir / "report" / "table.csv").read_text()
+    assert "latency_protocol" in table and "interleaved" in table
+    assert cli_main(["interleave", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a run folder" in err[0]
