@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -230,16 +230,26 @@ class ShapesDataset(Dataset):
         num_samples: data set length (default 2000 train / 500 test for cls,
             1000 / 200 for seg).
         max_shapes: most shapes per segmentation image.
+        shape_size: (smallest, largest) shape radius as a fraction of the image side (default
+            (0.12, 0.22) for segmentation, several shapes per image; (0.2, 0.35) for
+            classification). At small resolutions larger shapes keep thin parts (the cross's
+            bars are a third of the radius) wider than a pixel.
         seed: base seed of the stream.
     """
 
     def __init__(self, split: str, input_size: int, task: str, num_samples: int | None = None,
-                 max_shapes: int = 3, seed: int = 0):
+                 max_shapes: int = 3, shape_size: Sequence[float] | None = None, seed: int = 0):
         defaults = {("cls", "train"): 2000, ("cls", "test"): 500,
                     ("seg", "train"): 1000, ("seg", "test"): 200}
         self.split, self.size, self.task = split, int(input_size), task
         self.num_samples = int(num_samples or defaults[(task, split)])
         self.max_shapes, self.seed = int(max_shapes), int(seed)
+        default_size = (0.12, 0.22) if task == "seg" else (0.2, 0.35)
+        lo, hi = (float(v) for v in (shape_size if shape_size is not None else default_size))
+        if not 0 < lo <= hi < 0.5:
+            raise UsageError(f"shapes: shape_size must be two radii 0 < smallest <= largest < 0.5 of the "
+                             f"image side (got {list(shape_size)})")
+        self.shape_size = (lo, hi)
         self.num_classes = len(SHAPE_NAMES) + (1 if task == "seg" else 0)
         axis = (np.arange(self.size, dtype=np.float32) + 0.5) / self.size
         self._yy, self._xx = np.meshgrid(axis, axis, indexing="ij")
@@ -256,7 +266,7 @@ class ShapesDataset(Dataset):
         count = 1 if self.task == "cls" else int(rng.integers(1, self.max_shapes + 1))
         kinds = rng.integers(0, len(SHAPE_NAMES), size=count)
         for kind in kinds:
-            inside = self._shape_mask(int(kind), rng, small=self.task == "seg")
+            inside = self._shape_mask(int(kind), rng)
             colour = self._contrasting_colour(image, inside, rng)
             noise = rng.normal(0.0, 0.05, size=(3, self.size, self.size)).astype(np.float32)
             image = np.where(inside[None], colour[:, None, None] + noise, image)
@@ -278,9 +288,9 @@ class ShapesDataset(Dataset):
         noise = rng.normal(0.0, 0.05, size=(3, self.size, self.size))
         return (base + grating[None] + noise).astype(np.float32)
 
-    def _shape_mask(self, kind: int, rng: np.random.Generator, small: bool) -> np.ndarray:
+    def _shape_mask(self, kind: int, rng: np.random.Generator) -> np.ndarray:
         """Boolean `(H, W)` mask of one randomly placed, sized and rotated shape."""
-        radius = rng.uniform(0.12, 0.22) if small else rng.uniform(0.2, 0.35)
+        radius = rng.uniform(*self.shape_size)
         cy, cx = rng.uniform(radius, 1 - radius, size=2)
         theta = rng.uniform(0, 2 * np.pi)
         dy, dx = self._yy - cy, self._xx - cx

@@ -56,6 +56,8 @@ def test_config_rejects_unknown_and_bad_values():
         TrainConfig.from_dict({"epochs": 1, "learning_rate": 0.1})
     with pytest.raises(UsageError, match="schedule"):
         TrainConfig(schedule="linear")
+    with pytest.raises(UsageError, match="optimizer must be one of sgd, adamw"):
+        TrainConfig(optimizer="adam")
     assert TrainConfig.from_dict({"epochs": 2}).to_dict()["epochs"] == 2
 
 
@@ -70,14 +72,16 @@ def test_training_reduces_loss_and_writes_metrics(tmp_path):
         assert metrics[key] > 0
 
 
-def test_resume_after_kill_is_exact(tmp_path, monkeypatch):
-    straight = train(TINY, {}, _config(), tmp_path / "straight", progress=False)
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.1), ("adamw", 0.01)])
+def test_resume_after_kill_is_exact(tmp_path, monkeypatch, optimizer, lr):
+    cfg = _config(optimizer=optimizer, lr=lr)
+    straight = train(TINY, {}, cfg, tmp_path / "straight", progress=False)
     _kill_after(monkeypatch, 2)
     with pytest.raises(_Killed):
-        train(TINY, {}, _config(), tmp_path / "resumed", progress=False)
+        train(TINY, {}, cfg, tmp_path / "resumed", progress=False)
     monkeypatch.undo()
     torch.manual_seed(12345)  # a resumed process starts with other RNG states
-    resumed = train(TINY, {}, _config(), tmp_path / "resumed", progress=False)
+    resumed = train(TINY, {}, cfg, tmp_path / "resumed", progress=False)
     assert resumed["resumed_from_epoch"] == 2 and resumed["epochs"] == 4
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None, metavar="DIR", help="local data folder (never downloaded)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default 15)")
     parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default 64)")
-    parser.add_argument("--lr", type=float, default=None, help="SGD learning rate (default 0.05)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default 0.05; --set optimizer=adamw for AdamW)")
     parser.add_argument("--input-size", type=int, default=None, help="square image side (default: the data set's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="training, data-set (dataset_args.KEY) or model option; repeatable")
