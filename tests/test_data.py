@@ -61,6 +61,23 @@ def test_shapes_segmentation_masks():
     assert labels.min() == 0 and labels.max() <= 4 and len(labels) >= 3
 
 
+def test_shapes_shape_size_scales_the_foreground_and_is_checked():
+    def foreground(**options):
+        seg = data.build_dataset("shapes", "train", task="seg", input_size=32, num_samples=40,
+                                 max_shapes=1, **options)
+        return float(torch.stack([seg[i][1] for i in range(40)]).ne(0).float().mean())
+
+    small, large = foreground(shape_size=[0.1, 0.12]), foreground(shape_size=[0.3, 0.35])
+    # A shape's area grows with the square of its radius: ~8x here, a wide margin for the four kinds.
+    assert large > 4 * small > 0
+    with pytest.raises(UsageError, match="shape_size"):
+        data.build_dataset("shapes", "train", task="seg", input_size=32, shape_size=[0.3, 0.2])
+    default = data.build_dataset("shapes", "train", task="seg", input_size=32, num_samples=4)
+    explicit = data.build_dataset("shapes", "train", task="seg", input_size=32, num_samples=4,
+                                  shape_size=[0.12, 0.22])
+    assert torch.equal(default[3][1], explicit[3][1])  # the documented default is what runs
+
+
 @pytest.mark.parametrize("name, expected", [("cifar10", "cifar-10-batches-py"),
                                             ("cifar100", "cifar-100-python"),
                                             ("imagenet", "ROOT/train/CLASS"),
