@@ -128,16 +128,10 @@ def _build(config: dict[str, Any]):
 
 
 def _measure(model, config: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
-    """One round of one cell: `bench.latency.measure_latency` with the cell's own options."""
-    from bench.latency import measure_latency
+    """One round of one cell: measured exactly as the runner measures it."""
+    from bench.runner import measure_cell_latency
 
-    opts = dict(config.get("latency") or {})
-    opts["compile_mode"] = opts.pop("compile", None)
-    batch = opts.pop("batch_size", 1)
-    opts.update(timing)
-    size = config["input_size"]
-    size = tuple(size) if isinstance(size, (list, tuple)) else int(size)
-    return measure_latency(model, input_size=size, batch_size=batch, **opts)
+    return measure_cell_latency(model, config, timing)
 
 
 def interleave(run_dir: str | Path, *, rounds: int = 5, only: Sequence[str] | None = None,

@@ -229,14 +229,20 @@ def _measure_model(config: dict[str, Any], measure: list[str]) -> dict[str, Any]
         log.info("complexity: %.3f GMACs, %.2f M params", metrics.get("gmacs", float("nan")),
                  metrics.get("params_m", float("nan")))
     if "latency" in measure:
-        from bench.latency import measure_latency
-
-        opts = dict(config.get("latency") or {})
-        opts["compile_mode"] = opts.pop("compile", None)
-        batch = opts.pop("batch_size", 1)
-        metrics.update(measure_latency(model, input_size=size, batch_size=batch, **opts))
+        metrics.update(measure_cell_latency(model, config))
         log.info("latency: %.2f ms (p50)", metrics.get("latency_ms_p50", float("nan")))
     return metrics
+
+
+def measure_cell_latency(model: Any, config: dict[str, Any], timing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`bench.latency.measure_latency` with the cell's `latency` options (and timing overrides)."""
+    from bench.latency import measure_latency
+
+    opts = dict(config.get("latency") or {})
+    opts["compile_mode"] = opts.pop("compile", None)
+    batch = opts.pop("batch_size", 1)
+    opts.update(timing or {})
+    return measure_latency(model, input_size=_input_size(config["input_size"]), batch_size=batch, **opts)
 
 
 def _train(config: dict[str, Any], work_dir: Path) -> dict[str, Any]:
