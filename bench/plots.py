@@ -98,9 +98,8 @@ def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 
 def plot_accuracy_vs_gmacs(agg: pd.DataFrame, label_cols: list[str]) -> plt.Figure:
     """Accuracy (top-1 or mIoU, mean ± std) against GMACs, Pareto front marked, one panel per data set."""
-    metric = next((m for m in ("top1", "miou") if agg[m].notna().any()), None) if not agg.empty and \
-        any(m in agg.columns for m in ("top1", "miou")) else None
-    metric = metric if metric in agg.columns and agg[metric].notna().any() else None
+    # A run may hold only one task: a segmentation-only run has no top1 column at all.
+    metric = next((m for m in ("top1", "miou") if m in agg.columns and agg[m].notna().any()), None)
     if metric is None:
         raise PlotSkipped("no accuracy (top1 or miou) in the records")
     rows = agg[agg[metric].notna() & _col(agg, "gmacs").notna()]

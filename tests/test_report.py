@@ -238,6 +238,27 @@ def test_complexity_only_run_skips_accuracy_plot(tmp_path, monkeypatch):
     assert "no cells.json" in md and "Skipped plots" in md
 
 
+def test_segmentation_only_run_plots_miou(tmp_path, monkeypatch):
+    """A run of segmentation cells alone (no top1 column anywhere) still gets its accuracy plots."""
+    from bench import report as report_module
+    from bench.plots import PlotSkipped
+    from bench.report import write_report
+
+    def no_attention(data):
+        raise PlotSkipped("not drawn in this test")
+
+    monkeypatch.setattr(report_module, "_attention", no_attention)
+    records = tmp_path / "seg" / "records"
+    for config, metrics in FPN[:2]:
+        write_record(records, make_record(config, metrics=metrics, env=ENV))
+    rep = write_report([tmp_path / "seg"], formats=["md", "csv"])
+    assert "accuracy_vs_gmacs" not in dict(rep.skipped_plots)
+    assert "fpn_vs_vt_fpn" not in dict(rep.skipped_plots)
+    for name in ("accuracy_vs_gmacs", "fpn_vs_vt_fpn"):
+        _assert_not_blank(tmp_path / "seg" / "report" / "plots" / f"{name}.png")
+    assert "47.5" in (tmp_path / "seg" / "report" / "report.md").read_text()
+
+
 def test_command_rejects_bad_runs(tmp_path):
     from bench.commands import report as cmd
 

@@ -135,6 +135,30 @@ def test_segmentation_trains_and_reports_miou(tmp_path):
     assert metrics["best_miou"] == metrics["miou"] and "top1" not in metrics
 
 
+def context_cnn(num_classes: int = 5) -> nn.Module:
+    """Five dilated conv/BN/ReLU layers (receptive field 31 px): enough context to tell shapes apart."""
+    layers: list[nn.Module] = []
+    for cin, cout, dilation in ((3, 32, 1), (32, 32, 2), (32, 64, 4), (64, 64, 8), (64, 64, 1)):
+        layers += [nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation), nn.BatchNorm2d(cout), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Conv2d(64, num_classes, 1))
+    model.task, model.num_classes, model.default_input_size = "seg", num_classes, 32
+    return model
+
+
+def test_segmentation_learns_shape_kinds_well_above_chance(tmp_path):
+    """The whole segmentation path (masks, pixel loss, confusion matrix) learns, not just runs.
+
+    On these test images an all-background prediction scores 15.3 % mIoU and perfect masks with a
+    random kind per pixel about 31 %; 124 AdamW steps of a small CNN pass 31 %, which needs the kinds.
+    """
+    cfg = _config(dataset="shapes", epochs=2, input_size=32, batch_size=16, optimizer="adamw", lr=1e-3,
+                  weight_decay=1e-4, schedule="constant",
+                  dataset_args={"shape_size": [0.2, 0.35], "max_shapes": 2})
+    metrics = train(f"{__name__}:context_cnn", {}, cfg, tmp_path, progress=False)
+    assert metrics["miou"] > 31, metrics
+    assert metrics["pixel_acc"] > 76.3  # the all-background pixel accuracy
+
+
 def test_segmentation_metrics_from_a_hand_made_confusion_matrix():
     conf = torch.tensor([[5, 1, 0], [2, 3, 0], [0, 0, 0]])  # rows = truth; class 2 absent
     metrics = segmentation_metrics(conf)
