@@ -20,13 +20,14 @@ gets its latency metrics replaced, atomically, by the combination of its rounds:
 - `latency_protocol`: `"interleaved"`, with `latency_rounds` and `latency_cells_interleaved`;
 - `latency_single_pass`: the cell's previous latency metrics, kept for comparison.
 
-The record's `env` is refreshed (this process's machine and commit) and `remeasured_at` is added,
-so a record always says how and when its latency was taken. Complexity and training metrics are
+The record's `env` is refreshed (this process's machine and commit) and `remeasured_at` is added
+(when, how, and the env it replaced), so a record always says how and when its latency was taken. Complexity and training metrics are
 left as they are.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 from pathlib import Path
@@ -80,8 +81,6 @@ def latency_cells(run_dir: Path, only: Sequence[str] | None = None) -> list[tupl
     Raises UsageError when the run has no such cell, when a selected cell has no ok record (run
     `vtbench launch` first), or when the cells span several devices.
     """
-    import json
-
     cells_file = run_dir / "cells.json"
     if not cells_file.is_file():
         raise UsageError(f"{run_dir} is not a run folder (no cells.json); make one with `vtbench launch GRID`")
@@ -191,5 +190,8 @@ def _updated_record(record: dict[str, Any], cell_rounds: list[dict[str, Any]], *
     out = dict(record)
     out["metrics"] = metrics
     out["env"] = env
-    out["remeasured_at"] = {"started_at": started, "finished_at": now_iso(), "protocol": PROTOCOL}
+    # The env now describes where the latency was taken; the one it replaces (where a training or
+    # complexity measurement of the same record ran) is kept beside it.
+    out["remeasured_at"] = {"started_at": started, "finished_at": now_iso(), "protocol": PROTOCOL,
+                            "previous_env": record.get("env")}
     return out

@@ -109,7 +109,7 @@ def test_interleave_measures_in_alternating_order_and_updates_only_latency(run_d
         assert m["latency_ms_p50"] >= sleep_ms  # the sleep is a floor
         assert m["latency_single_pass"]["latency_ms_p50"] == old["latency_ms_p50"]
         assert m["gmacs"] == old["gmacs"] and m["params_m"] == old["params_m"]
-        assert "remeasured_at" in after[sleep_ms]
+        assert after[sleep_ms]["remeasured_at"]["previous_env"] == before[sleep_ms]["env"]
     assert after[8.0]["metrics"]["latency_ms_p50"] > after[2.0]["metrics"]["latency_ms_p50"] + 3
     # A second pass keeps the ORIGINAL single-pass figures, not the first interleaved ones.
     inter.interleave(run_dir, rounds=2)
