@@ -42,8 +42,7 @@ PROTOCOL = "interleaved"
 MEDIAN_KEYS = ("latency_ms_p50", "latency_ms_p20", "latency_ms_p80", "latency_ms_mean")
 # Keys of a single-pass measurement that the combined metrics replace (kept under latency_single_pass).
 LATENCY_KEYS = MEDIAN_KEYS + ("latency_ms_min", "latency_iters", "throughput_img_s", "peak_mem_mb",
-                              "first_iter_ms", "latency_round_p50_ms", "latency_protocol",
-                              "latency_rounds", "latency_cells_interleaved")
+                              "first_iter_ms")
 
 
 def round_orders(n_cells: int, rounds: int) -> list[list[int]]:
