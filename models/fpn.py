@@ -58,12 +58,13 @@ class VTFPN(nn.Module):
         proj_channels: projector query/key width d (default C).
         proj_groups: groups of the per-pixel W_Q (default 16).
         kmeans_iters: Lloyd iterations of the clustering tokenizer.
+        numerics: `appendix` (scaled logits, documented init) or `iccv`; see `models.layers.NUMERICS`.
     """
 
     def __init__(self, in_channels_list: list[int], out_channels: int = 256, *, num_tokens: int = 8,
                  token_channels: int = 1024, tokenizer: str = "filter", transformer: str = "paper",
                  transformer_kwargs: dict | None = None, projector: bool = True, proj_channels: int | None = None,
-                 proj_groups: int = 16, kmeans_iters: int = 3):
+                 proj_groups: int = 16, kmeans_iters: int = 3, numerics: str = "appendix"):
         super().__init__()
         if not projector:
             raise ValueError("VT-FPN needs its projectors: without them the tokens would never be read")
@@ -72,11 +73,12 @@ class VTFPN(nn.Module):
         extra = {"iters": kmeans_iters} if tokenizer == "clustering" else {}
         self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels_list)
         self.tokenizers = nn.ModuleList(
-            make_tokenizer(tokenizer, out_channels, token_channels, num_tokens, **extra) for _ in in_channels_list
+            make_tokenizer(tokenizer, out_channels, token_channels, num_tokens, numerics=numerics, **extra)
+            for _ in in_channels_list
         )
-        self.transformer = make_transformer(transformer, token_channels, **(transformer_kwargs or {}))
+        self.transformer = make_transformer(transformer, token_channels, numerics=numerics, **(transformer_kwargs or {}))
         self.projectors = nn.ModuleList(
-            Projector(out_channels, token_channels, proj_channels, proj_groups) for _ in in_channels_list
+            Projector(out_channels, token_channels, proj_channels, proj_groups, numerics=numerics) for _ in in_channels_list
         )
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -131,16 +133,19 @@ class SegmentationFPN(nn.Module):
         num_classes: segmentation classes.
         fpn_channels: pyramid channels (256).
         head_channels: head tower width (128).
+        zero_init_residual: start every residual block of the trunk as the identity (see
+            `models.resnet.torchvision_trunk`).
     """
 
     task = "seg"
     default_input_size = 512
 
-    def __init__(self, depth: int, fpn, num_classes: int, fpn_channels: int = 256, head_channels: int = 128):
+    def __init__(self, depth: int, fpn, num_classes: int, fpn_channels: int = 256, head_channels: int = 128,
+                 zero_init_residual: bool = True):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        trunk = torchvision_trunk(depth)
+        trunk = torchvision_trunk(depth, zero_init_residual)
         self.num_classes = num_classes
         self.stem = make_stem(trunk, "imagenet")
         self.stage2, self.stage3, self.stage4, self.stage5 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4

@@ -70,3 +70,29 @@ def _from_conv1d_weight(state_dict, prefix, *args) -> None:
     weight = state_dict.get(prefix + "weight")
     if weight is not None and weight.dim() == 3 and weight.shape[-1] == 1:
         state_dict[prefix + "weight"] = weight.squeeze(-1)  # (C_out, C_in): nn.Linear's layout
+
+
+NUMERICS = ("appendix", "iccv")
+"""How the VT module's softmax logits are scaled and its token-space weights initialised.
+
+- `appendix` (the default, the one that trains): every attention logit is divided by sqrt(d), d the
+  width of the dot product it comes from, as in the arXiv appendix (and in every transformer since
+  Vaswani et al.); the token-space weights get the documented init of `models.init` (attention
+  weights of unit gain, a small classifier), so that no softmax is saturated at step 0.
+- `iccv`: the ICCV equations (1-5) taken literally, no scaling, PyTorch's default init. At 224x224
+  this collapses the recurrent tokenizers of VT-ResNet-34/50/101 onto one pixel and leaves their
+  K, Q and W_{T->R} without gradient (tests/test_init_health.py shows it); kept to reproduce the
+  equations as printed.
+"""
+
+
+def check_numerics(numerics: str) -> str:
+    """Validate a `numerics` choice (`appendix` or `iccv`)."""
+    if numerics not in NUMERICS:
+        raise ValueError(f"unknown numerics {numerics!r}; choose from {', '.join(NUMERICS)}")
+    return numerics
+
+
+def logit_scale(width: int, numerics: str) -> float:
+    """The factor on a softmax's logits: 1/sqrt(width) (`appendix`) or 1 (`iccv`, the equations as printed)."""
+    return width ** -0.5 if check_numerics(numerics) == "appendix" else 1.0

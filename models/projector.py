@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.layers import token_linear
+from models.init import VALUE_GAIN, init_projection
+from models.layers import check_numerics, logit_scale, token_linear
 
 
 class Projector(nn.Module):
@@ -28,9 +29,11 @@ class Projector(nn.Module):
         token_channels: token channels C_T.
         channels: query/key width d (default C).
         groups: groups of the per-pixel query convolution W_Q (default 1).
+        numerics: `appendix` (logits / sqrt(d), unit-gain W_Q and W_K) or `iccv` (eq. 5 as printed).
     """
 
-    def __init__(self, in_channels: int, token_channels: int, channels: int | None = None, groups: int = 1):
+    def __init__(self, in_channels: int, token_channels: int, channels: int | None = None, groups: int = 1,
+                 numerics: str = "appendix"):
         super().__init__()
         d = channels or in_channels
         if in_channels % groups or d % groups:
@@ -38,11 +41,17 @@ class Projector(nn.Module):
         self.w_q = nn.Conv2d(in_channels, d, 1, groups=groups, bias=False)  # W_Q
         self.w_k = token_linear(token_channels, d)  # W_K, per token
         self.w_v = token_linear(token_channels, in_channels) if token_channels != in_channels else None
+        self.scale = logit_scale(d, check_numerics(numerics))
+        if numerics == "appendix":
+            init_projection(self.w_q.weight)
+            init_projection(self.w_k.weight)
+            if self.w_v is not None:
+                init_projection(self.w_v.weight, VALUE_GAIN)
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W), tokens (B, L, C_T) -> (B, C, H, W)."""
         q = self.w_q(x).flatten(2)  # (B, d, HW) = (X W_Q)^T
         k = self.w_k(tokens)  # (B, L, d) = T W_K
-        attention = torch.bmm(k, q).softmax(dim=1)  # (B, L, HW), softmax over L
+        attention = (torch.bmm(k, q) * self.scale).softmax(dim=1)  # (B, L, HW), softmax over L
         values = self.w_v(tokens) if self.w_v is not None else tokens  # (B, L, C)
         return x + torch.bmm(values.transpose(1, 2), attention).view_as(x)  # (A^T T)^T, NCHW

@@ -30,8 +30,17 @@ def make_stem(trunk: resnet.ResNet, stem: str) -> nn.Sequential:
     raise ValueError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
 
 
-def torchvision_trunk(depth: int) -> resnet.ResNet:
-    """An untrained torchvision ResNet-`depth`."""
+def torchvision_trunk(depth: int, zero_init_residual: bool = True) -> resnet.ResNet:
+    """An untrained torchvision ResNet-`depth`.
+
+    `zero_init_residual` (default True) zeroes the last BatchNorm weight of every residual block, so
+    each block starts as the identity (Goyal et al. 2017; timm's ResNet default `zero_init_last`;
+    torchvision's option of the same name). Why here: at init the stage-4 map then has the same
+    scale (RMS ~0.71, BN + ReLU) on every depth, instead of growing with the number of blocks
+    (RMS ~2 for ResNet-50, ~4 for ResNet-101 in train mode, and diverging in eval mode), so the VT
+    module's attention logits start at one scale on every backbone. Baselines and VT models get the
+    same trunk init. False is torchvision's default init.
+    """
     constructors: dict[int, Callable[..., resnet.ResNet]] = {
         18: resnet.resnet18,
         34: resnet.resnet34,
@@ -40,7 +49,7 @@ def torchvision_trunk(depth: int) -> resnet.ResNet:
     }
     if depth not in constructors:
         raise ValueError(f"unsupported ResNet depth {depth}; choose from 18, 34, 50, 101")
-    return constructors[depth](weights=None)
+    return constructors[depth](weights=None, zero_init_residual=zero_init_residual)
 
 
 def stage_channels(trunk: resnet.ResNet) -> list[int]:
@@ -61,14 +70,15 @@ class ResNetClassifier(nn.Module):
         depth: 18, 34, 50 or 101.
         num_classes: classifier outputs.
         stem: "imagenet" (7x7/2 conv + max-pool) or "cifar" (3x3/1 conv, no max-pool).
+        zero_init_residual: start every residual block as the identity (see `torchvision_trunk`).
     """
 
     task = "cls"
 
-    def __init__(self, depth: int, num_classes: int = 1000, stem: str = "imagenet"):
+    def __init__(self, depth: int, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True):
         super().__init__()
         _check_classes(num_classes)
-        trunk = torchvision_trunk(depth)
+        trunk = torchvision_trunk(depth, zero_init_residual)
         self.num_classes = num_classes
         self.stem = make_stem(trunk, stem)  # raises on an unknown stem
         self.default_input_size = DEFAULT_INPUT_SIZE[stem]
@@ -90,15 +100,16 @@ class VTResNet(nn.Module):
         head: a factory `head() -> nn.Module` mapping the VT stage output to logits.
         num_classes: classifier outputs (recorded on the model; the head must match).
         stem: "imagenet" or "cifar".
+        zero_init_residual: start every residual block as the identity (see `torchvision_trunk`).
     """
 
     task = "cls"
 
     def __init__(self, depth: int, vt: Callable[[int], nn.Module], head: Callable[[], nn.Module],
-                 num_classes: int, stem: str = "imagenet"):
+                 num_classes: int, stem: str = "imagenet", zero_init_residual: bool = True):
         super().__init__()
         _check_classes(num_classes)
-        trunk = torchvision_trunk(depth)
+        trunk = torchvision_trunk(depth, zero_init_residual)
         self.num_classes = num_classes
         self.stem = make_stem(trunk, stem)  # raises on an unknown stem
         self.default_input_size = DEFAULT_INPUT_SIZE[stem]

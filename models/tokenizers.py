@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import token_linear
+from models.init import ADAPTER_GAIN, RECURRENT_GAIN, init_projection, init_query_vectors
+from models.layers import check_numerics, logit_scale, token_linear
 
 TOKENIZERS = ("filter", "recurrent", "pooling", "clustering")
 
@@ -36,18 +37,21 @@ class Tokenizer(nn.Module):
 
     recurrent: bool = False
 
-    def __init__(self, in_channels: int, token_channels: int, num_tokens: int):
+    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, numerics: str = "appendix"):
         super().__init__()
         if num_tokens < 1:
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
         self.in_channels = in_channels
         self.token_channels = token_channels
         self.num_tokens = num_tokens
+        self.numerics = check_numerics(numerics)
         # W_{C->C_T}: only when the token channel differs from the feature channel; a per-token
         # weight, so nn.Linear on token rows (one GEMM over B*L rows).
         self.adapter = (
             token_linear(in_channels, token_channels) if token_channels != in_channels else None
         )
+        if self.adapter is not None and self.numerics == "appendix":
+            init_projection(self.adapter.weight, ADAPTER_GAIN)
 
     def _aggregate(self, x_flat: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Softmax over HW, then T = A X (eq. 1); x_flat (B, C, HW), logits (B, L, HW)."""
@@ -65,15 +69,20 @@ class FilterTokenizer(Tokenizer):
         in_channels: feature channels C.
         token_channels: token channels C_T (an adapter C -> C_T is added when they differ).
         num_tokens: number of tokens L.
+        numerics: `appendix` (logits / sqrt(C), unit-gain W_A) or `iccv` (eq. 1 as printed);
+            see `models.layers.NUMERICS`.
     """
 
-    def __init__(self, in_channels: int, token_channels: int, num_tokens: int):
-        super().__init__(in_channels, token_channels, num_tokens)
+    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, numerics: str = "appendix"):
+        super().__init__(in_channels, token_channels, num_tokens, numerics)
         self.w_a = nn.Conv2d(in_channels, num_tokens, 1, bias=False)  # W_A in R^{C x L}
+        self.scale = logit_scale(in_channels, numerics)
+        if numerics == "appendix":
+            init_query_vectors(self.w_a.weight)
 
     def forward(self, x: torch.Tensor, tokens_in: torch.Tensor | None = None):
         """Tokens and attention of feature map `x`; `tokens_in` is ignored."""
-        logits = self.w_a(x).flatten(2)  # (B, L, HW)
+        logits = self.w_a(x).flatten(2) * self.scale  # (B, L, HW)
         return self._aggregate(x.flatten(2), logits)
 
 
@@ -86,18 +95,24 @@ class RecurrentTokenizer(Tokenizer):
         num_tokens: number of tokens L (of the incoming tokens when `refresh="all"`).
         refresh: "all" (ICCV: every token recomputed) or "half" (appendix transcription: the first
             half of the incoming tokens drive the new ones, the second half is kept as is).
+        numerics: `appendix` (logits / sqrt(C), W_{T->R} of unit gain on unit-RMS tokens) or
+            `iccv` (eq. 2 as printed); see `models.layers.NUMERICS`.
     """
 
     recurrent = True
 
-    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, refresh: str = "all"):
-        super().__init__(in_channels, token_channels, num_tokens)
+    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, refresh: str = "all",
+                 numerics: str = "appendix"):
+        super().__init__(in_channels, token_channels, num_tokens, numerics)
         if refresh not in ("all", "half"):
             raise ValueError(f"refresh must be 'all' or 'half', got {refresh!r}")
         if refresh == "half" and num_tokens < 2:
             raise ValueError("refresh='half' needs num_tokens >= 2")
         self.refresh = refresh
         self.w_tr = token_linear(token_channels, in_channels)  # W_{T->R} in R^{C_T x C}, per token
+        self.scale = logit_scale(in_channels, numerics)
+        if numerics == "appendix":
+            init_projection(self.w_tr.weight, RECURRENT_GAIN)
 
     def forward(self, x: torch.Tensor, tokens_in: torch.Tensor | None = None):
         """Tokens and attention of `x`, conditioned on `tokens_in` (B, L, C_T)."""
@@ -109,7 +124,7 @@ class RecurrentTokenizer(Tokenizer):
             tokens_in, kept = tokens_in[:, :n], tokens_in[:, n:]
         w_r = self.w_tr(tokens_in)  # (B, L', C) = T_in W_{T->R}: one filter per token, from the tokens
         x_flat = x.flatten(2)
-        logits = torch.bmm(w_r, x_flat)  # (B, L', HW) = (X W_R)^T
+        logits = torch.bmm(w_r, x_flat) * self.scale  # (B, L', HW) = (X W_R)^T
         tokens, attention = self._aggregate(x_flat, logits)
         if kept is not None:
             tokens = torch.cat([kept, tokens], dim=1)
@@ -125,8 +140,8 @@ class PoolingTokenizer(Tokenizer):
         num_tokens: number of tokens L, split into the most square grid h x w (h <= w).
     """
 
-    def __init__(self, in_channels: int, token_channels: int, num_tokens: int):
-        super().__init__(in_channels, token_channels, num_tokens)
+    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, numerics: str = "appendix"):
+        super().__init__(in_channels, token_channels, num_tokens, numerics)
         h = int(math.isqrt(num_tokens))
         while num_tokens % h:
             h -= 1
@@ -172,8 +187,9 @@ class ClusteringTokenizer(Tokenizer):
         iters: Lloyd iterations (default 3).
     """
 
-    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, iters: int = 3):
-        super().__init__(in_channels, token_channels, num_tokens)
+    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, iters: int = 3,
+                 numerics: str = "appendix"):
+        super().__init__(in_channels, token_channels, num_tokens, numerics)
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
         self.iters = iters

@@ -6,11 +6,13 @@ rows of the batch. (As channels-first 1x1 `Conv1d`s on (B, C_T, L) they ran as B
 L = 16 columns each, 81 % of the VT stage's CPU time; see results/speed_cpu/FINDINGS.md.) K and Q
 stay two projections: fusing them into one was measured slower.
 
-`paper` follows the ICCV equations (section 3.2) exactly:
-    T'_out = T_in + softmax_L((T_in K)(T_in Q)^T) T_in
+`paper` is the ICCV equations (section 3.2, eqs. 3-4) at the appendix's widths:
+    T'_out = T_in + softmax_L((T_in K)(T_in Q)^T / sqrt(d)) T_in
     T_out  = T'_out + relu(T'_out F1) F2
-no heads, no value projection, no normalisation, no 1/sqrt(d) scaling, no biases. The equations give
-K, Q in R^{C x C}; their output width (`qk_channels`) is an open choice, default C_T / 2 as in the
+no heads, no value projection, no normalisation, no biases. The 1/sqrt(d) on the logits and the
+init of K and Q are the appendix's numerics (`numerics="appendix"`, the default, see
+`models.layers.NUMERICS`); `numerics="iccv"` drops both and is eq. 3 as printed. The equations give
+K, Q in R^{C x C}; their output width d (`qk_channels`) is an open choice, default C_T / 2 as in the
 appendix transcription (this is what brings VT-ResNet-18/34 onto Tables 2 and 8; see
 results/fidelity). F1 is C_T x `ff_channels`, F2 is `ff_channels` x C_T.
 
@@ -28,34 +30,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import token_linear
+from models.layers import check_numerics, logit_scale, token_linear
+from models.init import init_projection
 
 TRANSFORMERS = ("paper", "mhsa", "none")
 
 
 class PaperTransformer(nn.Module):
-    """The ICCV token-space transformer (eqs. 3-4): one softmax attention without values, a ReLU MLP.
+    """The ICCV token-space transformer (eqs. 3-4) at appendix widths: attention without values, a ReLU MLP.
 
     Args:
         channels: token channels C_T.
-        qk_channels: output width of K and Q (default C_T // 2).
+        qk_channels: output width d of K and Q (default C_T // 2, the appendix's width).
         ff_channels: hidden width of the feed-forward F1/F2 (default C_T).
+        numerics: `appendix` (logits / sqrt(d), unit-gain K and Q) or `iccv` (eq. 3 as printed).
     """
 
-    def __init__(self, channels: int, qk_channels: int | None = None, ff_channels: int | None = None):
+    def __init__(self, channels: int, qk_channels: int | None = None, ff_channels: int | None = None,
+                 numerics: str = "appendix"):
         super().__init__()
         qk = qk_channels or channels // 2
         ff = ff_channels or channels
+        self.scale = logit_scale(qk, check_numerics(numerics))
         # Right-multiplied weights on token rows (nn.Linear stores them transposed): one GEMM over B*L rows.
         self.key = token_linear(channels, qk)  # K
         self.query = token_linear(channels, qk)  # Q
         self.ff1 = token_linear(channels, ff)  # F1
         self.ff2 = token_linear(ff, channels)  # F2
+        if numerics == "appendix":
+            for weight in (self.key.weight, self.query.weight):
+                init_projection(weight)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L, C_T) -> (B, L, C_T)."""
         k, q = self.key(tokens), self.query(tokens)  # (B, L, d): T K and T Q
-        scores = torch.bmm(k, q.transpose(1, 2))  # (B, L, L): [i, j] = (T K)_i . (T Q)_j
+        scores = torch.bmm(k, q.transpose(1, 2)) * self.scale  # (B, L, L): [i, j] = (T K)_i . (T Q)_j
         attention = scores.softmax(dim=-1)  # softmax_L over j
         tokens = tokens + torch.bmm(attention, tokens)  # T_in + A T_in (eq. 3)
         return tokens + self.ff2(F.relu(self.ff1(tokens)))  # eq. 4
@@ -116,9 +125,10 @@ class MHSATransformer(nn.Module):
 def make_transformer(kind: str, channels: int, **kwargs) -> nn.Module:
     """Build a token-space transformer by name (`paper`, `mhsa`, `none`)."""
     if kind == "paper":
-        return PaperTransformer(channels, qk_channels=kwargs.get("qk_channels"), ff_channels=kwargs.get("ff_channels"))
-    if kind == "mhsa":
-        return MHSATransformer(channels, **kwargs)
+        return PaperTransformer(channels, qk_channels=kwargs.get("qk_channels"), ff_channels=kwargs.get("ff_channels"),
+                                numerics=kwargs.get("numerics", "appendix"))
+    if kind == "mhsa":  # always scaled (SDPA) and default-initialised: the appendix reading
+        return MHSATransformer(channels, **{k: v for k, v in kwargs.items() if k != "numerics"})
     if kind == "none":
         return nn.Identity()  # Table 5: no token-space operation
     raise ValueError(f"unknown transformer {kind!r}; choose from {', '.join(TRANSFORMERS)}")

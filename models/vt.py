@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.init import init_classifier
+from models.layers import check_numerics
 from models.projector import Projector
 from models.tokenizers import TOKENIZERS, Tokenizer, make_tokenizer
 from models.transformer import make_transformer
@@ -70,9 +72,12 @@ class TokenHead(nn.Module):
         token_channels: token channels C_T.
         num_classes: output classes.
         hidden: None (the paper: one linear layer) or the width of a Linear-ReLU layer before it.
+        numerics: `appendix` (a small classifier init, `models.init.init_classifier`) or `iccv`
+            (PyTorch's default init).
     """
 
-    def __init__(self, token_channels: int, num_classes: int, hidden: int | None = None):
+    def __init__(self, token_channels: int, num_classes: int, hidden: int | None = None,
+                 numerics: str = "appendix"):
         super().__init__()
         if hidden:
             self.hidden = nn.Sequential(nn.Linear(token_channels, hidden), nn.ReLU(inplace=True))
@@ -80,6 +85,8 @@ class TokenHead(nn.Module):
         else:
             self.hidden = nn.Identity()
         self.fc = nn.Linear(token_channels, num_classes)
+        if check_numerics(numerics) == "appendix":
+            init_classifier(self.fc)
 
     def forward(self, stage_out) -> torch.Tensor:
         """(x, tokens (B, L, C_T)) from a VTStage -> logits (B, num_classes)."""
@@ -101,6 +108,7 @@ def make_vt_stage(
     transformer_kwargs: dict,
     projector_kwargs: dict,
     tokenizer_kwargs: dict,
+    numerics: str = "appendix",
 ) -> VTStage:
     """Build a VT stage; the first tokenizer is `tokenizer`, later ones recurrent if `recurrent`."""
     if num_modules < 1:
@@ -110,10 +118,11 @@ def make_vt_stage(
     blocks = []
     for i in range(num_modules):
         kind = "recurrent" if (i > 0 and recurrent) else tokenizer
-        tok = make_tokenizer(kind, in_channels, token_channels, num_tokens, **_tokenizer_kwargs(kind, tokenizer_kwargs))
-        trf = make_transformer(transformer, token_channels, **transformer_kwargs)
+        tok = make_tokenizer(kind, in_channels, token_channels, num_tokens, numerics=numerics,
+                             **_tokenizer_kwargs(kind, tokenizer_kwargs))
+        trf = make_transformer(transformer, token_channels, numerics=numerics, **transformer_kwargs)
         keep = projector and (last_projector or i < num_modules - 1)
-        proj = Projector(in_channels, token_channels, **projector_kwargs) if keep else None
+        proj = Projector(in_channels, token_channels, numerics=numerics, **projector_kwargs) if keep else None
         blocks.append(VTModule(tok, trf, proj))
     return VTStage(blocks)
 

@@ -32,6 +32,13 @@ and what the alternatives give). VT-ResNet options:
 - kmeans_iters (3): Lloyd iterations of the clustering tokenizer.
 - head_hidden (None): width of an optional Linear-ReLU layer in the token head (the paper has one
   linear layer; results/fidelity shows what a 2048-wide one would add).
+- numerics ("appendix"): every softmax logit of tokenizers, transformer and projector divided by
+  sqrt(d) and the token-space weights initialised as documented in `models.init` (the arXiv
+  appendix's scaling; the reading that trains). "iccv": the ICCV equations as printed, no scaling,
+  PyTorch's default init (it collapses the recurrent tokenizers at init; tests/test_init_health.py).
+  Parameters and MACs are the same under both.
+- zero_init_residual (True, every model, baselines included): each residual block of the trunk
+  starts as the identity (`models.resnet.torchvision_trunk`); False is torchvision's default init.
 """
 
 from __future__ import annotations
@@ -39,46 +46,47 @@ from __future__ import annotations
 from functools import partial
 
 from models.fpn import FPN, VTFPN, SegmentationFPN
+from models.layers import check_numerics
 from models.registry import register_model
 from models.resnet import STEMS, ResNetClassifier, VTResNet
 from models.transformer import TRANSFORMERS
 from models.vt import TokenHead, make_vt_stage
 
 
-def _resnet(depth: int, num_classes: int, stem: str) -> ResNetClassifier:
+def _resnet(depth: int, num_classes: int, stem: str, zero_init_residual: bool) -> ResNetClassifier:
     if stem not in STEMS:
         raise ValueError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
-    return ResNetClassifier(depth, num_classes=num_classes, stem=stem)
+    return ResNetClassifier(depth, num_classes=num_classes, stem=stem, zero_init_residual=zero_init_residual)
 
 
 @register_model
-def resnet18(*, num_classes: int = 1000, stem: str = "imagenet"):
+def resnet18(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True):
     """torchvision ResNet-18 with stage children."""
-    return _resnet(18, num_classes, stem)
+    return _resnet(18, num_classes, stem, zero_init_residual)
 
 
 @register_model
-def resnet34(*, num_classes: int = 1000, stem: str = "imagenet"):
+def resnet34(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True):
     """torchvision ResNet-34 with stage children."""
-    return _resnet(34, num_classes, stem)
+    return _resnet(34, num_classes, stem, zero_init_residual)
 
 
 @register_model
-def resnet50(*, num_classes: int = 1000, stem: str = "imagenet"):
+def resnet50(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True):
     """torchvision ResNet-50 with stage children."""
-    return _resnet(50, num_classes, stem)
+    return _resnet(50, num_classes, stem, zero_init_residual)
 
 
 @register_model
-def resnet101(*, num_classes: int = 1000, stem: str = "imagenet"):
+def resnet101(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True):
     """torchvision ResNet-101 with stage children."""
-    return _resnet(101, num_classes, stem)
+    return _resnet(101, num_classes, stem, zero_init_residual)
 
 
 def _vt_resnet(depth: int, *, num_classes: int, stem: str, num_tokens: int, token_channels: int, tokenizer: str,
                recurrent: bool, transformer: str, projector: bool, last_projector: bool, num_modules: int,
                qk_channels, heads, kqv_groups, ff_channels, proj_channels, proj_groups: int, refresh: str,
-               kmeans_iters: int, head_hidden) -> VTResNet:
+               kmeans_iters: int, head_hidden, numerics: str, zero_init_residual: bool) -> VTResNet:
     """Validate the options and assemble a VT-ResNet."""
     if stem not in STEMS:
         raise ValueError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
@@ -95,10 +103,10 @@ def _vt_resnet(depth: int, *, num_classes: int, stem: str, num_tokens: int, toke
         tokenizer=tokenizer, recurrent=recurrent, transformer=transformer, projector=projector,
         last_projector=last_projector, transformer_kwargs=transformer_kwargs,
         projector_kwargs={"channels": proj_channels, "groups": proj_groups},
-        tokenizer_kwargs={"refresh": refresh, "kmeans_iters": kmeans_iters},
+        tokenizer_kwargs={"refresh": refresh, "kmeans_iters": kmeans_iters}, numerics=check_numerics(numerics),
     )
-    head = partial(TokenHead, token_channels, num_classes, head_hidden)
-    return VTResNet(depth, vt=vt, head=head, num_classes=num_classes, stem=stem)
+    head = partial(TokenHead, token_channels, num_classes, head_hidden, numerics)
+    return VTResNet(depth, vt=vt, head=head, num_classes=num_classes, stem=stem, zero_init_residual=zero_init_residual)
 
 
 def _tokenization(tokenizer: str, recurrent: bool) -> tuple[str, bool]:
@@ -132,7 +140,8 @@ def vt_resnet18(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: 
                 transformer: str = "paper", projector: bool = True, last_projector: bool = False,
                 num_modules: int = 2, qk_channels: int | None = None, heads: int | None = None,
                 kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
-                proj_groups: int = 1, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None):
+                proj_groups: int = 1, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None,
+                numerics: str = "appendix", zero_init_residual: bool = True):
     """VT-ResNet-18: stage 5 -> 2 VT modules at 14x14, C = 256 (Tables 2 and 8)."""
     return _vt_resnet(18, **locals())
 
@@ -143,7 +152,8 @@ def vt_resnet34(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: 
                 transformer: str = "paper", projector: bool = True, last_projector: bool = False,
                 num_modules: int = 3, qk_channels: int | None = None, heads: int | None = None,
                 kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
-                proj_groups: int = 1, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None):
+                proj_groups: int = 1, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None,
+                numerics: str = "appendix", zero_init_residual: bool = True):
     """VT-ResNet-34: stage 5 -> 3 VT modules at 14x14, C = 256 (Tables 2 and 8)."""
     return _vt_resnet(34, **locals())
 
@@ -154,7 +164,8 @@ def vt_resnet50(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: 
                 transformer: str = "paper", projector: bool = True, last_projector: bool = False,
                 num_modules: int = 3, qk_channels: int | None = None, heads: int | None = None,
                 kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = 256,
-                proj_groups: int = 16, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None):
+                proj_groups: int = 16, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None,
+                numerics: str = "appendix", zero_init_residual: bool = True):
     """VT-ResNet-50: stage 5 -> 3 VT modules at 14x14, C = 1024 (Table 8)."""
     return _vt_resnet(50, **locals())
 
@@ -165,7 +176,8 @@ def vt_resnet101(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens:
                  transformer: str = "paper", projector: bool = True, last_projector: bool = False,
                  num_modules: int = 3, qk_channels: int | None = None, heads: int | None = None,
                  kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = 256,
-                 proj_groups: int = 16, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None):
+                 proj_groups: int = 16, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None,
+                numerics: str = "appendix", zero_init_residual: bool = True):
     """VT-ResNet-101: stage 5 -> 3 VT modules at 14x14, C = 1024 (Table 8)."""
     return _vt_resnet(101, **locals())
 
@@ -176,22 +188,22 @@ def _check_seg(num_classes: int) -> None:
 
 
 @register_model
-def fpn_r50(*, num_classes: int = 171):
+def fpn_r50(*, num_classes: int = 171, zero_init_residual: bool = True):
     """Semantic FPN on ResNet-50 (torchvision FPN + Detectron2 head; Tables 9-10)."""
     _check_seg(num_classes)
-    return SegmentationFPN(50, partial(FPN), num_classes)
+    return SegmentationFPN(50, partial(FPN), num_classes, zero_init_residual=zero_init_residual)
 
 
 @register_model
-def fpn_r101(*, num_classes: int = 171):
+def fpn_r101(*, num_classes: int = 171, zero_init_residual: bool = True):
     """Semantic FPN on ResNet-101 (torchvision FPN + Detectron2 head; Tables 9-10)."""
     _check_seg(num_classes)
-    return SegmentationFPN(101, partial(FPN), num_classes)
+    return SegmentationFPN(101, partial(FPN), num_classes, zero_init_residual=zero_init_residual)
 
 
 def _vt_fpn(depth: int, *, num_classes: int, num_tokens: int, token_channels: int, tokenizer: str,
             transformer: str, qk_channels, heads, kqv_groups, ff_channels, proj_channels, proj_groups: int,
-            kmeans_iters: int) -> SegmentationFPN:
+            kmeans_iters: int, numerics: str, zero_init_residual: bool) -> SegmentationFPN:
     """Validate the options and assemble a VT-FPN."""
     _check_seg(num_classes)
     for name, value in (("num_tokens", num_tokens), ("token_channels", token_channels), ("proj_groups", proj_groups)):
@@ -203,15 +215,17 @@ def _vt_fpn(depth: int, *, num_classes: int, num_tokens: int, token_channels: in
         VTFPN, num_tokens=num_tokens, token_channels=token_channels, tokenizer=tokenizer, transformer=transformer,
         transformer_kwargs=_transformer_kwargs(transformer, qk_channels, heads, kqv_groups, ff_channels),
         proj_channels=proj_channels, proj_groups=proj_groups, kmeans_iters=kmeans_iters,
+        numerics=check_numerics(numerics),
     )
-    return SegmentationFPN(depth, fpn, num_classes)
+    return SegmentationFPN(depth, fpn, num_classes, zero_init_residual=zero_init_residual)
 
 
 @register_model
 def vt_fpn_r50(*, num_classes: int = 171, num_tokens: int = 8, token_channels: int = 1024, tokenizer: str = "filter",
                transformer: str = "paper", qk_channels: int | None = None, heads: int | None = None,
                kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
-               proj_groups: int = 16, kmeans_iters: int = 3):
+               proj_groups: int = 16, kmeans_iters: int = 3, numerics: str = "appendix",
+               zero_init_residual: bool = True):
     """VT-FPN on ResNet-50: 8 tokens x 1024 channels per level, one transformer (Tables 9-10)."""
     return _vt_fpn(50, **locals())
 
@@ -220,6 +234,7 @@ def vt_fpn_r50(*, num_classes: int = 171, num_tokens: int = 8, token_channels: i
 def vt_fpn_r101(*, num_classes: int = 171, num_tokens: int = 8, token_channels: int = 1024, tokenizer: str = "filter",
                 transformer: str = "paper", qk_channels: int | None = None, heads: int | None = None,
                 kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
-                proj_groups: int = 16, kmeans_iters: int = 3):
+                proj_groups: int = 16, kmeans_iters: int = 3, numerics: str = "appendix",
+               zero_init_residual: bool = True):
     """VT-FPN on ResNet-101: 8 tokens x 1024 channels per level, one transformer (Tables 9-10)."""
     return _vt_fpn(101, **locals())

@@ -47,14 +47,23 @@ def _block_diag(layer) -> torch.Tensor:
     return torch.block_diag(*layer.weight)
 
 
-def test_filter_tokenizer_equation():
-    tok = FilterTokenizer(C, CT, L)
+NUMERICS = pytest.mark.parametrize("numerics", ["appendix", "iccv"])
+
+
+def _scale(width: int, numerics: str) -> float:
+    """The logit factor each reading prescribes: 1/sqrt(d) (appendix) or none (the ICCV equations)."""
+    return 1 / math.sqrt(width) if numerics == "appendix" else 1.0
+
+
+@NUMERICS
+def test_filter_tokenizer_equation(numerics):
+    tok = FilterTokenizer(C, CT, L, numerics=numerics)
     x = torch.randn(B, C, H, W)
     tokens, attn = tok(x)
     assert tokens.shape == (B, L, CT) and attn.shape == (B, L, H * W)
     for b in range(B):
         xb = _rows(x, b)
-        a = torch.softmax(xb @ _w(tok.w_a), dim=0)  # softmax over HW
+        a = torch.softmax(xb @ _w(tok.w_a) * _scale(C, numerics), dim=0)  # softmax over HW
         expected = (a.t() @ xb) @ _w(tok.adapter)  # T = softmax_HW(X W_A)^T X, then C -> C_T
         torch.testing.assert_close(tokens[b], expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(attn[b], a.t(), rtol=1e-5, atol=1e-6)
@@ -68,14 +77,15 @@ def test_filter_tokenizer_without_adapter_when_channels_match():
     torch.testing.assert_close(tokens[0], attn[0] @ _rows(x, 0))
 
 
-def test_recurrent_tokenizer_equation():
-    tok = RecurrentTokenizer(C, CT, L)
+@NUMERICS
+def test_recurrent_tokenizer_equation(numerics):
+    tok = RecurrentTokenizer(C, CT, L, numerics=numerics)
     x, t_in = torch.randn(B, C, H, W), torch.randn(B, L, CT)
     tokens, attn = tok(x, t_in)
     for b in range(B):
         xb = _rows(x, b)
         w_r = t_in[b] @ _w(tok.w_tr)  # W_R = T_in W_{T->R}: (L, C)
-        a = torch.softmax(xb @ w_r.t(), dim=0)  # (HW, L)
+        a = torch.softmax(xb @ w_r.t() * _scale(C, numerics), dim=0)  # (HW, L)
         expected = (a.t() @ xb) @ _w(tok.adapter)
         torch.testing.assert_close(tokens[b], expected, rtol=1e-5, atol=1e-5)
 
@@ -128,13 +138,15 @@ def test_clustering_tokenizer_uses_centroids_as_w_a():
         torch.testing.assert_close(tokens[b], a.t() @ _rows(x, b), rtol=1e-5, atol=1e-5)
 
 
-def test_paper_transformer_equations():
-    trf = PaperTransformer(CT, qk_channels=6, ff_channels=10)
+@NUMERICS
+def test_paper_transformer_equations(numerics):
+    trf = PaperTransformer(CT, qk_channels=6, ff_channels=10, numerics=numerics)
     t = torch.randn(B, L, CT)
     out = trf(t)
     for b in range(B):
         tin = t[b]  # (L, C_T)
-        a = torch.softmax((tin @ _w(trf.key)) @ (tin @ _w(trf.query)).t(), dim=1)  # softmax_L
+        logits = (tin @ _w(trf.key)) @ (tin @ _w(trf.query)).t() * _scale(6, numerics)
+        a = torch.softmax(logits, dim=1)  # softmax_L
         t1 = tin + a @ tin  # T'_out = T_in + softmax_L((T K)(T Q)^T) T_in
         t2 = t1 + torch.relu(t1 @ _w(trf.ff1)) @ _w(trf.ff2)  # T_out = T' + relu(T' F1) F2
         torch.testing.assert_close(out[b], t2, rtol=1e-5, atol=1e-5)
@@ -174,14 +186,16 @@ def test_none_transformer_is_identity():
     assert torch.equal(make_transformer("none", CT)(t), t)
 
 
-def test_projector_equation_and_residual():
-    proj = Projector(C, C, channels=6)  # C_T = C: the ICCV equation, no value map
+@NUMERICS
+def test_projector_equation_and_residual(numerics):
+    proj = Projector(C, C, channels=6, numerics=numerics)  # C_T = C: the ICCV equation, no value map
     assert proj.w_v is None
     x, t = torch.randn(B, C, H, W), torch.randn(B, L, C)
     out = proj(x, t)
     for b in range(B):
         xb = _rows(x, b)
-        a = torch.softmax((xb @ _w(proj.w_q)) @ (t[b] @ _w(proj.w_k)).t(), dim=1)  # softmax_L
+        logits = (xb @ _w(proj.w_q)) @ (t[b] @ _w(proj.w_k)).t() * _scale(6, numerics)
+        a = torch.softmax(logits, dim=1)  # softmax_L
         expected = xb + a @ t[b]  # X_out = X_in + softmax_L((X W_Q)(T W_K)^T) T
         torch.testing.assert_close(_rows(out, b), expected, rtol=1e-5, atol=1e-5)
 

@@ -1,0 +1,73 @@
+"""The documented init of the VT module's token-space weights (`numerics="appendix"`, the default).
+
+Why: with the ICCV equations taken literally and PyTorch's default init, the softmax logits of the
+recurrent tokenizers and the token transformer grow with the token norm, saturate at step 0 (all
+attention on one pixel, identical tokens) and pass no gradient to K, Q and W_{T->R}. The appendix
+divides every logit by sqrt(d); this module sets the weights so that, with that scaling, every logit
+starts at the scale of its inputs' RMS (the usual unit-variance query/key convention of transformers):
+
+- a weight that *is* a set of query vectors (the filter tokenizer's W_A: one filter per token, dotted
+  with each pixel) gets entries N(0, gain^2): its logits x . w / sqrt(C) have the pixels' RMS times gain;
+- a weight that *makes* queries or keys from tokens or pixels (K, Q, W_{T->R}, W_Q, W_K) gets entries
+  N(0, gain^2 / fan_in): its outputs have the inputs' RMS times gain (LeCun/Xavier-normal scaling);
+  so do the adapter W_{C->C_T} (gain 1) and the projector's value map W_V (gain 0.1).
+
+The gains were chosen on random 224x224 input in train mode (tests/test_init_health.py measures the
+result for every registered VT model): the filter tokenizer's attention peaks near 0.2 over the
+14x14 pixels (a token is an average over a few dozen pixels, not one), the recurrent ones below 0.5,
+and the initial cross-entropy stays within 2x of ln(num_classes).
+
+Parameter shapes, and so parameters and MACs, are the same under both numerics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+FILTER_GAIN = 3.0
+"""Gain of W_A's query vectors."""
+PROJECTION_GAIN = 1.0
+"""Gain of the key/query projections K, Q (transformer) and W_Q, W_K (projector)."""
+RECURRENT_GAIN = 2.0
+"""Gain of W_{T->R}, which makes the recurrent tokenizer's filters from the incoming tokens."""
+VALUE_GAIN = 0.1
+"""Gain of the projector's value map W_V (C_T -> C): the projected map starts close to the input
+map (a near-identity residual, as `zero_init_residual` does for the trunk), so the next module's
+pixels are not all shifted by one common vector, which would make them, and its tokens, alike.
+Not zero: W_Q and W_K then still get a gradient at step 0."""
+ADAPTER_GAIN = 1.0
+"""Gain of the tokenizer's channel adapter W_{C->C_T}: tokens keep the RMS of the pixel averages."""
+HEAD_STD = 0.01
+"""Std of the token head's classifier weight (bias zero): small logits at step 0, so the initial
+cross-entropy is close to ln(num_classes), as in timm's ViT/ConvNeXt heads."""
+
+
+def init_query_vectors(weight: torch.Tensor, gain: float = FILTER_GAIN) -> None:
+    """Entries N(0, gain^2): rows are query vectors dotted with C-channel inputs, logits / sqrt(C)."""
+    with torch.no_grad():
+        weight.normal_(0.0, gain)
+
+
+def init_projection(weight: torch.Tensor, gain: float = PROJECTION_GAIN) -> None:
+    """Entries N(0, gain^2 / fan_in): outputs keep the RMS of the inputs (times gain)."""
+    fan_in = _fan_in(weight)
+    with torch.no_grad():
+        weight.normal_(0.0, gain / math.sqrt(fan_in))
+
+
+def init_classifier(layer: nn.Linear, std: float = HEAD_STD) -> None:
+    """A small classifier: weight N(0, std^2), bias zero."""
+    with torch.no_grad():
+        layer.weight.normal_(0.0, std)
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+
+def _fan_in(weight: torch.Tensor) -> int:
+    """Inputs per output of a Linear weight (out, in) or a Conv2d weight (out, in / groups, kh, kw)."""
+    if weight.dim() not in (2, 4):
+        raise ValueError(f"expected a Linear or Conv2d weight, got shape {tuple(weight.shape)}")
+    return weight[0].numel()
