@@ -15,8 +15,14 @@ gets its latency metrics replaced, atomically, by the combination of its rounds:
 - `latency_ms_p50`, `latency_ms_p20`, `latency_ms_p80`, `latency_ms_mean`: the median over rounds
   of that round's figure; `latency_ms_min`: the minimum over rounds;
 - `latency_iters`: timed iterations over all rounds; `throughput_img_s` from the combined p50;
-  `peak_mem_mb`: the largest of the rounds;
+- `peak_mem_mb` and `process_peak_rss_mb`: the largest of the cell's OWN rounds (on CPU, what each
+  of its measurements added to the RSS, and the process peak beside it; see `bench.latency`), so
+  every cell keeps its own memory figure although all cells share one process;
 - `latency_round_p50_ms`: every round's p50, in round order (the spread a reader can check);
+- the verdict, judged again over the rounds (`bench.latency.judge_latency`): `warmup_settled` only
+  when every round settled (`warmup_unsettled_rounds` counts the others), `loadavg_before`,
+  `loadavg_after` and `steal_pct` the worst round's, and the rounds' own p50 spread counts too;
+  `latency_round_verdicts` keeps each round's verdict;
 - `latency_protocol`: `"interleaved"`, with `latency_rounds` and `latency_cells_interleaved`;
 - `latency_single_pass`: the cell's previous latency metrics, kept for comparison.
 
@@ -42,7 +48,10 @@ PROTOCOL = "interleaved"
 MEDIAN_KEYS = ("latency_ms_p50", "latency_ms_p20", "latency_ms_p80", "latency_ms_mean")
 # Keys of a single-pass measurement that the combined metrics replace (kept under latency_single_pass).
 LATENCY_KEYS = MEDIAN_KEYS + ("latency_ms_min", "latency_iters", "throughput_img_s", "peak_mem_mb",
-                              "first_iter_ms")
+                              "process_peak_rss_mb", "first_iter_ms", "warmup_settled", "latency_verdict",
+                              "latency_noise_reasons")
+# Machine figures of a round: the combined row takes the worst (largest) round's.
+WORST_KEYS = ("peak_mem_mb", "process_peak_rss_mb", "loadavg_before", "loadavg_after", "steal_pct")
 
 
 def round_orders(n_cells: int, rounds: int) -> list[list[int]]:
@@ -65,13 +74,28 @@ def combine_rounds(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     batch = combined.get("batch_size_used") or combined.get("batch_size_requested") or 1
     p50 = combined["latency_ms_p50"]
     combined["throughput_img_s"] = batch / (p50 / 1000.0) if p50 > 0 else float("inf")
-    peaks = [r["peak_mem_mb"] for r in rounds if r.get("peak_mem_mb") is not None]
-    if peaks:
-        combined["peak_mem_mb"] = max(peaks)
+    for key in WORST_KEYS:
+        values = [r[key] for r in rounds if r.get(key) is not None]
+        if values:
+            combined[key] = max(values)
     combined["latency_round_p50_ms"] = [r["latency_ms_p50"] for r in rounds]
     combined["latency_protocol"] = PROTOCOL
     combined["latency_rounds"] = len(rounds)
+    combined.update(_combined_verdict(rounds, combined))
     return combined
+
+
+def _combined_verdict(rounds: Sequence[dict[str, Any]], combined: dict[str, Any]) -> dict[str, Any]:
+    """The verdict of the combined row: every round must have settled, and the combined figures judged."""
+    from bench.latency import judge_latency
+
+    unsettled = sum(1 for r in rounds if r.get("warmup_settled") is False)
+    out: dict[str, Any] = {"latency_round_verdicts": [r.get("latency_verdict") for r in rounds]}
+    if any("warmup_settled" in r for r in rounds):
+        out["warmup_settled"] = unsettled == 0
+        out["warmup_unsettled_rounds"] = unsettled
+    out.update(judge_latency({**combined, **out}))
+    return out
 
 
 def latency_cells(run_dir: Path, only: Sequence[str] | None = None) -> list[tuple[Path, dict[str, Any]]]:

@@ -15,15 +15,30 @@ How a measurement runs (timm's `benchmark.py` and pycls's timing, made stricter)
    afterwards); each sample is the mean of one block of iterations (one iteration per block for
    anything slower than about 10 ms, see `Timer._estimate_block_size`).
 4. Report the median with p20/p80 (the spread), mean, min, the number of iterations, throughput
-   (images/s = batch / median), and peak memory, reset before the warm-up:
-   - CUDA: `torch.cuda.max_memory_allocated` (`peak_mem_kind = "cuda_max_allocated"`): tensors
-     the caching allocator handed out, weights included; not the CUDA context.
-   - CPU: the process's peak resident set size (`VmHWM`), reset before the measurement by writing
-     5 to `/proc/self/clear_refs` (`peak_mem_kind = "process_peak_rss"`). It counts the whole
-     process: the interpreter, torch's libraries, the weights and the activations, so compare it
-     between models measured the same way, or subtract `rss_before_mb`. Where the reset is not
-     possible (non-Linux) it falls back to `getrusage` (`"process_peak_rss_lifetime"`), the peak
-     since the process started.
+   (images/s = batch / median), and peak memory:
+   - CUDA: `torch.cuda.max_memory_allocated` since just before the measurement
+     (`peak_mem_kind = "cuda_max_allocated"`): tensors the caching allocator handed out, weights
+     included; not the CUDA context.
+   - CPU (`peak_mem_kind = "rss_added"`): `peak_mem_mb` is what the measurement ADDED to the
+     process's resident set: its peak RSS during the measurement minus its RSS just before
+     (`mem_before_mb`, read from /proc/self/statm after a garbage collection and glibc's
+     `malloc_trim`, so pages an earlier measurement freed are not silently reused);
+     `process_peak_rss_mb` is the whole process's peak beside it (interpreter, libraries, every
+     model the process holds). The peak is the kernel's high-water mark VmHWM, reset to the
+     current RSS just before by writing 5 to /proc/self/clear_refs (`peak_mem_method =
+     "vmhwm_reset"`, exact); where that is not allowed, a thread samples the RSS every
+     `RSS_SAMPLE_INTERVAL_S` (`"rss_sampled"`, a lower bound: a shorter spike can fall between
+     samples). Limits: RSS counts pages, not tensors, so memory the allocator already held
+     resident (a free list malloc_trim could not return, oneDNN's caches from an earlier call) is
+     not "added" again, the first measurement in a process also carries one-time costs (thread
+     pools, kernel caches), and memory another thread of the process touches at the same time is
+     counted; compare "added" between models measured the same way.
+5. Judge the row (`judge_latency`): `latency_verdict` is "noisy", with `latency_noise_reasons`,
+   when the warm-up did not settle, the spread p80/p20 exceeds `NOISE_SPREAD_MAX` (1.25), the
+   1-min load average before or after (`loadavg_before`, `loadavg_after`) exceeds the threads in
+   use + `NOISE_LOAD_MARGIN` (1.0), or the steal time over the measurement (`steal_pct`, from
+   /proc/stat on VMs) exceeds `NOISE_STEAL_MAX_PCT` (2 %); else "ok". The thresholds and why are
+   given where they are defined.
 
 Inference runs under `model.eval()` and `torch.inference_mode()`; a training step is forward,
 cross-entropy against fixed random labels, backward and an SGD step (`lr=0`, so the weights keep
@@ -39,12 +54,13 @@ retrying is off, `OutOfMemory` is raised, which the runner turns into an error r
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import gc
 import logging
 import math
-import resource
-import sys
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -199,6 +215,9 @@ def _training_flag(model: nn.Module, train: bool):
 # Memory.
 # --------------------------------------------------------------------------------------------
 
+RSS_SAMPLE_INTERVAL_S = 0.002  # fallback sampler's period: shorter peaks than this can be missed
+
+
 def _proc_status_mb(field: str) -> float | None:
     """A `kB` field of /proc/self/status (VmHWM, VmRSS) in MiB, or None off Linux."""
     try:
@@ -210,8 +229,17 @@ def _proc_status_mb(field: str) -> float | None:
     return None
 
 
+def _current_rss_mb() -> float | None:
+    """The process's resident set size now, in MiB, from /proc/self/statm (None off Linux)."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return resident_pages * os.sysconf("SC_PAGE_SIZE") / _MB
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _reset_peak_rss() -> bool:
-    """Reset the process's peak RSS to its current RSS (Linux clear_refs); False if impossible."""
+    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux clear_refs); False if impossible."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -219,40 +247,95 @@ def _reset_peak_rss() -> bool:
     return True
 
 
-def _lifetime_peak_rss_mb() -> float:
-    """Peak RSS since the process started, from getrusage (kB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / _MB if sys.platform == "darwin" else peak / 1024.0
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc `malloc_trim`), where the C library has it.
+
+    Without it, pages an earlier measurement freed stay resident in malloc's free lists, this
+    measurement reuses them, and its "added" RSS comes out too small.
+    """
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
+class _RssSampler:
+    """A thread that polls the current RSS every `RSS_SAMPLE_INTERVAL_S` and keeps the largest.
+
+    The fallback where VmHWM cannot be reset: a lower bound of the true peak (a spike shorter
+    than the period can fall between two samples), and the polling thread takes the GIL briefly.
+    """
+
+    def __init__(self) -> None:
+        self.peak_mb = _current_rss_mb() or 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vtbench-rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(RSS_SAMPLE_INTERVAL_S):
+            self.peak_mb = max(self.peak_mb, _current_rss_mb() or 0.0)
+
+    def start(self) -> "_RssSampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> float:
+        """Stop polling; the peak seen, in MiB."""
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, _current_rss_mb() or 0.0)
+        return self.peak_mb
 
 
 class _MemoryProbe:
-    """Reset the peak before a measurement and read it after, for the device measured."""
+    """Peak memory of one measurement: a context manager around it (see the module docstring).
+
+    CUDA: the caching allocator's peak since the start (`cuda_max_allocated`). CPU: the RSS
+    before, the process's peak RSS during (VmHWM after a reset, or a sampling thread), and the
+    difference, what the measurement added.
+    """
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.kind = "cuda_max_allocated"
+        self.kind = "cuda_max_allocated" if device.type == "cuda" else "rss_added"
+        self.method: str | None = None
         self.before_mb: float | None = None
+        self._sampler: _RssSampler | None = None
+        self._process_peak_mb: float | None = None
 
-    def reset(self) -> None:
-        """Forget earlier peaks, so the reading covers this measurement only."""
+    def __enter__(self) -> "_MemoryProbe":
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.before_mb = torch.cuda.memory_allocated(self.device) / _MB
-            return
+            return self
         gc.collect()
-        self.kind = "process_peak_rss" if _reset_peak_rss() else "process_peak_rss_lifetime"
-        self.before_mb = _proc_status_mb("VmRSS")
+        _trim_heap()
+        self.before_mb = _current_rss_mb()
+        if _reset_peak_rss() and _proc_status_mb("VmHWM") is not None:
+            self.method = "vmhwm_reset"
+        else:
+            self.method = "rss_sampled"
+            self._sampler = _RssSampler().start()
+        return self
 
-    def peak_mb(self) -> float:
-        """Peak memory since `reset`, in MiB (see the module docstring for what it counts)."""
+    def __exit__(self, *exc_info: Any) -> None:
         if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / _MB
-        if self.kind == "process_peak_rss":
-            hwm = _proc_status_mb("VmHWM")
-            if hwm is not None:
-                return hwm
-        return _lifetime_peak_rss_mb()
+            return
+        if self._sampler is not None:
+            self._process_peak_mb = self._sampler.stop()
+        else:
+            self._process_peak_mb = _proc_status_mb("VmHWM")
+
+    def metrics(self) -> dict[str, Any]:
+        """`peak_mem_mb` (and, on CPU, `process_peak_rss_mb`, `peak_mem_method`) after the block."""
+        if self.device.type == "cuda":
+            return {"peak_mem_mb": torch.cuda.max_memory_allocated(self.device) / _MB,
+                    "peak_mem_kind": self.kind, "mem_before_mb": self.before_mb}
+        peak, before = self._process_peak_mb, self.before_mb
+        added = max(0.0, peak - before) if peak is not None and before is not None else None
+        return {"peak_mem_mb": added, "peak_mem_kind": self.kind, "peak_mem_method": self.method,
+                "process_peak_rss_mb": peak, "mem_before_mb": before}
 
 
 def _free_memory(device: torch.device) -> None:
@@ -269,6 +352,126 @@ def is_oom(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+# --------------------------------------------------------------------------------------------
+# Quality verdict: does a latency row measure the model, or the machine's other work?
+# --------------------------------------------------------------------------------------------
+
+# The thresholds of `judge_latency`, in one place (docs/architecture.md lists the record keys).
+# p80/p20 above 1.25: the middle 60 % of the samples span more than 25 %. Repeated forwards of
+# a fixed model on an idle CPU stay within a few percent of each other (p80/p20 about 1.02-1.10
+# on this project's VMs), while the effects a report compares (VT vs ResNet, L = 4 vs 64) are
+# 5-30 %: a spread wider than 1.25 is as large as the differences the row is used to show.
+NOISE_SPREAD_MAX = 1.25
+# A 1-min load average above the measurement's own threads + 1.0, before or after: on average at
+# least one more runnable task than the timing itself competed for the cores (the average lags
+# by about a minute, so "before" catches what ran up to the start and "after" what ran during).
+NOISE_LOAD_MARGIN = 1.0
+# Steal above 2 % of CPU time over the measurement (/proc/stat, VMs only): the hypervisor ran
+# someone else on our cores, which inflates the timings by about as much, unevenly.
+NOISE_STEAL_MAX_PCT = 2.0
+
+
+def _loadavg_1min() -> float | None:
+    """The 1-minute load average (None where the platform has none)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return None
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs from /proc/stat's `cpu` line; None without a steal field.
+
+    total sums user, nice, system, idle, iowait, irq, softirq and steal; guest time is already
+    counted in user and nice, so it is not added again.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        if fields[0] != "cpu" or len(fields) < 9:
+            return None
+        ticks = [int(v) for v in fields[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+    return ticks[7], sum(ticks)
+
+
+class _MachineProbe:
+    """Load average before/after and steal time over a measurement (a context manager)."""
+
+    def __enter__(self) -> "_MachineProbe":
+        self.load_before, self.load_after = _loadavg_1min(), None
+        self._ticks, self.steal_pct = _cpu_ticks(), None
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.load_after = _loadavg_1min()
+        end = _cpu_ticks()
+        if self._ticks is not None and end is not None and end[1] > self._ticks[1]:
+            self.steal_pct = 100.0 * (end[0] - self._ticks[0]) / (end[1] - self._ticks[1])
+
+    def metrics(self) -> dict[str, Any]:
+        """`loadavg_before`, `loadavg_after`, `steal_pct` (None where the platform lacks them)."""
+        return {"loadavg_before": self.load_before, "loadavg_after": self.load_after, "steal_pct": self.steal_pct}
+
+
+def spread_p80_p20(p20: Any, p80: Any) -> float | None:
+    """p80 / p20 of a latency row (None when either is missing or p20 is not positive)."""
+    if p20 is None or p80 is None or not p20 > 0:
+        return None
+    return float(p80) / float(p20)
+
+
+def _round_spread(round_p50s: Sequence[float] | None) -> float | None:
+    """p80/p20 of the per-round medians of an interleaved row (None with fewer than 3 rounds)."""
+    if not round_p50s or len(round_p50s) < 3:
+        return None
+    stats = summarize([v / 1000.0 for v in round_p50s], batch_size=1)
+    return spread_p80_p20(stats["latency_ms_p20"], stats["latency_ms_p80"])
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def judge_latency(metrics: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
+    """The quality verdict of one latency row, from what it recorded.
+
+    A row is noisy when the warm-up did not settle, when its spread p80/p20 (or, for an
+    interleaved row, the p80/p20 of its rounds' medians) exceeds `NOISE_SPREAD_MAX`, when the
+    1-min load average before or after exceeds threads + `NOISE_LOAD_MARGIN`, or when steal time
+    exceeds `NOISE_STEAL_MAX_PCT`. A figure the row lacks (an older record, a platform without
+    /proc) is not held against it.
+
+    Returns:
+        `latency_verdict` ("ok" | "noisy"), `latency_noise_reasons` (short strings, empty when
+        ok) and `latency_spread_p80_p20`.
+    """
+    reasons: list[str] = []
+    settled = metrics.get("warmup_settled")
+    if settled is False:
+        rounds = metrics.get("warmup_unsettled_rounds")
+        reasons.append("warm-up did not settle" + (f" ({rounds} of {metrics.get('latency_rounds')} rounds)"
+                                                   if rounds else ""))
+    spread = spread_p80_p20(metrics.get("latency_ms_p20"), metrics.get("latency_ms_p80"))
+    if spread is not None and spread > NOISE_SPREAD_MAX:
+        reasons.append(f"spread p80/p20 {spread:.2f} > {NOISE_SPREAD_MAX:.2f}")
+    rounds_spread = _round_spread(metrics.get("latency_round_p50_ms"))
+    if rounds_spread is not None and rounds_spread > NOISE_SPREAD_MAX:
+        reasons.append(f"rounds' p50 spread p80/p20 {rounds_spread:.2f} > {NOISE_SPREAD_MAX:.2f}")
+    n_threads = threads or metrics.get("threads")
+    if n_threads:
+        limit = float(n_threads) + NOISE_LOAD_MARGIN
+        for when in ("before", "after"):
+            load = metrics.get(f"loadavg_{when}")
+            if _present(load) and load > limit:
+                reasons.append(f"load {load:.2f} {when} > {n_threads} threads + {NOISE_LOAD_MARGIN:g}")
+    steal = metrics.get("steal_pct")
+    if _present(steal) and steal > NOISE_STEAL_MAX_PCT:
+        reasons.append(f"steal {steal:.1f} % > {NOISE_STEAL_MAX_PCT:g} %")
+    return {"latency_verdict": "noisy" if reasons else "ok", "latency_noise_reasons": reasons,
+            "latency_spread_p80_p20": spread}
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,9 +700,24 @@ def _make_input(batch_size: int, hw: tuple[int, int], in_channels: int, device: 
 def _measure_once(runnable: nn.Module, *, batch_size: int, hw: tuple[int, int], in_channels: int,
                   device: torch.device, torch_dtype: torch.dtype, channels_last: bool, cuda_graphs: bool,
                   train_step: bool, threads: int, opts: dict[str, Any]) -> dict[str, Any]:
-    """One measurement at one batch size (no OOM handling; see `measure_latency`)."""
-    memory = _MemoryProbe(device)
-    memory.reset()
+    """One measurement at one batch size (no OOM handling; see `measure_latency`).
+
+    Memory, load average and steal are observed around everything the measurement does: the
+    input, the first call, the warm-up and the timed samples.
+    """
+    with _MemoryProbe(device) as memory, _MachineProbe() as machine:
+        stats = _time_step(runnable, batch_size=batch_size, hw=hw, in_channels=in_channels, device=device,
+                           torch_dtype=torch_dtype, channels_last=channels_last, cuda_graphs=cuda_graphs,
+                           train_step=train_step, threads=threads, opts=opts)
+    stats.update(memory.metrics())
+    stats.update(machine.metrics())
+    return stats
+
+
+def _time_step(runnable: nn.Module, *, batch_size: int, hw: tuple[int, int], in_channels: int,
+               device: torch.device, torch_dtype: torch.dtype, channels_last: bool, cuda_graphs: bool,
+               train_step: bool, threads: int, opts: dict[str, Any]) -> dict[str, Any]:
+    """Build the step, time its first call, warm it up, collect the samples, summarise them."""
     x = _make_input(batch_size, hw, in_channels, device, channels_last)
     if train_step:
         step = _train_step(runnable, x, device, torch_dtype)
@@ -524,8 +742,7 @@ def _measure_once(runnable: nn.Module, *, batch_size: int, hw: tuple[int, int], 
                                            min_time_s=opts["min_time_s"], max_time_s=opts["max_time_s"])
         timer_name = "torch.utils.benchmark.Timer.blocked_autorange"
     stats = summarize(samples, batch_size, per_sample)
-    stats.update(peak_mem_mb=memory.peak_mb(), peak_mem_kind=memory.kind, mem_before_mb=memory.before_mb,
-                 first_iter_ms=1000.0 * first_s, warmup_iters=len(warm), warmup_settled=settled,
+    stats.update(first_iter_ms=1000.0 * first_s, warmup_iters=len(warm), warmup_settled=settled,
                  iters_per_sample=per_sample, timer=timer_name)
     return stats
 
@@ -569,7 +786,10 @@ def measure_latency(model: nn.Module, *, input_size: int | Sequence[int], batch_
 
     Returns:
         Flat metrics: `latency_ms_p50/p20/p80/mean/min`, `latency_iters`, `throughput_img_s`,
-        `peak_mem_mb`, `batch_size_used`, `mode`, and what was measured (device, dtype, ...).
+        `peak_mem_mb` (CPU: RSS added; `process_peak_rss_mb` beside it), `batch_size_used`,
+        `mode`, the verdict (`latency_verdict`, `latency_noise_reasons`,
+        `latency_spread_p80_p20`, `loadavg_before`, `loadavg_after`, `steal_pct`) and what was
+        measured (device, dtype, ...).
 
     Raises:
         UsageError: an option the device cannot run (see `check_options`).
@@ -600,6 +820,9 @@ def measure_latency(model: nn.Module, *, input_size: int | Sequence[int], batch_
                  mode="train_step" if train_step else "inference", device=str(dev), dtype=dtype,
                  input_size=list(hw), channels_last=channels_last, compile=compile_mode,
                  cuda_graphs=cuda_graphs, threads=n_threads, cudnn_benchmark=cudnn_flag)
+    stats.update(judge_latency(stats))
+    if stats["latency_verdict"] != "ok":
+        log.info("latency at batch %d is noisy: %s", used, "; ".join(stats["latency_noise_reasons"]))
     return stats
 
 
@@ -643,3 +866,24 @@ def latency_env(*, device: str | torch.device = "cpu", dtype: str = "fp32",
         cudnn_benchmark=bool(torch.backends.cudnn.benchmark if cudnn_benchmark is None else cudnn_benchmark),
     )
     return env
+
+
+MEMORY_KIND_TEXT = {
+    "rss_added": "peak MiB = RSS the measurement added (its peak minus the RSS before it), "
+                 "process MiB = the whole process's peak RSS",
+    "cuda_max_allocated": "peak MiB = CUDA memory the caching allocator handed out at most (weights included)",
+}
+
+
+def latency_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Lines for people under a table of latency rows: what the memory columns mean, and one
+    'NOISY' line per noisy row with its reasons (thresholds: `judge_latency`)."""
+    done = [r for r in rows if "error" not in r]
+    lines = []
+    kinds = list(dict.fromkeys(str(r.get("peak_mem_kind")) for r in done))
+    lines += [MEMORY_KIND_TEXT[k] for k in kinds if k in MEMORY_KIND_TEXT]
+    for row in done:
+        if row.get("latency_verdict") == "noisy":
+            lines.append(f"NOISY at batch {row.get('batch_size_requested')}: "
+                         f"{'; '.join(row.get('latency_noise_reasons') or [])}")
+    return lines

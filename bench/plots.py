@@ -111,7 +111,8 @@ def plot_accuracy_vs_gmacs(agg: pd.DataFrame, label_cols: list[str]) -> plt.Figu
         sub = rows[_col(rows, "train.dataset").fillna("?").astype(str) == dataset]
         _accuracy_panel(ax, sub, metric, label_cols, dataset)
     name = "top-1 accuracy" if metric == "top1" else "mIoU"
-    fig.suptitle(f"{name} vs GMACs\n(mean ± sample std over seeds; Pareto front dashed)", fontsize=11)
+    fig.suptitle(f"{name} vs GMACs\n(mean over seeds; bars: 95 % t confidence interval of the mean, none for one seed;"
+                 f" Pareto front dashed)", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -120,9 +121,9 @@ def _accuracy_panel(ax: plt.Axes, sub: pd.DataFrame, metric: str, label_cols: li
     families = [f for f in FAMILY_COLORS if (sub["family"] == f).any()]
     for fam in families:
         part = sub[sub["family"] == fam]
-        ax.errorbar(part["gmacs"], part[metric], yerr=_col(part, f"{metric}_std").fillna(0), fmt="o",
+        ax.errorbar(part["gmacs"], part[metric], yerr=ci_halfwidths(part, metric), fmt="o",
                     color=FAMILY_COLORS[fam], ecolor=FAMILY_COLORS[fam], capsize=3, markersize=7,
-                    label=FAMILY_LABELS[fam])
+                    label=f"{FAMILY_LABELS[fam]} (bars: 95 % CI over seeds)")
     front = pareto_front(sub, "gmacs", metric)
     ax.step(front["gmacs"], front[metric], where="post", color="black", linestyle="--", linewidth=1.2,
             label="Pareto front")
@@ -135,6 +136,16 @@ def _accuracy_panel(ax: plt.Axes, sub: pd.DataFrame, metric: str, label_cols: li
     ax.set_ylabel("top-1 accuracy (%)" if metric == "top1" else "mIoU (%)")
     ax.set_title(f"data set: {dataset}")
     ax.legend(loc="best", fontsize=8)
+
+
+def ci_halfwidths(rows: pd.DataFrame, metric: str) -> np.ndarray:
+    """95 % t half-widths of each row's mean over seeds (`METRIC_ci95` from the report; 0 for one seed)."""
+    if f"{metric}_ci95" in rows.columns:
+        return rows[f"{metric}_ci95"].astype(float).fillna(0).to_numpy()
+    from bench.report import mean_ci_halfwidth
+
+    return np.array([mean_ci_halfwidth(s, n) for s, n in zip(_col(rows, f"{metric}_std"), _col(rows, f"{metric}_n"))],
+                    dtype=float).clip(min=0) if len(rows) else np.zeros(0)
 
 
 # --------------------------------------------------------------------------- latency vs tokens
@@ -324,9 +335,9 @@ def _miou_panel(ax: plt.Axes, rows: pd.DataFrame, fams: list[str]) -> None:
     for patch_group, fam in zip(ax.containers, fams):
         part = rows[rows["family"] == fam]
         ax.errorbar([p.get_x() + p.get_width() / 2 for p in patch_group][: len(part)], part["miou"],
-                    yerr=_col(part, "miou_std").fillna(0), fmt="none", ecolor="black", capsize=3)
+                    yerr=np.nan_to_num(ci_halfwidths(part, "miou")), fmt="none", ecolor="black", capsize=3)
     datasets = ", ".join(dict.fromkeys(_col(rows, "train.dataset").dropna().astype(str))) or "?"
-    ax.set_title(f"mIoU on {datasets} (mean ± sample std over seeds)")
+    ax.set_title(f"mIoU on {datasets}\n(mean over seeds; bars: 95 % t CI, none for one seed)")
     ax.set_xlabel("backbone depth")
     ax.set_ylabel("mIoU (%)")
     ax.legend(title="family", loc="lower right")
@@ -362,29 +373,95 @@ def draw(name: str, title: str, make: Callable[[], plt.Figure], out_dir: Path,
 
 # --------------------------------------------------------------------------- tokenizer attention
 
-def sample_image(dataset: str | None, size: tuple[int, int]) -> tuple["torch.Tensor", "torch.Tensor", str]:  # noqa: F821
-    """(normalised model input (3, H, W), display image (H, W), caption): a digit or a synthetic image."""
+ATTENTION_IMAGES = 4       # real test images in the attention figure
+TOKENS_PER_ROW = 16        # token panels per row of an image's block
+MAX_TOKEN_PANELS = 320     # images x tokens drawn at most: fewer images first, a token is cut only past this
+_SCAN_FOR_CLASSES = 500    # test items looked at to find images of different classes
+
+
+@dataclass
+class AttentionImages:
+    """The images an attention figure shows: model inputs, their display form and captions."""
+
+    batch: "torch.Tensor"           # noqa: F821  (B, 3, H, W), normalised as the model saw them
+    display: list[np.ndarray]       # (H, W) grey or (H, W, 3) RGB in [0, 1]
+    captions: list[str]
+    source: str                     # 'digits test images', 'synthetic image (...)'
+
+
+def synthetic_image(size: tuple[int, int]) -> tuple["torch.Tensor", np.ndarray]:  # noqa: F821
+    """A disc and a square (model input (3, H, W), display (H, W)), for runs without a data set."""
     import torch
     import torch.nn.functional as F
 
-    if str(dataset).lower() == "digits":
-        from sklearn.datasets import load_digits
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    disc = ((xx + 0.35) ** 2 + (yy + 0.3) ** 2 < 0.12).float()
+    square = ((xx - 0.4).abs() < 0.25).float() * ((yy - 0.35).abs() < 0.25).float()
+    gray = F.interpolate((0.15 + 0.7 * disc + 0.5 * square)[None, None], size=size, mode="bilinear",
+                         align_corners=False)[0, 0].clamp(0, 1)
+    return ((gray - 0.5) / 0.25).expand(3, -1, -1).contiguous(), gray.numpy()
 
-        digits = load_digits()
-        gray, caption = torch.tensor(digits.images[0] / 16.0, dtype=torch.float32), f"digits sample 0 (label {digits.target[0]})"
-        # bench.data normalises digits with the pixel mean/std of its training split; the whole
-        # set's statistics are within a few percent of those and need no split here
-        stats = torch.tensor(digits.images / 16.0, dtype=torch.float32)
-        mean, std = float(stats.mean()), float(stats.std())
-    else:
-        yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
-        disc = ((xx + 0.35) ** 2 + (yy + 0.3) ** 2 < 0.12).float()
-        square = ((xx - 0.4).abs() < 0.25).float() * ((yy - 0.35).abs() < 0.25).float()
-        gray, caption = 0.15 + 0.7 * disc + 0.5 * square, "synthetic image (a disc and a square)"
-        mean, std = 0.5, 0.25
-    gray = F.interpolate(gray[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
-    model_input = ((gray - mean) / std).expand(3, -1, -1).contiguous()
-    return model_input, gray, caption
+
+def _display(image: "torch.Tensor") -> np.ndarray:  # noqa: F821
+    """A normalised (C, H, W) image for the eye: grey when its channels agree, scaled to [0, 1]."""
+    array = image.detach().float().numpy()
+    array = array[0] if array.shape[0] == 1 or np.allclose(array, array[:1]) else np.moveaxis(array[:3], 0, -1)
+    low, high = float(array.min()), float(array.max())
+    return (array - low) / (high - low) if high > low else np.zeros_like(array)
+
+
+def _pick_indices(dataset: Any, count: int) -> list[int]:
+    """Test items to show: the first of each of `count` different classes where targets are labels
+    (so the figure shows variety), else evenly spaced items."""
+    n = len(dataset)
+    if n == 0:
+        return []
+    chosen: dict[Any, int] = {}
+    for index in range(min(n, _SCAN_FOR_CLASSES)):
+        target = dataset[index][1]
+        if not isinstance(target, (int, np.integer)):  # a segmentation mask: no class to spread over
+            break
+        chosen.setdefault(int(target), index)
+        if len(chosen) == count:
+            return sorted(chosen.values())
+    if len(chosen) >= min(count, n):
+        return sorted(chosen.values())[:count]
+    return sorted({int(i) for i in np.linspace(0, n - 1, min(count, n))})
+
+
+def attention_images(config: dict[str, Any], size: tuple[int, int], task: str, count: int = ATTENTION_IMAGES) -> AttentionImages:
+    """`count` real test images of the cell's training data set (`bench.data.build_dataset` with its
+    data-set options, at the input size it trained at); a synthetic image where the cell names no
+    data set or the data set cannot be read here (the source says which and why)."""
+    import torch
+
+    from bench.data import build_dataset
+
+    train = config.get("train") or {}
+    name = train.get("dataset")
+    reason = "the cell names no data set" if not name else None
+    if name and size[0] != size[1]:
+        reason = f"input {size[0]}x{size[1]} is not square"
+    if reason is None:
+        try:
+            dataset = build_dataset(name, "test", root=train.get("data_root"), input_size=size[0], task=task,
+                                    **dict(train.get("dataset_args") or {}))
+            indices = _pick_indices(dataset, count)
+        except Exception as exc:  # noqa: BLE001 - a figure falls back to a synthetic image and says why
+            reason = f"data set {name!r} not readable here: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    if reason is not None:
+        image, gray = synthetic_image(size)
+        return AttentionImages(image[None], [gray], ["synthetic"], f"synthetic image ({reason})")
+    items = [dataset[i] for i in indices]
+    classes = getattr(dataset, "classes", None)
+    captions = []
+    for index, (_, target) in zip(indices, items):
+        label = ""
+        if isinstance(target, (int, np.integer)):
+            label = f", {classes[int(target)]}" if classes and int(target) < len(classes) else f", label {int(target)}"
+        captions.append(f"test #{index}{label}")
+    batch = torch.stack([image for image, _ in items]).float()
+    return AttentionImages(batch, [_display(image) for image, _ in items], captions, f"{name} test images")
 
 
 def load_weights(model: Any, checkpoint: Path | None) -> str:
@@ -408,8 +485,43 @@ def load_weights(model: Any, checkpoint: Path | None) -> str:
     return "trained weights" + (f" (epoch {epoch})" if epoch is not None else "")
 
 
-def plot_attention(config: dict[str, Any], checkpoint: Path | None, max_tokens: int = 32) -> plt.Figure:
-    """The first tokenizer's attention over an input image, one panel per token (models.token_attention)."""
+def checkpoint_label(checkpoint: Path | None) -> str:
+    """A checkpoint as the title names it: RUN/cells/CELL_ID/checkpoint.pt (no machine-specific prefix)."""
+    if checkpoint is None:
+        return ""
+    parts = Path(checkpoint).parts
+    return "/".join(parts[-4:]) if len(parts) >= 4 and parts[-3] == "cells" else str(checkpoint)
+
+
+def _tokenizer_maps(model: Any, batch: "torch.Tensor") -> list[tuple[str, "torch.Tensor"]]:  # noqa: F821
+    """(module name and class, attention (B, L, h, w)) of every tokenizer, in call order
+    (`models.token_attention`, with the names caught on the same forward pass)."""
+    import models
+    from models.tokenizers import Tokenizer
+
+    names = {id(m): f"{n} ({type(m).__name__})" for n, m in model.named_modules() if isinstance(m, Tokenizer)}
+    called: list[str] = []
+    handles = [m.register_forward_hook(lambda mod, i, o: called.append(names[id(mod)]))
+               for m in model.modules() if isinstance(m, Tokenizer)]
+    try:
+        maps = models.token_attention(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(zip(called, maps))
+
+
+def _which_tokenizer(model: str, count: int) -> tuple[int, str]:
+    """Which tokenizer the figure shows: VT-ResNet's last module (the tokens its head reads), VT-FPN's
+    finest pyramid level (the most pixels to see attention on)."""
+    if family_of(model) == "vt_fpn":
+        return 0, f"pyramid level 1 of {count} (the finest)"
+    return count - 1, f"VT module {count} of {count} (the last)"
+
+
+def plot_attention(config: dict[str, Any], checkpoint: Path | None, images: int = ATTENTION_IMAGES) -> plt.Figure:
+    """One tokenizer's attention over real test images, every token's map upsampled to the input and
+    overlaid, for the cell's trained weights when it has a checkpoint (the title says which)."""
     import torch
     import torch.nn.functional as F
 
@@ -419,12 +531,20 @@ def plot_attention(config: dict[str, Any], checkpoint: Path | None, max_tokens: 
         raise PlotSkipped("models.token_attention is not available in this checkout")
     model = models.build_model(config["model"], **(config.get("model_args") or {}))
     weights = load_weights(model, checkpoint)
-    size = _size_of(config.get("input_size") or getattr(model, "default_input_size", 224))
-    image, gray, caption = sample_image((config.get("train") or {}).get("dataset"), size)
+    weights = (f"{weights} from {checkpoint_label(checkpoint)}" if checkpoint is not None and checkpoint.exists()
+               else "UNTRAINED weights (no trained cell with a checkpoint in the run)")
+    size = _size_of((config.get("train") or {}).get("input_size") or config.get("input_size")
+                    or getattr(model, "default_input_size", 224))
+    shown = attention_images(config, size, getattr(model, "task", "cls"), images)
     with torch.no_grad():
-        maps = models.token_attention(model.eval(), image[None])
-    attn = F.interpolate(maps[0][:1].float(), size=size, mode="bilinear", align_corners=False)[0]
-    return _attention_figure(attn[:max_tokens].numpy(), gray.numpy(), config, weights, caption, len(maps))
+        maps = _tokenizer_maps(model.eval(), shown.batch)
+    index, where = _which_tokenizer(config["model"], len(maps))
+    name, attn = maps[index]
+    attn = F.interpolate(attn.float(), size=size, mode="bilinear", align_corners=False).numpy()
+    options = ", ".join(f"{k}={v}" for k, v in (config.get("model_args") or {}).items()) or "default options"
+    title = (f"Tokenizer attention: {config['model']} ({options})\n"
+             f"module: {where}, {name}; {weights}\n{shown.source}")
+    return attention_figure(attn, shown.display, shown.captions, title)
 
 
 def _size_of(value: Any) -> tuple[int, int]:
@@ -433,34 +553,48 @@ def _size_of(value: Any) -> tuple[int, int]:
     return int(value), int(value)
 
 
-def _which_tokenizer(model: str, count: int) -> str:
-    """Which of the model's tokenizers the panels show (token_attention's first)."""
-    if family_of(model) == "vt_fpn":
-        return f"tokenizer of pyramid level 1 of {count} (the finest)"
-    return f"tokenizer of VT module 1 of {count}"
+def _layout(tokens: int, images: int) -> tuple[int, int, int]:
+    """(images drawn, tokens drawn per image, rows per image): every token first, then as many
+    images as `MAX_TOKEN_PANELS` allows (at least one)."""
+    drawn_tokens = min(tokens, MAX_TOKEN_PANELS)
+    drawn_images = max(1, min(images, MAX_TOKEN_PANELS // max(drawn_tokens, 1)))
+    return drawn_images, drawn_tokens, math.ceil(drawn_tokens / TOKENS_PER_ROW)
 
 
-def _attention_figure(attn: np.ndarray, gray: np.ndarray, config: dict[str, Any], weights: str,
-                      caption: str, n_tokenizers: int) -> plt.Figure:
-    tokens = attn.shape[0]
-    ncols = min(8, tokens + 1)
-    nrows = math.ceil((tokens + 1) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, 2.0 * nrows + 0.8), squeeze=False)
+def attention_figure(attn: np.ndarray, display: list[np.ndarray], captions: list[str], title: str) -> plt.Figure:
+    """A block per image: the image, then one panel per token with its map (scaled to its own max) over it.
+
+    The title ends by saying how many tokens and images are drawn, and how many tokens are left out.
+    """
+    images, tokens = attn.shape[0], attn.shape[1]
+    n_images, n_tokens, rows_per = _layout(tokens, images)
+    ncols = 1 + min(n_tokens, TOKENS_PER_ROW)
+    nrows = n_images * rows_per
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.05 * ncols + 1.2, 1.12 * nrows + 1.1), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    axes[0][0].imshow(gray, cmap="gray", vmin=0, vmax=1)
-    axes[0][0].set_title("input", fontsize=8)
+    cmap = "gray" if display[0].ndim == 2 else None
     last = None
-    for t in range(tokens):
-        ax = axes[(t + 1) // ncols][(t + 1) % ncols]
-        ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
-        last = ax.imshow(attn[t], cmap="magma", alpha=0.65)
-        ax.set_title(f"token {t + 1}", fontsize=8)
-    fig.subplots_adjust(left=0.02, right=0.86, top=1 - 0.9 / fig.get_figheight(), bottom=0.03, wspace=0.1, hspace=0.35)
+    for b in range(n_images):
+        top = b * rows_per
+        axes[top][0].imshow(display[b], cmap=cmap, vmin=0, vmax=1)
+        axes[top][0].set_title(captions[b], fontsize=6)
+        for t in range(n_tokens):
+            ax = axes[top + t // TOKENS_PER_ROW][1 + t % TOKENS_PER_ROW]
+            peak = float(attn[b, t].max())
+            ax.imshow(display[b], cmap=cmap, vmin=0, vmax=1)
+            last = ax.imshow(attn[b, t] / peak if peak > 0 else attn[b, t], cmap="magma", alpha=0.6, vmin=0, vmax=1)
+            ax.set_title(f"token {t + 1}", fontsize=6)
+    left_out = tokens - n_tokens
+    count = (f"all {tokens} tokens shown" if not left_out else
+             f"first {n_tokens} of {tokens} tokens shown ({left_out} left out)")
+    fig.suptitle(f"{title}; {count} for each of {n_images} image(s)", fontsize=9)
+    header = 1.0 / fig.get_figheight()
+    fig.subplots_adjust(left=0.01, right=1 - 1.2 / fig.get_figwidth(), top=1 - 0.75 * header - 0.35 / fig.get_figheight(),
+                        bottom=0.02, wspace=0.08, hspace=0.35)
     if last is not None:
-        cax = fig.add_axes([0.89, 0.15, 0.015, 0.6])
-        fig.colorbar(last, cax=cax, label="attention weight (softmax over pixels)")
-    options = ", ".join(f"{k}={v}" for k, v in (config.get("model_args") or {}).items()) or "default options"
-    fig.suptitle(f"Tokenizer attention over the input: {config['model']} ({options})\n"
-                 f"{_which_tokenizer(config['model'], n_tokenizers)}, {weights}; {caption}", fontsize=10)
+        cax = fig.add_axes([1 - 1.0 / fig.get_figwidth(), 0.2, 0.15 / fig.get_figwidth(), 0.5])
+        bar = fig.colorbar(last, cax=cax)
+        bar.set_label("attention / the token's max\n(softmax over pixels)", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     return fig

@@ -118,13 +118,49 @@ def flatten_record(record: dict[str, Any], run: str) -> tuple[dict[str, Any], li
         if not isinstance(value, (dict, list)):
             row[f"env.{key}"] = value
     metrics = []
-    for key, value in (record.get("metrics") or {}).items():
+    for key, value in latency_quality(record).items():
         name = key if key not in row else f"metric.{key}"
+        if key == "latency_noise_reasons" and isinstance(value, list):
+            value = "; ".join(value) if value else None  # text: aggregation joins seeds with ';'
         row[name] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
         metrics.append(name)
     row["finished_at"] = record.get("finished_at")
     row["duration_s"] = record.get("duration_s")
     return row, options, metrics
+
+
+OLD_CPU_MEMORY_KINDS = ("process_peak_rss", "process_peak_rss_lifetime")  # before "rss_added" existed
+
+
+def latency_quality(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's metrics with what the latency tables need, derived where the record predates it.
+
+    - `latency_verdict` and friends: a record measured before verdicts were recorded is judged
+      here by `bench.latency.judge_latency` from what it has (warm-up, spread, rounds), and
+      `latency_verdict_by_report` says so.
+    - `memory_added_mb` / `memory_process_peak_mb`: what the measurement added and the process
+      peak; older CPU records hold only the process peak (in `peak_mem_mb`), so "added" stays empty.
+    - `latency_session`: when the record's latency was re-timed by `vtbench interleave` (rounds of
+      records with the same session were timed side by side and can be paired).
+    """
+    metrics = dict(record.get("metrics") or {})
+    if metrics.get("latency_ms_p50") is None:
+        return metrics
+    if "latency_verdict" not in metrics:
+        from bench.latency import judge_latency
+
+        metrics.update(judge_latency(metrics), latency_verdict_by_report=True)
+    kind = metrics.get("peak_mem_kind")
+    if kind in OLD_CPU_MEMORY_KINDS:
+        metrics.update(memory_added_mb=None, memory_process_peak_mb=metrics.get("peak_mem_mb"))
+    else:
+        metrics.update(memory_added_mb=metrics.get("peak_mem_mb") if kind != "cuda_max_allocated" else None,
+                       memory_process_peak_mb=metrics.get("process_peak_rss_mb"))
+        if kind == "cuda_max_allocated":
+            metrics["memory_cuda_peak_mb"] = metrics.get("peak_mem_mb")
+    if metrics.get("latency_protocol") == "interleaved":
+        metrics["latency_session"] = (record.get("remeasured_at") or {}).get("started_at")
+    return metrics
 
 
 def _task(model: Any) -> str:
@@ -189,6 +225,7 @@ def load_runs(run_dirs: Iterable[str | Path]) -> RunData:
             missing += [{"run": run, "cell_id": record["cell_id"], "model": record["config"].get("model"),
                          "cell": _config_summary(record["config"]), "metric": m} for m in _missing_metrics(record)]
         pending += _pending_rows(run_dir, seen, notes)
+    notes += _legacy_latency_notes(rows)
     cells = pd.DataFrame(rows)
     return RunData(cells=cells, errors=_frame(errors, ["run", "cell_id", "model", "cell", "error_type", "message",
                                           "metrics measured before the error", "path"]),
@@ -197,6 +234,20 @@ def load_runs(run_dirs: Iterable[str | Path]) -> RunData:
                    missing=_frame(missing, ["run", "cell_id", "model", "cell", "metric"]),
                    option_columns=list(options), metric_columns=list(metric_names), run_dirs=dirs, notes=notes,
                    configs=configs)
+
+
+def _legacy_latency_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Say which latency rows the report had to judge itself, and which lack the memory added."""
+    notes = []
+    judged = sum(1 for r in rows if r.get("latency_verdict_by_report") is True)
+    if judged:
+        notes.append(f"{judged} latency record(s) predate recorded verdicts: judged here from their warm-up, "
+                     f"spread and rounds alone (no load average or steal time was recorded)")
+    old_memory = sum(1 for r in rows if r.get("peak_mem_kind") in OLD_CPU_MEMORY_KINDS)
+    if old_memory:
+        notes.append(f"{old_memory} CPU latency record(s) predate the memory-added figure: they give the "
+                     f"process's peak RSS only (every model the process held), so 'memory added' is empty")
+    return notes
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
@@ -314,22 +365,47 @@ def baseline_of(model: str) -> str | None:
 
 
 def add_derived(agg: pd.DataFrame) -> pd.DataFrame:
-    """Add stage GMACs/params, reductions against the baseline model and the latency ratio."""
+    """Add stage GMACs/params, reductions against the baseline model, the latency ratio and its noise."""
     agg = agg.copy()
     if agg.empty:
         return agg
     agg["family"] = agg["model"].map(lambda m: family_of(str(m)))
     for kind in ("gmacs", "params_m"):
         agg[f"stage_{kind}"] = [_stage_value(row, kind) for _, row in agg.iterrows()]
-    latency_keys = [c for c in agg.columns if c.startswith("latency.")] + list(GROUP_ENV_KEYS)
     pairs = [("gmacs", "gmacs_reduction_x", BASELINE_KEYS_COMPLEXITY, True),
              ("stage_gmacs", "stage_gmacs_reduction_x", BASELINE_KEYS_COMPLEXITY, True),
              ("stage_params_m", "stage_params_reduction_x", BASELINE_KEYS_COMPLEXITY, True),
-             ("latency_ms_p50", "latency_ratio_x", BASELINE_KEYS_COMPLEXITY + tuple(latency_keys), False)]
+             ("latency_ms_p50", "latency_ratio_x", latency_baseline_keys(agg), False)]
     for metric, out, keys, inverse in pairs:
         if metric in agg.columns:
             agg[out] = _ratio_to_baseline(agg, metric, [k for k in keys if k in agg.columns], inverse)
+    if "latency_ms_p50" in agg.columns:
+        agg = _add_latency_noise(agg)
     return agg
+
+
+def latency_baseline_keys(agg: pd.DataFrame) -> tuple[str, ...]:
+    """What a VT row's latency baseline must share with it: input, classes, stem, every latency option, device."""
+    return BASELINE_KEYS_COMPLEXITY + tuple(c for c in agg.columns if c.startswith("latency.")) + GROUP_ENV_KEYS
+
+
+def accuracy_baseline_keys(agg: pd.DataFrame) -> tuple[str, ...]:
+    """What a VT row's accuracy baseline must share with it: input, classes, stem and the training recipe."""
+    return BASELINE_KEYS_COMPLEXITY + tuple(c for c in agg.columns if c.startswith("train."))
+
+
+def baseline_positions(agg: pd.DataFrame, metric: str, keys: Iterable[str]) -> list[int | None]:
+    """For each row, the position of its baseline row (same `keys`, `metric` present), or None."""
+    keys = [k for k in keys if k in agg.columns]
+    index: dict[tuple[str, str], int] = {}
+    for pos, (_, row) in enumerate(agg.iterrows()):
+        if metric in agg.columns and not pd.isna(row.get(metric)):
+            index.setdefault((row["model"], _json_key(row[k] for k in keys)), pos)
+    out = []
+    for _, row in agg.iterrows():
+        base = baseline_of(str(row["model"]))
+        out.append(index.get((base, _json_key(row[k] for k in keys))) if base else None)
+    return out
 
 
 def _stage_value(row: pd.Series, kind: str) -> float:
@@ -340,20 +416,156 @@ def _stage_value(row: pd.Series, kind: str) -> float:
 
 def _ratio_to_baseline(agg: pd.DataFrame, metric: str, keys: list[str], inverse: bool) -> list[float]:
     """baseline/value (a reduction, `inverse`) or value/baseline, matching the baseline on `keys`."""
-    index: dict[tuple[str, str], float] = {}
-    for _, row in agg.iterrows():
-        if not pd.isna(row.get(metric)):
-            index.setdefault((row["model"], _json_key(row[k] for k in keys)), float(row[metric]))
     out = []
-    for _, row in agg.iterrows():
-        base = baseline_of(str(row["model"]))
-        ref = index.get((base, _json_key(row[k] for k in keys))) if base else None
-        value = row.get(metric)
+    for pos, base in enumerate(baseline_positions(agg, metric, keys)):
+        value = agg[metric].iloc[pos]
+        ref = agg[metric].iloc[base] if base is not None else None
         if ref is None or pd.isna(value) or not value or not ref:
             out.append(np.nan)
         else:
-            out.append(ref / float(value) if inverse else float(value) / ref)
+            out.append(float(ref) / float(value) if inverse else float(value) / float(ref))
     return out
+
+
+def _true(value: Any) -> bool:
+    """A table cell that holds a true flag (Python or numpy bool; None and NaN are not true)."""
+    return isinstance(value, (bool, np.bool_)) and bool(value)
+
+
+def _is_noisy(verdict: Any) -> bool:
+    """A (seed-joined) `latency_verdict` cell holds 'noisy' for at least one record."""
+    return isinstance(verdict, str) and "noisy" in verdict.split(";")
+
+
+def _add_latency_noise(agg: pd.DataFrame) -> pd.DataFrame:
+    """`latency_noisy` per row, `latency_ratio_noisy` when the row or its baseline is noisy, and the
+    ratio's 95 % CI over interleaved rounds (`latency_ratio_ci_*`, see `ratio_ci_over_rounds`)."""
+    verdicts = agg["latency_verdict"] if "latency_verdict" in agg.columns else pd.Series(None, index=agg.index)
+    agg["latency_noisy"] = [_is_noisy(v) for v in verdicts]
+    bases = baseline_positions(agg, "latency_ms_p50", latency_baseline_keys(agg))
+    agg["latency_ratio_noisy"] = [bool(agg["latency_noisy"].iloc[p]) or (b is not None and bool(agg["latency_noisy"].iloc[b]))
+                                  for p, b in enumerate(bases)]
+    cis = [_rounds_ci(agg.iloc[p], agg.iloc[b]) if b is not None else None for p, b in enumerate(bases)]
+    for key in ("ratio", "lo", "hi", "n", "paired", "resolved"):
+        agg[f"latency_ratio_ci_{key}"] = [ci[key] if ci else None for ci in cis]
+    return agg
+
+
+# --------------------------------------------------------------------------- statistics
+
+CONFIDENCE = 0.95
+STAT_METRICS = (("top1", "top-1"), ("miou", "mIoU"))  # differences to the baseline, with a CI over seeds
+
+
+def welch_ci(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int,
+             confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Difference a - b of two means with Welch's t confidence interval (unequal variances).
+
+    Returns `diff`, `lo`, `hi`, `df` and `resolved` (the interval excludes 0), with `note`
+    saying why there is no interval: one seed on either side, or no spread at all (the
+    Welch-Satterthwaite degrees of freedom are undefined). Without an interval it is never resolved.
+    """
+    from scipy import stats
+
+    diff = float(mean_a) - float(mean_b)
+    out = {"diff": diff, "lo": np.nan, "hi": np.nan, "df": np.nan, "resolved": False, "note": ""}
+    if not (n_a >= 2 and n_b >= 2):
+        out["note"] = f"{min(int(n_a), int(n_b))} seed" + ("s" if min(n_a, n_b) != 1 else "")
+        return out
+    var_a, var_b = float(std_a) ** 2 / n_a, float(std_b) ** 2 / n_b
+    if var_a + var_b == 0:
+        out["note"] = "no spread over seeds"
+        return out
+    df = (var_a + var_b) ** 2 / (var_a ** 2 / (n_a - 1) + var_b ** 2 / (n_b - 1))  # Welch-Satterthwaite
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(var_a + var_b)
+    out.update(lo=diff - half, hi=diff + half, df=df, resolved=bool(diff - half > 0 or diff + half < 0))
+    return out
+
+
+def mean_ci_halfwidth(std: Any, n: Any, confidence: float = CONFIDENCE) -> float:
+    """Half-width of the t confidence interval of a mean over n seeds (NaN for fewer than 2)."""
+    from scipy import stats
+
+    if n is None or pd.isna(n) or n < 2 or std is None or pd.isna(std):
+        return np.nan
+    return float(stats.t.ppf(0.5 + confidence / 2, int(n) - 1)) * float(std) / math.sqrt(int(n))
+
+
+def add_statistics(agg: pd.DataFrame) -> pd.DataFrame:
+    """For top-1 and mIoU: each row's CI half-width over seeds (`M_ci95`) and, for VT rows, the
+    difference to the baseline with Welch's 95 % CI (`M_diff`, `M_diff_lo`, `M_diff_hi`,
+    `M_diff_df`, `M_resolved`, `M_diff_note`)."""
+    agg = agg.copy()
+    for metric, _ in STAT_METRICS:
+        if metric not in agg.columns or agg[metric].isna().all():
+            continue
+        agg[f"{metric}_ci95"] = [mean_ci_halfwidth(s, n) for s, n in zip(agg[f"{metric}_std"], agg[f"{metric}_n"])]
+        bases = baseline_positions(agg, metric, accuracy_baseline_keys(agg))
+        results = []
+        for pos, base in enumerate(bases):
+            row = agg.iloc[pos]
+            if base is None or pd.isna(row[metric]):
+                results.append(None)
+                continue
+            ref = agg.iloc[base]
+            results.append(welch_ci(row[metric], row[f"{metric}_std"], row[f"{metric}_n"],
+                                    ref[metric], ref[f"{metric}_std"], ref[f"{metric}_n"]))
+        for key, col in (("diff", "diff"), ("lo", "diff_lo"), ("hi", "diff_hi"), ("df", "diff_df"),
+                         ("resolved", "resolved"), ("note", "diff_note")):
+            agg[f"{metric}_{col}"] = [r[key] if r else None for r in results]
+    return agg
+
+
+def _round_values(value: Any) -> list[list[float]]:
+    """The per-round p50 lists of a row: one JSON list per record, joined by ';' over seeds."""
+    if not isinstance(value, str) or not value.strip():
+        return []
+    return [[float(v) for v in json.loads(part)] for part in value.split(";") if part.strip()]
+
+
+def _rounds_ci(row: pd.Series, base: pd.Series) -> dict[str, Any] | None:
+    """`ratio_ci_over_rounds` for a VT row and its baseline row (None unless both have rounds)."""
+    vt_rounds, base_rounds = _round_values(row.get("latency_round_p50_ms")), _round_values(base.get("latency_round_p50_ms"))
+    if not vt_rounds or not base_rounds:
+        return None
+    session, base_session = row.get("latency_session"), base.get("latency_session")
+    # Rounds align only when both cells were timed, one record each, in the same interleave run.
+    aligned = (len(vt_rounds) == len(base_rounds) == 1 and isinstance(session, str) and ";" not in session
+               and session == base_session and len(vt_rounds[0]) == len(base_rounds[0]))
+    return ratio_ci_over_rounds(sum(vt_rounds, []), sum(base_rounds, []), paired=aligned)
+
+
+def ratio_ci_over_rounds(vt: list[float], base: list[float], *, paired: bool,
+                         confidence: float = CONFIDENCE) -> dict[str, Any] | None:
+    """Latency ratio vt / base over rounds with a t confidence interval, on the log scale.
+
+    Paired (both timed in the same rounds): the geometric mean of the per-round ratios, with the
+    t interval of the mean log ratio (n - 1 degrees of freedom). Unpaired: the ratio of geometric
+    means with Welch's interval on the log latencies. A ratio is multiplicative, so logs make
+    its interval symmetric. `resolved`: the interval excludes 1. None with fewer than 2 rounds.
+    """
+    from scipy import stats
+
+    log_vt, log_base = np.log(np.asarray(vt, float)), np.log(np.asarray(base, float))
+    if paired:
+        d = log_vt - log_base
+        n = len(d)
+        if n < 2:
+            return None
+        center, sd = float(d.mean()), float(d.std(ddof=1))
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+        lo, hi = center - half, center + half
+    else:
+        n = min(len(log_vt), len(log_base))
+        if n < 2:
+            return None
+        ci = welch_ci(log_vt.mean(), log_vt.std(ddof=1), len(log_vt), log_base.mean(), log_base.std(ddof=1),
+                      len(log_base), confidence)
+        center, lo, hi = ci["diff"], ci["lo"], ci["hi"]
+        if pd.isna(lo):
+            return None
+    return {"ratio": math.exp(center), "lo": math.exp(lo), "hi": math.exp(hi), "n": n, "paired": paired,
+            "resolved": bool(lo > 0 or hi < 0)}
 
 
 # --------------------------------------------------------------------------- tables
@@ -435,7 +647,24 @@ def complexity_table(agg: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
     out["stage GMACs (stage 5 / VT / FPN module)"] = [fmt(v, 3) for v in rows["stage_gmacs"]]
     out["total reduction vs baseline"] = [_ratio(v, b) for v, b in zip(rows.get("gmacs_reduction_x", [np.nan] * len(rows)), is_base)]
     out["stage reduction vs baseline"] = [_ratio(v, b) for v, b in zip(rows.get("stage_gmacs_reduction_x", [np.nan] * len(rows)), is_base)]
+    if "counter_agree" in rows.columns and rows["counter_agree"].notna().any():
+        out["counters (traced vs executed)"] = [counter_note(a, g) for a, g in
+                                                zip(rows["counter_agree"], _column(rows, "counter_gap_pct"))]
     return out
+
+
+def counter_note(agree: Any, gap_pct: Any) -> str:
+    """'disagree by +1.48 %' where a record's `counter_agree` is False (fvcore's traced count vs the
+    executed count), 'agree' where it is True, '' where the record predates the check."""
+    if agree is None or (not isinstance(agree, str) and pd.isna(agree)):
+        return ""
+    if "False" in str(agree).split(";"):
+        return f"disagree by {float(gap_pct):+.2f} %" if _is_number(gap_pct) else "disagree"
+    return "agree"
+
+
+def _column(rows: pd.DataFrame, name: str) -> pd.Series:
+    return rows[name] if name in rows.columns else pd.Series(np.nan, index=rows.index)
 
 
 def latency_settings(agg: pd.DataFrame) -> list[str]:
@@ -461,15 +690,47 @@ def latency_tables(agg: pd.DataFrame, label_cols: list[str]) -> list[tuple[str, 
 
 def _latency_rows(group: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
     out = _label_frame(group, label_cols)
-    col = lambda name: group[name] if name in group.columns else pd.Series(np.nan, index=group.index)  # noqa: E731
+    col = lambda name: _column(group, name)  # noqa: E731
     out["p50 ms (p20-p80)"] = [f"{fmt(m)} ({fmt(lo)}-{fmt(hi)})" if not pd.isna(m) else ""
                                for m, lo, hi in zip(col("latency_ms_p50"), col("latency_ms_p20"), col("latency_ms_p80"))]
     out["throughput (img/s)"] = [fmt(v, 1) for v in col("throughput_img_s")]
-    out["peak memory (MB)"] = [fmt(v, 1) for v in col("peak_mem_mb")]
+    out["memory added (MB)"] = [fmt(v, 1) for v in col("memory_added_mb")]
+    out["process peak RSS (MB)"] = [fmt(v, 1) for v in col("memory_process_peak_mb")]
+    if col("memory_cuda_peak_mb").notna().any():
+        out["CUDA peak allocated (MB)"] = [fmt(v, 1) for v in col("memory_cuda_peak_mb")]
     out["batch used"] = [fmt(v, 0) for v in col("batch_size_used")]
+    out["verdict"] = [verdict_text(v, r) for v, r in zip(col("latency_verdict"), col("latency_noise_reasons"))]
     is_base = group["family"].isin(["resnet", "fpn"]).values
-    out["p50 / baseline"] = [_ratio(v, b) for v, b in zip(col("latency_ratio_x"), is_base)]
+    out["p50 / baseline"] = [_noisy_ratio(v, b, n) for v, b, n in
+                             zip(col("latency_ratio_x"), is_base, col("latency_ratio_noisy"))]
+    if col("latency_ratio_ci_ratio").notna().any():
+        out["ratio over rounds (95 % CI)"] = [_rounds_ci_text(row) for _, row in group.iterrows()]
     return out
+
+
+def verdict_text(verdict: Any, reasons: Any) -> str:
+    """'ok', or 'noisy: reason; reason' for a latency row ('' where there is no verdict)."""
+    if _is_noisy(verdict):
+        return "noisy" + (f": {reasons}" if isinstance(reasons, str) and reasons else "")
+    return "ok" if isinstance(verdict, str) and verdict else ""
+
+
+def _noisy_ratio(value: Any, is_baseline: bool, noisy: Any) -> str:
+    """The ratio to the baseline, '0.69x (noisy)' when it is built from a noisy row (either side)."""
+    text = _ratio(value, is_baseline)
+    return f"{text} (noisy)" if text and _true(noisy) and not is_baseline else text
+
+
+def _rounds_ci_text(row: pd.Series) -> str:
+    """'0.89x [0.84-0.95], resolved (paired, 5 rounds)' from the row's `latency_ratio_ci_*`."""
+    ratio = row.get("latency_ratio_ci_ratio")
+    if ratio is None or pd.isna(ratio):
+        return ""
+    word = "resolved" if _true(row.get("latency_ratio_ci_resolved")) else "not resolved"
+    how = "paired" if _true(row.get("latency_ratio_ci_paired")) else "unpaired, Welch"
+    noisy = " (noisy)" if _true(row.get("latency_ratio_noisy")) else ""
+    return (f"{ratio:.2f}x [{row['latency_ratio_ci_lo']:.2f}-{row['latency_ratio_ci_hi']:.2f}], {word} "
+            f"({how}, {int(row['latency_ratio_ci_n'])} rounds){noisy}")
 
 
 ACCURACY_COLUMNS = (("top1", "top-1 (%)"), ("top5", "top-5 (%)"), ("miou", "mIoU (%)"),
@@ -477,7 +738,8 @@ ACCURACY_COLUMNS = (("top1", "top-1 (%)"), ("top5", "top-5 (%)"), ("miou", "mIoU
 
 
 def accuracy_table(agg: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
-    """Top-1 / mIoU as mean ± sample std (n) per configuration, with data set, epochs and input."""
+    """Top-1 / mIoU as mean ± sample std (n) per configuration, with data set, epochs and input, and
+    for top-1 and mIoU the difference to the baseline with its 95 % CI (Welch) and whether it is resolved."""
     present = [(m, title) for m, title in ACCURACY_COLUMNS if m in agg.columns and agg[m].notna().any()]
     if not present:
         return pd.DataFrame()
@@ -488,9 +750,38 @@ def accuracy_table(agg: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
             out[title] = [fmt(v, 0) if _is_number(v) else str(v) for v in rows[col]]
     for metric, title in present:
         out[title] = [fmt_pm(m, s, n) for m, s, n in zip(rows[metric], rows[f"{metric}_std"], rows[f"{metric}_n"])]
+    is_base = rows["family"].isin(["resnet", "fpn"]).values if "family" in rows.columns else [False] * len(rows)
+    for metric, name in STAT_METRICS:
+        if f"{metric}_diff" not in rows.columns:
+            continue
+        out[f"Δ {name} vs baseline (95 % CI, Welch)"] = [
+            "baseline" if b and not pd.isna(m) else diff_text(r, metric) for (_, r), b, m in
+            zip(rows.iterrows(), is_base, rows[metric])]
+        out[f"Δ {name} resolved?"] = [resolved_text(r, metric) if not b else "" for (_, r), b in zip(rows.iterrows(), is_base)]
     if "gmacs" in rows.columns:
         out["GMACs"] = [fmt(v, 3) for v in rows["gmacs"]]
     return out
+
+
+def diff_text(row: pd.Series, metric: str) -> str:
+    """'+1.50 [-0.30, +3.30]' (points), or '+1.50 (no CI: 1 seed)'; '' without a baseline."""
+    diff, lo, hi = row.get(f"{metric}_diff"), row.get(f"{metric}_diff_lo"), row.get(f"{metric}_diff_hi")
+    if diff is None or pd.isna(diff):
+        return ""
+    if lo is None or pd.isna(lo):
+        return f"{diff:+.2f} (no CI: {row.get(f'{metric}_diff_note') or 'too few seeds'})"
+    return f"{diff:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def resolved_text(row: pd.Series, metric: str) -> str:
+    """'yes' when the CI excludes 0, 'no' otherwise (with the reason where there is no CI)."""
+    diff = row.get(f"{metric}_diff")
+    if diff is None or pd.isna(diff):
+        return ""
+    if _true(row.get(f"{metric}_resolved")):
+        return "yes"
+    note = row.get(f"{metric}_diff_note")
+    return f"no ({note})" if note else "no"
 
 
 def cell_options(table: pd.DataFrame, option_columns: list[str]) -> dict[str, str]:
@@ -569,7 +860,7 @@ def build_report(run_dirs: Iterable[str | Path]) -> Report:
     from bench.reference import compare
 
     data = load_runs(run_dirs)
-    table = add_derived(aggregate(data))
+    table = add_statistics(add_derived(aggregate(data)))
     label_cols = varying_columns(table, [*data.option_columns, "input_size"]) if not table.empty else []
     comparison = compare(table) if not table.empty else compare(pd.DataFrame(columns=["model"]))
     sections: list[tuple[str, Any]] = [
@@ -663,8 +954,37 @@ def _header(report: Report) -> str:
              " GMACs are multiply-accumulates per image (the paper's FLOPs); reductions are baseline / VT"
              " (ResNet-N for VT-ResNet-N, FPN-RN for VT-FPN-RN, same input), latency ratios VT / baseline;"
              " an empty option column means the model's default"]
+    lines += _method_lines(report.table)
     lines += [f"- note: {note}" for note in data.notes]
     return "\n".join(lines) + "\n"
+
+
+def _method_lines(table: pd.DataFrame) -> list[str]:
+    """Header bullets that say how the statistics, verdicts and memory figures in the tables are made."""
+    from bench.latency import NOISE_LOAD_MARGIN, NOISE_SPREAD_MAX, NOISE_STEAL_MAX_PCT
+
+    lines = []
+    if any(f"{m}_diff" in table.columns for m, _ in STAT_METRICS):
+        lines.append("- accuracy vs baseline: Δ = VT mean - baseline mean in points, with a 95 % confidence interval"
+                     " from Welch's t (unequal variances, Welch-Satterthwaite degrees of freedom) over seeds;"
+                     " 'resolved' means the interval excludes 0; one seed on either side gives no interval and"
+                     " is never resolved; plot error bars are the 95 % t interval of each mean")
+    if "latency_verdict" in table.columns:
+        lines.append(f"- latency verdict: a row is 'noisy' when its warm-up did not settle, its spread p80/p20 (or"
+                     f" its rounds' p50 spread) exceeds {NOISE_SPREAD_MAX:g}, the 1-min load average before or"
+                     f" after exceeds its threads + {NOISE_LOAD_MARGIN:g}, or steal time exceeds"
+                     f" {NOISE_STEAL_MAX_PCT:g} % (bench/latency.py); a ratio built from a noisy row (either"
+                     f" side) is marked '(noisy)'")
+        lines.append("- memory: 'memory added' is the peak RSS during the measurement minus the RSS just before it"
+                     " (CPU); 'process peak RSS' is the whole process's peak beside it")
+    if "latency_ratio_ci_ratio" in table.columns and table["latency_ratio_ci_ratio"].notna().any():
+        lines.append("- latency ratio over rounds (`vtbench interleave`): geometric mean of VT / baseline with a"
+                     " 95 % t interval on log latencies, paired by round when both cells were timed in the same"
+                     " interleave run (else Welch's t); 'resolved' means the interval excludes 1")
+    if "counter_agree" in table.columns and table["counter_agree"].astype(str).str.contains("False").any():
+        lines.append("- counters: some rows' traced (fvcore) and executed (FlopCounterMode) MAC counts disagree"
+                     " by more than the complexity check allows; see the Complexity table's counters column")
+    return lines
 
 
 def _status_sections(data: RunData) -> list[tuple[str, pd.DataFrame]]:

@@ -30,19 +30,21 @@ class SleepyNet(nn.Module):
     task = "cls"
     default_input_size = 8
 
-    def __init__(self, sleep_ms: float):
+    def __init__(self, sleep_ms: float, alloc_mb: int = 0):
         super().__init__()
         self.num_classes = 2
-        self.sleep_ms = sleep_ms
+        self.sleep_ms, self.alloc_mb = sleep_ms, alloc_mb
         self.stem = nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        block = torch.ones(self.alloc_mb * 2**20 // 4) if self.alloc_mb else None  # touched: resident
         time.sleep(self.sleep_ms / 1000)
-        return self.stem(x)
+        out = self.stem(x)
+        return out + block[-1] if block is not None else out
 
 
-def sleepy_net(sleep_ms: float = 1.0) -> nn.Module:
-    return SleepyNet(sleep_ms)
+def sleepy_net(sleep_ms: float = 1.0, alloc_mb: int = 0) -> nn.Module:
+    return SleepyNet(sleep_ms, alloc_mb)
 
 
 @pytest.fixture
@@ -84,6 +86,60 @@ def test_combine_rounds_takes_medians_min_sum_and_max():
     assert out["throughput_img_s"] == pytest.approx(4 / 0.012)
     assert out["latency_round_p50_ms"] == [10.0, 30.0, 12.0]
     assert out["latency_rounds"] == 3 and out["latency_protocol"] == "interleaved"
+
+
+def test_combined_rounds_are_judged_again_and_keep_the_worst_machine_figures():
+    def round_(p50, settled=True, load=0.5, steal=0.0, mem=10.0):
+        return dict(latency_ms_p50=p50, latency_ms_p20=p50 * 0.98, latency_ms_p80=p50 * 1.02, latency_ms_mean=p50,
+                    latency_ms_min=p50 * 0.9, latency_iters=10, peak_mem_mb=mem, process_peak_rss_mb=500 + mem,
+                    warmup_settled=settled, loadavg_before=load, loadavg_after=load, steal_pct=steal, threads=1,
+                    latency_verdict="ok" if settled else "noisy")
+
+    calm = inter.combine_rounds([round_(10.0), round_(10.1, mem=12.0), round_(10.05)])
+    assert calm["latency_verdict"] == "ok" and calm["latency_noise_reasons"] == []
+    assert calm["peak_mem_mb"] == 12.0 and calm["process_peak_rss_mb"] == 512.0  # the cell's own worst round
+    assert calm["warmup_settled"] is True and calm["latency_round_verdicts"] == ["ok", "ok", "ok"]
+    rough = inter.combine_rounds([round_(10.0), round_(10.1, settled=False), round_(10.05, load=4.5, steal=3.0)])
+    assert rough["latency_verdict"] == "noisy" and rough["warmup_settled"] is False
+    assert rough["loadavg_after"] == 4.5 and rough["steal_pct"] == 3.0
+    reasons = rough["latency_noise_reasons"]
+    assert "warm-up did not settle (1 of 3 rounds)" in reasons
+    assert any(r.startswith("load 4.50 before") for r in reasons) and any(r.startswith("steal 3.0") for r in reasons)
+    drifting = inter.combine_rounds([round_(p) for p in (10.0, 14.0, 10.2, 13.8, 10.1)])
+    assert any(r.startswith("rounds' p50 spread") for r in drifting["latency_noise_reasons"])
+
+
+def test_each_cell_keeps_its_own_memory_figure(tmp_path, monkeypatch):
+    """Cells interleaved in one process share its RSS; each keeps what ITS measurements added."""
+    monkeypatch.syspath_prepend(str(REPO))
+    grid = {"name": "hungry", "description": "memory per cell",
+            "base": {"model": SLEEPY, "measure": ["latency"], "input_size": 8, "latency": dict(FAST)},
+            "axes": {"model_args.alloc_mb": [4, 96]}}
+    path = tmp_path / "hungry.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    run = tmp_path / "run"
+    assert launch(path, cluster="debug", run_dir=run).ok
+    updated = inter.interleave(run, rounds=2)
+    memory = {r["config"]["model_args"]["alloc_mb"]: r["metrics"] for r in updated}
+    if memory[96].get("peak_mem_method") is None:
+        pytest.skip("no CPU memory figures on this platform")
+    assert memory[96]["peak_mem_mb"] >= 90
+    assert memory[4]["peak_mem_mb"] < 60  # not the 96 MiB cell's figure, nor the process's RSS
+    assert memory[96]["process_peak_rss_mb"] > memory[96]["peak_mem_mb"]
+
+
+def test_cli_marks_noisy_cells(run_dir, monkeypatch, caplog):
+    import bench.latency as latency
+
+    monkeypatch.setattr(latency, "_loadavg_1min", lambda: 40.0)  # a machine far busier than 1 thread
+    with caplog.at_level("INFO"):
+        assert cli_main(["interleave", str(run_dir), "--rounds", "2", "--min-time-s", "0.02"]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "vtbench.interleave"]
+    cells = [line for line in lines if " p50 " in line]
+    assert len(cells) == 2 and all("NOISY: " in line and "load 40.00 before > 1 threads + 1" in line for line in cells)
+    assert any("2 of 2 cell(s) are noisy" in line for line in lines)
+    records = [r for r in _records(run_dir).values() if "latency" in r["config"]["measure"]]
+    assert all(r["metrics"]["latency_verdict"] == "noisy" for r in records)
 
 
 def test_interleave_measures_in_alternating_order_and_updates_only_latency(run_dir, monkeypatch):

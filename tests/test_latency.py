@@ -127,16 +127,113 @@ def test_other_errors_are_not_treated_as_oom():
     assert not is_oom(ValueError("out of range"))
 
 
-def test_peak_rss_covers_the_forward_allocation():
-    class Allocates(nn.Module):
-        def forward(self, x):
-            block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-            return x.mean() + block[-1]
+class Allocates(nn.Module):
+    """Each forward touches a fresh block of `mb` MiB and holds it for `hold_s` (so a sampler sees it)."""
 
-    result = measure_latency(Allocates(), input_size=4, batch_size=1, **FAST)
-    if result["peak_mem_kind"] != "process_peak_rss":
-        pytest.skip("peak RSS cannot be reset on this platform")
-    assert result["peak_mem_mb"] - result["mem_before_mb"] >= 60
+    def __init__(self, mb: int, hold_s: float = 0.0):
+        super().__init__()
+        self.mb, self.hold_s = mb, hold_s
+
+    def forward(self, x):
+        block = torch.ones(self.mb * 2**20 // 4)  # touched, so resident
+        if self.hold_s:
+            time.sleep(self.hold_s)
+        return x.mean() + block[-1]
+
+
+def test_cpu_memory_is_what_the_measurement_added_beside_the_process_peak():
+    big = measure_latency(Allocates(64), input_size=4, batch_size=1, threads=1, **FAST)
+    if big["peak_mem_method"] != "vmhwm_reset":
+        pytest.skip("VmHWM cannot be reset on this platform (the sampler test covers the fallback)")
+    assert big["peak_mem_kind"] == "rss_added"
+    assert big["peak_mem_mb"] >= 60  # the 64 MiB block
+    # the process peak is the whole process: what it held before, plus what was added
+    assert big["process_peak_rss_mb"] == pytest.approx(big["mem_before_mb"] + big["peak_mem_mb"], abs=1.0)
+    assert big["process_peak_rss_mb"] > big["peak_mem_mb"] + 50  # the interpreter and torch alone
+    small = measure_latency(Allocates(1), input_size=4, batch_size=1, threads=1, **FAST)
+    assert small["peak_mem_mb"] < big["peak_mem_mb"] - 40  # each measurement gets its own figure
+
+
+def test_peak_rss_falls_back_to_a_sampling_thread(monkeypatch):
+    import bench.latency as latency
+
+    monkeypatch.setattr(latency, "_reset_peak_rss", lambda: False)
+    result = measure_latency(Allocates(64, hold_s=0.02), input_size=4, batch_size=1, threads=1, **FAST)
+    if result["mem_before_mb"] is None:
+        pytest.skip("no /proc/self/statm on this platform")
+    assert result["peak_mem_method"] == "rss_sampled"
+    assert result["peak_mem_mb"] >= 60
+    assert not any(t.name == "vtbench-rss-sampler" for t in __import__("threading").enumerate())  # stopped
+
+
+# ---------------------------------------------------------------- the verdict --------------
+
+ROW = dict(latency_ms_p20=10.0, latency_ms_p50=10.5, latency_ms_p80=11.0, warmup_settled=True,
+           loadavg_before=0.5, loadavg_after=1.2, steal_pct=0.0, threads=2)
+
+
+@pytest.mark.parametrize("change, reason", [
+    (dict(), None),
+    (dict(warmup_settled=False), "warm-up did not settle"),
+    (dict(latency_ms_p80=12.6), "spread p80/p20 1.26 > 1.25"),
+    (dict(loadavg_before=3.2), "load 3.20 before > 2 threads + 1"),
+    (dict(loadavg_after=3.01), "load 3.01 after > 2 threads + 1"),
+    (dict(steal_pct=2.5), "steal 2.5 % > 2 %"),
+    (dict(latency_round_p50_ms=[10.0, 10.2, 14.0, 10.1, 13.5]), "rounds' p50 spread"),
+])
+def test_verdict_names_each_reason_for_noise(change, reason):
+    from bench.latency import judge_latency
+
+    verdict = judge_latency({**ROW, **change})
+    assert verdict["latency_spread_p80_p20"] == pytest.approx(({**ROW, **change})["latency_ms_p80"] / 10.0)
+    if reason is None:
+        assert verdict["latency_verdict"] == "ok" and verdict["latency_noise_reasons"] == []
+    else:
+        assert verdict["latency_verdict"] == "noisy"
+        assert len(verdict["latency_noise_reasons"]) == 1 and verdict["latency_noise_reasons"][0].startswith(reason)
+
+
+def test_verdict_thresholds_are_inclusive_and_missing_figures_do_not_count():
+    from bench.latency import NOISE_LOAD_MARGIN, NOISE_SPREAD_MAX, judge_latency
+
+    at_limits = {**ROW, "latency_ms_p80": 10.0 * NOISE_SPREAD_MAX, "loadavg_after": 2 + NOISE_LOAD_MARGIN, "steal_pct": 2.0}
+    assert judge_latency(at_limits)["latency_verdict"] == "ok"
+    bare = {"latency_ms_p20": 10.0, "latency_ms_p50": 10.5, "latency_ms_p80": 11.0}  # an old record
+    assert judge_latency(bare)["latency_verdict"] == "ok"
+    several = judge_latency({**ROW, "warmup_settled": False, "steal_pct": 9.0, "loadavg_before": 7.0})
+    assert len(several["latency_noise_reasons"]) == 3
+
+
+def test_a_measurement_carries_its_verdict_and_machine_figures(monkeypatch):
+    import bench.latency as latency
+
+    monkeypatch.setattr(latency, "_loadavg_1min", lambda: 0.1)
+    quiet = measure_latency(tiny_cnn(), input_size=8, batch_size=1, threads=1, **FAST)
+    for key in ("latency_verdict", "latency_noise_reasons", "latency_spread_p80_p20", "loadavg_before",
+                "loadavg_after", "steal_pct"):
+        assert key in quiet, key
+    assert quiet["loadavg_before"] == 0.1
+    assert quiet["latency_spread_p80_p20"] == pytest.approx(quiet["latency_ms_p80"] / quiet["latency_ms_p20"])
+    ticks = iter([(100, 10_000), (400, 20_000)])  # 300 of 10,000 ticks stolen: 3 %
+    monkeypatch.setattr(latency, "_cpu_ticks", lambda: next(ticks))
+    monkeypatch.setattr(latency, "_loadavg_1min", lambda: 9.0)
+    busy = measure_latency(tiny_cnn(), input_size=8, batch_size=1, threads=1, **FAST)
+    assert busy["steal_pct"] == pytest.approx(3.0)
+    assert busy["latency_verdict"] == "noisy"
+    reasons = " | ".join(busy["latency_noise_reasons"])
+    assert "load 9.00 before > 1 threads + 1" in reasons and "steal 3.0 %" in reasons
+
+
+def test_latency_notes_explain_memory_and_flag_noisy_rows():
+    from bench.latency import latency_notes
+
+    rows = [{"batch_size_requested": 1, "peak_mem_kind": "rss_added", "latency_verdict": "ok", "latency_noise_reasons": []},
+            {"batch_size_requested": 8, "peak_mem_kind": "rss_added", "latency_verdict": "noisy",
+             "latency_noise_reasons": ["warm-up did not settle", "spread p80/p20 1.40 > 1.25"]}]
+    lines = latency_notes(rows)
+    assert any("added" in line for line in lines)
+    assert [line for line in lines if line.startswith("NOISY")] == [
+        "NOISY at batch 8: warm-up did not settle; spread p80/p20 1.40 > 1.25"]
 
 
 @pytest.mark.parametrize("kwargs, message", [

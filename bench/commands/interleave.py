@@ -38,9 +38,22 @@ def run(args: argparse.Namespace) -> int:
         updated = interleave(args.run_dir, rounds=args.rounds, only=args.cells, timing=timing,
                              progress=progress)
     for record in updated:
-        m = record["metrics"]
-        spread = ", ".join(f"{v:.1f}" for v in m["latency_round_p50_ms"])
-        log.info("%s  p50 %.2f ms (rounds: %s)", record["cell_id"], m["latency_ms_p50"], spread)
+        log.info("%s", cell_line(record))
+    noisy = [r for r in updated if r["metrics"].get("latency_verdict") == "noisy"]
+    if noisy:
+        log.warning("%d of %d cell(s) are noisy (see bench.latency for the thresholds); their ratios are "
+                    "marked in the report", len(noisy), len(updated))
     log.info("updated %d record(s) in %s/records; `vtbench report %s` rebuilds the tables",
              len(updated), args.run_dir, args.run_dir)
     return 0
+
+
+def cell_line(record: dict) -> str:
+    """One cell's line: p50, every round's p50, memory added, and its verdict (with reasons if noisy)."""
+    m = record["metrics"]
+    spread = ", ".join(f"{v:.1f}" for v in m["latency_round_p50_ms"])
+    memory = f"  mem {m['peak_mem_mb']:.1f} MB" if m.get("peak_mem_mb") is not None else ""
+    verdict = m.get("latency_verdict") or "?"
+    if verdict == "noisy":
+        verdict = "NOISY: " + "; ".join(m.get("latency_noise_reasons") or [])
+    return f"{record['cell_id']}  p50 {m['latency_ms_p50']:.2f} ms (rounds: {spread}){memory}  {verdict}"

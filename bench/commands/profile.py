@@ -223,6 +223,7 @@ LATENCY_COLUMNS = (
     ("batch_size_requested", "batch", ""), ("batch_size_used", "used", ""),
     ("latency_ms_p50", "p50 ms", ".2f"), ("latency_ms_p20", "p20 ms", ".2f"), ("latency_ms_p80", "p80 ms", ".2f"),
     ("latency_iters", "iters", ""), ("throughput_img_s", "img/s", ".1f"), ("peak_mem_mb", "peak MiB", ".0f"),
+    ("process_peak_rss_mb", "process MiB", ".0f"), ("latency_verdict", "verdict", ""),
     ("error", "error", ""),
 )
 
@@ -244,12 +245,15 @@ def render(config: dict[str, Any], metrics: dict[str, Any]) -> str:
                      f" GMACs; unsupported ops: {', '.join(f'{k} x{v}' for k, v in unsupported.items()) or 'none'}"
                      if fvcore is not None else "")
     if "latency" in metrics:
+        from bench.latency import latency_notes
+
         rows = metrics["latency"]
         parts.append(format_table(rows, LATENCY_COLUMNS if any("error" in r for r in rows) else LATENCY_COLUMNS[:-1]))
         done = [r for r in rows if "error" not in r]
         if done:
             parts.append(f"timer: {done[0]['timer']}; threads {done[0]['threads']}; "
                          f"peak memory = {done[0]['peak_mem_kind']}")
+            parts.append("\n".join(latency_notes(done)))  # memory meaning, and a NOISY line per noisy row
     return "\n\n".join(p for p in parts if p)
 
 
