@@ -8,6 +8,7 @@ returned data set carries `task`, `num_classes` and `input_size` attributes.
 | name       | tasks    | classes       | source                                             |
 | ---------- | -------- | ------------- | -------------------------------------------------- |
 | `digits`   | cls      | 10            | scikit-learn's 1,797 8x8 digits, shipped with it    |
+| `fashion_mnist` | cls | 10            | Zalando's 70,000 28x28 images, Debian's `dataset-fashion-mnist` IDX files |
 | `shapes`   | cls, seg | 4 / 5         | seeded synthetic shapes, generated on the fly       |
 | `cifar10`  | cls      | 10            | torchvision CIFAR-10 from a local root              |
 | `cifar100` | cls      | 100           | torchvision CIFAR-100 from a local root             |
@@ -205,6 +206,70 @@ def _build_digits(split: str, root: Any, input_size: int, task: str,
     normalised = ((pixels[chosen] - mean) / std).contiguous()
     shift = max(1, input_size // 16) if (augment and split == "train") else 0
     return TensorImageDataset(normalised, torch.from_numpy(labels[chosen]).long(), 10, shift=shift)
+
+
+# --------------------------------------------------------------------------------------------
+# fashion_mnist: the original IDX files, as Debian's dataset-fashion-mnist installs them
+# --------------------------------------------------------------------------------------------
+
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+"""Where `apt-get install dataset-fashion-mnist` puts the four IDX files (`dpkg -L` lists them)."""
+FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                       "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FASHION_MNIST_SUBSET_SEED = 0
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (optionally .gz) as a numpy array: magic (0, 0, dtype 0x08 = uint8, ndim), then sizes."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    if data[:3] != b"\x00\x00\x08":
+        raise UsageError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _idx_path(root: Path, name: str) -> Path:
+    """`root/name.gz` or `root/name`; a UsageError naming the Debian package when neither exists."""
+    for candidate in (root / f"{name}.gz", root / name):
+        if candidate.exists():
+            return candidate
+    raise UsageError(f"Fashion-MNIST not found: no {name}(.gz) in {root}; install it with "
+                     f"`apt-get install dataset-fashion-mnist` (or pass data_root=DIR holding the IDX files)")
+
+
+def _stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """`size` indices with (nearly) equal counts per class, drawn with a fixed seed, sorted."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    quota = [size // len(classes) + (i < size % len(classes)) for i in range(len(classes))]
+    return np.sort(np.concatenate([idx[:q] for idx, q in zip(per_class, quota)]))
+
+
+def _build_fashion_mnist(split: str, root: Any, input_size: int, task: str, train_subset: int | None = None,
+                         augment: bool = False) -> Dataset:
+    """Fashion-MNIST from its IDX files, resized to `input_size`, normalised with the full training
+    split's mean and std; `train_subset` keeps that many training images, class-balanced, fixed seed."""
+    root = Path(root) if root else FASHION_MNIST_ROOT
+    names = FASHION_MNIST_FILES["train" if split == "train" else "test"]
+    images, labels = (read_idx(_idx_path(root, n)) for n in names)
+    if split == "train" and train_subset:
+        if not 10 <= int(train_subset) <= len(labels):
+            raise UsageError(f"train_subset must be in 10..{len(labels)} (got {train_subset})")
+        keep = _stratified_subset(labels, int(train_subset), FASHION_MNIST_SUBSET_SEED)
+        images, labels = images[keep], labels[keep]
+    pixels = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    if input_size != 28:
+        pixels = F.interpolate(pixels, size=(input_size, input_size), mode="bilinear", align_corners=False)
+    mean, std = 0.2860, 0.3530  # the 60,000 training images at 28x28
+    shift = max(1, input_size // 14) if (augment and split == "train") else 0
+    return TensorImageDataset(((pixels - mean) / std).contiguous(), torch.from_numpy(labels.astype(np.int64)),
+                              10, shift=shift)
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,6 +522,9 @@ def _register_builtin() -> None:
                     "(python pickles: {files}), downloaded beforehand")
     register_dataset(DatasetSpec("digits", ("cls",), {"cls": 10}, {"cls": 32}, False,
                                  "none (shipped with scikit-learn)", _build_digits))
+    register_dataset(DatasetSpec("fashion_mnist", ("cls",), {"cls": 10}, {"cls": 28}, False,
+                                 f"the IDX files in {FASHION_MNIST_ROOT} (apt-get install dataset-fashion-mnist), "
+                                 "or data_root=DIR holding them", _build_fashion_mnist))
     register_dataset(DatasetSpec("shapes", ("cls", "seg"), {"cls": 4, "seg": 5},
                                  {"cls": 32, "seg": 64}, False, "none (generated)", _build_shapes))
     for variant, folder, files in (("cifar10", "cifar-10-batches-py",

@@ -39,6 +39,9 @@ and what the alternatives give). VT-ResNet options:
   Parameters and MACs are the same under both.
 - zero_init_residual (True, every model, baselines included): each residual block of the trunk
   starts as the identity (`models.resnet.torchvision_trunk`); False is torchvision's default init.
+- width (1.0, classification models): channel multiplier of the stem and stages (0.25 for the CPU
+  accuracy studies, which say so); a VT stage then sees C x width channels, and `token_channels`
+  is set by the study (it is not scaled implicitly).
 """
 
 from __future__ import annotations
@@ -53,40 +56,45 @@ from models.transformer import TRANSFORMERS
 from models.vt import TokenHead, make_vt_stage
 
 
-def _resnet(depth: int, num_classes: int, stem: str, zero_init_residual: bool) -> ResNetClassifier:
+def _resnet(depth: int, num_classes: int, stem: str, zero_init_residual: bool, width: float) -> ResNetClassifier:
     if stem not in STEMS:
         raise ValueError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
-    return ResNetClassifier(depth, num_classes=num_classes, stem=stem, zero_init_residual=zero_init_residual)
+    return ResNetClassifier(depth, num_classes=num_classes, stem=stem, zero_init_residual=zero_init_residual,
+                            width=width)
 
 
 @register_model
-def resnet18(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True):
+def resnet18(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True,
+             width: float = 1.0):
     """torchvision ResNet-18 with stage children."""
-    return _resnet(18, num_classes, stem, zero_init_residual)
+    return _resnet(18, num_classes, stem, zero_init_residual, width)
 
 
 @register_model
-def resnet34(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True):
+def resnet34(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True,
+             width: float = 1.0):
     """torchvision ResNet-34 with stage children."""
-    return _resnet(34, num_classes, stem, zero_init_residual)
+    return _resnet(34, num_classes, stem, zero_init_residual, width)
 
 
 @register_model
-def resnet50(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True):
+def resnet50(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True,
+             width: float = 1.0):
     """torchvision ResNet-50 with stage children."""
-    return _resnet(50, num_classes, stem, zero_init_residual)
+    return _resnet(50, num_classes, stem, zero_init_residual, width)
 
 
 @register_model
-def resnet101(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True):
+def resnet101(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True,
+             width: float = 1.0):
     """torchvision ResNet-101 with stage children."""
-    return _resnet(101, num_classes, stem, zero_init_residual)
+    return _resnet(101, num_classes, stem, zero_init_residual, width)
 
 
 def _vt_resnet(depth: int, *, num_classes: int, stem: str, num_tokens: int, token_channels: int, tokenizer: str,
                recurrent: bool, transformer: str, projector: bool, last_projector: bool, num_modules: int,
                qk_channels, heads, kqv_groups, ff_channels, proj_channels, proj_groups: int, refresh: str,
-               kmeans_iters: int, head_hidden, numerics: str, zero_init_residual: bool) -> VTResNet:
+               kmeans_iters: int, head_hidden, numerics: str, zero_init_residual: bool, width: float) -> VTResNet:
     """Validate the options and assemble a VT-ResNet."""
     if stem not in STEMS:
         raise ValueError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
@@ -106,7 +114,8 @@ def _vt_resnet(depth: int, *, num_classes: int, stem: str, num_tokens: int, toke
         tokenizer_kwargs={"refresh": refresh, "kmeans_iters": kmeans_iters}, numerics=check_numerics(numerics),
     )
     head = partial(TokenHead, token_channels, num_classes, head_hidden, numerics)
-    return VTResNet(depth, vt=vt, head=head, num_classes=num_classes, stem=stem, zero_init_residual=zero_init_residual)
+    return VTResNet(depth, vt=vt, head=head, num_classes=num_classes, stem=stem, zero_init_residual=zero_init_residual,
+                    width=width)
 
 
 def _tokenization(tokenizer: str, recurrent: bool) -> tuple[str, bool]:
@@ -141,7 +150,7 @@ def vt_resnet18(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: 
                 num_modules: int = 2, qk_channels: int | None = None, heads: int | None = None,
                 kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
                 proj_groups: int = 1, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None,
-                numerics: str = "appendix", zero_init_residual: bool = True):
+                numerics: str = "appendix", zero_init_residual: bool = True, width: float = 1.0):
     """VT-ResNet-18: stage 5 -> 2 VT modules at 14x14, C = 256 (Tables 2 and 8)."""
     return _vt_resnet(18, **locals())
 
@@ -153,7 +162,7 @@ def vt_resnet34(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: 
                 num_modules: int = 3, qk_channels: int | None = None, heads: int | None = None,
                 kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
                 proj_groups: int = 1, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None,
-                numerics: str = "appendix", zero_init_residual: bool = True):
+                numerics: str = "appendix", zero_init_residual: bool = True, width: float = 1.0):
     """VT-ResNet-34: stage 5 -> 3 VT modules at 14x14, C = 256 (Tables 2 and 8)."""
     return _vt_resnet(34, **locals())
 
@@ -165,7 +174,7 @@ def vt_resnet50(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: 
                 num_modules: int = 3, qk_channels: int | None = None, heads: int | None = None,
                 kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = 256,
                 proj_groups: int = 16, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None,
-                numerics: str = "appendix", zero_init_residual: bool = True):
+                numerics: str = "appendix", zero_init_residual: bool = True, width: float = 1.0):
     """VT-ResNet-50: stage 5 -> 3 VT modules at 14x14, C = 1024 (Table 8)."""
     return _vt_resnet(50, **locals())
 
@@ -177,7 +186,7 @@ def vt_resnet101(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens:
                  num_modules: int = 3, qk_channels: int | None = None, heads: int | None = None,
                  kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = 256,
                  proj_groups: int = 16, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None,
-                numerics: str = "appendix", zero_init_residual: bool = True):
+                numerics: str = "appendix", zero_init_residual: bool = True, width: float = 1.0):
     """VT-ResNet-101: stage 5 -> 3 VT modules at 14x14, C = 1024 (Table 8)."""
     return _vt_resnet(101, **locals())
 
