@@ -78,3 +78,41 @@ def test_verdict_flags_misses():
     row = {"model": "vt_resnet50", "delta_pct_gmacs": 4.0, "delta_pct_params_m": -10.0}
     assert fidelity.verdict(row) == "misses: MACs +4.0%, params -10.0%"
     assert fidelity.verdict({"model": "resnet18", "delta_pct_gmacs": 0.1, "delta_pct_params_m": 0.0}) == "ok"
+
+
+def _main_frame():
+    """The eight classification models at their defaults, as `fidelity.run` holds them (cached counts)."""
+    import pandas as pd
+
+    names = [f"{p}resnet{d}" for p in ("", "vt_") for d in (18, 34, 50, 101)]
+    return pd.DataFrame([{"model": n, **_measure(n).to_metrics()} for n in names])
+
+
+def test_stage_budget_and_table1_verdicts():
+    """VT-R50's stage costs ~229 M MACs against the 134 M Table 8 leaves: a miss, whatever the total says."""
+    budget = fidelity.budget_rows(_main_frame()).set_index(["model", "table"])
+    r50 = budget.loc[("vt_resnet50", "T8")]
+    assert r50.measured_mmacs == pytest.approx(229, abs=1) and r50.budget_mmacs == pytest.approx(134, abs=1)
+    assert r50.budget_verdict.startswith("misses: stage MACs +7")
+    assert r50.t1_verdict == "misses: ratio MACs -42%"  # 3.55x against Table 1's 6.1x; params ratio within 15%
+    assert budget.loc[("vt_resnet101", "T8")].t1_verdict == "misses: ratio MACs -49%"  # 3.55x vs 6.9x
+    assert budget.loc[("vt_resnet34", "T8")].budget_verdict.startswith("misses: stage params +")  # held to T2
+    total = _measure("vt_resnet50").gmacs
+    paper = fidelity.paper_value("vt_resnet50", "gmacs", "T8", (224, 224))
+    assert fidelity.verdict({"model": "vt_resnet50", "delta_pct_gmacs": 100 * (total - paper) / paper,
+                             "delta_pct_params_m": 0.0}) == "ok"  # the totals' verdict alone says ok: +2.8 %
+
+
+def test_counting_summary_reports_disagreement():
+    import pandas as pd
+
+    row = {"model": "m", "reading": "r", "overrides": "", "gmacs": 1.0, "gmacs_traced": 1.0, "counter_gap_pct": 0.0,
+           "counter_agree": True, "unsupported_ops": ""}
+    bad = {**row, "overrides": "last_projector=True", "gmacs_traced": 0.98, "counter_gap_pct": -2.0,
+           "counter_agree": False, "unsupported_ops": "aten::cumsum=1"}
+    text = fidelity.counting_summary(pd.DataFrame([row]), pd.DataFrame([row, bad]))
+    assert text.startswith("The traced and executed counts agree within 0.5 % on 2 of 3 rows")
+    assert "`m` r (last_projector=True): traced 0.9800 G, executed 1.0000 G (-2.00 %)" in text
+    assert "aten::cumsum=1" in text and "No row has" not in text
+    clean = fidelity.counting_summary(pd.DataFrame([row]), pd.DataFrame([row]))
+    assert "on 2 of 2 rows" in clean and "disagree" not in clean and "No row has an operator" in clean

@@ -127,3 +127,95 @@ def test_parsers():
     for bad in ("", "-1", "2.5"):
         with pytest.raises(UsageError):
             parse_batch_sizes(bad)
+
+
+class _HeadFirst(nn.Module):
+    """Children registered head first: a custom model's own order, not vtbench's stage order."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(4, 2)
+        self.stem = nn.Conv2d(3, 4, 1, bias=False)
+
+    def forward(self, x):
+        return self.head(self.stem(x).mean(dim=(2, 3)))
+
+
+def head_first(**_):
+    return _HeadFirst()
+
+
+class _DeadBranch(nn.Module):
+    """Runs two 1x1 convs and returns one: the trace drops `unused`, execution pays for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.used, self.unused = nn.Conv2d(3, 4, 1, bias=False), nn.Conv2d(3, 4, 1, bias=False)
+
+    def forward(self, x):
+        self.unused(x)
+        return self.used(x)
+
+
+def dead_branch(**_):
+    return _DeadBranch()
+
+
+def test_depth_breakdown_of_a_vt_model(vtbench, tmp_path):
+    path = tmp_path / "vt.json"
+    rc, out, _ = vtbench("profile", "vt_resnet18", "--set", "stem=cifar", "--set", "num_classes=10",
+                         "--input-size", "32", "--no-latency", "--depth", "3", "--json", str(path))
+    assert rc == 0
+    rows = read_record(path)["metrics"]["modules"]
+    names = [r["module"] for r in rows]
+    for part in ("tokenizer", "transformer", "projector"):
+        assert f"vt.blocks.0.{part}" in names and f"      vt.blocks.0.{part}" in out  # indented by depth 3
+    assert "vt.blocks.1.tokenizer" in names and "vt.blocks.1.projector" not in names  # none in the last module
+    assert max(r["depth"] for r in rows) == 3
+    by_name = {r["module"]: r for r in rows}
+    assert by_name["(model)"]["gmacs"] == pytest.approx(sum(by_name[s]["gmacs"] for s in
+                                                            ("stem", "stage2", "stage3", "stage4", "vt", "head")))
+    assert "traced GMACs" not in out  # counters agree: no traced column
+
+
+def test_custom_model_keeps_its_order_and_small_counts_show(vtbench, tmp_path):
+    path = tmp_path / "hf.json"
+    rc, out, _ = vtbench("profile", "test_profile_cli:head_first", "--input-size", "4", "--no-latency",
+                         "--depth", "1", "--json", str(path))
+    assert rc == 0
+    lines = [ln.split() for ln in out.splitlines() if ln.split()[:1] in (["head"], ["stem"])]
+    assert [ln[0] for ln in lines] == ["head", "stem", "head", "stem"]  # stage table, then module table
+    assert lines[1][1] == "1.92e-07"  # 16 pixels x 3 x 4 MACs: significant digits, not 0.000
+    assert [r["module"] for r in read_record(path)["metrics"]["modules"]] == ["(model)", "head", "stem"]
+
+
+def test_counter_disagreement_warns_on_stderr_and_in_the_record(tmp_path):
+    """A real `vtbench` process: the warning is a WARNING line on stderr, the record carries it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "dead.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "bench", "profile", "test_profile_cli:dead_branch", "--input-size", "2",
+                           "--no-latency", "--json", str(path)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [ln for ln in proc.stderr.splitlines() if " WARNING " in ln]
+    assert len(warnings) == 1 and "MAC counters disagree by -50.00 %" in warnings[0]
+    assert "DISAGREE" in proc.stdout
+    metrics = read_record(path)["metrics"]
+    assert metrics["counter_agree"] is False and metrics["counter_gap_pct"] == pytest.approx(-50.0)
+    assert metrics["counter_warning"] in warnings[0]
+    assert metrics["gmacs"] == pytest.approx(2 * metrics["gmacs_traced"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["resnet18", "--depth", "-1", "--no-latency"], "--depth needs"),
+    (["resnet18", "--depth", "2", "--no-complexity"], "--depth needs"),
+    (["resnet18", "--depth", "x"], "invalid int value"),
+])
+def test_bad_depth_exits_2_with_one_line(vtbench, argv, message):
+    rc, _, err = vtbench("profile", *argv)
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -6,11 +6,18 @@ Prints a readable table to stdout; with `--json PATH` also writes one record (be
               "input_size": 224 | [H, W], "seed": 0, "complexity": {},
               "latency": {"device", "batch_size": [1, 32], "dtype", "threads", "channels_last",
                           "compile", "cuda_graphs", "train_step"}}
-    metrics: the flat complexity metrics (`gmacs`, `params_m`, `gmacs_<stage>`, ...) and
+    metrics: the flat complexity metrics (`gmacs` executed, `gmacs_traced`, `gmacs_fvcore`,
+             `counter_gap_pct`, `counter_agree`, `counter_warning`, `params_m`, `gmacs_<stage>`, ...;
+             bench/complexity.py says which counter gives which), with `--depth N` also
+             `modules`: one row per module down to depth N ({"module", "depth", "gmacs",
+             "gmacs_traced", "params_m"}, in the model's own order), and
              `latency`: one row per batch size asked for (the dict of `measure_latency`, or
              `{"batch_size_requested": B, "error": "..."}` where it ran out of memory).
              With exactly one batch size, that row's metrics are also copied to the top level
              (`latency_ms_p50`, `throughput_img_s`, ...), as a grid cell's record has them.
+
+When the traced and executed MAC counts disagree by more than 0.5 %, a WARNING line goes to stderr
+(bench.complexity logs it) and the report's counters line says DISAGREE.
 
 Exit status: 0, 1 when some batch size ran out of memory (its row says so), 2 on bad input.
 """
@@ -33,7 +40,8 @@ HELP = "Measure one model (registry name or package.module:callable): MACs, para
 log = logging.getLogger(__name__)
 
 STAGE_ORDER = ("stem", "stage2", "stage3", "stage4", "stage5", "vt", "fpn", "head")
-_NOT_STAGES = ("fvcore", "flopcounter")
+_NOT_STAGES = ("fvcore", "flopcounter", "traced")
+GMACS_SPEC = ".4g"  # four significant digits: 0.0005123 G for a tiny net, 17.56 G for ViT-B/16
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-oom-retry", action="store_true", help="do not retry an out-of-memory at half batch")
     parser.add_argument("--no-latency", action="store_true", help="complexity only")
     parser.add_argument("--no-complexity", action="store_true", help="latency only")
+    parser.add_argument("--depth", type=int, default=None, metavar="N",
+                        help="also show MACs and params per module down to depth N (1: stages)")
     parser.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write the record here")
 
 
@@ -118,12 +128,16 @@ def _check_device_options(args: argparse.Namespace, batch_sizes: Sequence[int]) 
 
 # ----------------------------------------------------------------------------- measuring -----
 
-def complexity_metrics(model, input_size: int | list[int]) -> dict[str, Any]:
-    """Flat complexity metrics from `bench.complexity` (imported when needed)."""
+def complexity_metrics(model, input_size: int | list[int], depth: int | None = None) -> dict[str, Any]:
+    """Flat complexity metrics from `bench.complexity` (imported when needed); `modules` rows with a depth."""
     from bench.complexity import measure_complexity
 
     size = tuple(input_size) if isinstance(input_size, list) else input_size
-    return measure_complexity(model, size, batch_size=1).to_metrics()
+    result = measure_complexity(model, size, batch_size=1)
+    metrics = result.to_metrics()
+    if depth is not None:
+        metrics["modules"] = result.module_rows(depth)
+    return metrics
 
 
 def latency_rows(model, args: argparse.Namespace, input_size, batch_sizes: Sequence[int]) -> list[dict[str, Any]]:
@@ -174,6 +188,9 @@ def profile(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     overrides = parse_overrides(args.overrides)
     if args.no_latency and args.no_complexity:
         raise UsageError("nothing to measure: --no-latency and --no-complexity together")
+    if args.depth is not None and (args.depth < 0 or args.no_complexity):
+        raise UsageError(f"--depth needs complexity and a depth >= 0, got {args.depth}"
+                         f"{' with --no-complexity' if args.no_complexity else ''}")
     _check_device_options(args, batch_sizes)
     ref = resolve_model_ref(args.model)
     torch.manual_seed(0)
@@ -182,7 +199,7 @@ def profile(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
         input_size = default_input_size(model)
     metrics: dict[str, Any] = {}
     if not args.no_complexity:
-        metrics.update(complexity_metrics(model, input_size))
+        metrics.update(complexity_metrics(model, input_size, args.depth))
     if not args.no_latency:
         rows = latency_rows(model, args, input_size, batch_sizes)
         metrics["latency"] = rows
@@ -209,14 +226,39 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, st
 
 
 def stage_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per-stage MACs and params from the flat `gmacs_<stage>` / `params_m_<stage>` metrics."""
-    stages = [k[len("gmacs_"):] for k in metrics if k.startswith("gmacs_") and k[len("gmacs_"):] not in _NOT_STAGES]
-    known = [s for s in STAGE_ORDER if s in stages]
-    ordered = known + [s for s in stages if s not in known]
+    """Per-stage MACs and params from the flat `gmacs_<stage>` / `params_m_<stage>` metrics.
+
+    A stage is a key with both a `gmacs_` and a `params_m_` entry (so `gmacs_traced` is not one), in
+    the order the metrics hold them: the model's own child order (registered models list theirs in
+    STAGE_ORDER; a custom model's children are not reordered).
+    """
+    stages = [k[len("gmacs_"):] for k in metrics
+              if k.startswith("gmacs_") and k[len("gmacs_"):] not in _NOT_STAGES and f"params_m_{k[len('gmacs_'):]}" in metrics]
     rows = [{"stage": s, "gmacs": metrics.get(f"gmacs_{s}"), "params_m": metrics.get(f"params_m_{s}")}
-            for s in ordered]
+            for s in stages]
     rows.append({"stage": "total", "gmacs": metrics.get("gmacs"), "params_m": metrics.get("params_m")})
     return rows
+
+
+def module_table(rows: Sequence[dict[str, Any]], agree: bool) -> str:
+    """The `--depth` breakdown, names indented by depth; a traced column when the counters disagree."""
+    shown = [{**r, "module": "  " * r["depth"] + r["module"]} for r in rows]
+    columns = [("module", "module", ""), ("gmacs", "GMACs", GMACS_SPEC), ("params_m", "params M", GMACS_SPEC)]
+    if not agree:
+        columns.insert(2, ("gmacs_traced", "traced GMACs", GMACS_SPEC))
+    return format_table(shown, columns)
+
+
+def counters_line(metrics: dict[str, Any]) -> str:
+    """Which counter gave what, their agreement, and fvcore's unsupported ops, in one line."""
+    unsupported = metrics.get("unsupported_ops") or {}
+    gap = metrics.get("counter_gap_pct")
+    agreement = "agree" if metrics.get("counter_agree", True) else "DISAGREE (see the warning)"
+    return (f"GMACs executed (FlopCounterMode) {format(metrics['gmacs'], GMACS_SPEC)}; traced (fvcore) "
+            f"{format(metrics.get('gmacs_traced', float('nan')), GMACS_SPEC)}, gap "
+            f"{'n/a' if gap is None else f'{gap:+.2f} %'}: {agreement}; fvcore total "
+            f"{format(metrics.get('gmacs_fvcore', float('nan')), GMACS_SPEC)}; unsupported ops: "
+            f"{', '.join(f'{k} x{v}' for k, v in unsupported.items()) or 'none'}")
 
 
 LATENCY_COLUMNS = (
@@ -229,7 +271,7 @@ LATENCY_COLUMNS = (
 
 
 def render(config: dict[str, Any], metrics: dict[str, Any]) -> str:
-    """The readable report of one profile: header, stages, latency."""
+    """The readable report of one profile: header, stages, modules (with --depth), counters, latency."""
     lat = config["latency"]
     head = (f"{config['model']} {config['model_args'] or ''} input {config['input_size']}  "
             f"device {lat['device']} {lat['dtype']}{' channels_last' if lat['channels_last'] else ''}"
@@ -237,13 +279,11 @@ def render(config: dict[str, Any], metrics: dict[str, Any]) -> str:
             f"  {'train step' if lat['train_step'] else 'inference'}")
     parts = [head]
     if "gmacs" in metrics:
-        parts.append(format_table(stage_rows(metrics), (("stage", "stage", ""), ("gmacs", "GMACs", ".3f"),
-                                                        ("params_m", "params M", ".3f"))))
-        fvcore = metrics.get("gmacs_fvcore")
-        unsupported = metrics.get("unsupported_ops") or {}
-        parts.append(f"fvcore total {fvcore:.3f} GMACs; flop counter {metrics.get('gmacs_flopcounter', float('nan')):.3f}"
-                     f" GMACs; unsupported ops: {', '.join(f'{k} x{v}' for k, v in unsupported.items()) or 'none'}"
-                     if fvcore is not None else "")
+        parts.append(format_table(stage_rows(metrics), (("stage", "stage", ""), ("gmacs", "GMACs", GMACS_SPEC),
+                                                        ("params_m", "params M", GMACS_SPEC))))
+        if "modules" in metrics:
+            parts.append(module_table(metrics["modules"], metrics.get("counter_agree", True)))
+        parts.append(counters_line(metrics))
     if "latency" in metrics:
         from bench.latency import latency_notes
 

@@ -1,0 +1,36 @@
+"""vtbench's headline MACs against the figures torchvision publishes for its classification models.
+
+The slow test counts every torchvision classification model whose default weights publish `_ops`
+(80 in torchvision 0.29) at its weights' crop size and holds `gmacs` within 1.5 % of the published
+figure. Measured on the 2-core CI VM with one thread: about 340 s in all (build + count), the
+slowest vit_h_14 at 518x518 (~105 s) and regnet_y_128gf at 384 (~45 s), so no model is skipped.
+`python -m bench.counting_check` measures the same models with plain fvcore beside (README, "Counting").
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.counting_check import TOLERANCE_PCT, build_for_weights, check, published_models
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+PUBLISHED = published_models()
+
+
+def test_published_models_and_their_builds():
+    """The list the slow test walks: default weights with `_ops`, crop sizes from the weights' transforms."""
+    by_name = {p.name: p for p in PUBLISHED}
+    assert len(PUBLISHED) >= 70
+    assert by_name["vit_b_16"].crop == 224 and by_name["vit_b_16"].gmacs == pytest.approx(17.564)
+    assert by_name["vit_h_14"].crop == 518 and by_name["efficientnet_b7"].crop == 600
+    with torch.device("meta"):  # shapes only: nothing is allocated or initialised
+        assert build_for_weights(by_name["vit_h_14"]).image_size == 518  # the SWAG weights' size
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("published", PUBLISHED, ids=[p.name for p in PUBLISHED])
+def test_counted_within_tolerance_of_published(published):
+    row = check(published, with_plain=False)
+    assert abs(row["delta_pct_gmacs"]) <= TOLERANCE_PCT, row
