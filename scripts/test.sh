@@ -9,6 +9,13 @@ cd "$(dirname "$0")/.."
 
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
+# Fashion-MNIST, the real data set of the accuracy study and its tests: Debian's package, the
+# original IDX files (bench/data.py reads them from /usr/share/datasets/fashion-mnist).
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
 python3 -m pytest
 python3 -m pytest -m slow
 

@@ -110,3 +110,52 @@ def test_segfolder_reads_images_masks_and_ignore_index(tmp_path):
     assert (seg.task, seg.num_classes, len(seg)) == ("seg", 3, 2)
     assert image.shape == (3, 12, 12) and mask.shape == (12, 12)
     assert set(mask.unique().tolist()) == {0, 2, data.IGNORE_INDEX}
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    """An unsigned-byte IDX file, gzip-compressed as Debian ships them."""
+    import gzip
+
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_fashion_root(tmp_path):
+    """A 40-image / 20-image Fashion-MNIST stand-in in the original IDX layout."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("t10k", 20)):
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return tmp_path
+
+
+def test_read_idx_round_trips(tmp_path):
+    array = np.arange(2 * 3 * 4).reshape(2, 3, 4) % 256
+    _write_idx(tmp_path / "x.gz", array)
+    np.testing.assert_array_equal(data.read_idx(tmp_path / "x.gz"), array)
+
+
+def test_fashion_mnist_from_idx_files_with_balanced_subset(tiny_fashion_root):
+    train = data.build_dataset("fashion_mnist", "train", root=tiny_fashion_root, input_size=48, train_subset=20)
+    test = data.build_dataset("fashion_mnist", "test", root=tiny_fashion_root)
+    assert (len(train), len(test)) == (20, 20)
+    assert np.bincount(train.targets.numpy(), minlength=10).tolist() == [2] * 10  # class-balanced
+    image, label = train[0]
+    assert image.shape == (3, 48, 48) and 0 <= label < 10
+    assert test[0][0].shape == (3, 28, 28) and test.num_classes == 10
+
+
+def test_fashion_mnist_missing_names_the_debian_package(tmp_path):
+    with pytest.raises(UsageError, match="apt-get install dataset-fashion-mnist"):
+        data.build_dataset("fashion_mnist", "train", root=tmp_path)
+
+
+@pytest.mark.skipif(not data.FASHION_MNIST_ROOT.exists(), reason="dataset-fashion-mnist is not installed")
+def test_debian_fashion_mnist_is_the_real_data_set():
+    """The installed package: 60,000 / 10,000 images, 6,000 / 1,000 per class (scripts/test.sh installs it)."""
+    train = data.build_dataset("fashion_mnist", "train")
+    test = data.build_dataset("fashion_mnist", "test")
+    assert (len(train), len(test)) == (60000, 10000)
+    assert np.bincount(test.targets.numpy(), minlength=10).tolist() == [1000] * 10

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -232,3 +233,51 @@ def test_cli_bad_input_is_a_usage_error(tmp_path, argv, message):
     command, args = _cli_args(TINY, *argv, "--out", str(tmp_path), "--input-size", "8")
     with pytest.raises(UsageError, match=message):
         command.run(args)
+
+
+def test_lr_factor_warms_up_linearly_then_follows_the_schedule():
+    from bench.train import lr_factor
+
+    cfg = TrainConfig(epochs=4, warmup_epochs=1, warmup_start=0.1)
+    steps = 10
+    assert lr_factor(0, steps, cfg) == pytest.approx(0.1 * 1.0)  # start of warm-up (cosine ~1)
+    assert lr_factor(5, steps, cfg) < lr_factor(9, steps, cfg)  # rising through warm-up
+    assert lr_factor(10, steps, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))  # cosine after
+    assert lr_factor(40, steps, cfg) == pytest.approx(0.0, abs=1e-12)  # end of the run
+    flat = TrainConfig(epochs=4, warmup_epochs=0, schedule="constant")
+    assert lr_factor(0, steps, flat) == 1.0
+    with pytest.raises(UsageError, match="warmup"):
+        TrainConfig(warmup_start=0)
+
+
+def test_default_recipe_clips_and_warms_up():
+    cfg = TrainConfig()
+    assert cfg.clip_grad_norm == 1.0 and cfg.warmup_epochs == 1.0 and cfg.lr == 0.05
+
+
+CLASSIFIERS = ["resnet18", "resnet34", "resnet50", "resnet101",
+               "vt_resnet18", "vt_resnet34", "vt_resnet50", "vt_resnet101"]
+SEGMENTERS = ["fpn_r50", "fpn_r101", "vt_fpn_r50", "vt_fpn_r101"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("model", CLASSIFIERS)
+def test_default_recipe_trains_every_classifier_on_digits(tmp_path, model):
+    """`vtbench train MODEL --dataset digits` with no flag of its own (2 epochs here): no divergence."""
+    from models import list_models
+
+    assert set(CLASSIFIERS) <= set(list_models())
+    metrics = train(model, {"num_classes": 10}, TrainConfig(dataset="digits", epochs=2, threads=2), tmp_path,
+                    progress=False)
+    assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"]), metrics
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("model", SEGMENTERS)
+def test_default_recipe_trains_every_segmenter_on_shapes(tmp_path, model):
+    """The same recipe on shapes segmentation (1 epoch of 64 images at 64x64): no divergence."""
+    cfg = TrainConfig(dataset="shapes", epochs=1, threads=2, batch_size=16, dataset_args={"num_samples": 64})
+    metrics = train(model, {"num_classes": 5}, cfg, tmp_path, progress=False)
+    assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["miou"]), metrics
