@@ -110,9 +110,13 @@ def test_counting_summary_reports_disagreement():
            "counter_agree": True, "unsupported_ops": ""}
     bad = {**row, "overrides": "last_projector=True", "gmacs_traced": 0.98, "counter_gap_pct": -2.0,
            "counter_agree": False, "unsupported_ops": "aten::cumsum=1"}
-    text = fidelity.counting_summary(pd.DataFrame([row]), pd.DataFrame([row, bad]))
-    assert text.startswith("The traced and executed counts agree within 0.5 % on 2 of 3 rows")
+    near = {**row, "reading": "near", "gmacs_traced": 0.997, "counter_gap_pct": -0.3}
+    text = fidelity.counting_summary(pd.DataFrame([row]), pd.DataFrame([row, bad, near]))
+    assert text.startswith("The traced and executed counts agree within 0.5 % on 3 of 4 rows")
+    assert "are identical on 2; they disagree on:" in text
     assert "`m` r (last_projector=True): traced 0.9800 G, executed 1.0000 G (-2.00 %)" in text
+    assert "Different, but within the tolerance: `m` near (-0.30 %)." in text
     assert "aten::cumsum=1" in text and "No row has" not in text
     clean = fidelity.counting_summary(pd.DataFrame([row]), pd.DataFrame([row]))
-    assert "on 2 of 2 rows" in clean and "disagree" not in clean and "No row has an operator" in clean
+    assert "on 2 of 2 rows" in clean and "identical on 2." in clean and "disagree" not in clean
+    assert "No row has an operator" in clean

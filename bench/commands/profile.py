@@ -17,7 +17,7 @@ Prints a readable table to stdout; with `--json PATH` also writes one record (be
              (`latency_ms_p50`, `throughput_img_s`, ...), as a grid cell's record has them.
 
 When the traced and executed MAC counts disagree by more than 0.5 %, a WARNING line goes to stderr
-(bench.complexity logs it) and the report's counters line says DISAGREE.
+(bench.complexity logs it) and the printed counters line says DISAGREE.
 
 Exit status: 0, 1 when some batch size ran out of memory (its row says so), 2 on bad input.
 """
