@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
 FIDELITY_MD = """# Fidelity: the paper's complexity numbers beside vtbench's models
 
 Measured {env}.
-Regenerate with `python -m bench.fidelity` (about ten minutes on two CPU cores; `--skip-seg` leaves
+Regenerate with `python -m bench.fidelity` (about 4 minutes on one thread of a 2-core VM; `--skip-seg` leaves
 out the FPN rows). Machine-readable: `fidelity.csv` (the twelve models, every stage),
 `alternatives.csv` (other readings and the ablations) and `budget.csv` (the VT stage against the
 budget and Table 1, with verdicts).
