@@ -2,8 +2,8 @@
 
 The slow test counts every torchvision classification model whose default weights publish `_ops`
 (80 in torchvision 0.29) at its weights' crop size and holds `gmacs` within 1.5 % of the published
-figure. Measured on the 2-core CI VM with one thread: about 340 s in all (build + count), the
-slowest vit_h_14 at 518x518 (~105 s) and regnet_y_128gf at 384 (~45 s), so no model is skipped.
+figure. Measured on the 2-core VM with one thread, under load: 241 s for all 80, the slowest
+vit_h_14 at 518x518 (65 s) and regnet_y_128gf at 384 (30 s), so no model is skipped.
 `python -m bench.counting_check` measures the same models with plain fvcore beside (README, "Counting").
 """
 
