@@ -188,13 +188,22 @@ def test_topk_correct():
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("model", ["resnet18", "vt_resnet18"])
 def test_digits_resnet18_and_vt_resnet18_reach_95_percent(tmp_path, model):
-    """Digits at 16x16 (cifar stem), 8 epochs, lr 0.05 cosine, gradient norm clipped to 1.
+    """Digits at 16x16 (cifar stem), 8 epochs of the default recipe, torchvision's trunk init.
 
-    Measured by hand on 2 shared cores (1 thread each): ResNet-18 ~200-260 s/epoch, VT-ResNet-18
-    ~250-300 s/epoch; an idle 2-core machine is several times faster. 32x32 costs 4x more.
+    The trunk is built with `zero_init_residual=False` (torchvision's default), not vtbench's
+    default True: on this 180-step schedule the identity start of every residual block slows
+    learning, VT-ResNet-18 most. Measured on 2 idle cores, one seed, 8 epochs (2026-12-02):
+    ResNet-18 96.7 % with the default, 98.1 % without; VT-ResNet-18 90.0 % with it, 98.1 % without
+    (91.9 % filter-only, 90.3 % with a default-init head, 91.4 % with W_V gain 1: none of those is
+    the cause). The default is kept because the init-health bars at 224x224 need it (without it
+    VT-ResNet-50/101 start with CE 37-90 and attention on one pixel: tests/test_init_health.py);
+    `test_default_recipe_trains_every_classifier_on_digits` trains every model at the default init
+    without diverging (and no more than that).
+    About 15-25 s/epoch on 2 idle cores.
     """
-    cfg = TrainConfig(dataset="digits", input_size=16, epochs=8, lr=0.05, clip_grad_norm=1.0, threads=2)
-    metrics = train(model, {"num_classes": 10, "stem": "cifar"}, cfg, tmp_path, progress=False)
+    cfg = TrainConfig(dataset="digits", input_size=16, epochs=8, threads=2)
+    metrics = train(model, {"num_classes": 10, "stem": "cifar", "zero_init_residual": False}, cfg, tmp_path,
+                    progress=False)
     assert metrics["top1"] >= 95.0, metrics
 
 
