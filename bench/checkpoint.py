@@ -50,6 +50,7 @@ def save_checkpoint(out_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=out_dir)
     try:
+        os.fchmod(fd, _shared_file_mode())  # mkstemp makes it 0600: the run's group could not read it
         with os.fdopen(fd, "wb") as handle:
             torch.save({"format": FORMAT, **state}, handle)
             handle.flush()
@@ -62,6 +63,34 @@ def save_checkpoint(out_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return out_dir / CHECKPOINT
+
+
+def _shared_file_mode() -> int:
+    """0o666 less the umask, what `open(path, "w")` would give (as `bench.records.shared_file_mode`,
+    repeated here because the training code does not import the pipeline's modules)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split(":", 1)[1].strip(), 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)  # racy with threads creating files; only where /proc is missing
+    os.umask(old)
+    return 0o666 & ~old
+
+
+def read_checkpoint_file(path: str | os.PathLike) -> Any:
+    """torch.load a checkpoint file with weights_only=True (tensors and plain types, no pickled code).
+
+    Raises:
+        CheckpointError: missing, damaged, or holding anything but weights-only types.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file; re-raised as one
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
 
 
 def load_checkpoint(out_dir: str | os.PathLike, expected_fingerprint: str) -> dict[str, Any] | None:
@@ -78,10 +107,9 @@ def load_checkpoint(out_dir: str | os.PathLike, expected_fingerprint: str) -> di
     keep = (f"; the previous good checkpoint is kept at {previous} (move it to {path.name} to "
             f"resume from it)" if previous.exists() else "")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file; re-raised as one
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}){keep}") from exc
+        state = read_checkpoint_file(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}{keep}") from exc.__cause__
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a vtbench checkpoint{keep}")
     if state.get("fingerprint") != expected_fingerprint:

@@ -23,6 +23,7 @@ Nothing is ever downloaded: a data set that needs a root and does not find it ra
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -60,6 +61,8 @@ class DatasetSpec:
         needs_root: whether it reads files from `root`.
         layout: the expected layout of `root`, quoted in the error when it is missing.
         builder: `builder(split, root, input_size, task, **options) -> Dataset`.
+        options: the keyword options (`dataset_args`) the builder takes; None: read them from its
+            signature (a builder that passes `**options` on must list them here).
     """
 
     name: str
@@ -69,9 +72,11 @@ class DatasetSpec:
     needs_root: bool
     layout: str
     builder: Callable[..., Dataset]
+    options: tuple[str, ...] | None = None
 
 
 _DATASETS: dict[str, DatasetSpec] = {}
+BUILDER_ARGS = ("split", "root", "input_size", "task")  # what every builder takes; not options
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
@@ -92,6 +97,34 @@ def dataset_spec(name: str) -> DatasetSpec:
     if name not in _DATASETS:
         raise UsageError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
     return _DATASETS[name]
+
+
+def _keyword_options(func: Callable[..., Any], skip: Sequence[str]) -> tuple[str, ...] | None:
+    """Keyword parameters of `func` other than `skip`; None when it takes **kwargs (anything goes)."""
+    params = inspect.signature(func).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skip)
+
+
+def dataset_options(name: str) -> tuple[str, ...] | None:
+    """The `dataset_args` keys data set `name` accepts (None: not known, any is passed on)."""
+    spec = dataset_spec(name)
+    return spec.options if spec.options is not None else _keyword_options(spec.builder, BUILDER_ARGS)
+
+
+def check_dataset_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse (UsageError, one line) a `dataset_args` key that data set `name` does not take.
+
+    Checked before anything is built, so a typo is reported as such rather than as a TypeError
+    traceback from deep inside the builder, minutes into a run.
+    """
+    known = dataset_options(name)
+    unknown = sorted(set(options) - set(known)) if known is not None else []
+    if unknown:
+        raise UsageError(f"dataset {name!r} has no option(s) {', '.join(map(str, unknown))} in dataset_args; "
+                         f"it takes: {', '.join(known) or 'none'}")
 
 
 def resolve_task(name: str, task: str | None = None) -> str:
@@ -124,6 +157,7 @@ def build_dataset(name: str, split: str, *, root: str | Path | None = None,
     """
     spec = dataset_spec(name)
     task = resolve_task(name, task)
+    check_dataset_options(name, options)
     split = _normalise_split(split)
     if spec.needs_root:
         root = _check_root(spec, root)
@@ -526,14 +560,15 @@ def _register_builtin() -> None:
                                  f"the IDX files in {FASHION_MNIST_ROOT} (apt-get install dataset-fashion-mnist), "
                                  "or data_root=DIR holding them", _build_fashion_mnist))
     register_dataset(DatasetSpec("shapes", ("cls", "seg"), {"cls": 4, "seg": 5},
-                                 {"cls": 32, "seg": 64}, False, "none (generated)", _build_shapes))
+                                 {"cls": 32, "seg": 64}, False, "none (generated)", _build_shapes,
+                                 options=_keyword_options(ShapesDataset.__init__, ("self", *BUILDER_ARGS))))
     for variant, folder, files in (("cifar10", "cifar-10-batches-py",
                                     "data_batch_1..5, test_batch, batches.meta"),
                                    ("cifar100", "cifar-100-python", "train, test, meta")):
         register_dataset(DatasetSpec(
             variant, ("cls",), {"cls": 10 if variant == "cifar10" else 100}, {"cls": 32}, True,
             cifar_layout.format(folder=folder, files=files),
-            lambda variant=variant, **kw: _build_cifar(variant=variant, **kw)))
+            lambda variant=variant, **kw: _build_cifar(variant=variant, **kw), options=()))
     register_dataset(DatasetSpec("imagenet", ("cls",), {"cls": 1000}, {"cls": 224}, True,
                                  "ROOT/train/CLASS/*.JPEG and ROOT/val/CLASS/*.JPEG (ImageFolder)",
                                  _build_imagenet))

@@ -166,10 +166,36 @@ def load_grid(path: str | Path) -> Grid:
         raise UsageError(f"grid file not found: {path}")
     text = path.read_text()
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise UsageError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
     return build_grid(raw, source=str(path), text=text, path=path)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping.
+
+    Plain YAML loading keeps the last of two equal keys, so a second `axes:` block silently
+    replaced the first and its cells vanished from the grid. Merge keys (`<<: *base`) may still
+    be overridden, as YAML intends.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader itself reports it below
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r} (first given on line {first.line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 def build_grid(raw: Any, *, source: str = "<grid>", text: str | None = None,
@@ -547,11 +573,14 @@ def _import_options(ref: str, problems: _Problems) -> dict[str, Any] | None:
     from bench.modelref import resolve_model_ref
 
     try:
-        factory = resolve_model_ref(ref).factory
+        factory = resolve_model_ref(ref).factory  # imports the module and looks the name up; no call
     except ValueError as exc:  # UsageError
         problems.add(f"model: {exc}")
         return None
-    params = inspect.signature(factory).parameters.values()
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: its options are checked at run time
+        return {"**": None}
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return {"**": None}
     return {p.name: p.default for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
@@ -563,7 +592,12 @@ def _validate_model_args(model: str, args: dict, options: dict[str, Any], proble
         problems.add(f"model_args.{key}: does not apply to {model!r} (it accepts: "
                      f"{', '.join(sorted(options)) or 'nothing'}); drop it with an exclude rule "
                      f"or give {model} its own include entry")
-    if not inapplicable:
+    # Only registered models are built here. An import-path model is the user's code: validating
+    # or listing a grid (launch --dry-run) must never call it, so its values are checked when its
+    # cell runs. (`model: os:system` with `model_args: {command: ...}` would otherwise run a shell.)
+    from bench.modelref import is_import_path
+
+    if not inapplicable and not is_import_path(model):
         _try_build_on_meta(model, args, problems)
 
 

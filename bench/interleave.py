@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bench.errors import UsageError
-from bench.records import CorruptRecord, capture_env, now_iso, read_record, write_record
+from bench.records import CorruptRecord, capture_env, now_iso, read_record, record_path, write_record
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,8 @@ def latency_cells(run_dir: Path, only: Sequence[str] | None = None) -> list[tupl
         raise UsageError(f"{run_dir} has no cell that measures latency")
     selected, missing = [], []
     for cell in wanted:
-        path = run_dir / "records" / f"{cell['cell_id']}.json"
+        # cells.json is data: its ids are validated before they name a file (record_path).
+        path = record_path(run_dir / "records", cell["cell_id"])
         try:
             record = read_record(path) if path.is_file() else None
         except CorruptRecord:
@@ -195,6 +196,7 @@ def interleave(run_dir: str | Path, *, rounds: int = 5, only: Sequence[str] | No
     for (path, record), cell_rounds in zip(selected, measured):
         updated.append(_updated_record(record, cell_rounds, env=env, cells=len(configs), started=started))
     for (path, _), record in zip(selected, updated):
+        # The record's own cell_id names the file written: read_record has checked it matches `path`.
         write_record(path.parent, record)
     return updated
 

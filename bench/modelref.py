@@ -59,7 +59,12 @@ def is_import_path(ref: str) -> bool:
 
 
 def resolve_model_ref(ref: str) -> ModelRef:
-    """Resolve a registry name or `package.module:callable`; raise UsageError with one clear line."""
+    """Resolve a registry name or `package.module:callable`; raise UsageError with one clear line.
+
+    Resolving an import path imports its module and looks the attribute up, but never calls it:
+    grid validation and `launch --dry-run` resolve models, and must not run the user's code.
+    Only `ModelRef.build` (a cell being run or profiled) calls it.
+    """
     ref = ref.strip()
     if not ref:
         raise UsageError("empty model name")

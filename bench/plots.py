@@ -347,13 +347,20 @@ def _miou_panel(ax: plt.Axes, rows: pd.DataFrame, fams: list[str]) -> None:
 
 def save_figure(fig: plt.Figure, out_dir: Path, name: str) -> tuple[Path, Path]:
     """Write NAME.png (for the HTML page) and NAME.svg; close the figure."""
+    from bench.records import atomic_write
+
     out_dir.mkdir(parents=True, exist_ok=True)
     png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
     # no bbox_inches="tight": the figures lay themselves out (tight_layout), and the tight bounding
-    # box costs a second full draw per file
-    fig.savefig(png, dpi=110)
-    fig.savefig(svg)
-    plt.close(fig)
+    # box costs a second full draw per file. Each file is written beside its target and renamed,
+    # so a full disk leaves the former plot whole, not truncated.
+    try:
+        with atomic_write(png, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=110)
+        with atomic_write(svg, "wb") as handle:
+            fig.savefig(handle, format="svg")
+    finally:
+        plt.close(fig)
     return png, svg
 
 
@@ -465,12 +472,20 @@ def attention_images(config: dict[str, Any], size: tuple[int, int], task: str, c
 
 
 def load_weights(model: Any, checkpoint: Path | None) -> str:
-    """Load a cell's checkpoint.pt into `model` if there is one; say which weights the plot shows."""
-    import torch
+    """Load a cell's checkpoint.pt into `model` if there is one; say which weights the plot shows.
+
+    Raises PlotSkipped (the report goes on without this plot, saying why) when the file is damaged
+    or not weights-only: one bad checkpoint must not cost the whole report.
+    """
+    from bench.checkpoint import CheckpointError, read_checkpoint_file
 
     if checkpoint is None or not checkpoint.exists():
         return "untrained weights"
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    try:
+        state = read_checkpoint_file(checkpoint)  # weights_only=True: never unpickles code
+    except CheckpointError as exc:
+        log.warning("attention plot: %s", exc)
+        raise PlotSkipped(str(exc)) from exc
     for key in ("model", "state_dict", "model_state"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             epoch = state.get("epoch")
@@ -480,7 +495,7 @@ def load_weights(model: Any, checkpoint: Path | None) -> str:
         epoch = None
     try:
         model.load_state_dict(state)
-    except (RuntimeError, KeyError) as exc:
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:  # not a state dict of this model
         raise PlotSkipped(f"checkpoint {checkpoint} does not fit the model: {str(exc).splitlines()[0]}") from exc
     return "trained weights" + (f" (epoch {epoch})" if epoch is not None else "")
 
@@ -529,7 +544,10 @@ def plot_attention(config: dict[str, Any], checkpoint: Path | None, images: int 
 
     if not hasattr(models, "token_attention"):
         raise PlotSkipped("models.token_attention is not available in this checkout")
-    model = models.build_model(config["model"], **(config.get("model_args") or {}))
+    try:
+        model = models.build_model(config["model"], **(config.get("model_args") or {}))
+    except (ValueError, TypeError, KeyError) as exc:  # a record's config that no longer builds
+        raise PlotSkipped(f"cannot build {config.get('model')} from its record: {str(exc).splitlines()[0]}") from exc
     weights = load_weights(model, checkpoint)
     weights = (f"{weights} from {checkpoint_label(checkpoint)}" if checkpoint is not None and checkpoint.exists()
                else "UNTRAINED weights (no trained cell with a checkpoint in the run)")

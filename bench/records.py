@@ -17,7 +17,11 @@ A record is one JSON object per measured cell (DESIGN.md, "Contracts"):
 
 Units live in metric key names (`gmacs`, `params_m`, `latency_ms_p50`, `throughput_img_s`,
 `peak_mem_mb`, `top1` in %, `miou` in %). Records are written atomically (temp file in the same
-folder, fsync, rename), so a crash never leaves half a record behind.
+folder, fsync, rename), so a crash never leaves half a record behind, with the mode the umask gives
+(a run folder on a shared file system stays readable by the group). Record files are data that
+anyone may have edited or copied: `read_record` checks them against the schema (types, a finite
+number or null for each metric, a cell id matching the file name) and raises CorruptRecord, and
+no path is ever built from a cell id that is not 12 lowercase hex digits.
 """
 
 from __future__ import annotations
@@ -26,21 +30,68 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import math
 import platform
+import re
 import socket
 import subprocess
 import tempfile
 import traceback as _traceback
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
+
+from bench.errors import UsageError
 
 SCHEMA = "vtbench.record/1"
+STATUSES = ("ok", "error")
+
+# What `cell_id_of` produces. A cell id names files and folders (records/ID.json, cells/ID/), and
+# record files can come from anywhere (copied from a cluster, edited by hand), so an id read from
+# data must match this before it becomes part of a path: "../../x" must never reach the disk.
+CELL_ID_RE = re.compile(r"^[0-9a-f]{12}$")
+# Any other name vtbench derives a path from (a run, a model in a default output folder): one
+# path component, no separator, not "." or "..", nothing hidden.
+PATH_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def cell_id_of(config: dict[str, Any]) -> str:
     """Stable 12-hex id of a resolved cell config (key order does not matter)."""
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def check_cell_id(cell_id: Any) -> str:
+    """`cell_id` if it is a cell id as `cell_id_of` makes them (12 lowercase hex); else UsageError."""
+    if not isinstance(cell_id, str) or not CELL_ID_RE.match(cell_id):
+        raise UsageError(f"invalid cell id {cell_id!r}: expected 12 lowercase hex digits (as vtbench makes them)")
+    return cell_id
+
+
+def check_path_name(name: Any, what: str) -> str:
+    """`name` if it is safe as one path component (letters, digits, '_', '-', '.'); else UsageError."""
+    if not isinstance(name, str) or not PATH_NAME_RE.match(name):
+        raise UsageError(f"invalid {what} {name!r} for a file name: use letters, digits, '_', '-' or '.', "
+                         f"starting with a letter or digit")
+    return name
+
+
+def path_inside(folder: str | os.PathLike, name: str) -> Path:
+    """FOLDER/NAME, refused (UsageError) unless it resolves inside FOLDER (no '..', no absolute NAME).
+
+    The name patterns above already exclude separators; resolving too also catches a symlink
+    planted in the folder that points elsewhere.
+    """
+    folder = Path(folder)
+    target = folder / name
+    if not target.resolve().is_relative_to(folder.resolve()):
+        raise UsageError(f"refusing to write {target}: it resolves outside {folder}")
+    return target
+
+
+def record_path(records_dir: str | os.PathLike, cell_id: Any) -> Path:
+    """RECORDS_DIR/CELL_ID.json for a validated cell id."""
+    return path_inside(records_dir, f"{check_cell_id(cell_id)}.json")
 
 
 def now_iso() -> str:
@@ -129,22 +180,67 @@ def make_record(config: dict[str, Any], *, metrics: dict[str, Any] | None = None
     return record
 
 
-def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
-    """Write JSON to `path` atomically: temp file in the same folder, fsync, then rename."""
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows.
+
+    `os.umask` can only be read by setting it, which races with other threads creating files;
+    /proc/self/status (Linux >= 4.7) reports it directly, so that is tried first.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split(":", 1)[1].strip(), 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def shared_file_mode() -> int:
+    """The mode a plain `open(path, "w")` would give: 0o666 less the umask.
+
+    `tempfile.mkstemp` creates files 0600 whatever the umask, so a record renamed into place would
+    be unreadable to the group of a run folder on a shared cluster file system.
+    """
+    return 0o666 & ~current_umask()
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temp file beside `path`; on a clean exit fsync it and rename it over `path`.
+
+    A crash or a full disk midway leaves the former `path` untouched (and no temp file behind).
+    `mode` is "w" (text) or "wb" (binary).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=False, default=_json_default)
-            handle.write("\n")
+        os.fchmod(fd, shared_file_mode())
+        with os.fdopen(fd, mode) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` atomically (see `atomic_write`)."""
+    with atomic_write(path) as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
+    """Write JSON to `path` atomically: temp file in the same folder, fsync, then rename."""
+    with atomic_write(path) as handle:
+        json.dump(payload, handle, indent=2, sort_keys=False, default=_json_default)
+        handle.write("\n")
+    return Path(path)
 
 
 def _json_default(value: Any) -> Any:
@@ -160,35 +256,142 @@ def _json_default(value: Any) -> Any:
 
 
 def write_record(records_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
-    """Write `record` as RECORDS_DIR/CELL_ID.json, atomically."""
-    return write_json_atomic(Path(records_dir) / f"{record['cell_id']}.json", record)
+    """Write `record` as RECORDS_DIR/CELL_ID.json, atomically.
+
+    The file name comes from the record's `cell_id`, so it is validated first (UsageError for
+    anything but 12 hex digits). Non-finite metrics (NaN, inf) are written as null and named in
+    `metrics.non_finite`: JSON has no such numbers, and `read_record` would call the file corrupt.
+    """
+    path = record_path(records_dir, record.get("cell_id"))
+    return write_json_atomic(path, _with_finite_metrics(record))
+
+
+def _with_finite_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    metrics = record.get("metrics")
+    if not isinstance(metrics, dict):
+        return record
+    dropped: list[str] = []
+    cleaned = _finite_or_none(metrics, "", dropped)
+    if not dropped:
+        return record
+    cleaned["non_finite"] = sorted(set(dropped) | set(metrics.get("non_finite") or []))
+    return {**record, "metrics": cleaned}
+
+
+def _finite_or_none(value: Any, where: str, dropped: list[str]) -> Any:
+    """`value` with every NaN / inf float (at any depth) replaced by None; their keys go to `dropped`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        dropped.append(where)
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v, f"{where}.{k}" if where else str(k), dropped) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v, f"{where}[{i}]", dropped) for i, v in enumerate(value)]
+    return value
 
 
 class CorruptRecord(ValueError):
-    """A record file that is not valid JSON or lacks the schema's required keys."""
+    """A record file that is not valid JSON, or does not follow the record schema."""
 
 
 REQUIRED_KEYS = ("schema", "cell_id", "config", "status")
+# Top-level keys and the JSON types they may hold (None: null allowed). Readers (status, report,
+# launch) rely on these types, so a file that breaks them is corrupt rather than a crash later.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "schema": (str,), "cell_id": (str,), "config": (dict,), "status": (str,),
+    "run": (str, type(None)), "env": (dict, type(None)), "error": (dict, type(None)),
+    "metrics": (dict, type(None)), "started_at": (str, type(None)), "finished_at": (str, type(None)),
+    "duration_s": (int, float, type(None)), "job": (dict, type(None)),
+}
+# Parts of `config` the readers iterate over.
+CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str, type(None)), "model_args": (dict, type(None)), "measure": (list, type(None)),
+    "complexity": (dict, type(None)), "latency": (dict, type(None)), "train": (dict, type(None)),
+}
+_TYPE_NAMES = {str: "a string", dict: "an object", list: "a list", int: "a number", float: "a number",
+               type(None): "null"}
 
 
-def read_record(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and minimally validate one record; raise CorruptRecord if it is unusable."""
+def schema_problem(record: Any, cell_id: str | None = None) -> str | None:
+    """Why `record` does not follow the record schema, or None when it does.
+
+    Args:
+        record: the parsed JSON.
+        cell_id: the id the record must carry (the one its file is named by), if known.
+    """
+    if not isinstance(record, dict):
+        return f"not a vtbench record (a JSON {type(record).__name__}, not an object)"
+    missing = [key for key in REQUIRED_KEYS if key not in record]
+    if missing:
+        return f"not a vtbench record (needs keys {', '.join(REQUIRED_KEYS)}; lacks {', '.join(missing)})"
+    problem = (_type_problem(record, FIELD_TYPES, "") or _type_problem(record["config"], CONFIG_TYPES, "config."))
+    if problem:
+        return problem
+    if record["status"] not in STATUSES:
+        return f"unknown status {record['status']!r} (expected {' or '.join(STATUSES)})"
+    if not CELL_ID_RE.match(record["cell_id"]):
+        return f"invalid cell_id {record['cell_id']!r} (expected 12 lowercase hex digits)"
+    if cell_id is not None and record["cell_id"] != cell_id:
+        return f"its cell_id {record['cell_id']!r} differs from its file name {cell_id!r}"
+    return _non_finite_problem(record.get("metrics") or {})
+
+
+def _type_problem(mapping: dict[str, Any], types: dict[str, tuple[type, ...]], prefix: str) -> str | None:
+    for key, allowed in types.items():
+        if key not in mapping:
+            continue
+        value = mapping[key]
+        if isinstance(value, bool) or not isinstance(value, allowed):  # JSON true is not a number
+            wanted = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in allowed))
+            return f"{prefix}{key} must be {wanted}, not {type(value).__name__} {_short(value)}"
+    return None
+
+
+def _non_finite_problem(metrics: dict[str, Any]) -> str | None:
+    dropped: list[str] = []
+    _finite_or_none(metrics, "", dropped)
+    if dropped:  # json.loads reads 1e400 as inf, and NaN / Infinity literals as such
+        return f"non-finite metric(s) {', '.join(dropped[:5])} (a metric is a finite number or null)"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_record(path: str | os.PathLike, *, cell_id: str | None = None) -> dict[str, Any]:
+    """Read one record and check it against the schema; raise CorruptRecord if it is unusable.
+
+    Args:
+        path: the record file.
+        cell_id: the id the record must carry. Default: the file's name when it is named as
+            records are (ID.json with a valid id), so `records/ID.json` can never hold another
+            cell's record (whose id would then lead readers and writers to another file).
+    """
     path = Path(path)
+    if cell_id is None and CELL_ID_RE.match(path.stem):
+        cell_id = path.stem
     try:
         record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CorruptRecord(f"{path}: unreadable record ({exc})") from exc
-    if not isinstance(record, dict) or any(key not in record for key in REQUIRED_KEYS):
-        raise CorruptRecord(f"{path}: not a vtbench record (needs keys {', '.join(REQUIRED_KEYS)})")
-    if record["status"] not in ("ok", "error"):
-        raise CorruptRecord(f"{path}: unknown status {record['status']!r}")
+    problem = schema_problem(record, cell_id)
+    if problem:
+        raise CorruptRecord(f"{path}: {problem}")
     return record
 
 
 def iter_records(records_dir: str | os.PathLike) -> Iterator[tuple[Path, dict[str, Any] | CorruptRecord]]:
-    """Yield (path, record) for every *.json in a folder; a corrupt file yields its CorruptRecord."""
+    """Yield (path, record) for every *.json in a folder; a corrupt file yields its CorruptRecord.
+
+    Every file here must be named by its cell id: one that is not is corrupt too.
+    """
     for path in sorted(Path(records_dir).glob("*.json")):
+        if not CELL_ID_RE.match(path.stem):
+            yield path, CorruptRecord(f"{path}: file name is not a cell id (12 lowercase hex digits)")
+            continue
         try:
-            yield path, read_record(path)
+            yield path, read_record(path, cell_id=path.stem)
         except CorruptRecord as exc:
             yield path, exc

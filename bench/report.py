@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import UsageError
-from bench.records import CorruptRecord, iter_records
+from bench.records import CorruptRecord, atomic_write, iter_records, write_text_atomic
 from bench.reference import family_of
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,8 @@ def _missing_metrics(record: dict[str, Any]) -> list[str]:
 
 def _config_summary(config: dict[str, Any]) -> str:
     """A short human label of a cell: model and its options."""
-    options = ", ".join(f"{k}={v}" for k, v in (config.get("model_args") or {}).items())
+    args = config.get("model_args")
+    options = ", ".join(f"{k}={v}" for k, v in (args if isinstance(args, dict) else {}).items())
     seed = config.get("seed")
     return f"{config.get('model')}({options})" + (f" seed={seed}" if seed is not None else "")
 
@@ -276,7 +277,7 @@ def _pending_rows(run_dir: Path, seen: dict[str, str], notes: list[str]) -> list
         status = seen.get(cell["cell_id"])
         if status in ("ok", "error"):
             continue
-        config = cell.get("config") or {}
+        config = cell["config"] if isinstance(cell.get("config"), dict) else {}
         rows.append({"run": run_dir.name, "cell_id": cell["cell_id"], "model": config.get("model"),
                      "cell": _config_summary(config), "reason": status or "no record yet"})
     return rows
@@ -810,12 +811,23 @@ def paper_table(comparison: pd.DataFrame, options: dict[str, str] | None = None)
 
 # --------------------------------------------------------------------------- rendering
 
+def md_text(text: str) -> str:
+    """Text safe inside markdown: `&`, `<` and `>` as HTML entities.
+
+    Markdown renderers pass raw HTML through, and table cells hold record fields (error messages,
+    host names, option values) that anyone who can write a record controls: a `<script>` in an
+    error message must show as text, as it does in report.html.
+    """
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def markdown_table(df: pd.DataFrame) -> str:
-    """A GitHub pipe table (no extra dependency); '_none_' for an empty frame."""
+    """A GitHub pipe table (no extra dependency); '_none_' for an empty frame. Cells are escaped."""
     if df is None or df.empty:
         return "_none_\n"
     def cell(v: Any) -> str:
-        return ("" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)).replace("|", "\\|").replace("\n", " ")
+        text = "" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)
+        return md_text(text).replace("|", "\\|").replace("\n", " ")
     lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |",
              "|" + "|".join(" --- " for _ in df.columns) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
@@ -877,14 +889,22 @@ def build_report(run_dirs: Iterable[str | Path]) -> Report:
 
 def draw_plots(report: Report, out_dir: Path) -> None:
     """Draw every plot whose data exist into OUT/plots; the others are listed with the reason."""
-    from bench import plots
-
     table, label_cols = report.table, varying_columns(report.table, report.data.option_columns)
     drawn, skipped = report.plots, report.skipped_plots
     plot_dir = out_dir / "plots"
-    for name in PLOT_TITLES:  # a plot skipped now must not survive from an earlier report
+    _draw_each_plot(report, plot_dir, table, label_cols, drawn, skipped)
+    # A plot skipped now must not survive from an earlier report. Removed only once every plot is
+    # drawn (each replaced atomically), so a failure midway (a full disk) leaves the former plots
+    # whole rather than deleted or truncated.
+    for name in dict(skipped):
         for suffix in (".png", ".svg"):
             (plot_dir / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+def _draw_each_plot(report: Report, plot_dir: Path, table: pd.DataFrame, label_cols: list[str],
+                    drawn: list[Any], skipped: list[tuple[str, str]]) -> None:
+    from bench import plots
+
     if table.empty:
         skipped.extend((name, "no ok records") for name in PLOT_TITLES)
         return
@@ -996,7 +1016,7 @@ def _status_sections(data: RunData) -> list[tuple[str, pd.DataFrame]]:
 
 def render_markdown(report: Report, out_dir: Path) -> str:
     """report.md: header, tables, plots (linked) with the skipped ones and why, then the problem cells."""
-    parts = [_header(report)]
+    parts = [md_text(_header(report))]  # host and device names come from the records
     for title, df in report.sections:
         parts.append(f"## {title}\n\n{markdown_table(df)}")
     parts.append("## Plots\n")
@@ -1004,7 +1024,8 @@ def render_markdown(report: Report, out_dir: Path) -> str:
         parts.append(f"### {plot.title}\n\n![{plot.title}]({plot.png.relative_to(out_dir).as_posix()}) "
                      f"([SVG]({plot.svg.relative_to(out_dir).as_posix()}))\n")
     if report.skipped_plots:
-        parts.append("Skipped plots:\n\n" + "\n".join(f"- {PLOT_TITLES.get(n, n)}: {why}" for n, why in report.skipped_plots) + "\n")
+        parts.append("Skipped plots:\n\n" + "\n".join(f"- {PLOT_TITLES.get(n, n)}: {md_text(why)}"
+                                                      for n, why in report.skipped_plots) + "\n")
     parts.append("## Pending, failed and incomplete cells\n")
     for title, df in _status_sections(report.data):
         parts.append(f"### {title} ({len(df)})\n\n{markdown_table(df)}")
@@ -1065,7 +1086,11 @@ def default_out_dir(run_dirs: list[str | Path], out: str | Path | None) -> Path:
 
 def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
                  formats: Iterable[str] = FORMATS) -> Report:
-    """Build the report of the runs and write table.csv, cells.csv, report.md, report.html and plots."""
+    """Build the report of the runs and write table.csv, cells.csv, report.md, report.html and plots.
+
+    Every file is written to a temp file beside it and renamed into place, so a full disk or a
+    kill midway leaves the former report's files whole instead of truncated.
+    """
     formats = list(formats)
     out_dir = default_out_dir(run_dirs, out)
     report = build_report(run_dirs)
@@ -1077,15 +1102,14 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
     if "md" in formats or "html" in formats:
         draw_plots(report, out_dir)
     if "md" in formats:
-        report.files["report.md"] = out_dir / "report.md"
-        report.files["report.md"].write_text(render_markdown(report, out_dir))
+        report.files["report.md"] = write_text_atomic(out_dir / "report.md", render_markdown(report, out_dir))
     if "html" in formats:
-        report.files["report.html"] = out_dir / "report.html"
-        report.files["report.html"].write_text(render_html(report))
+        report.files["report.html"] = write_text_atomic(out_dir / "report.html", render_html(report))
     log.info("report of %d record(s) written to %s (%s)", len(report.data.cells), out_dir, ", ".join(report.files))
     return report
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> Path:
-    df.to_csv(path, index=False)
+    with atomic_write(path) as handle:
+        df.to_csv(handle, index=False)
     return path

@@ -147,6 +147,31 @@ class TrainConfig:
             self.input_size = int(self.input_size[0])
         if not isinstance(self.dataset_args, dict):
             raise UsageError(f"dataset_args must be a mapping (got {self.dataset_args!r})")
+        self._check_ranges()
+        if self.dataset_args:
+            from bench.data import check_dataset_options
+
+            check_dataset_options(self.dataset, self.dataset_args)
+
+    def _check_ranges(self) -> None:
+        """Refuse values that would be silently read as "default" or poison the run.
+
+        0 is falsy: `input_size: 0` and `threads: 0` used to fall back to the defaults, so the
+        config recorded in the cell said something that did not run. NaN and inf pass every
+        comparison, and an lr of NaN trains for minutes before the loss says so.
+        """
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"train option {field.name} must be a finite number (got {value})")
+        for name in ("input_size", "threads"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UsageError(f"{name} must be a positive integer, or unset for the default (got {value!r})")
+        if not self.lr > 0:
+            raise UsageError(f"lr must be a positive number (got {self.lr})")
+        if self.workers < 0:
+            raise UsageError(f"workers must be >= 0 (got {self.workers})")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":

@@ -137,6 +137,26 @@ def _accepts(model: str, option: str) -> bool:
     return option in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def output_dir(out: str | None, model: str, dataset: str) -> Path:
+    """--out, or runs/train/MODEL-DATASET; UsageError when it cannot be a folder.
+
+    The default is built from the model and data-set names, so that name is checked to be one
+    safe path component (a model name cannot lead the output out of runs/train/).
+    """
+    from bench.records import check_path_name
+
+    if out is None:
+        name = check_path_name(f"{model.replace(':', '.')}-{dataset}", "default output folder name")
+        return Path("runs") / "train" / name
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out} is an existing file, not a folder; choose another --out")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"--out {out}: {parent} is a file, so the folder cannot be made there")
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     """Train, then write OUT/records/CELL_ID.json (rank 0); an error is recorded and re-raised."""
     from bench.distributed import current_env
@@ -146,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     train_opts, model_args = build_config(args)
     resolve_defaults(args.model, train_opts, model_args)
     cfg = TrainConfig.from_dict(train_opts)
-    out = Path(args.out or Path("runs") / "train" / f"{args.model.replace(':', '.')}-{cfg.dataset}")
+    out = output_dir(args.out, args.model, cfg.dataset)
     if (out / "checkpoint.pt").exists() and not args.resume:
         raise UsageError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose another --out")
     config = {"model": args.model, "model_args": model_args, "measure": ["train"],
