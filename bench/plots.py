@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -579,6 +580,17 @@ def _layout(tokens: int, images: int) -> tuple[int, int, int]:
     return drawn_images, drawn_tokens, math.ceil(drawn_tokens / TOKENS_PER_ROW)
 
 
+def wrap_to_width(text: str, width_in: float, fontsize: float) -> str:
+    """`text` re-wrapped so that no line is wider than a figure `width_in` inches wide.
+
+    A suptitle is not wrapped by matplotlib: a long one (the attention title names model, options,
+    module and checkpoint) ran off both edges of the figure. A character of DejaVu Sans averages
+    about 0.55 em, so a line holds about width * 72 / (0.55 * fontsize) characters.
+    """
+    per_line = max(20, int(width_in * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.fill(line, per_line) for line in text.split("\n"))
+
+
 def attention_figure(attn: np.ndarray, display: list[np.ndarray], captions: list[str], title: str) -> plt.Figure:
     """A block per image: the image, then one panel per token with its map (scaled to its own max) over it.
 
@@ -588,7 +600,13 @@ def attention_figure(attn: np.ndarray, display: list[np.ndarray], captions: list
     n_images, n_tokens, rows_per = _layout(tokens, images)
     ncols = 1 + min(n_tokens, TOKENS_PER_ROW)
     nrows = n_images * rows_per
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.05 * ncols + 1.2, 1.12 * nrows + 1.1), squeeze=False)
+    left_out = tokens - n_tokens
+    count = (f"all {tokens} tokens shown" if not left_out else
+             f"first {n_tokens} of {tokens} tokens shown ({left_out} left out)")
+    width = 1.05 * ncols + 1.2
+    heading = wrap_to_width(f"{title}; {count} for each of {n_images} image(s)", width, fontsize=9)
+    title_in = 0.16 * (heading.count("\n") + 1) + 0.3  # inches the wrapped title takes
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, 1.12 * nrows + 0.6 + title_in), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     cmap = "gray" if display[0].ndim == 2 else None
@@ -603,12 +621,8 @@ def attention_figure(attn: np.ndarray, display: list[np.ndarray], captions: list
             ax.imshow(display[b], cmap=cmap, vmin=0, vmax=1)
             last = ax.imshow(attn[b, t] / peak if peak > 0 else attn[b, t], cmap="magma", alpha=0.6, vmin=0, vmax=1)
             ax.set_title(f"token {t + 1}", fontsize=6)
-    left_out = tokens - n_tokens
-    count = (f"all {tokens} tokens shown" if not left_out else
-             f"first {n_tokens} of {tokens} tokens shown ({left_out} left out)")
-    fig.suptitle(f"{title}; {count} for each of {n_images} image(s)", fontsize=9)
-    header = 1.0 / fig.get_figheight()
-    fig.subplots_adjust(left=0.01, right=1 - 1.2 / fig.get_figwidth(), top=1 - 0.75 * header - 0.35 / fig.get_figheight(),
+    fig.suptitle(heading, fontsize=9)
+    fig.subplots_adjust(left=0.01, right=1 - 1.2 / fig.get_figwidth(), top=1 - (title_in + 0.15) / fig.get_figheight(),
                         bottom=0.02, wspace=0.08, hspace=0.35)
     if last is not None:
         cax = fig.add_axes([1 - 1.0 / fig.get_figwidth(), 0.2, 0.15 / fig.get_figwidth(), 0.5])

@@ -153,3 +153,25 @@ def test_a_really_trained_cell_is_drawn_from_its_checkpoint(tmp_path):
     title = _figure(run)._suptitle.get_text()
     assert f"real/cells/{record['cell_id']}/checkpoint.pt" in title and "trained weights (epoch 1)" in title
     assert f"all {TOKENS} tokens shown" in title
+
+
+def test_a_long_title_is_wrapped_inside_the_figure():
+    """The trained cell's title (model, options, module, checkpoint) once ran off both edges."""
+    import matplotlib.pyplot as plt
+
+    from bench.plots import attention_figure
+
+    attn = np.random.default_rng(0).random((2, 4, 12, 12))
+    display = [np.zeros((12, 12))] * 2
+    long_title = ("Tokenizer attention: vt_resnet18 (num_classes=10, stem=cifar, width=0.25, token_channels=256, "
+                  "recurrent=False, tokenizer=filter, num_tokens=4) module 2 of 2 (the last), "
+                  "vt.blocks.1.tokenizer (FilterTokenizer); trained weights (epoch 4) from run/cells/0123456789ab")
+    fig = attention_figure(attn, display, ["a", "b"], long_title)
+    try:
+        fig.canvas.draw()
+        box = fig._suptitle.get_window_extent()
+        width, height = fig.canvas.get_width_height()
+        assert box.x0 >= 0 and box.x1 <= width and box.y1 <= height, (box, width, height)
+        assert fig._suptitle.get_text().replace("\n", " ").startswith("Tokenizer attention: vt_resnet18")
+    finally:
+        plt.close(fig)
