@@ -9,9 +9,12 @@
    and corrupt records are moved to `RUN_DIR/superseded/` first, so status never shows a stale row);
 4. submit them as one array (`executor.map_array(CellRunner, cells)`) with the grid's resources
    (`slurm_array_parallelism` and friends) through `submitit.AutoExecutor(folder=RUN_DIR/submitit,
-   cluster=...)`, append the submission to `RUN_DIR/jobs.json`, and return at once;
+   cluster=...)`, append the submission to `RUN_DIR/jobs.json` (under a file lock: two launches
+   may append at once), and return at once;
 5. with `wait`, follow the cells with a progress bar until each has a record (or its job ended
-   without one); the result says which failed.
+   without one); the result says which failed. Cells in flight in another launch are followed too,
+   and so is a cell whose job found it locked by another launch's job (`busy`): its outcome is the
+   record that other job writes, or a failure if that job ends without one.
 
 Clusters: `local` (subprocesses on this machine; the default, works anywhere), `debug` (in this
 process, one cell after the other; always waits), `slurm` (needs `sbatch` and `SLURM_CONF`).
@@ -26,15 +29,17 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from bench.errors import UsageError
 from bench.grid import Cell, Grid, Resources, load_grid
+from bench.liveness import process_alive, process_start_ticks
 from bench.status import read_jobs  # noqa: F401  (re-exported: launch's callers read jobs.json too)
 from bench.records import CorruptRecord, now_iso, read_record, write_json_atomic
-from bench.runner import CellPaths, CellRunner
+from bench.runner import CellPaths, CellRunner, lock_holder
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,8 @@ class LaunchResult:
     task_job_ids: list[str] = dataclasses.field(default_factory=list)
     finished: bool = False
     failed: dict[str, str] = dataclasses.field(default_factory=dict)    # cell_id -> one-line error
+    followed: list[str] = dataclasses.field(default_factory=list)       # cells waited for to their end
+    elsewhere: list[str] = dataclasses.field(default_factory=list)      # ... of which another launch ran
 
     @property
     def submitted(self) -> list[str]:
@@ -91,19 +98,30 @@ def launch(grid_path: str | os.PathLike, cluster: str = "local", run_dir: str | 
     if dry_run:
         return result
     write_run_files(run_dir, grid)
-    if not plan.to_run:
-        log.info("nothing to submit: every cell of %s is done or in flight", grid.name)
-        result.finished = not plan.in_flight
-        return result
-    supersede_records(run_dir, plan)
-    jobs = submit(grid, plan.to_run, run_dir, cluster)
-    result.task_job_ids = [str(job.job_id) for job in jobs]
-    result.job_id = array_job_id(result.task_job_ids, cluster)
-    record_submission(run_dir, result)
+    jobs = submit_plan(result)
     if wait or cluster == "debug":
-        result.failed = follow(run_dir, plan.to_run, jobs, poll_s=poll_s)
+        followed = follow(run_dir, plan.to_run, jobs, poll_s=poll_s, in_flight=plan.in_flight)
+        result.followed = [cell.cell_id for cell in [*plan.to_run, *plan.in_flight]]
+        result.elsewhere = sorted(followed.elsewhere)
+        result.failed = {cell_id: why for cell_id, why in followed.outcomes.items() if why != "ok"}
         result.finished = True
+    else:
+        result.finished = not plan.to_run and not plan.in_flight
     return result
+
+
+def submit_plan(result: LaunchResult) -> list[Any]:
+    """Submit the plan's cells to run (if any) and record the submission; returns the jobs."""
+    plan, run_dir = result.plan, result.run_dir
+    if not plan.to_run:
+        log.info("nothing to submit: every cell of %s is done or in flight", result.grid.name)
+        return []
+    supersede_records(run_dir, plan)
+    jobs = submit(result.grid, plan.to_run, run_dir, result.cluster)
+    result.task_job_ids = [str(job.job_id) for job in jobs]
+    result.job_id = array_job_id(result.task_job_ids, result.cluster)
+    record_submission(run_dir, result)
+    return jobs
 
 
 # -------------------------------------------------------------------------------------- planning
@@ -160,10 +178,20 @@ def write_run_files(run_dir: Path, grid: Grid) -> None:
     """RUN_DIR/grid.yaml (as given) and RUN_DIR/cells.json (every resolved cell)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "records").mkdir(exist_ok=True)
-    tmp = run_dir / ".grid.yaml.tmp"
-    tmp.write_text(grid.text)
-    os.replace(tmp, run_dir / "grid.yaml")
+    _write_text_atomic(run_dir / "grid.yaml", grid.text)
     write_json_atomic(run_dir / "cells.json", [{"cell_id": c.cell_id, "config": c.config} for c in grid.cells])
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temp file of its own: two launches may write at once."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def supersede_records(run_dir: Path, plan: Plan) -> None:
@@ -180,12 +208,29 @@ def supersede_records(run_dir: Path, plan: Plan) -> None:
 
 def record_submission(run_dir: Path, result: LaunchResult) -> None:
     """Append this submission to RUN_DIR/jobs.json."""
-    jobs = read_jobs(run_dir)
-    jobs.append({"job_id": result.job_id, "cell_ids": result.submitted, "task_job_ids": result.task_job_ids,
-                 "cluster": result.cluster, "submitted_at": now_iso(), "host": socket.gethostname(),
-                 "grid": result.grid.name})
-    write_json_atomic(run_dir / "jobs.json", jobs)
+    entry = {"job_id": result.job_id, "cell_ids": result.submitted, "task_job_ids": result.task_job_ids,
+             "cluster": result.cluster, "submitted_at": now_iso(), "host": socket.gethostname(),
+             "grid": result.grid.name}
+    if result.cluster == "local":
+        # A local job's id is its controller's pid; its start time tells it from a later process
+        # given the same pid (see bench.liveness).
+        entry["task_pid_starts"] = [process_start_ticks(task_id) for task_id in result.task_job_ids]
+    append_job(run_dir, entry)
     log.info("submitted %d cell(s) as job %s on %s", len(result.submitted), result.job_id, result.cluster)
+
+
+def append_job(run_dir: Path, entry: dict[str, Any]) -> None:
+    """Append `entry` to RUN_DIR/jobs.json, read-modify-write under a file lock.
+
+    Without the lock two launches appending at once both read the old list and the second write
+    drops the first one's entry (then its cells look never submitted, and run twice).
+    """
+    from filelock import FileLock
+
+    with FileLock(str(run_dir / ".jobs.json.lock")):
+        jobs = read_jobs(run_dir)
+        jobs.append(entry)
+        write_json_atomic(run_dir / "jobs.json", jobs)
 
 
 def array_job_id(task_job_ids: list[str], cluster: str) -> str:
@@ -204,11 +249,13 @@ def cells_in_flight(run_dir: Path) -> set[str]:
     jobs = read_jobs(run_dir)
     slurm_ids = _live_slurm_task_ids(jobs)
     for entry in jobs:
-        for cell_id, task_id in zip(entry.get("cell_ids", []), entry.get("task_job_ids", [])):
+        task_ids = entry.get("task_job_ids", [])
+        starts = entry.get("task_pid_starts") or [None] * len(task_ids)
+        for cell_id, task_id, start in zip(entry.get("cell_ids", []), task_ids, starts):
             if entry.get("cluster") == "slurm" and task_id in slurm_ids:
                 cells.add(cell_id)
             elif entry.get("cluster") == "local" and entry.get("host") == socket.gethostname() \
-                    and _local_job_alive(task_id):
+                    and _local_job_alive(task_id, start):
                 cells.add(cell_id)
     return cells
 
@@ -228,10 +275,13 @@ def _live_slurm_task_ids(jobs: list[dict[str, Any]]) -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.strip() and line.split()[-1] != "CG"}
 
 
-def _local_job_alive(job_id: str) -> bool:
-    """A local job's id is its controller's PID: alive and still a submitit process?"""
+def _local_job_alive(job_id: str, pid_start: int | None = None) -> bool:
+    """A local job's id is its controller's PID: is that same process still alive?"""
     if not str(job_id).isdigit():
         return False
+    if pid_start is not None:
+        return process_alive(socket.gethostname(), job_id, pid_start) is True
+    # jobs.json written before start times were recorded: the pid must at least be a submitit process
     try:
         cmdline = Path(f"/proc/{job_id}/cmdline").read_bytes()
     except OSError:
@@ -295,45 +345,71 @@ def submit(grid: Grid, cells: list[Cell], run_dir: Path, cluster: str) -> list[A
 
 
 # ------------------------------------------------------------------------------------- following
-def follow(run_dir: Path, cells: list[Cell], jobs: list[Any], poll_s: float = 2.0) -> dict[str, str]:
-    """Wait with a progress bar until each cell has a record or its job ended; returns failures."""
+BUSY = "busy"  # what our job returns when another launch's job holds the cell's lock
+
+
+@dataclasses.dataclass
+class Followed:
+    """Each followed cell's outcome (`ok` or a one-line error), and which another launch ran."""
+
+    outcomes: dict[str, str] = dataclasses.field(default_factory=dict)
+    elsewhere: set[str] = dataclasses.field(default_factory=set)
+
+
+def follow(run_dir: Path, cells: list[Cell], jobs: list[Any], poll_s: float = 2.0,
+           in_flight: Sequence[Cell] = ()) -> Followed:
+    """Wait with a progress bar until each cell has a record or the job running it ended.
+
+    `cells` run in our `jobs`; `in_flight` cells run in another launch's jobs. A job of ours that
+    found its cell locked by another launch's job (`busy`) hands the cell over to that job.
+    """
     from tqdm import tqdm
 
-    pending = {cell.cell_id: job for cell, job in zip(cells, jobs)}
-    failed: dict[str, str] = {}
+    watched: dict[str, Any] = {cell.cell_id: job for cell, job in zip(cells, jobs)}
+    watched.update({cell.cell_id: None for cell in in_flight})  # None: another launch's job runs it
+    followed = Followed(elsewhere={cell.cell_id for cell in in_flight})
+    if in_flight:
+        log.info("following %d cell(s) in flight in another launch", len(in_flight))
     # The bar shows on a terminal; elsewhere (CI logs) each finished cell is one log line.
-    with tqdm(total=len(pending), unit="cell", desc=run_dir.name, dynamic_ncols=True, disable=None,
+    with tqdm(total=len(watched), unit="cell", desc=run_dir.name, dynamic_ncols=True, disable=None,
               mininterval=1.0) as bar:
-        while pending:
-            for cell_id, job in list(pending.items()):
-                outcome = _outcome(run_dir, cell_id, job)
-                if outcome is None:
-                    continue
-                del pending[cell_id]
-                bar.update(1)
-                if outcome != "ok":
-                    failed[cell_id] = outcome
-                    log.warning("cell %s failed: %s", cell_id, outcome)
-                elif bar.disable:
-                    log.info("cell %s ok (%d/%d done)", cell_id, len(cells) - len(pending), len(cells))
-            bar.set_postfix(failed=len(failed), refresh=False)
-            if pending:
+        while watched:
+            _poll_once(run_dir, watched, followed, bar)
+            if watched:
                 time.sleep(poll_s)
-    return failed
+    return followed
+
+
+def _poll_once(run_dir: Path, watched: dict[str, Any], followed: Followed, bar: Any) -> None:
+    """Look at every watched cell once; move the finished ones from `watched` to `followed`."""
+    # Asked once per round (squeue on SLURM), only when some cell is another launch's.
+    live = cells_in_flight(run_dir) if any(job is None for job in watched.values()) else set()
+    for cell_id, job in list(watched.items()):
+        outcome = _outcome(run_dir, cell_id, job) if job is not None else _outcome_elsewhere(run_dir, cell_id, live)
+        if outcome == BUSY:
+            log.info("cell %s is being run by another launch's job; following it to its record", cell_id)
+            watched[cell_id] = None
+            followed.elsewhere.add(cell_id)
+            continue
+        if outcome is None:
+            continue
+        del watched[cell_id]
+        followed.outcomes[cell_id] = outcome
+        bar.update(1)
+        if outcome != "ok":
+            log.warning("cell %s failed: %s", cell_id, outcome)
+        elif bar.disable:
+            log.info("cell %s ok (%d/%d done)", cell_id, len(followed.outcomes), bar.total)
+    bar.set_postfix(failed=sum(o != "ok" for o in followed.outcomes.values()), refresh=False)
 
 
 def _outcome(run_dir: Path, cell_id: str, job: Any) -> str | None:
-    """`ok`, a one-line error, or None while the cell is still going."""
+    """`ok`, a one-line error, `busy` (another launch runs it), or None while the cell is still going."""
     debug_error = _run_debug_job(job) if _is_debug(job) else None
     path = CellPaths(run_dir, cell_id).record
-    state = record_state(path)
-    if state == "ok":
-        return "ok"
-    if state == "error":
-        error = read_record(path).get("error") or {}
-        return f"{error.get('type', 'error')}: {error.get('message', '')}"
-    if state is not None:  # corrupt: cannot happen for a record we wrote atomically, but say so
-        return state
+    recorded = _record_outcome(path)
+    if recorded is not None:
+        return recorded
     if debug_error is not None:
         return f"debug job {job.job_id} raised without a record: {debug_error}"
     if not job.done():
@@ -341,7 +417,56 @@ def _outcome(run_dir: Path, cell_id: str, job: Any) -> str | None:
     time.sleep(0.5)  # the record is written before the job's result; re-check once
     if record_state(path) is not None:
         return _outcome(run_dir, cell_id, job)
+    if _job_summary(job).get("status") == BUSY:
+        return BUSY
     return f"job {job.job_id} ended without a record: {_job_failure(job)}"
+
+
+def _outcome_elsewhere(run_dir: Path, cell_id: str, live: set[str]) -> str | None:
+    """Outcome of a cell another launch's job runs: its record, or None while that job still runs."""
+    paths = CellPaths(run_dir, cell_id)
+    recorded = _record_outcome(paths.record)
+    if recorded is not None:
+        return recorded
+    if cell_id in live or _lock_holder_alive(paths):
+        return None
+    time.sleep(0.5)  # the record is written before the job ends; re-check once
+    recorded = _record_outcome(paths.record)
+    if recorded is not None:
+        return recorded
+    return "run by another launch, whose job ended without a record"
+
+
+def _record_outcome(path: Path) -> str | None:
+    """`ok` or the one-line error of the record at `path`; None when there is none."""
+    state = record_state(path)
+    if state == "error":
+        error = read_record(path).get("error") or {}
+        return f"{error.get('type', 'error')}: {error.get('message', '')}"
+    # `ok`, or corrupt: cannot happen for a record written atomically, but say so.
+    return state
+
+
+def _lock_holder_alive(paths: CellPaths) -> bool:
+    """Does the process that took the cell's lock last still run (on this host)?
+
+    On another host it cannot be seen; there the cluster's queue (`cells_in_flight`) answers.
+    """
+    holder = lock_holder(paths) or {}
+    return process_alive(holder.get("host"), holder.get("pid"), holder.get("pid_start")) is True
+
+
+def _job_summary(job: Any) -> dict[str, Any]:
+    """What a finished job's `CellRunner` returned ({} when it raised or returned nothing)."""
+    try:
+        if _is_debug(job):  # result() of an unfinished debug submission would run it again
+            submission = job.submission()
+            summary = submission.result() if submission.done() else None
+        else:
+            summary = job.result()
+    except Exception:  # noqa: BLE001 - a job that raised is reported by _job_failure
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def _is_debug(job: Any) -> bool:

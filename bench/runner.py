@@ -16,8 +16,9 @@ builds the model, runs the measurements the cell lists (complexity, latency, tra
   resumes from that checkpoint too.
 
 Per-cell work lives in `RUN_DIR/cells/CELL_ID/`: `checkpoint.pt` and `metrics.jsonl` (training),
-`log` (this cell's log lines), `state.json` (running/done, job id, host, pid: read by
-`vtbench status` without asking any cluster) and `lock`.
+`log` (this cell's log lines), `state.json` (running/done, job id, host, pid and the pid's start
+time: read by `vtbench status` without asking any cluster) and `lock` (whose text names its holder
+the same way, so a launch whose job found the cell locked can follow the holder to its end).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import json
 import logging
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from typing import Any, Iterator
 
 import submitit
 
+from bench.liveness import this_process
 from bench.records import (CorruptRecord, capture_env, make_record, now_iso, read_record,
                            write_json_atomic, write_record)
 
@@ -287,9 +289,9 @@ def _has_ok_record(path: Path) -> bool:
 
 def _write_state(paths: CellPaths, state: str, ctx: JobContext, **extra: Any) -> None:
     """RUN_DIR/cells/ID/state.json: what `vtbench status` reads to tell running cells apart."""
+    # host + pid + pid start time: a bare pid may name another process once this one is gone.
     write_json_atomic(paths.state, {"state": state, "job_id": ctx.job_id, "cluster": ctx.cluster,
-                                    "host": socket.gethostname(), "pid": os.getpid(),
-                                    "updated_at": now_iso(), **extra})
+                                    **this_process(), "updated_at": now_iso(), **extra})
 
 
 @contextlib.contextmanager
@@ -310,11 +312,23 @@ def _cell_lock(paths: CellPaths, ctx: JobContext) -> Iterator[bool]:
         if got:
             handle.seek(0)
             handle.truncate()
-            handle.write(f"{socket.gethostname()} {os.getpid()} {ctx.job_id}\n")
+            handle.write(json.dumps({**this_process(), "job_id": ctx.job_id}) + "\n")
             handle.flush()
         yield got
     finally:
         handle.close()  # releases the lock
+
+
+def lock_holder(paths: CellPaths) -> dict[str, Any] | None:
+    """Who took the cell's lock last ({host, pid, pid_start, job_id}), or None if unknown.
+
+    The text stays after the holder ends; `bench.liveness.process_alive` tells whether it still runs.
+    """
+    try:
+        holder = json.loads(paths.lock.read_text() or "null")
+    except (OSError, json.JSONDecodeError):  # no lock yet, or one written before holders were JSON
+        return None
+    return holder if isinstance(holder, dict) else None
 
 
 @contextlib.contextmanager

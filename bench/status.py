@@ -6,7 +6,8 @@ Reads `RUN_DIR/cells.json` (what the grid holds), `RUN_DIR/records/*.json` (what
 
 - `ok` / `error`: it has a record with that status;
 - `running`: no record, and its state file says a job is running it (on this host the process is
-  checked to be alive; a dead one means the job was killed: the cell is pending again);
+  checked to be alive and to be the same process, by its start time: a pid reused by another
+  process does not count; a dead one means the job was killed: the cell is pending again);
 - `pending`: anything else (queued, never submitted, interrupted, or with a corrupt record).
 
 Corrupt record files are listed, never fatal; `vtbench launch` runs their cells again.
@@ -17,11 +18,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 from bench.errors import UsageError
+from bench.liveness import process_alive
 from bench.records import CorruptRecord, iter_records
 
 STATES = ("ok", "error", "running", "pending")
@@ -129,19 +130,10 @@ def _running_state(path: Path) -> tuple[str, str | None]:
     if state.get("state") != "running":
         return "pending", None
     where = f"job {state.get('job_id')} on {state.get('host')}"
-    if state.get("host") == socket.gethostname() and not _pid_alive(state.get("pid")):
+    # False only on this host (another host's processes cannot be seen from here: trusted).
+    if process_alive(state.get("host"), state.get("pid"), state.get("pid_start")) is False:
         return "pending", f"{where} stopped before writing a record (killed or requeued)"
     return "running", f"{where} since {state.get('updated_at')}"
-
-
-def _pid_alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def format_status(status: RunStatus) -> str:

@@ -6,6 +6,7 @@
 
 Exit status: 0 when submitted (or, with --wait, when every cell ended with an ok record);
 1 when a waited-for cell failed; 2 on bad input (the grid's problems, all on one line).
+With --wait, cells another launch is running are followed to their end and counted too.
 """
 
 from __future__ import annotations
@@ -46,10 +47,16 @@ def run(args: argparse.Namespace) -> int:
     if result.finished:
         for cell_id, error in result.failed.items():
             log.error("cell %s failed: %s", cell_id, error)
-        log.info("%s: %d ok, %d failed; `vtbench status %s` for details, `vtbench report %s` for tables",
-                 result.run_dir, len(result.submitted) - len(result.failed), len(result.failed),
+        log.info("%s: %d ok, %d failed%s, %d done before; `vtbench status %s` for details, "
+                 "`vtbench report %s` for tables", result.run_dir, len(result.followed) - len(result.failed),
+                 len(result.failed), _elsewhere_note(result), len(result.plan.done),
                  result.run_dir, result.run_dir)
         return 0 if result.ok else 1
-    if result.job_id is not None:
+    if result.job_id is not None or result.plan.in_flight:
         log.info("follow with: vtbench status %s", result.run_dir)
     return 0
+
+
+def _elsewhere_note(result) -> str:
+    """' (N run by another launch)' when some followed cells were another launch's."""
+    return f" ({len(result.elsewhere)} run by another launch)" if result.elsewhere else ""
