@@ -112,8 +112,8 @@ def plot_accuracy_vs_gmacs(agg: pd.DataFrame, label_cols: list[str]) -> plt.Figu
         sub = rows[_col(rows, "train.dataset").fillna("?").astype(str) == dataset]
         _accuracy_panel(ax, sub, metric, label_cols, dataset)
     name = "top-1 accuracy" if metric == "top1" else "mIoU"
-    fig.suptitle(f"{name} vs GMACs\n(mean over seeds; bars: 95 % t confidence interval of the mean, none for one seed;"
-                 f" Pareto front dashed)", fontsize=11)
+    fig.suptitle(wrap_to_width(f"{name} vs GMACs\n(mean over seeds; bars: 95 % t confidence interval of the mean, "
+                               f"none for one seed; Pareto front dashed)", fig.get_figwidth(), fontsize=11), fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -136,7 +136,8 @@ def _accuracy_panel(ax: plt.Axes, sub: pd.DataFrame, metric: str, label_cols: li
     ax.set_xlabel("GMACs per image (10⁹ multiply-accumulates)")
     ax.set_ylabel("top-1 accuracy (%)" if metric == "top1" else "mIoU (%)")
     ax.set_title(f"data set: {dataset}")
-    ax.legend(loc="best", fontsize=8)
+    # Below the axes: inside, "best" still covered error bars of a full sweep.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.19), ncol=3, fontsize=8, frameon=False)
 
 
 def ci_halfwidths(rows: pd.DataFrame, metric: str) -> np.ndarray:
