@@ -2,16 +2,25 @@
 
 Each command module exposes `NAME`, `HELP`, `add_arguments(parser)` and `run(args) -> int`.
 `main` is glue: it parses, configures logging, and turns bad input into exit code 2 with one line.
+Failures that are not bad input also end in one line on stderr, with exit code 1: an OS error
+(the path and its strerror; 2 when it is EPERM/EACCES/ENOTDIR/EEXIST/EISDIR on a path the user
+gave), an exception or `sys.exit` in the user's own code (`error in user code MODULE:CALLABLE:
+ExcType: message`), and a refused submission (sbatch's last line). `-v` adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import os
+import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
-from bench.errors import UsageError
+from bench.errors import UsageError, UserCodeError, describe_exception
 
 COMMAND_MODULES = (
     "bench.commands.models",
@@ -58,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except (UsageError, ValueError, FileNotFoundError) as exc:
+        where = None if isinstance(exc, UsageError) else _user_code_frame(exc)
+        if where is not None:  # raised by the user's forward or helper: their code failed, not the input
+            return _report(args, str(UserCodeError(where, exc)), 1)
         if args.verbose:
             log.exception("bad input")
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -66,6 +78,103 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - each kind below gets one line; the rest re-raise
+        described = _describe_failure(exc, args)
+        if described is None:
+            raise  # a bug in vtbench itself: its traceback is what a bug report needs
+        return _report(args, *described)
+
+
+def _report(args: argparse.Namespace, message: str, code: int) -> int:
+    """Print one line on stderr (the traceback too under -v) and return the exit code."""
+    if args.verbose:
+        log.exception("failed")
+    print(f"vtbench {args.command}: error: {message}", file=sys.stderr)
+    return code
+
+
+# errno values that, on a path the user typed, are bad input (exit 2) rather than a failed run.
+_USER_PATH_ERRNOS = (errno.EPERM, errno.EACCES, errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
+
+
+def _describe_failure(exc: Exception, args: argparse.Namespace) -> tuple[str, int] | None:
+    """(one-line message, exit code) for failures that are not vtbench bugs, else None."""
+    if isinstance(exc, UserCodeError):
+        return str(exc), 1
+    if isinstance(exc, OSError) and not isinstance(exc, subprocess.SubprocessError):
+        return _describe_os_error(exc, args)
+    if isinstance(exc, subprocess.CalledProcessError) or _is_submitit_failure(exc):
+        return f"{type(exc).__name__}: {_last_line(exc)}", 1
+    where = _user_code_frame(exc)
+    if where is not None:
+        return str(UserCodeError(where, exc)), 1
+    return None
+
+
+def _describe_os_error(exc: OSError, args: argparse.Namespace) -> tuple[str, int]:
+    """'PATH: strerror'; exit 2 when the path is one the user gave and the errno says 'bad path'."""
+    path = exc.filename if exc.filename is not None else ""
+    reason = exc.strerror or describe_exception(exc)
+    message = f"{path}: {reason}" if path else reason
+    if exc.filename2:
+        message = f"{path} -> {exc.filename2}: {reason}"
+    code = 2 if exc.errno in _USER_PATH_ERRNOS and _is_user_path(path, args) else 1
+    return message, code
+
+
+def _is_user_path(path: object, args: argparse.Namespace) -> bool:
+    """True when `path` is, or lies under, a path given on the command line."""
+    if not path:
+        return False
+    target = Path(os.fsdecode(path)).absolute()
+    for value in vars(args).values():
+        if isinstance(value, str) and value and not value.startswith("-"):
+            given = Path(value).absolute()
+            if target == given or given in target.parents:
+                return True
+    return False
+
+
+def _is_submitit_failure(exc: Exception) -> bool:
+    """submitit wraps a refused sbatch (e.g. a bad SLURM_CONF) in FailedJobError."""
+    return any(cls.__module__.startswith("submitit") for cls in type(exc).__mro__)
+
+
+def _last_line(exc: Exception) -> str:
+    """The last non-empty line of the error (sbatch and job logs end with the actual error)."""
+    text = str(getattr(exc, "stderr", None) or exc)
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_LIBRARY_ROOTS = tuple(Path(p).resolve() for p in {sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib")})
+
+
+def _user_code_frame(exc: BaseException) -> str | None:
+    """'module:qualname' of the outermost traceback frame in the user's code, else None.
+
+    User code is what is neither vtbench (bench/, models/) nor the standard library nor an
+    installed package: a forward of `mypkg.nets:Net` that raises is reported as the user's error.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if _is_user_file(frame.f_code.co_filename):
+            name = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
+            return f"{frame.f_globals.get('__name__', '?')}:{name}"
+        tb = tb.tb_next
+    return None
+
+
+def _is_user_file(filename: str) -> bool:
+    if not filename or filename.startswith("<"):
+        return False
+    path = Path(filename).resolve()
+    inside = (_PROJECT_ROOT / "bench", _PROJECT_ROOT / "models", *_LIBRARY_ROOTS)
+    return not any(root == path or root in path.parents for root in inside)
 
 
 if __name__ == "__main__":

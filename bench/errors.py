@@ -7,3 +7,25 @@ class UsageError(ValueError):
     The `vtbench` command line catches it, prints its message on one line and exits 2.
     Library code raises it (or a plain ValueError) instead of printing.
     """
+
+
+class UserCodeError(Exception):
+    """An exception (or a `sys.exit`) raised by the user's own code: a model factory or its forward.
+
+    The command line prints `error in user code MODULE:CALLABLE: ExcType: message` and exits 1:
+    the input was well-formed, the user's code failed while it ran. The original exception is
+    chained (`__cause__`), so `-v` still shows where it was raised.
+    """
+
+    def __init__(self, where: str, exc: BaseException) -> None:
+        self.where = where
+        self.original = exc
+        super().__init__(f"error in user code {where}: {describe_exception(exc)}")
+
+
+def describe_exception(exc: BaseException) -> str:
+    """'ExcType: first line of its message' (a SystemExit says its exit code)."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: sys.exit({exc.code!r}) called"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

@@ -33,10 +33,19 @@ Each cell is fully resolved (defaults filled in; the `latency` / `train` / `comp
 of measurements the cell does not run are emptied, so an axis that cannot change a result does
 not multiply cells), given a stable id (`bench.records.cell_id_of`), and deduplicated.
 Every problem in a grid is collected and raised at once as one `UsageError`.
+
+A grid may have at most `DEFAULT_MAX_CELLS` cells (counted from the axes' lengths, summed over
+the include blocks, before exclude rules and before anything is expanded): a typo such as an
+axis of 10^4 seeds times 10^4 token counts would otherwise expand 10^8 configs and die of a
+MemoryError. `vtbench launch --max-cells N` (or `load_grid(..., max_cells=N)`) raises the cap.
+Registered models are pre-built on the meta device once per distinct (model, model_args); past
+`MAX_META_BUILDS` distinct configurations the rest are checked by option names only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import dataclasses
 import difflib
@@ -46,6 +55,7 @@ import functools
 import itertools
 import json
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -72,6 +82,15 @@ EXTRA_LATENCY_KEYS = ("oom_retry", "min_batch_size", "cudnn_benchmark", "in_chan
 COMPLEXITY_KEYS = ("batch_size",)
 DTYPES = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+# Why 10,000: validating and listing that many cells takes seconds; far above it a grid is most
+# likely a typo, and each cell becomes a job of the array anyway (SLURM's MaxArraySize is often 1001+).
+DEFAULT_MAX_CELLS = 10_000
+# Each meta-device build of a distinct configuration costs ~70 ms; 200 keep validation under ~15 s.
+MAX_META_BUILDS = 200
+# A scoped override of the cap for callers that cannot pass `max_cells` through (see
+# `max_cells_allowed`): `vtbench launch --max-cells` reaches load_grid through bench.launch.launch.
+_MAX_CELLS_OVERRIDE: contextvars.ContextVar[int | None] = contextvars.ContextVar("max_cells", default=None)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
@@ -159,7 +178,25 @@ class _Problems:
 
 
 # ----------------------------------------------------------------------------------------- loading
-def load_grid(path: str | Path) -> Grid:
+@contextlib.contextmanager
+def max_cells_allowed(max_cells: int | None):
+    """Within this block, load_grid/build_grid refuse grids above `max_cells` (None: the default)."""
+    token = _MAX_CELLS_OVERRIDE.set(max_cells)
+    try:
+        yield
+    finally:
+        _MAX_CELLS_OVERRIDE.reset(token)
+
+
+def _cell_cap(max_cells: int | None) -> int:
+    """The cap in force: the argument, else a `max_cells_allowed` block's, else the default."""
+    for cap in (max_cells, _MAX_CELLS_OVERRIDE.get()):
+        if cap is not None:
+            return cap
+    return DEFAULT_MAX_CELLS
+
+
+def load_grid(path: str | Path, *, max_cells: int | None = None) -> Grid:
     """Read, validate and expand the grid file at `path`; raise one UsageError listing all problems."""
     path = Path(path)
     if not path.is_file():
@@ -169,7 +206,7 @@ def load_grid(path: str | Path) -> Grid:
         raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise UsageError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
-    return build_grid(raw, source=str(path), text=text, path=path)
+    return build_grid(raw, source=str(path), text=text, path=path, max_cells=max_cells)
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -199,7 +236,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 
 def build_grid(raw: Any, *, source: str = "<grid>", text: str | None = None,
-               path: Path | None = None) -> Grid:
+               path: Path | None = None, max_cells: int | None = None) -> Grid:
     """Validate and expand an already-parsed grid mapping (see the module doc for the schema)."""
     problems = _Problems()
     if not isinstance(raw, dict):
@@ -214,13 +251,16 @@ def build_grid(raw: Any, *, source: str = "<grid>", text: str | None = None,
     base = _parse_base(raw.get("base"), vocab, problems)
     blocks = _parse_blocks(raw, vocab, problems)
     rules = _parse_rules(raw.get("exclude"), vocab, problems)
+    _check_cell_count(blocks, _cell_cap(max_cells), source, problems)
     # Keep going after structural problems: the cells that can be expanded are checked too, so
     # the user sees every problem at once.
-    configs = [cfg for block in blocks for cfg in _expand(base, block)]
+    configs = [cfg for block in blocks for cfg in _expand(base, block.override_sets())]
     kept = _apply_excludes(configs, rules)
     resolved = [_resolve(cfg) for cfg in kept]
+    meta_builds = _MetaBuildBudget(MAX_META_BUILDS)
     for cfg in resolved:
-        _validate_cell(cfg, vocab, problems)
+        _validate_cell(cfg, vocab, problems, meta_builds)
+    meta_builds.report(source)
     if not resolved:
         problems.add("the grid has no cells (every cell excluded?)")
     problems.raise_if_any(source)
@@ -383,8 +423,37 @@ def _parse_base(raw: Any, vocab: _Vocabulary, problems: _Problems) -> dict[str, 
     return {k: copy.deepcopy(v) for k, v in raw.items() if k in CELL_KEYS}
 
 
-# A block is a list of override sets; each set is a list of (path, value, origin) triples.
-def _parse_blocks(raw: dict, vocab: _Vocabulary, problems: _Problems) -> list[list[list[tuple]]]:
+@dataclasses.dataclass
+class _Block:
+    """One sub-grid: `fixed` overrides plus one choice per axis, kept unexpanded.
+
+    An override is a (path, value, origin) triple. Keeping the axes as lists lets the cell count
+    be computed (a product of lengths) before a single cell is built.
+    """
+
+    fixed: list[tuple]
+    choices: list[list[tuple]]
+
+    @property
+    def count(self) -> int:
+        return math.prod(len(axis) for axis in self.choices)
+
+    def override_sets(self) -> Iterable[list[tuple]]:
+        for combo in itertools.product(*self.choices):
+            yield self.fixed + list(combo)
+
+
+def _check_cell_count(blocks: list[_Block], cap: int, source: str, problems: _Problems) -> None:
+    """Refuse a grid above `cap` cells before expanding it (raises with every problem so far)."""
+    total = sum(block.count for block in blocks)
+    if total > cap:
+        sizes = " + ".join(str(block.count) for block in blocks)
+        problems.add(f"the grid has {total} cells ({sizes}, before exclude rules), above the cap of {cap}; "
+                     f"split it, or raise the cap with `vtbench launch --max-cells N`")
+        problems.raise_if_any(source)
+
+
+def _parse_blocks(raw: dict, vocab: _Vocabulary, problems: _Problems) -> list[_Block]:
     blocks = [_parse_axes(raw.get("axes") or {}, "axes", vocab, problems, fixed=[])]
     include = raw.get("include") or []
     if not isinstance(include, list):
@@ -412,11 +481,11 @@ def _parse_overrides(mapping: dict, where: str, vocab: _Vocabulary, problems: _P
 
 
 def _parse_axes(axes: Any, where: str, vocab: _Vocabulary, problems: _Problems,
-                fixed: list[tuple]) -> list[list[tuple]]:
-    """The override sets of one block: `fixed` plus one choice per axis (cartesian product)."""
+                fixed: list[tuple]) -> _Block:
+    """One block: `fixed` plus one choice per axis (their cartesian product, expanded later)."""
     if not isinstance(axes, dict):
         problems.add(f"{where}: must be a mapping of name -> list of values")
-        return [fixed]
+        return _Block(fixed, [])
     choices = []
     for key, values in axes.items():
         path = vocab.resolve(key)
@@ -427,7 +496,7 @@ def _parse_axes(axes: Any, where: str, vocab: _Vocabulary, problems: _Problems,
             problems.add(f"{where}.{key}: an axis is a non-empty list of values")
             continue
         choices.append([(path, v, f"{where}.{key}") for v in values])
-    return [fixed + list(combo) for combo in itertools.product(*choices)]
+    return _Block(fixed, choices)
 
 
 @dataclasses.dataclass
@@ -493,7 +562,7 @@ def _set(config: dict, path: tuple[str, ...], value: Any) -> None:
     node[path[-1]] = copy.deepcopy(value)
 
 
-def _expand(base: dict, block: list[list[tuple]]) -> Iterable[dict]:
+def _expand(base: dict, block: Iterable[list[tuple]]) -> Iterable[dict]:
     for overrides in block:
         config = copy.deepcopy(base)
         for path, value, _origin in overrides:
@@ -544,7 +613,39 @@ def _dedupe(configs: list[dict]) -> tuple[list[Cell], int]:
 
 
 # ------------------------------------------------------------------------------------ validation
-def _validate_cell(cell: dict, vocab: _Vocabulary, problems: _Problems) -> None:
+class _MetaBuildBudget:
+    """How many distinct configurations may still be pre-built on the meta device.
+
+    A build costs ~70 ms, so a grid of 10,000 distinct `num_tokens` values would validate for
+    ~12 minutes. Past the budget, a configuration is checked by its option names only (done for
+    every cell anyway); its values are checked when its cell runs, and the user is told so.
+    Checking "one build per distinct set of keys" instead would not be sound: builders reject
+    bad values (num_tokens: 0, tokenizer: bogus), which a signature cannot see.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.keys: set[str] = set()
+        self.skipped = 0
+
+    def allows(self, key: str) -> bool:
+        if key in self.keys:
+            return True
+        if len(self.keys) < self.limit:
+            self.keys.add(key)
+            return True
+        self.skipped += 1
+        return False
+
+    def report(self, source: str) -> None:
+        if self.skipped:
+            log.warning("%s: %d distinct model configurations pre-built on the meta device; %d more are "
+                        "checked by option names only, their values when their cells run",
+                        source, self.limit, self.skipped)
+
+
+def _validate_cell(cell: dict, vocab: _Vocabulary, problems: _Problems,
+                   meta_builds: _MetaBuildBudget | None = None) -> None:
     """Check one resolved cell; messages are deduplicated across cells."""
     model = cell["model"]
     if model is None:
@@ -552,13 +653,13 @@ def _validate_cell(cell: dict, vocab: _Vocabulary, problems: _Problems) -> None:
     elif isinstance(model, str) and ":" in model:
         options = _import_options(model, problems)
         if options is not None:
-            _validate_model_args(model, cell["model_args"], options, problems)
+            _validate_model_args(model, cell["model_args"], options, problems, meta_builds)
     elif not isinstance(model, str) or model not in vocab.options:
         close = did_you_mean(model, vocab.models)
         hint = f" (did you mean {close}?)" if close else ""
         problems.add(f"model: unknown model {model!r}{hint}; known: {', '.join(vocab.models)}")
     else:
-        _validate_model_args(model, cell["model_args"], vocab.options[model], problems)
+        _validate_model_args(model, cell["model_args"], vocab.options[model], problems, meta_builds)
     _validate_measure(cell["measure"], problems)
     _validate_input_size(cell["input_size"], problems)
     if not (isinstance(cell["seed"], int) and not isinstance(cell["seed"], bool) and cell["seed"] >= 0):
@@ -586,7 +687,8 @@ def _import_options(ref: str, problems: _Problems) -> dict[str, Any] | None:
     return {p.name: p.default for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
-def _validate_model_args(model: str, args: dict, options: dict[str, Any], problems: _Problems) -> None:
+def _validate_model_args(model: str, args: dict, options: dict[str, Any], problems: _Problems,
+                         meta_builds: _MetaBuildBudget | None = None) -> None:
     inapplicable = [] if "**" in options else sorted(set(args) - set(options))
     for key in inapplicable:
         problems.add(f"model_args.{key}: does not apply to {model!r} (it accepts: "
@@ -598,7 +700,7 @@ def _validate_model_args(model: str, args: dict, options: dict[str, Any], proble
     from bench.modelref import is_import_path
 
     if not inapplicable and not is_import_path(model):
-        _try_build_on_meta(model, args, problems)
+        _try_build_on_meta(model, args, problems, meta_builds)
 
 
 @functools.lru_cache(maxsize=None)
@@ -621,8 +723,14 @@ def _meta_build_error(model: str, args_json: str) -> str | None:
     return None
 
 
-def _try_build_on_meta(model: str, args: dict, problems: _Problems) -> None:
-    error = _meta_build_error(model, json.dumps(args, sort_keys=True, default=str))
+def _try_build_on_meta(model: str, args: dict, problems: _Problems,
+                       meta_builds: _MetaBuildBudget | None = None) -> None:
+    # Keyed by (model, canonical model_args): cells that differ only in seed, measure or latency
+    # options share one build, so validation cost grows with distinct configurations, not cells.
+    args_json = json.dumps(args, sort_keys=True, default=str)
+    if meta_builds is not None and not meta_builds.allows(f"{model} {args_json}"):
+        return
+    error = _meta_build_error(model, args_json)
     if error:
         problems.add(f"model_args for {model} {json.dumps(args, sort_keys=True)}: {error}")
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from bench.errors import UsageError
+from bench.errors import UsageError, UserCodeError
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _IMPORT_PATH = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
@@ -43,6 +43,12 @@ class ModelRef:
         except TypeError as exc:
             if self.kind == "import":
                 raise UsageError(f"{self.ref} could not be called with {_kwargs_text(overrides)}: {exc}") from exc
+            raise
+        except (Exception, SystemExit) as exc:
+            # The user's factory failed while it ran. A `sys.exit()` inside it must not end the
+            # command with its status (sys.exit(0) would look like success); report it instead.
+            if self.kind == "import":
+                raise UserCodeError(self.ref, exc) from exc
             raise
         if not isinstance(model, nn.Module):
             raise UsageError(f"{self.ref} returned {type(model).__name__}, not a torch.nn.Module")

@@ -33,13 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="list the cells and which would be skipped; write and submit nothing")
     parser.add_argument("--wait", action="store_true",
                         help="follow the cells with a progress bar; exit 1 if one fails")
+    parser.add_argument("--max-cells", type=_positive_int, default=None, metavar="N",
+                        help="refuse grids above N cells (default: 10000, counted before exclude rules)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `vtbench launch`."""
+    from bench.grid import max_cells_allowed
     from bench.launch import launch
 
-    result = launch(args.grid, cluster=args.cluster, run_dir=args.run_dir, dry_run=args.dry_run, wait=args.wait)
+    # bench.launch.launch loads the grid itself and takes no cap; the scoped override reaches it.
+    with max_cells_allowed(getattr(args, "max_cells", None)):
+        result = launch(args.grid, cluster=args.cluster, run_dir=args.run_dir, dry_run=args.dry_run,
+                        wait=args.wait)
     if args.dry_run:
         log.info("dry run: %d cell(s) would run, %d skipped; nothing written", len(result.plan.to_run),
                  len(result.plan.done) + len(result.plan.in_flight))
@@ -60,3 +66,11 @@ def run(args: argparse.Namespace) -> int:
 def _elsewhere_note(result) -> str:
     """' (N run by another launch)' when some followed cells were another launch's."""
     return f" ({len(result.elsewhere)} run by another launch)" if result.elsewhere else ""
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse turns the ValueError into exit 2)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
