@@ -23,6 +23,7 @@ process, one cell after the other; always waits), `slurm` (needs `sbatch` and `S
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -252,12 +253,30 @@ def cells_in_flight(run_dir: Path) -> set[str]:
         task_ids = entry.get("task_job_ids", [])
         starts = entry.get("task_pid_starts") or [None] * len(task_ids)
         for cell_id, task_id, start in zip(entry.get("cell_ids", []), task_ids, starts):
+            if _cell_finished_by(run_dir, cell_id, task_id):
+                continue  # the job still exits (or runs other work), but this cell's work is over
             if entry.get("cluster") == "slurm" and task_id in slurm_ids:
                 cells.add(cell_id)
             elif entry.get("cluster") == "local" and entry.get("host") == socket.gethostname() \
                     and _local_job_alive(task_id, start):
                 cells.add(cell_id)
     return cells
+
+
+def _cell_finished_by(run_dir: Path, cell_id: str, task_id: str) -> bool:
+    """Has job `task_id` already finished `cell_id` (its state.json says `done`, written by it)?
+
+    A job's process outlives its cell by a moment (submitit writes the result, the process exits):
+    without this, a relaunch right after a record was deleted saw the finished job as still running
+    the cell, left the cell to it, and then reported it failed for want of a record.
+    """
+    try:
+        state = json.loads(CellPaths(run_dir, cell_id).state.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(state, dict) or state.get("state") != "done":
+        return False
+    return str(task_id) in (str(state.get("job_id")), str(state.get("pid")))
 
 
 def _live_slurm_task_ids(jobs: list[dict[str, Any]]) -> set[str]:

@@ -100,7 +100,10 @@ def now_iso() -> str:
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
-    """The git commit of the source tree (with `-dirty` when modified), or None outside git."""
+    """The git commit of the source tree (with `-dirty` when modified).
+
+    Outside git (a copy of the tree sent to another machine), `VTBENCH_GIT_COMMIT` names it, or None.
+    """
     here = Path(cwd) if cwd else Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
@@ -108,7 +111,7 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
+        return os.environ.get("VTBENCH_GIT_COMMIT") or None
     return f"{sha}-dirty" if dirty else sha
 
 

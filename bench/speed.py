@@ -33,10 +33,18 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from bench.roofline import achieved, measure_peak
+
 log = logging.getLogger("bench.speed")
 
-PAIRS = {"r18": ("resnet18", "vt_resnet18"), "r50": ("resnet50", "vt_resnet50")}
+PAIRS = {"r18": ("resnet18", "vt_resnet18"), "r50": ("resnet50", "vt_resnet50"), "fpn": ("fpn_r50", "vt_fpn_r50")}
 INPUT_SIZE = 224
+INPUT_SIZES = {"fpn_r50": 473, "vt_fpn_r50": 473}  # the paper's semantic-segmentation size (Table 6)
+
+
+def input_size(name: str) -> int:
+    """The side of the square input a model of the study is timed at."""
+    return INPUT_SIZES.get(name, INPUT_SIZE)
 CPU_DEFAULTS = dict(batch_sizes=[1, 32], modes=["eager"], dtype="fp32", device="cpu", out="results/speed_cpu")
 GPU_DEFAULTS = dict(batch_sizes=[1, 64, 256], modes=["eager", "compile", "cuda_graphs"], dtype="bf16",
                     device="cuda", out="results/speed_gpu")
@@ -58,10 +66,11 @@ def build_models(pairs: Sequence[str]) -> dict[str, nn.Module]:
 
 
 def complexity(models: dict[str, nn.Module]) -> dict[str, dict[str, Any]]:
-    """Paper-convention MACs and parameters of each model at 224x224 (bench.complexity)."""
+    """Paper-convention MACs and parameters of each model at its input size (bench.complexity)."""
     from bench.complexity import measure_complexity
 
-    return {name: measure_complexity(model, INPUT_SIZE, batch_size=1).to_metrics() for name, model in models.items()}
+    return {name: measure_complexity(model, input_size(name), batch_size=1).to_metrics()
+            for name, model in models.items()}
 
 
 # ------------------------------------------------------------------------------ timing ------
@@ -92,7 +101,7 @@ def interleaved(models: dict[str, nn.Module], *, batch: int, rounds: int, device
                 continue
             log.info("round %d/%d: %s batch %d %s %s", r + 1, rounds, name, batch, dtype, mode)
             try:
-                row = measure_latency(models[name], input_size=INPUT_SIZE, batch_size=batch, device=device,
+                row = measure_latency(models[name], input_size=input_size(name), batch_size=batch, device=device,
                                       dtype=dtype, threads=threads, channels_last=channels_last, oom_retry=False,
                                       **MODE_OPTIONS[mode], **timing_options(batch, device, quick))
             except OutOfMemory as exc:
@@ -104,8 +113,10 @@ def interleaved(models: dict[str, nn.Module], *, batch: int, rounds: int, device
 
 
 def pair_summary(base: str, vt: str, rows: dict[str, list[dict[str, Any]]],
-                 macs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Median latencies and the per-round latency ratio of one pair, beside the MACs ratio."""
+                 macs: dict[str, dict[str, Any]], *, batch: int = 1,
+                 peak: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Median latencies and the per-round latency ratio of one pair, beside the MACs ratio, and
+    each side's achieved TFLOP/s (2 FLOPs per MAC) with its fraction of the measured GEMM peak."""
     ok_b = {r["round"]: r for r in rows[base] if "error" not in r}
     ok_v = {r["round"]: r for r in rows[vt] if "error" not in r}
     rounds = sorted(set(ok_b) & set(ok_v))
@@ -122,13 +133,17 @@ def pair_summary(base: str, vt: str, rows: dict[str, list[dict[str, Any]]],
             out[f"{side}_ms_{q}"] = statistics.median(ok[i][f"latency_ms_{q}"] for i in rounds)
         out[f"{side}_img_s"] = statistics.median(ok[i]["throughput_img_s"] for i in rounds)
         out[f"{side}_peak_mem_mb"] = max(ok[i]["peak_mem_mb"] for i in rounds)
+        rate = achieved(macs[base if side == "base" else vt]["gmacs"], batch, out[f"{side}_ms_p50"], peak)
+        out[f"{side}_tflops"] = rate["achieved_tflops"]
+        out[f"{side}_fraction_of_peak"] = rate.get("fraction_of_peak")
     out.update(latency_ratio=statistics.median(ratios), latency_ratio_min=min(ratios),
                latency_ratio_max=max(ratios), round_ratios=ratios)
     out["meets_target"] = out["latency_ratio"] <= out["macs_ratio"]
     return out
 
 
-def stage_times(model: nn.Module, batch: int, iters: int, threads: int | None) -> dict[str, float]:
+def stage_times(model: nn.Module, batch: int, iters: int, threads: int | None,
+                size: int = INPUT_SIZE) -> dict[str, float]:
     """Median CPU wall time (ms) of each top-level stage over `iters` forward passes (forward hooks)."""
     from bench.latency import fixed_threads
 
@@ -144,7 +159,7 @@ def stage_times(model: nn.Module, batch: int, iters: int, threads: int | None) -
     handles = []
     for name, child in model.named_children():
         handles += [child.register_forward_pre_hook(pre(name)), child.register_forward_hook(post(name))]
-    x = torch.randn(batch, 3, INPUT_SIZE, INPUT_SIZE)
+    x = torch.randn(batch, 3, size, size)
     try:
         with fixed_threads(threads or torch.get_num_threads()), torch.inference_mode():
             model(x)  # warm-up, not recorded below
@@ -158,13 +173,14 @@ def stage_times(model: nn.Module, batch: int, iters: int, threads: int | None) -
     return {name: statistics.median(values) for name, values in times.items() if values}
 
 
-def profile_ops(model: nn.Module, batch: int, iters: int, threads: int | None, path: Path) -> str:
+def profile_ops(model: nn.Module, batch: int, iters: int, threads: int | None, path: Path,
+                size: int = INPUT_SIZE) -> str:
     """torch.profiler table (top ops by self CPU time) of `iters` forward passes, written to `path`."""
     from torch.profiler import ProfilerActivity, profile
 
     from bench.latency import fixed_threads
 
-    x = torch.randn(batch, 3, INPUT_SIZE, INPUT_SIZE)
+    x = torch.randn(batch, 3, size, size)
     with fixed_threads(threads or torch.get_num_threads()), torch.inference_mode():
         model(x)
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -192,7 +208,8 @@ def machine(device: str, threads: int | None) -> dict[str, Any]:
 CSV_KEYS = ("device", "dtype", "mode", "batch", "baseline", "vt_model", "base_ms_p50", "base_ms_p20", "base_ms_p80",
             "vt_ms_p50", "vt_ms_p20", "vt_ms_p80", "latency_ratio", "latency_ratio_min", "latency_ratio_max",
             "macs_ratio", "base_gmacs", "vt_gmacs", "params_ratio", "meets_target", "rounds", "base_img_s",
-            "vt_img_s", "base_peak_mem_mb", "vt_peak_mem_mb", "error")
+            "vt_img_s", "base_peak_mem_mb", "vt_peak_mem_mb", "base_tflops", "vt_tflops", "base_fraction_of_peak",
+            "vt_fraction_of_peak", "error")
 
 
 def _fmt(value: Any, spec: str = ".3f") -> str:
@@ -201,8 +218,16 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return format(value, spec) if isinstance(value, float) else str(value)
 
 
+def _rate(summary: dict[str, Any], side: str) -> str:
+    """'12.3 (4.5 %)': achieved TFLOP/s and its fraction of the measured peak, where known."""
+    tflops, fraction = summary.get(f"{side}_tflops"), summary.get(f"{side}_fraction_of_peak")
+    if tflops is None:
+        return "-"
+    return f"{tflops:.3g}" + (f" ({100 * fraction:.1f} %)" if fraction is not None else "")
+
+
 def markdown(summaries: list[dict[str, Any]], stages: dict[str, dict[str, float]], env_start: dict[str, Any],
-             env_end: dict[str, Any], args: argparse.Namespace) -> str:
+             env_end: dict[str, Any], args: argparse.Namespace, peak: dict[str, Any] | None = None) -> str:
     """The committed report: machine, ratio table, per-stage breakdown."""
     dev = env_start["device_name"]
     lines = [
@@ -211,8 +236,8 @@ def markdown(summaries: list[dict[str, Any]], stages: dict[str, dict[str, float]
         f"- machine: {dev} ({env_start['cpu_count']} logical CPUs), host `{env_start['host']}`, {env_start['platform']}",
         f"- torch {env_start['torch']} (CUDA {env_start['cuda']}, cuDNN {env_start['cudnn']}), "
         f"torchvision {env_start['torchvision']}, Python {env_start['python']}",
-        f"- device `{args.device}`, dtype {args.dtype}, threads {env_start['threads']}, input 224x224, "
-        f"inference (eval, inference_mode){', channels_last' if args.channels_last else ''}",
+        f"- device `{args.device}`, dtype {args.dtype}, threads {env_start['threads']}, input 224x224 "
+        f"(473x473 for the FPN pair), inference (eval, inference_mode){', channels_last' if args.channels_last else ''}",
         f"- date {env_start['date']} -> {env_end['date']}; git {env_start['git_commit']}",
         f"- load average at start {_fmt(env_start['loadavg'])}, at end {_fmt(env_end['loadavg'])}"
         + (". **The machine was shared with other jobs during the run**: absolute times are noisy; the ratios "
@@ -221,9 +246,14 @@ def markdown(summaries: list[dict[str, Any]], stages: dict[str, dict[str, float]
         "(min-max over rounds in brackets). Target: latency ratio <= MACs ratio.",
         "",
         "| batch | mode | baseline | VT model | baseline p50 ms [p20-p80] | VT p50 ms [p20-p80] | latency ratio [min-max] "
-        "| MACs ratio | params ratio | target met |",
-        "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| MACs ratio | params ratio | target met | TFLOP/s base / VT (% of peak) |",
+        "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
+    if peak:
+        lines[-3:-3] = [f"- measured ceilings ({peak['dtype']}, same device and threads): GEMM {peak['gemm_n']}^3 "
+                        f"{peak['gemm_tflops']:.3g} TFLOP/s, copy {peak['copy_mib']} MiB {peak['copy_gb_s']:.4g} GB/s "
+                        f"(read + write); ridge {peak['ridge_flop_per_byte']:.3g} FLOP/byte. Achieved TFLOP/s = "
+                        "2 x MACs x batch / p50."]
     for s in summaries:
         if "error" in s:
             lines.append(f"| {s['batch']} | {s['mode']} | {s['baseline']} | {s['vt_model']} | error: {s['error']} "
@@ -234,7 +264,8 @@ def markdown(summaries: list[dict[str, Any]], stages: dict[str, dict[str, float]
             f"| {s['base_ms_p50']:.2f} [{s['base_ms_p20']:.2f}-{s['base_ms_p80']:.2f}] "
             f"| {s['vt_ms_p50']:.2f} [{s['vt_ms_p20']:.2f}-{s['vt_ms_p80']:.2f}] "
             f"| **{s['latency_ratio']:.3f}** [{s['latency_ratio_min']:.3f}-{s['latency_ratio_max']:.3f}] "
-            f"| {s['macs_ratio']:.3f} | {s['params_ratio']:.3f} | {'yes' if s['meets_target'] else 'no'} |")
+            f"| {s['macs_ratio']:.3f} | {s['params_ratio']:.3f} | {'yes' if s['meets_target'] else 'no'} "
+            f"| {_rate(s, 'base')} / {_rate(s, 'vt')} |")
     if stages:
         lines += ["", "## Where the time goes: median wall time per stage (ms, forward hooks, same process)", ""]
         names = list(stages)
@@ -282,6 +313,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown (CPU only)")
     p.add_argument("--profile", action="store_true", help="write torch.profiler op tables (CPU)")
     p.add_argument("--quick", action="store_true", help="shorter timing per round (smoke test)")
+    p.add_argument("--no-peak", dest="peak", action="store_false",
+                   help="skip measuring the GEMM and copy ceilings (bench.roofline)")
     p.add_argument("--not-shared", dest="shared", action="store_false",
                    help="do not state in the report that the machine was shared")
     args = p.parse_args(argv)
@@ -305,6 +338,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Build, measure complexity, time interleaved, break down by stage; write the outputs."""
     out = Path(args.out)
     env_start = machine(args.device, args.threads)
+    peak = measure_peak(args.device, args.dtype, threads=args.threads) if args.peak else None
+    if peak:
+        log.info("ceilings: GEMM %.3g TFLOP/s, copy %.4g GB/s", peak["gemm_tflops"], peak["copy_gb_s"])
     models = build_models(args.pairs)
     macs = complexity(models)
     summaries, raw_rows = [], {}
@@ -314,7 +350,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                                mode=mode, threads=args.threads, channels_last=args.channels_last, quick=args.quick)
             raw_rows[f"{mode}_b{batch}"] = rows
             for key in args.pairs:
-                s = pair_summary(*PAIRS[key], rows, macs)
+                s = pair_summary(*PAIRS[key], rows, macs, batch=batch, peak=peak)
                 summaries.append({"device": args.device, "dtype": args.dtype, "mode": mode, "batch": batch, **s})
                 log.info("batch %d %s %s: latency ratio %s, MACs ratio %.3f", batch, mode, key,
                          _fmt(s.get("latency_ratio")), s["macs_ratio"])
@@ -323,15 +359,16 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for batch in args.batch_sizes:
             for name, model in models.items():
                 stages[f"{name}, b{batch}"] = stage_times(model, batch, iters=5 if batch <= 8 else 2,
-                                                          threads=args.threads)
+                                                          threads=args.threads, size=input_size(name))
     if args.profile and args.device == "cpu":
         out.mkdir(parents=True, exist_ok=True)
         for batch in args.batch_sizes:
             for name, model in models.items():
-                profile_ops(model, batch, 5 if batch <= 8 else 2, args.threads, out / f"profile_{name}_b{batch}.txt")
+                profile_ops(model, batch, 5 if batch <= 8 else 2, args.threads, out / f"profile_{name}_b{batch}.txt",
+                            size=input_size(name))
     env_end = machine(args.device, args.threads)
-    md = markdown(summaries, stages, env_start, env_end, args)
-    raw = {"env": env_start, "env_end": env_end, "args": {k: v for k, v in vars(args).items()},
+    md = markdown(summaries, stages, env_start, env_end, args, peak)
+    raw = {"env": env_start, "env_end": env_end, "peak": peak, "args": {k: v for k, v in vars(args).items()},
            "complexity": macs, "summaries": summaries, "stages_ms": stages, "rounds": raw_rows}
     write_outputs(out, summaries, raw, md)
     return summaries

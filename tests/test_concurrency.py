@@ -295,3 +295,21 @@ def test_launch_in_flight_check_tells_a_reused_pid_apart(tmp_path):
 
     assert in_flight_with(start_ticks(me)) == {"aaaaaaaaaaaa"}
     assert in_flight_with(start_ticks(me) + 1) == set()
+
+
+def test_a_live_job_that_already_finished_the_cell_does_not_hold_it_in_flight(tmp_path):
+    """A job's process outlives its cell by a moment. A relaunch in that moment, after the cell's
+    record was deleted, used to leave the cell to the finished job and then call it failed
+    ('run by another launch, whose job ended without a record'); seen in CI-like runs of
+    test_local_grid_completes_relaunch_skips_and_reruns_deleted on two loaded cores."""
+    me = os.getpid()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "jobs.json").write_text(json.dumps([{
+        "job_id": str(me), "cell_ids": ["aaaaaaaaaaaa", "bbbbbbbbbbbb"], "task_job_ids": [str(me), str(me)],
+        "task_pid_starts": [start_ticks(me)] * 2, "cluster": "local", "host": socket.gethostname()}]))
+    for cell_id, state in (("aaaaaaaaaaaa", "done"), ("bbbbbbbbbbbb", "running")):
+        paths = CellPaths(run_dir, cell_id)
+        paths.work.mkdir(parents=True)
+        paths.state.write_text(json.dumps({"state": state, "job_id": str(me), "pid": me}))
+    assert cells_in_flight(run_dir) == {"bbbbbbbbbbbb"}

@@ -1,0 +1,45 @@
+"""bench.roofline: the measured ceilings and the achieved rate, checked against plain arithmetic."""
+
+import math
+
+import pytest
+import torch
+
+from bench.roofline import achieved, measure_peak
+from bench.speed import pair_summary
+
+
+def test_achieved_is_two_flops_per_mac_over_the_latency():
+    # 4 GMACs per image, batch 8, 16 ms: 2 * 4e9 * 8 / 0.016 = 4e12 FLOP/s.
+    rate = achieved(4.0, 8, 16.0, {"gemm_tflops": 8.0})
+    assert math.isclose(rate["achieved_tflops"], 4.0)
+    assert math.isclose(rate["fraction_of_peak"], 0.5)
+    assert "fraction_of_peak" not in achieved(4.0, 8, 16.0)
+
+
+def test_measure_peak_on_cpu_is_positive_and_self_consistent(one_thread):
+    peak = measure_peak("cpu", "fp32", threads=1, gemm_n=256, copy_mb=8, reps=3)
+    assert peak["gemm_tflops"] > 0 and peak["copy_gb_s"] > 0
+    assert math.isclose(peak["ridge_flop_per_byte"], peak["gemm_tflops"] * 1e12 / (peak["copy_gb_s"] * 1e9))
+    # One core of any x86-64 this runs on does less than 1 TFLOP/s of fp32 GEMM (AVX-512 FMA at
+    # 5 GHz: 2 x 16 x 2 x 5e9 = 0.32 TFLOP/s); a figure above that means the timer is wrong.
+    assert peak["gemm_tflops"] < 1.0
+    assert peak["threads"] == 1 and peak["device_name"] == "cpu"
+
+
+def test_measure_peak_rejects_an_unknown_dtype():
+    with pytest.raises(KeyError):
+        measure_peak("cpu", "int3")
+
+
+def test_pair_summary_reports_each_sides_rate_and_fraction():
+    rows = {"a": [{"round": 0, "latency_ms_p50": 10.0, "latency_ms_p20": 9.0, "latency_ms_p80": 11.0,
+                   "throughput_img_s": 100.0, "peak_mem_mb": 1.0}],
+            "b": [{"round": 0, "latency_ms_p50": 5.0, "latency_ms_p20": 4.0, "latency_ms_p80": 6.0,
+                   "throughput_img_s": 200.0, "peak_mem_mb": 1.0}]}
+    macs = {"a": {"gmacs": 1.0, "params_m": 1.0}, "b": {"gmacs": 0.8, "params_m": 1.0}}
+    s = pair_summary("a", "b", rows, macs, batch=2, peak={"gemm_tflops": 1.0})
+    assert math.isclose(s["base_tflops"], 2 * 1e9 * 2 / 0.010 / 1e12)
+    assert math.isclose(s["vt_tflops"], 2 * 0.8e9 * 2 / 0.005 / 1e12)
+    assert math.isclose(s["vt_fraction_of_peak"], s["vt_tflops"])
+    assert math.isclose(s["latency_ratio"], 0.5) and math.isclose(s["macs_ratio"], 0.8)
