@@ -20,6 +20,7 @@ and with --profile `profile_<model>_b<batch>.txt`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as _dt
 import logging
@@ -135,42 +136,74 @@ def pair_summary(base: str, vt: str, rows: dict[str, list[dict[str, Any]]],
         out[f"{side}_peak_mem_mb"] = max(ok[i]["peak_mem_mb"] for i in rounds)
         rate = achieved(macs[base if side == "base" else vt]["gmacs"], batch, out[f"{side}_ms_p50"], peak)
         out[f"{side}_tflops"] = rate["achieved_tflops"]
-        out[f"{side}_fraction_of_peak"] = rate.get("fraction_of_peak")
+        out[f"{side}_fraction_of_peak"] = rate.get("fraction_of_peak")  # or later, by add_fractions
     out.update(latency_ratio=statistics.median(ratios), latency_ratio_min=min(ratios),
                latency_ratio_max=max(ratios), round_ratios=ratios)
     out["meets_target"] = out["latency_ratio"] <= out["macs_ratio"]
     return out
 
 
-def stage_times(model: nn.Module, batch: int, iters: int, threads: int | None,
-                size: int = INPUT_SIZE) -> dict[str, float]:
-    """Median CPU wall time (ms) of each top-level stage over `iters` forward passes (forward hooks)."""
-    from bench.latency import fixed_threads
+def stage_times(model: nn.Module, batch: int, iters: int, threads: int | None, size: int = INPUT_SIZE, *,
+                device: str = "cpu", dtype: str = "fp32", channels_last: bool = False) -> dict[str, float]:
+    """Median time (ms) of each top-level stage over `iters` forward passes, from forward hooks.
 
-    times: dict[str, list[float]] = {name: [] for name, _ in model.named_children()}
-    starts: dict[str, float] = {}
+    CPU: perf_counter at each stage's entry and exit. CUDA: an event at each entry and exit, read
+    after one synchronisation per pass, so the stages are timed as they run on the device (the
+    pass itself is not serialised more than a plain forward is).
+    """
+    from bench.latency import DTYPES, fixed_threads
 
-    def pre(name: str) -> Callable:
-        return lambda module, inputs: starts.__setitem__(name, time.perf_counter())
+    cuda = device.startswith("cuda")
+    marks: dict[str, list] = {name: [] for name, _ in model.named_children()}
+    clock = (lambda: _recorded_event()) if cuda else time.perf_counter
 
-    def post(name: str) -> Callable:
-        return lambda module, inputs, output: times[name].append(1000 * (time.perf_counter() - starts[name]))
+    def mark(name: str, at: int) -> Callable:
+        def hook(*_):
+            if at == 0:
+                marks[name].append([clock(), None])
+            else:
+                marks[name][-1][1] = clock()
+        return hook
 
     handles = []
     for name, child in model.named_children():
-        handles += [child.register_forward_pre_hook(pre(name)), child.register_forward_hook(post(name))]
-    x = torch.randn(batch, 3, size, size)
+        handles += [child.register_forward_pre_hook(mark(name, 0)), child.register_forward_hook(mark(name, 1))]
+    x = torch.randn(batch, 3, size, size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    torch_dtype = DTYPES[dtype]
+    autocast = torch.autocast(device.split(":")[0], dtype=torch_dtype) if torch_dtype is not torch.float32 \
+        else contextlib.nullcontext()
+    times: dict[str, list[float]] = {name: [] for name in marks}
     try:
-        with fixed_threads(threads or torch.get_num_threads()), torch.inference_mode():
-            model(x)  # warm-up, not recorded below
-            for values in times.values():
-                values.clear()
-            for _ in range(iters):
+        with fixed_threads(threads or torch.get_num_threads()), torch.inference_mode(), autocast:
+            for i in range(iters + 1):  # pass 0 warms up and is not recorded
+                for values in marks.values():
+                    values.clear()
                 model(x)
+                if cuda:
+                    torch.cuda.synchronize()
+                if i == 0:
+                    continue
+                for name, pairs in marks.items():
+                    times[name] += [_elapsed_ms(start, end) for start, end in pairs if end is not None]
     finally:
         for handle in handles:
             handle.remove()
     return {name: statistics.median(values) for name, values in times.items() if values}
+
+
+def _recorded_event() -> "torch.cuda.Event":
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+def _elapsed_ms(start: Any, end: Any) -> float:
+    """Milliseconds between two marks: CUDA events or perf_counter readings."""
+    if isinstance(start, float):
+        return 1000 * (end - start)
+    return start.elapsed_time(end)
 
 
 def profile_ops(model: nn.Module, batch: int, iters: int, threads: int | None, path: Path,
@@ -227,7 +260,8 @@ def _rate(summary: dict[str, Any], side: str) -> str:
 
 
 def markdown(summaries: list[dict[str, Any]], stages: dict[str, dict[str, float]], env_start: dict[str, Any],
-             env_end: dict[str, Any], args: argparse.Namespace, peak: dict[str, Any] | None = None) -> str:
+             env_end: dict[str, Any], args: argparse.Namespace, peak: dict[str, Any] | None = None,
+             stage_rates: dict[str, dict[str, dict[str, float]]] | None = None) -> str:
     """The committed report: machine, ratio table, per-stage breakdown."""
     dev = env_start["device_name"]
     lines = [
@@ -252,8 +286,8 @@ def markdown(summaries: list[dict[str, Any]], stages: dict[str, dict[str, float]
     if peak:
         lines[-3:-3] = [f"- measured ceilings ({peak['dtype']}, same device and threads): GEMM {peak['gemm_n']}^3 "
                         f"{peak['gemm_tflops']:.3g} TFLOP/s, copy {peak['copy_mib']} MiB {peak['copy_gb_s']:.4g} GB/s "
-                        f"(read + write); ridge {peak['ridge_flop_per_byte']:.3g} FLOP/byte. Achieved TFLOP/s = "
-                        "2 x MACs x batch / p50."]
+                        f"(read + write); ridge {peak['ridge_flop_per_byte']:.3g} FLOP/byte{_start_end(peak)}. Achieved TFLOP/s "
+                        "= 2 x MACs x batch / p50."]
     for s in summaries:
         if "error" in s:
             lines.append(f"| {s['batch']} | {s['mode']} | {s['baseline']} | {s['vt_model']} | error: {s['error']} "
@@ -267,7 +301,7 @@ def markdown(summaries: list[dict[str, Any]], stages: dict[str, dict[str, float]
             f"| {s['macs_ratio']:.3f} | {s['params_ratio']:.3f} | {'yes' if s['meets_target'] else 'no'} "
             f"| {_rate(s, 'base')} / {_rate(s, 'vt')} |")
     if stages:
-        lines += ["", "## Where the time goes: median wall time per stage (ms, forward hooks, same process)", ""]
+        lines += ["", "## Where the time goes: median time per stage (ms, forward hooks, same process; CUDA events on a GPU)", ""]
         names = list(stages)
         from bench.commands.profile import STAGE_ORDER
 
@@ -280,7 +314,43 @@ def markdown(summaries: list[dict[str, Any]], stages: dict[str, dict[str, float]
             lines.append(f"| {name} | " + " | ".join(
                 f"{stages[name][st]:.2f} ({100 * stages[name][st] / total:.0f}%)" if st in stages[name] else "-"
                 for st in all_stages) + " |")
+        if stage_rates:
+            lines += ["", "Achieved TFLOP/s per stage (2 x the stage's executed MACs x batch / its median time)"
+                      + (", with the fraction of the measured GEMM ceiling" if peak else "") + ":", "",
+                      "| model, batch | " + " | ".join(all_stages) + " |", "| --- |" + " ---: |" * len(all_stages)]
+            for name in names:
+                rates = stage_rates.get(name, {})
+                lines.append(f"| {name} | " + " | ".join(_stage_rate(rates.get(st)) for st in all_stages) + " |")
+    over = ceiling_exceeded(summaries, stage_rates or {})
+    if over:
+        lines += ["", f"**WARNING: {len(over)} figure(s) above 100 % of the measured GEMM ceiling** ({', '.join(over[:6])}"
+                  f"{', ...' if len(over) > 6 else ''}): the ceiling was measured while the machine was busier than "
+                  "during those timings, or torch.mm is not this machine's fastest kernel (oneDNN convolutions can "
+                  "beat it on a CPU). Read the fractions as relative to each other, not as absolute efficiency."]
     return "\n".join(lines) + "\n"
+
+
+def ceiling_exceeded(summaries: list[dict[str, Any]], stage_rates: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """Every model or stage figure above the measured ceiling (a ceiling that cannot be one)."""
+    model_of = {"base": "baseline", "vt": "vt_model"}
+    over = [f"{s[model_of[side]]} b{s['batch']} {s['mode']}" for s in summaries for side in model_of
+            if (s.get(f"{side}_fraction_of_peak") or 0) > 1]
+    over += [f"{key} {stage}" for key, rates in stage_rates.items() for stage, rate in rates.items()
+             if (rate.get("fraction_of_peak") or 0) > 1]
+    return over
+
+
+def _start_end(peak: dict[str, Any]) -> str:
+    """' (GEMM 0.16 / 0.15 TFLOP/s before / after the study)' where both were measured."""
+    both = peak.get("gemm_tflops_start_end")
+    return f"; the higher of GEMM {both[0]:.3g} / {both[1]:.3g} TFLOP/s before / after the study" if both else ""
+
+
+def _stage_rate(rate: dict[str, float] | None) -> str:
+    if not rate:
+        return "-"
+    fraction = rate.get("fraction_of_peak")
+    return f"{rate['achieved_tflops']:.3g}" + (f" ({100 * fraction:.1f} %)" if fraction is not None else "")
 
 
 def write_outputs(out: Path, summaries: list[dict[str, Any]], raw: dict[str, Any], md: str) -> None:
@@ -310,7 +380,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=4, help="interleaved rounds per batch size")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all logical CPUs)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
-    p.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown (CPU only)")
+    p.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown")
     p.add_argument("--profile", action="store_true", help="write torch.profiler op tables (CPU)")
     p.add_argument("--quick", action="store_true", help="shorter timing per round (smoke test)")
     p.add_argument("--no-peak", dest="peak", action="store_false",
@@ -338,9 +408,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Build, measure complexity, time interleaved, break down by stage; write the outputs."""
     out = Path(args.out)
     env_start = machine(args.device, args.threads)
-    peak = measure_peak(args.device, args.dtype, threads=args.threads) if args.peak else None
-    if peak:
-        log.info("ceilings: GEMM %.3g TFLOP/s, copy %.4g GB/s", peak["gemm_tflops"], peak["copy_gb_s"])
+    peak_start = _measure_ceilings(args, "start")
     models = build_models(args.pairs)
     macs = complexity(models)
     summaries, raw_rows = [], {}
@@ -350,28 +418,82 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                                mode=mode, threads=args.threads, channels_last=args.channels_last, quick=args.quick)
             raw_rows[f"{mode}_b{batch}"] = rows
             for key in args.pairs:
-                s = pair_summary(*PAIRS[key], rows, macs, batch=batch, peak=peak)
+                s = pair_summary(*PAIRS[key], rows, macs, batch=batch)
                 summaries.append({"device": args.device, "dtype": args.dtype, "mode": mode, "batch": batch, **s})
                 log.info("batch %d %s %s: latency ratio %s, MACs ratio %.3f", batch, mode, key,
                          _fmt(s.get("latency_ratio")), s["macs_ratio"])
-    stages = {}
-    if args.device == "cpu" and not args.no_stages:
-        for batch in args.batch_sizes:
-            for name, model in models.items():
-                stages[f"{name}, b{batch}"] = stage_times(model, batch, iters=5 if batch <= 8 else 2,
-                                                          threads=args.threads, size=input_size(name))
+    stages = {} if args.no_stages else all_stage_times(models, args)
     if args.profile and args.device == "cpu":
         out.mkdir(parents=True, exist_ok=True)
         for batch in args.batch_sizes:
             for name, model in models.items():
                 profile_ops(model, batch, 5 if batch <= 8 else 2, args.threads, out / f"profile_{name}_b{batch}.txt",
                             size=input_size(name))
+    peak = combined_ceiling(peak_start, _measure_ceilings(args, "end"))
+    add_fractions(summaries, peak)
+    stage_rates = {key: {stage: achieved(macs[name][f"gmacs_{stage}"], batch, ms, peak)
+                         for stage, ms in stages[key].items() if f"gmacs_{stage}" in macs[name]}
+                   for key, (name, batch) in ((key, _stage_key_parts(key)) for key in stages)}
     env_end = machine(args.device, args.threads)
-    md = markdown(summaries, stages, env_start, env_end, args, peak)
-    raw = {"env": env_start, "env_end": env_end, "peak": peak, "args": {k: v for k, v in vars(args).items()},
-           "complexity": macs, "summaries": summaries, "stages_ms": stages, "rounds": raw_rows}
+    md = markdown(summaries, stages, env_start, env_end, args, peak, stage_rates)
+    raw = {"env": env_start, "env_end": env_end, "peak": peak, "stage_rates": stage_rates,
+           "args": {k: v for k, v in vars(args).items()}, "complexity": macs, "summaries": summaries,
+           "stages_ms": stages, "rounds": raw_rows}
     write_outputs(out, summaries, raw, md)
     return summaries
+
+
+def _measure_ceilings(args: argparse.Namespace, when: str) -> dict[str, Any] | None:
+    """The GEMM and copy ceilings now (or None with --no-peak), logged."""
+    if not args.peak:
+        return None
+    peak = measure_peak(args.device, args.dtype, threads=args.threads)
+    log.info("ceilings at %s: GEMM %.3g TFLOP/s, copy %.4g GB/s", when, peak["gemm_tflops"], peak["copy_gb_s"])
+    return peak
+
+
+def combined_ceiling(start: dict[str, Any] | None, end: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The higher of the ceilings measured before and after the study (a shared machine may have
+    been busy at one of the two), with both kept and their gap stated."""
+    if not start or not end:
+        return start or end
+    peak = dict(max(start, end, key=lambda p: p["gemm_tflops"]))
+    peak["copy_gb_s"] = max(start["copy_gb_s"], end["copy_gb_s"])
+    peak["ridge_flop_per_byte"] = peak["gemm_tflops"] * 1e12 / (peak["copy_gb_s"] * 1e9)
+    peak["gemm_tflops_start_end"] = [start["gemm_tflops"], end["gemm_tflops"]]
+    peak["copy_gb_s_start_end"] = [start["copy_gb_s"], end["copy_gb_s"]]
+    return peak
+
+
+def add_fractions(summaries: list[dict[str, Any]], peak: dict[str, Any] | None) -> None:
+    """Each side's fraction of the ceiling, once the ceiling is known."""
+    for summary in summaries:
+        for side in ("base", "vt"):
+            if peak and summary.get(f"{side}_tflops") is not None:
+                summary[f"{side}_fraction_of_peak"] = summary[f"{side}_tflops"] / peak["gemm_tflops"]
+
+
+def all_stage_times(models: dict[str, nn.Module], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Per-stage times of every model at every batch size, keyed 'model, bN'."""
+    cuda = args.device.startswith("cuda")
+    stages = {}
+    for batch in args.batch_sizes:
+        for name, model in models.items():
+            iters = 20 if cuda else (5 if batch <= 8 else 2)
+            stages[_stage_key(name, batch)] = stage_times(
+                model, batch, iters=iters, threads=args.threads, size=input_size(name), device=args.device,
+                dtype=args.dtype, channels_last=args.channels_last)
+    return stages
+
+
+def _stage_key(name: str, batch: int) -> str:
+    return f"{name}, b{batch}"
+
+
+def _stage_key_parts(key: str) -> tuple[str, int]:
+    """The inverse of `_stage_key` (the key is ours, not a model name being parsed)."""
+    name, batch = key.rsplit(", b", 1)
+    return name, int(batch)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

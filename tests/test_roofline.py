@@ -43,3 +43,19 @@ def test_pair_summary_reports_each_sides_rate_and_fraction():
     assert math.isclose(s["vt_tflops"], 2 * 0.8e9 * 2 / 0.005 / 1e12)
     assert math.isclose(s["vt_fraction_of_peak"], s["vt_tflops"])
     assert math.isclose(s["latency_ratio"], 0.5) and math.isclose(s["macs_ratio"], 0.8)
+
+
+def test_the_ceiling_is_the_higher_of_start_and_end_and_an_exceeded_one_is_flagged():
+    from bench.speed import ceiling_exceeded, combined_ceiling
+
+    start = {"gemm_tflops": 0.1, "copy_gb_s": 20.0, "gemm_n": 8}
+    end = {"gemm_tflops": 0.2, "copy_gb_s": 10.0, "gemm_n": 8}
+    peak = combined_ceiling(start, end)
+    assert peak["gemm_tflops"] == 0.2 and peak["copy_gb_s"] == 20.0
+    assert math.isclose(peak["ridge_flop_per_byte"], 0.2e12 / 20e9)
+    assert peak["gemm_tflops_start_end"] == [0.1, 0.2]
+    summaries = [{"baseline": "a", "vt_model": "b", "batch": 1, "mode": "eager",
+                  "base_fraction_of_peak": 0.5, "vt_fraction_of_peak": 1.2}]
+    rates = {"a, b1": {"stage4": {"achieved_tflops": 0.3, "fraction_of_peak": 1.5}}}
+    assert ceiling_exceeded(summaries, rates) == ["b b1 eager", "a, b1 stage4"]
+    assert ceiling_exceeded([], {}) == []
