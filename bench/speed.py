@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import json
 import datetime as _dt
 import logging
 import os
@@ -137,10 +138,29 @@ def pair_summary(base: str, vt: str, rows: dict[str, list[dict[str, Any]]],
         rate = achieved(macs[base if side == "base" else vt]["gmacs"], batch, out[f"{side}_ms_p50"], peak)
         out[f"{side}_tflops"] = rate["achieved_tflops"]
         out[f"{side}_fraction_of_peak"] = rate.get("fraction_of_peak")  # or later, by add_fractions
+        # Round 0's first call holds torch.compile's compile time (later rounds reuse the graph).
+        out[f"{side}_first_call_s"] = max(ok[i].get("first_iter_ms", 0.0) for i in rounds) / 1000.0
+        out[f"{side}_noisy_rounds"] = sum(ok[i].get("latency_verdict") == "noisy" for i in rounds)
     out.update(latency_ratio=statistics.median(ratios), latency_ratio_min=min(ratios),
                latency_ratio_max=max(ratios), round_ratios=ratios)
     out["meets_target"] = out["latency_ratio"] <= out["macs_ratio"]
+    out["target_verdict"] = target_verdict(out)
     return out
+
+
+def target_verdict(summary: dict[str, Any]) -> str:
+    """'met' when every round's ratio is at or below the MACs ratio, 'missed' when every round's is
+    above it, else 'not resolved' (the MACs ratio lies inside the rounds' spread); a verdict from
+    rounds that a noisy measurement entered says so."""
+    macs = summary["macs_ratio"]
+    if summary["latency_ratio_max"] <= macs:
+        verdict = "met"
+    elif summary["latency_ratio_min"] > macs:
+        verdict = "missed"
+    else:
+        verdict = "not resolved"
+    noisy = summary.get("base_noisy_rounds", 0) + summary.get("vt_noisy_rounds", 0)
+    return f"{verdict} (noisy: {noisy} of {2 * summary['rounds']} measurements)" if noisy else verdict
 
 
 def stage_times(model: nn.Module, batch: int, iters: int, threads: int | None, size: int = INPUT_SIZE, *,
@@ -242,7 +262,8 @@ CSV_KEYS = ("device", "dtype", "mode", "batch", "baseline", "vt_model", "base_ms
             "vt_ms_p50", "vt_ms_p20", "vt_ms_p80", "latency_ratio", "latency_ratio_min", "latency_ratio_max",
             "macs_ratio", "base_gmacs", "vt_gmacs", "params_ratio", "meets_target", "rounds", "base_img_s",
             "vt_img_s", "base_peak_mem_mb", "vt_peak_mem_mb", "base_tflops", "vt_tflops", "base_fraction_of_peak",
-            "vt_fraction_of_peak", "error")
+            "vt_fraction_of_peak", "target_verdict", "base_noisy_rounds", "vt_noisy_rounds", "base_first_call_s",
+            "vt_first_call_s", "error")
 
 
 def _fmt(value: Any, spec: str = ".3f") -> str:
@@ -277,11 +298,13 @@ def markdown(summaries: list[dict[str, Any]], stages: dict[str, dict[str, float]
         + (". **The machine was shared with other jobs during the run**: absolute times are noisy; the ratios "
            "come from adjacent measurements in alternating order and are the figures to read." if args.shared else ""),
         f"- {args.rounds} interleaved rounds per batch size; ratio = median over rounds of VT p50 / baseline p50 "
-        "(min-max over rounds in brackets). Target: latency ratio <= MACs ratio.",
+        "(min-max over rounds in brackets). Target: latency ratio <= MACs ratio; 'met' or 'missed' when every "
+        "round agrees, else 'not resolved'. A round whose measurement judged itself noisy (bench.latency: "
+        "warm-up not settled or p80/p20 spread wide) is counted beside the verdict.",
         "",
         "| batch | mode | baseline | VT model | baseline p50 ms [p20-p80] | VT p50 ms [p20-p80] | latency ratio [min-max] "
-        "| MACs ratio | params ratio | target met | TFLOP/s base / VT (% of peak) |",
-        "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| MACs ratio | params ratio | target | TFLOP/s base / VT (% of peak) | first call s, base / VT |",
+        "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |",
     ]
     if peak:
         lines[-3:-3] = [f"- measured ceilings ({peak['dtype']}, same device and threads): GEMM {peak['gemm_n']}^3 "
@@ -298,8 +321,9 @@ def markdown(summaries: list[dict[str, Any]], stages: dict[str, dict[str, float]
             f"| {s['base_ms_p50']:.2f} [{s['base_ms_p20']:.2f}-{s['base_ms_p80']:.2f}] "
             f"| {s['vt_ms_p50']:.2f} [{s['vt_ms_p20']:.2f}-{s['vt_ms_p80']:.2f}] "
             f"| **{s['latency_ratio']:.3f}** [{s['latency_ratio_min']:.3f}-{s['latency_ratio_max']:.3f}] "
-            f"| {s['macs_ratio']:.3f} | {s['params_ratio']:.3f} | {'yes' if s['meets_target'] else 'no'} "
-            f"| {_rate(s, 'base')} / {_rate(s, 'vt')} |")
+            f"| {s['macs_ratio']:.3f} | {s['params_ratio']:.3f} | {s.get('target_verdict') or target_verdict(s)} "
+            f"| {_rate(s, 'base')} / {_rate(s, 'vt')} | {_fmt(s.get('base_first_call_s'), '.2f')} / "
+            f"{_fmt(s.get('vt_first_call_s'), '.2f')} |")
     if stages:
         lines += ["", "## Where the time goes: median time per stage (ms, forward hooks, same process; CUDA events on a GPU)", ""]
         names = list(stages)
@@ -387,7 +411,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="skip measuring the GEMM and copy ceilings (bench.roofline)")
     p.add_argument("--not-shared", dest="shared", action="store_false",
                    help="do not state in the report that the machine was shared")
+    p.add_argument("--render", metavar="DIR", default=None,
+                   help="measure nothing: rebuild DIR/speed.md and speed.csv from DIR/speed.json")
     args = p.parse_args(argv)
+    if args.render:
+        return args
     defaults = GPU_DEFAULTS if args.gpu else CPU_DEFAULTS
     args.device = defaults["device"]
     args.out = args.out or defaults["out"]
@@ -440,6 +468,28 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
            "args": {k: v for k, v in vars(args).items()}, "complexity": macs, "summaries": summaries,
            "stages_ms": stages, "rounds": raw_rows}
     write_outputs(out, summaries, raw, md)
+    return summaries
+
+
+def render(out: Path) -> list[dict[str, Any]]:
+    """Rebuild speed.md and speed.csv of a finished study from its speed.json alone (after a change
+    of the summary or the report; nothing is measured again)."""
+    raw = json.loads((out / "speed.json").read_text())
+    args = argparse.Namespace(**raw["args"])
+    macs, peak = raw["complexity"], raw.get("peak")
+    summaries = []
+    for key, rows in raw["rounds"].items():
+        mode, batch = key.rsplit("_b", 1)
+        for pair in args.pairs:
+            summary = pair_summary(*PAIRS[pair], rows, macs, batch=int(batch))
+            summaries.append({"device": args.device, "dtype": args.dtype, "mode": mode, "batch": int(batch), **summary})
+    add_fractions(summaries, peak)
+    stages = raw.get("stages_ms") or {}
+    stage_rates = {key: {stage: achieved(macs[name][f"gmacs_{stage}"], batch, ms, peak)
+                         for stage, ms in stages[key].items() if f"gmacs_{stage}" in macs[name]}
+                   for key, (name, batch) in ((key, _stage_key_parts(key)) for key in stages)}
+    raw.update(summaries=summaries, stage_rates=stage_rates)
+    write_outputs(out, summaries, raw, markdown(summaries, stages, raw["env"], raw["env_end"], args, peak, stage_rates))
     return summaries
 
 
@@ -501,7 +551,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     args = parse_args(argv)
-    summaries = run(args)
+    if args.render:
+        args.out = args.render
+        summaries = render(Path(args.render))
+    else:
+        summaries = run(args)
     sys.stdout.write((Path(args.out) / "speed.md").read_text())
     return 0 if all("error" not in s for s in summaries) else 1
 

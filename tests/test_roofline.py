@@ -59,3 +59,29 @@ def test_the_ceiling_is_the_higher_of_start_and_end_and_an_exceeded_one_is_flagg
     rates = {"a, b1": {"stage4": {"achieved_tflops": 0.3, "fraction_of_peak": 1.5}}}
     assert ceiling_exceeded(summaries, rates) == ["b b1 eager", "a, b1 stage4"]
     assert ceiling_exceeded([], {}) == []
+
+
+def test_target_verdict_needs_every_round_and_names_noisy_measurements():
+    from bench.speed import target_verdict
+
+    base = {"macs_ratio": 0.85, "rounds": 3}
+    assert target_verdict({**base, "latency_ratio_min": 0.7, "latency_ratio_max": 0.84}) == "met"
+    assert target_verdict({**base, "latency_ratio_min": 0.9, "latency_ratio_max": 1.2}) == "missed"
+    assert target_verdict({**base, "latency_ratio_min": 0.8, "latency_ratio_max": 0.9}) == "not resolved"
+    assert target_verdict({**base, "latency_ratio_min": 0.9, "latency_ratio_max": 1.2, "vt_noisy_rounds": 2}) \
+        == "missed (noisy: 2 of 6 measurements)"
+
+
+@pytest.mark.parametrize("study", ["eager_cuda_graphs", "fpn_473", "compile_r18", "compile_r50"])
+def test_committed_gpu_studies_regenerate_from_their_json(tmp_path, study):
+    """Each committed results/speed_gpu report is what `bench.speed --render` makes of its JSON."""
+    import shutil
+    from pathlib import Path
+
+    from bench.speed import render
+
+    source = Path(__file__).resolve().parents[1] / "results" / "speed_gpu" / study
+    shutil.copy(source / "speed.json", tmp_path / "speed.json")
+    render(tmp_path)
+    assert (tmp_path / "speed.md").read_text() == (source / "speed.md").read_text()
+    assert (tmp_path / "speed.csv").read_text() == (source / "speed.csv").read_text()
