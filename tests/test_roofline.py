@@ -85,3 +85,77 @@ def test_committed_gpu_studies_regenerate_from_their_json(tmp_path, study):
     render(tmp_path)
     assert (tmp_path / "speed.md").read_text() == (source / "speed.md").read_text()
     assert (tmp_path / "speed.csv").read_text() == (source / "speed.csv").read_text()
+
+
+# ------------------------------------------------------------ operator costs and bounds --------
+
+def test_operator_flops_add_up_to_the_executed_count_on_cpu_and_meta(one_thread):
+    """The cost model's FLOPs come from its own dispatch recorder: they must equal bench.complexity's
+    executed count, on real tensors and on the meta device alike."""
+    from bench.complexity import measure_complexity
+    from bench.roofline import operator_costs
+    from models import build_model
+
+    for name in ("resnet18", "vt_resnet18"):
+        torch.manual_seed(0)
+        model = build_model(name).eval()
+        executed = measure_complexity(model, 64).to_metrics()["gmacs"]
+        cpu_ops, _ = operator_costs(model, 64, batch_size=2)
+        meta_ops, _ = operator_costs(build_model(name).eval().to("meta"), 64, batch_size=2)
+        for ops in (cpu_ops, meta_ops):
+            assert sum(o.flops for o in ops) / 2 / 2 / 1e9 == pytest.approx(executed, rel=1e-9)
+        assert [o.op for o in cpu_ops] == [o.op for o in meta_ops]
+
+
+def test_stage_bounds_by_hand():
+    from bench.roofline import OpCost, stage_bounds
+
+    ops = [OpCost("a", "mm", 2e12, 1e9), OpCost("a", "relu", 0.0, 4e9), OpCost("b", "add", 0.0, 1e6)]
+    bounds = stage_bounds(ops, {"a": 2e9}, tflops=1.0, tb_s=1.0, launch_us=5.0)
+    # mm: max(2 s compute, 1 ms memory) = 2 s; relu: 4 ms; fused: max(2 s, 2 ms) = 2 s.
+    assert bounds["a"]["unfused_ms"] == pytest.approx(2004.0)
+    assert bounds["a"]["fused_ms"] == pytest.approx(2000.0)
+    assert bounds["a"]["kernels"] == 2 and bounds["a"]["launch_ms"] == pytest.approx(0.010)
+    assert bounds["b"]["fused_bytes"] == 1e6  # no fused figure: the operators' own bytes
+
+
+def test_fused_bytes_skip_an_input_the_stage_never_reads():
+    from bench.roofline import operator_costs
+
+    class PassAlong(torch.nn.Module):
+        def forward(self, x):
+            return x, x.mean(dim=(2, 3))
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 5, bias=False)
+
+        def forward(self, pair):
+            _unused_map, pooled = pair
+            return self.fc(pooled)
+
+    model = torch.nn.Sequential()
+    model.add_module("stage", PassAlong())
+    model.add_module("head", Head())
+    _, fused = operator_costs(model, 8, batch_size=4, float_bytes=2)
+    # head: pooled (4 x 3) + weight (5 x 3) + output (4 x 5), at 2 bytes; the 4x3x8x8 map is not read.
+    assert fused["head"] == 2 * (4 * 3 + 5 * 3 + 4 * 5)
+
+
+def test_committed_h200_measurements_never_beat_their_bounds():
+    """Every stage measured on the H200 (results/speed_gpu) takes at least its fused roofline bound
+    at the card's measured ceilings: a violation means a count, a timer or a ceiling is wrong."""
+    import csv
+    from pathlib import Path
+
+    from bench.roofline import violations
+
+    path = Path(__file__).resolve().parents[1] / "results" / "roofline" / "roofline.csv"
+    rows = []
+    for row in csv.DictReader(path.open()):
+        if row.get("measured_ms"):
+            rows.append({**row, "batch": int(row["batch"]), "measured_ms": float(row["measured_ms"]),
+                         "fused_ms": float(row["fused_ms"])})
+    assert len(rows) >= 60, len(rows)
+    assert violations(rows) == []
