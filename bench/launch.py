@@ -23,13 +23,11 @@ process, one cell after the other; always waits), `slurm` (needs `sbatch` and `S
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +35,7 @@ from typing import Any, Sequence
 
 from bench.errors import UsageError
 from bench.grid import Cell, Grid, Resources, load_grid
+from bench.jobs import cells_in_flight
 from bench.liveness import process_alive, process_start_ticks
 from bench.status import read_jobs  # noqa: F401  (re-exported: launch's callers read jobs.json too)
 from bench.records import CorruptRecord, now_iso, read_record, write_json_atomic
@@ -241,71 +240,6 @@ def array_job_id(task_job_ids: list[str], cluster: str) -> str:
     if len(task_job_ids) == 1:
         return task_job_ids[0]
     return f"{task_job_ids[0]}..{task_job_ids[-1]}"
-
-
-# ------------------------------------------------------------------------------------ in flight
-def cells_in_flight(run_dir: Path) -> set[str]:
-    """Cells of earlier submissions whose job is still queued or running (asked of the cluster)."""
-    cells: set[str] = set()
-    jobs = read_jobs(run_dir)
-    slurm_ids = _live_slurm_task_ids(jobs)
-    for entry in jobs:
-        task_ids = entry.get("task_job_ids", [])
-        starts = entry.get("task_pid_starts") or [None] * len(task_ids)
-        for cell_id, task_id, start in zip(entry.get("cell_ids", []), task_ids, starts):
-            if _cell_finished_by(run_dir, cell_id, task_id):
-                continue  # the job still exits (or runs other work), but this cell's work is over
-            if entry.get("cluster") == "slurm" and task_id in slurm_ids:
-                cells.add(cell_id)
-            elif entry.get("cluster") == "local" and entry.get("host") == socket.gethostname() \
-                    and _local_job_alive(task_id, start):
-                cells.add(cell_id)
-    return cells
-
-
-def _cell_finished_by(run_dir: Path, cell_id: str, task_id: str) -> bool:
-    """Has job `task_id` already finished `cell_id` (its state.json says `done`, written by it)?
-
-    A job's process outlives its cell by a moment (submitit writes the result, the process exits):
-    without this, a relaunch right after a record was deleted saw the finished job as still running
-    the cell, left the cell to it, and then reported it failed for want of a record.
-    """
-    try:
-        state = json.loads(CellPaths(run_dir, cell_id).state.read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(state, dict) or state.get("state") != "done":
-        return False
-    return str(task_id) in (str(state.get("job_id")), str(state.get("pid")))
-
-
-def _live_slurm_task_ids(jobs: list[dict[str, Any]]) -> set[str]:
-    """Array task ids (`123_4`) SLURM still has queued or running, or none if it cannot be asked."""
-    if not any(entry.get("cluster") == "slurm" for entry in jobs):
-        return set()
-    try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %t"], capture_output=True, text=True,
-                             timeout=60, check=True).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("cannot ask SLURM which earlier jobs still run (%s); their cells may be submitted "
-                    "again (each cell still writes one record)", exc)
-        return set()
-    # A completing job (CG) has finished its cell's work: it is not in flight any more.
-    return {line.split()[0] for line in out.splitlines() if line.strip() and line.split()[-1] != "CG"}
-
-
-def _local_job_alive(job_id: str, pid_start: int | None = None) -> bool:
-    """A local job's id is its controller's PID: is that same process still alive?"""
-    if not str(job_id).isdigit():
-        return False
-    if pid_start is not None:
-        return process_alive(socket.gethostname(), job_id, pid_start) is True
-    # jobs.json written before start times were recorded: the pid must at least be a submitit process
-    try:
-        cmdline = Path(f"/proc/{job_id}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"submitit" in cmdline
 
 
 # ------------------------------------------------------------------------------------ submitting
