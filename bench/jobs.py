@@ -3,6 +3,7 @@
 What `vtbench launch` asks to leave in-flight cells alone, and to follow them. Each entry of jobs.json pairs its
 `cell_ids` with `task_job_ids`: a SLURM array task id (`123_4`), or a local job's id, which is its
 controller's pid, with the pid's start time beside it (`task_pid_starts`, see `bench.liveness`).
+Several cells share one local job: a local worker runs its cells one after the other.
 
 A task holds a cell while its job is queued or running and has not finished the cell (the cell's
 state file does not say `done` by that job).
@@ -81,9 +82,10 @@ def cells_in_flight(run_dir: Path) -> set[str]:
 def _cell_finished_by(run_dir: Path, cell_id: str, task_id: str) -> bool:
     """Has job `task_id` already finished `cell_id` (its state.json says `done`, written by it)?
 
-    A job's process outlives its cell by a moment (submitit writes the result, the process exits):
-    without this, a relaunch right after a record was deleted saw the finished job as still running
-    the cell, left the cell to it, and then reported it failed for want of a record.
+    A job's process outlives its cell by a moment (submitit writes the result, the process exits),
+    and a local worker goes on with its next cell: without this, a relaunch right after a record
+    was deleted saw the job as still running the cell, left the cell to it, and then reported it
+    failed for want of a record.
     """
     try:
         state = json.loads(CellPaths(run_dir, cell_id).state.read_text())

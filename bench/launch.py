@@ -9,8 +9,9 @@
    and corrupt records are moved to `RUN_DIR/superseded/` first, so status never shows a stale row);
 4. submit them as one array (`executor.map_array(CellRunner, cells)`) with the grid's resources
    (`slurm_array_parallelism` and friends) through `submitit.AutoExecutor(folder=RUN_DIR/submitit,
-   cluster=...)`, append the submission to `RUN_DIR/jobs.json` (under a file lock: two launches
-   may append at once), and return at once;
+   cluster=...)`; on the local executor as at most `local_parallelism` worker jobs, each running its
+   share of the cells in turn (`bench.runner.CellSequence`). Append the submission to
+   `RUN_DIR/jobs.json` (under a file lock: two launches may append at once), and return at once;
 5. with `wait`, follow the cells with a progress bar until each has a record (or its job ended
    without one); the result says which failed. Cells in flight in another launch are followed too,
    and so is a cell whose job found it locked by another launch's job (`busy`): its outcome is the
@@ -39,7 +40,7 @@ from bench.jobs import cells_in_flight
 from bench.liveness import process_alive, process_start_ticks
 from bench.status import read_jobs  # noqa: F401  (re-exported: launch's callers read jobs.json too)
 from bench.records import CorruptRecord, now_iso, read_record, write_json_atomic
-from bench.runner import CellPaths, CellRunner, lock_holder
+from bench.runner import CellPaths, CellRunner, CellSequence, lock_holder
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class LaunchResult:
     plan: Plan
     cluster: str
     job_id: str | None = None
-    task_job_ids: list[str] = dataclasses.field(default_factory=list)
+    task_job_ids: list[str] = dataclasses.field(default_factory=list)   # one per submitted cell
     finished: bool = False
     failed: dict[str, str] = dataclasses.field(default_factory=dict)    # cell_id -> one-line error
     followed: list[str] = dataclasses.field(default_factory=list)       # cells waited for to their end
@@ -234,12 +235,13 @@ def append_job(run_dir: Path, entry: dict[str, Any]) -> None:
 
 
 def array_job_id(task_job_ids: list[str], cluster: str) -> str:
-    """The id naming the whole array: SLURM's array id, else the ids themselves."""
+    """The id naming the whole array: SLURM's array id, else the (distinct) ids themselves."""
     if cluster == "slurm":
         return task_job_ids[0].split("_")[0]
-    if len(task_job_ids) == 1:
-        return task_job_ids[0]
-    return f"{task_job_ids[0]}..{task_job_ids[-1]}"
+    distinct = list(dict.fromkeys(task_job_ids))  # a local worker job runs several cells
+    if len(distinct) == 1:
+        return distinct[0]
+    return f"{distinct[0]}..{distinct[-1]}"
 
 
 # ------------------------------------------------------------------------------------ submitting
@@ -280,8 +282,8 @@ def executor_parameters(cluster: str, resources: Resources, n_cells: int, name: 
     elif cluster == "local":
         if resources.nodes > 1:
             raise UsageError(f"the local executor runs one node; the grid asks for {resources.nodes}")
-        # Local jobs all start at once and wait for one of `local_parallelism` slots; the time
-        # limit counts from the start, so it covers the cells queued ahead of each one.
+        # A local worker runs its share of the cells one after the other (waiting for a slot when
+        # another launch of the run holds them all); its time limit covers the whole sequence.
         waves = math.ceil(n_cells / max(1, resources.local_parallelism))
         params["timeout_min"] = resources.timeout_min * (waves + 1)
         if resources.setup:
@@ -290,11 +292,26 @@ def executor_parameters(cluster: str, resources: Resources, n_cells: int, name: 
 
 
 def submit(grid: Grid, cells: list[Cell], run_dir: Path, cluster: str) -> list[Any]:
-    """Submit `cells` as one job array; returns submitit's jobs, in the order of `cells`."""
+    """Submit `cells` as one job array; returns, for each of `cells` in order, the job running it."""
     executor = make_executor(cluster, (run_dir / "submitit").resolve(), grid.resources, len(cells), grid.name)
     runner = CellRunner(run_dir, grid.name, grid.resources.local_parallelism)
     payload = [{"cell_id": c.cell_id, "config": c.config} for c in cells]
+    if cluster == "local":
+        return submit_local_workers(executor, runner, payload, grid.resources.local_parallelism)
     return executor.map_array(runner, payload)
+
+
+def submit_local_workers(executor: Any, runner: CellRunner, payload: list[dict[str, Any]],
+                         workers: int) -> list[Any]:
+    """At most `workers` local jobs, cell i going to job i mod n; each runs its cells in turn.
+
+    submitit's local executor starts every job it is given at once, each as a controller and a
+    worker process: one job per cell was two processes per cell, all but a few waiting for a slot
+    (about 65 MB each: a 10,000-cell grid would have needed some 650 GB).
+    """
+    n_jobs = min(len(payload), max(1, workers))
+    jobs = executor.map_array(CellSequence(runner), [payload[i::n_jobs] for i in range(n_jobs)])
+    return [jobs[i % n_jobs] for i in range(len(payload))]
 
 
 # ------------------------------------------------------------------------------------- following
@@ -370,7 +387,7 @@ def _outcome(run_dir: Path, cell_id: str, job: Any) -> str | None:
     time.sleep(0.5)  # the record is written before the job's result; re-check once
     if record_state(path) is not None:
         return _outcome(run_dir, cell_id, job)
-    if _job_summary(job).get("status") == BUSY:
+    if _cell_summary(job, cell_id).get("status") == BUSY:
         return BUSY
     return f"job {job.job_id} ended without a record: {_job_failure(job)}"
 
@@ -409,8 +426,11 @@ def _lock_holder_alive(paths: CellPaths) -> bool:
     return process_alive(holder.get("host"), holder.get("pid"), holder.get("pid_start")) is True
 
 
-def _job_summary(job: Any) -> dict[str, Any]:
-    """What a finished job's `CellRunner` returned ({} when it raised or returned nothing)."""
+def _cell_summary(job: Any, cell_id: str) -> dict[str, Any]:
+    """What a finished job's `CellRunner` returned for `cell_id` ({} when it raised or returned nothing).
+
+    A local worker job (`CellSequence`) returns one summary per cell it ran.
+    """
     try:
         if _is_debug(job):  # result() of an unfinished debug submission would run it again
             submission = job.submission()
@@ -419,6 +439,8 @@ def _job_summary(job: Any) -> dict[str, Any]:
             summary = job.result()
     except Exception:  # noqa: BLE001 - a job that raised is reported by _job_failure
         return {}
+    if isinstance(summary, list):
+        summary = next((s for s in summary if isinstance(s, dict) and s.get("cell_id") == cell_id), None)
     return summary if isinstance(summary, dict) else {}
 
 

@@ -15,6 +15,10 @@ builds the model, runs the measurements the cell lists (complexity, latency, tra
   A job requeued or cancelled by hand (`scontrol requeue`, `scancel` then `vtbench launch`)
   resumes from that checkpoint too.
 
+Local jobs: `CellSequence` is one local worker: it runs its share of the cells one after the other,
+so a launch starts at most `local_parallelism` worker processes (the local executor starts every
+job it is given at once: one job per cell was a process per cell, each waiting for a slot).
+
 Per-cell work lives in `RUN_DIR/cells/CELL_ID/`: `checkpoint.pt` and `metrics.jsonl` (training),
 `log` (this cell's log lines), `state.json` (running/done, job id, host, pid and the pid's start
 time: read by `vtbench status` without asking any cluster) and `lock` (whose text names its holder
@@ -81,8 +85,8 @@ class CellRunner(submitit.helpers.Checkpointable):
     Args:
         run_dir: the run folder (absolute once constructed).
         run_name: the grid's name, stored in each record's `run`.
-        local_parallelism: on the local executor, how many cells may run at once (the others wait
-            for a slot, since submitit's local executor starts every job of an array at once).
+        local_parallelism: on the local executor, how many cells may run at once: a launch starts
+            that many workers, and workers of other launches of the run wait for a slot.
     """
 
     def __init__(self, run_dir: str | os.PathLike, run_name: str | None = None, local_parallelism: int = 1):
@@ -101,6 +105,34 @@ class CellRunner(submitit.helpers.Checkpointable):
                     cell.get("cell_id"), CellPaths(Path(self.run_dir), cell.get("cell_id", "?")).work)
         fresh = CellRunner(self.run_dir, self.run_name, self.local_parallelism)
         return submitit.helpers.DelayedSubmission(fresh, cell)
+
+
+class CellSequence(submitit.helpers.Checkpointable):
+    """One local worker: run a list of cells one after the other (see the module doc).
+
+    Args:
+        runner: what runs each cell.
+    """
+
+    def __init__(self, runner: CellRunner):
+        self.runner = runner
+
+    def __call__(self, cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run each cell in turn; returns their summaries."""
+        return [self.runner(cell) for cell in cells]
+
+    def checkpoint(self, cells: list[dict[str, Any]]) -> submitit.helpers.DelayedSubmission:
+        """Requeue the cells that have no record yet; training resumes from its checkpoint.
+
+        Requeued even with none left: returning None would make submitit raise inside the running
+        cell, which would record that as the cell's error.
+        """
+        run_dir = Path(self.runner.run_dir)
+        left = [cell for cell in cells if not CellPaths(run_dir, cell["cell_id"]).record.exists()]
+        log.warning("worker preempted or timed out; requeueing it with its %d unfinished cell(s) "
+                    "(training resumes)", len(left))
+        fresh = CellRunner(self.runner.run_dir, self.runner.run_name, self.runner.local_parallelism)
+        return submitit.helpers.DelayedSubmission(CellSequence(fresh), left)
 
 
 # ------------------------------------------------------------------------------------ job context
