@@ -7,8 +7,10 @@ Reads `RUN_DIR/cells.json` (what the grid holds), `RUN_DIR/records/*.json` (what
 - `ok` / `error`: it has a record with that status;
 - `running`: no record, and its state file says a job is running it (on this host the process is
   checked to be alive and to be the same process, by its start time: a pid reused by another
-  process does not count; a dead one means the job was killed: the cell is pending again);
-- `pending`: anything else (queued, never submitted, interrupted, or with a corrupt record).
+  process does not count);
+- `stopped`: no record, and its state file says running but that process has ended (killed, or
+  requeued and not restarted yet): it will not end by itself; `vtbench launch` runs it again;
+- `pending`: anything else (queued, never submitted, or with a corrupt record).
 
 Corrupt record files are listed, never fatal; `vtbench launch` runs their cells again.
 """
@@ -25,7 +27,7 @@ from bench.errors import UsageError
 from bench.liveness import process_alive
 from bench.records import CorruptRecord, iter_records
 
-STATES = ("ok", "error", "running", "pending")
+STATES = ("ok", "error", "running", "pending", "stopped")
 
 
 @dataclasses.dataclass
@@ -120,7 +122,8 @@ def _cell_status(run_dir: Path, cell: dict, record: dict | None, corrupt: dict[s
 
 
 def _running_state(path: Path) -> tuple[str, str | None]:
-    """`running` if the runner's state file says so (and its process lives, when on this host)."""
+    """`running` if the runner's state file says so and its process lives (or is on another host,
+    which cannot be seen from here: trusted); `stopped` if that process has ended."""
     if not path.exists():
         return "pending", None
     try:
@@ -130,9 +133,8 @@ def _running_state(path: Path) -> tuple[str, str | None]:
     if state.get("state") != "running":
         return "pending", None
     where = f"job {state.get('job_id')} on {state.get('host')}"
-    # False only on this host (another host's processes cannot be seen from here: trusted).
     if process_alive(state.get("host"), state.get("pid"), state.get("pid_start")) is False:
-        return "pending", f"{where} stopped before writing a record (killed or requeued)"
+        return "stopped", f"{where} ended before writing a record (killed, or requeued and not restarted)"
     return "running", f"{where} since {state.get('updated_at')}"
 
 
@@ -144,14 +146,15 @@ def format_status(status: RunStatus) -> str:
     for cell in status.failed:
         lines.append(f"  error    {cell.cell_id} {cell.model}: {cell.error}")
     for cell in status.cells:
-        if cell.state == "running":
-            lines.append(f"  running  {cell.cell_id} {cell.model}: {cell.note}")
-        elif cell.state == "pending" and cell.note:
-            lines.append(f"  pending  {cell.cell_id} {cell.model}: {cell.note}")
+        if cell.state in ("running", "stopped") or (cell.state == "pending" and cell.note):
+            lines.append(f"  {cell.state:<8} {cell.cell_id} {cell.model}: {cell.note}")
     for name, why in status.corrupt.items():
         lines.append(f"  corrupt record {name}: {why}")
     if status.stray_records:
         lines.append(f"  {status.stray_records} record(s) of cells no longer in the grid")
+    if counts["stopped"]:
+        lines.append(f"  stopped cells run again with `vtbench launch {status.run_dir / 'grid.yaml'} "
+                     f"--run-dir {status.run_dir}`")
     for job in status.jobs:
         lines.append(f"  job {job.get('job_id')} ({job.get('cluster')}, {len(job.get('cell_ids', []))} "
                      f"cells, submitted {job.get('submitted_at')})")

@@ -277,7 +277,8 @@ def test_status_counts_running_only_the_same_live_process(tmp_path):
         "dddddddddddd": {"host": "another-node", "pid": 1, "pid_start": 1},               # cannot be seen
     })
     states = {cell.cell_id: cell.state for cell in run_status(tmp_path / "run").cells}
-    assert states == {"aaaaaaaaaaaa": "running", "bbbbbbbbbbbb": "pending", "cccccccccccc": "pending",
+    # A dead process (or a reused pid) left its cell stopped: not running, and not coming (item 8).
+    assert states == {"aaaaaaaaaaaa": "running", "bbbbbbbbbbbb": "stopped", "cccccccccccc": "stopped",
                       "dddddddddddd": "running"}
 
 

@@ -153,7 +153,7 @@ def test_debug_raising_cell_gives_error_record_and_others_complete(tmp_path):
             assert "boom" in record["error"]["message"]
             assert "Traceback" in record["error"]["traceback"] and "forward" in record["error"]["traceback"]
     status = run_status(run_dir)
-    assert status.counts == {"ok": 2, "error": 2, "running": 0, "pending": 0}
+    assert status.counts == {"ok": 2, "error": 2, "running": 0, "pending": 0, "stopped": 0}
     assert all("boom" in c.error for c in status.failed)
 
 

@@ -173,7 +173,7 @@ def test_raising_cell_gives_error_record_and_the_others_complete(tmp_path):
             assert "boom" in record["error"]["traceback"]
         else:
             assert record["status"] == "ok"
-    assert run_status(run_dir).counts == {"ok": 2, "error": 2, "running": 0, "pending": 0}
+    assert run_status(run_dir).counts == {"ok": 2, "error": 2, "running": 0, "pending": 0, "stopped": 0}
 
 
 def test_two_task_job_trains_with_gloo_and_gives_one_record(tmp_path):
@@ -198,7 +198,7 @@ def test_scancel_mid_training_then_relaunch_resumes_from_checkpoint(tmp_path):
     wait_until(lambda: not squeue_states(task_id), 60, f"{task_id} to leave the queue")
     killed_after = epochs_done(run_dir, cell_id)
     assert killed_after < 8 and not records_of(run_dir), "killed mid-training, no record"
-    assert run_status(run_dir).counts["pending"] == 1   # its process is gone: not `running`
+    assert run_status(run_dir).counts["stopped"] == 1   # its process is gone: not `running`
 
     second = launch(grid, cluster="slurm", run_dir=run_dir, wait=True, poll_s=1)
     assert second.submitted == [cell_id] and second.ok
