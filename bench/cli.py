@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "bench.commands.train",
     "bench.commands.launch",
     "bench.commands.status",
+    "bench.commands.cancel",
     "bench.commands.interleave",
     "bench.commands.report",
 )

@@ -1,12 +1,14 @@
 """Which submitted jobs still hold which cells: `RUN_DIR/jobs.json` checked against /proc or squeue.
 
-What `vtbench launch` asks to leave in-flight cells alone, and to follow them. Each entry of jobs.json pairs its
+One answer for `vtbench launch` (leave in-flight cells alone, follow them) and `vtbench cancel`
+(signal or `scancel` the jobs that hold the chosen cells). Each entry of jobs.json pairs its
 `cell_ids` with `task_job_ids`: a SLURM array task id (`123_4`), or a local job's id, which is its
 controller's pid, with the pid's start time beside it (`task_pid_starts`, see `bench.liveness`).
 Several cells share one local job: a local worker runs its cells one after the other.
 
-A task holds a cell while its job is queued or running and has not finished the cell (the cell's
-state file does not say `done` by that job).
+A task holds a cell while its job is queued or running and the cell's work is not over: it has no
+record, its state file does not say `done` by that job, and it was not cancelled (`vtbench
+cancel` leaves `cells/ID/cancelled.json`; the job skips or has stopped that cell).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.liveness import process_alive
-from bench.runner import CellPaths
+from bench.runner import CellPaths, cancel_mark
 from bench.status import read_jobs
 
 log = logging.getLogger(__name__)
@@ -54,13 +56,13 @@ def live_tasks(run_dir: Path, jobs: list[dict[str, Any]], queue: set[str] | None
     """The tasks of `jobs` that still hold their cell (see the module doc).
 
     `queue` is what `slurm_queue` answered; None (SLURM could not be asked) counts every SLURM task
-    as live.
+    as live: only the cancel path passes it, where a needless `scancel` is harmless.
     """
     here = socket.gethostname()
     held = []
     for task in submitted_tasks(jobs):
-        if _cell_finished_by(run_dir, task.cell_id, task.task_id):
-            continue  # the job still exits (or runs other work), but this cell's work is over
+        if _cell_over(run_dir, task):
+            continue
         if task.cluster == "slurm" and (queue is None or task.task_id in queue):
             held.append(task)
         elif task.cluster == "local" and task.host == here and local_job_alive(task.task_id, task.pid_start):
@@ -77,6 +79,13 @@ def cells_in_flight(run_dir: Path) -> set[str]:
                     "again (each cell still writes one record)")
         queue = set()
     return {task.cell_id for task in live_tasks(run_dir, jobs, queue)}
+
+
+def _cell_over(run_dir: Path, task: Task) -> bool:
+    """Is `task`'s work on its cell over: recorded, finished by that job, or cancelled?"""
+    paths = CellPaths(run_dir, task.cell_id)
+    return paths.record.exists() or _cell_finished_by(run_dir, task.cell_id, task.task_id) \
+        or cancel_mark(paths) is not None
 
 
 def _cell_finished_by(run_dir: Path, cell_id: str, task_id: str) -> bool:

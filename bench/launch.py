@@ -40,7 +40,7 @@ from bench.jobs import cells_in_flight
 from bench.liveness import process_alive, process_start_ticks
 from bench.status import read_jobs  # noqa: F401  (re-exported: launch's callers read jobs.json too)
 from bench.records import CorruptRecord, now_iso, read_record, write_json_atomic
-from bench.runner import CellPaths, CellRunner, CellSequence, lock_holder
+from bench.runner import CellPaths, CellRunner, CellSequence, cancel_mark, lock_holder
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ def submit_plan(result: LaunchResult) -> list[Any]:
         log.info("nothing to submit: every cell of %s is done or in flight", result.grid.name)
         return []
     supersede_records(run_dir, plan)
+    clear_cancel_marks(run_dir, plan)
     jobs = submit(result.grid, plan.to_run, run_dir, result.cluster)
     result.task_job_ids = [str(job.job_id) for job in jobs]
     result.job_id = array_job_id(result.task_job_ids, result.cluster)
@@ -205,6 +206,12 @@ def supersede_records(run_dir: Path, plan: Plan) -> None:
             target.parent.mkdir(exist_ok=True)
             shutil.move(str(path), target)
             log.info("moved the %s record of %s to %s", plan.reasons[cell.cell_id], cell.cell_id, target)
+
+
+def clear_cancel_marks(run_dir: Path, plan: Plan) -> None:
+    """Remove the `vtbench cancel` marks of the cells about to run again (status: `stopped` no more)."""
+    for cell in plan.to_run:
+        CellPaths(run_dir, cell.cell_id).cancelled.unlink(missing_ok=True)
 
 
 def record_submission(run_dir: Path, result: LaunchResult) -> None:
@@ -377,7 +384,7 @@ def _outcome(run_dir: Path, cell_id: str, job: Any) -> str | None:
     """`ok`, a one-line error, `busy` (another launch runs it), or None while the cell is still going."""
     debug_error = _run_debug_job(job) if _is_debug(job) else None
     path = CellPaths(run_dir, cell_id).record
-    recorded = _record_outcome(path)
+    recorded = _record_outcome(path) or _cancelled_outcome(run_dir, cell_id)
     if recorded is not None:
         return recorded
     if debug_error is not None:
@@ -395,7 +402,7 @@ def _outcome(run_dir: Path, cell_id: str, job: Any) -> str | None:
 def _outcome_elsewhere(run_dir: Path, cell_id: str, live: set[str]) -> str | None:
     """Outcome of a cell another launch's job runs: its record, or None while that job still runs."""
     paths = CellPaths(run_dir, cell_id)
-    recorded = _record_outcome(paths.record)
+    recorded = _record_outcome(paths.record) or _cancelled_outcome(run_dir, cell_id)
     if recorded is not None:
         return recorded
     if cell_id in live or _lock_holder_alive(paths):
@@ -415,6 +422,13 @@ def _record_outcome(path: Path) -> str | None:
         return f"{error.get('type', 'error')}: {error.get('message', '')}"
     # `ok`, or corrupt: cannot happen for a record written atomically, but say so.
     return state
+
+
+def _cancelled_outcome(run_dir: Path, cell_id: str) -> str | None:
+    """The outcome of a cell that `vtbench cancel` cancelled (no record will come), else None."""
+    if cancel_mark(CellPaths(run_dir, cell_id)) is None:
+        return None
+    return "cancelled (vtbench cancel); `vtbench launch` runs it again"
 
 
 def _lock_holder_alive(paths: CellPaths) -> bool:

@@ -19,10 +19,17 @@ Local jobs: `CellSequence` is one local worker: it runs its share of the cells o
 so a launch starts at most `local_parallelism` worker processes (the local executor starts every
 job it is given at once: one job per cell was a process per cell, each waiting for a slot).
 
+Cancelling (`vtbench cancel`, bench/cancel.py): a cancelled cell has `cancelled.json` in its work
+folder and no record. A job skips such a cell. A worker running it when it is cancelled, with
+other cells still to run, gets submitit's preemption signal: `CellSequence.checkpoint` requeues it
+in a fresh process with the cells it has left (a fresh process: a signal's exception may have
+left any library, or a half-done import, in a broken state).
+
 Per-cell work lives in `RUN_DIR/cells/CELL_ID/`: `checkpoint.pt` and `metrics.jsonl` (training),
 `log` (this cell's log lines), `state.json` (running/done, job id, host, pid and the pid's start
-time: read by `vtbench status` without asking any cluster) and `lock` (whose text names its holder
-the same way, so a launch whose job found the cell locked can follow the holder to its end).
+time: read by `vtbench status` without asking any cluster), `lock` (whose text names its holder
+the same way, so a launch whose job found the cell locked can follow the holder to its end) and,
+once cancelled, `cancelled.json`.
 """
 
 from __future__ import annotations
@@ -78,6 +85,10 @@ class CellPaths:
     def log(self) -> Path:
         return self.work / "log"
 
+    @property
+    def cancelled(self) -> Path:
+        return self.work / "cancelled.json"
+
 
 class CellRunner(submitit.helpers.Checkpointable):
     """Run one grid cell per call and write its record (the callable of the job array).
@@ -122,15 +133,20 @@ class CellSequence(submitit.helpers.Checkpointable):
         return [self.runner(cell) for cell in cells]
 
     def checkpoint(self, cells: list[dict[str, Any]]) -> submitit.helpers.DelayedSubmission:
-        """Requeue the cells that have no record yet; training resumes from its checkpoint.
+        """Requeue the cells whose work is not over (no record, not cancelled); training resumes.
 
-        Requeued even with none left: returning None would make submitit raise inside the running
-        cell, which would record that as the cell's error.
+        Called on SIGUSR2: a preemption, a time-out, or `vtbench cancel` of the cell this worker
+        runs while it has other cells left. Requeued even with none left: returning None would
+        make submitit raise inside the running cell, which would record that as the cell's error.
         """
-        run_dir = Path(self.runner.run_dir)
-        left = [cell for cell in cells if not CellPaths(run_dir, cell["cell_id"]).record.exists()]
-        log.warning("worker preempted or timed out; requeueing it with its %d unfinished cell(s) "
-                    "(training resumes)", len(left))
+        paths = {cell["cell_id"]: CellPaths(Path(self.runner.run_dir), cell["cell_id"]) for cell in cells}
+        unrecorded = [cell for cell in cells if not paths[cell["cell_id"]].record.exists()]
+        cancelled = [cell["cell_id"] for cell in unrecorded if cancel_mark(paths[cell["cell_id"]]) is not None]
+        for cell_id in cancelled:
+            log.warning("cell %s cancelled (vtbench cancel): stopped; no record is written", cell_id)
+        left = [cell for cell in unrecorded if cell["cell_id"] not in cancelled]
+        log.warning("worker %s; requeueing it with its %d unfinished cell(s) (training resumes)",
+                    "stopped by a cancel" if cancelled else "preempted or timed out", len(left))
         fresh = CellRunner(self.runner.run_dir, self.runner.run_name, self.runner.local_parallelism)
         return submitit.helpers.DelayedSubmission(CellSequence(fresh), left)
 
@@ -189,6 +205,9 @@ def run_cell(run_dir: Path, cell: dict[str, Any], *, run_name: str | None = None
     if ctx.rank == 0 and _has_ok_record(paths.record):
         log.info("cell %s already has an ok record; nothing to do", cell_id)
         return {**summary, "status": "ok", "skipped": True}
+    if cancel_mark(paths) is not None:
+        log.info("cell %s was cancelled (vtbench cancel); skipping it", cell_id)
+        return {**summary, "status": "cancelled"}
     paths.work.mkdir(parents=True, exist_ok=True)
     _export_torch_distributed(ctx)
     slot = _local_slot(paths.run_dir / "submitit" / "slots", local_parallelism) \
@@ -204,6 +223,8 @@ def _run_locked(paths: CellPaths, config: dict, ctx: JobContext, run_name: str |
     if ctx.rank == 0:
         if _has_ok_record(paths.record):  # finished while we waited for a slot
             return {**summary, "status": "ok", "skipped": True}
+        if cancel_mark(paths) is not None:  # cancelled while we waited for a slot
+            return {**summary, "status": "cancelled"}
         _write_state(paths, "running", ctx)
     started_at, t0 = now_iso(), time.perf_counter()
     with _cell_log(paths.log):
@@ -349,6 +370,17 @@ def _cell_lock(paths: CellPaths, ctx: JobContext) -> Iterator[bool]:
         yield got
     finally:
         handle.close()  # releases the lock
+
+
+def cancel_mark(paths: CellPaths) -> dict[str, Any] | None:
+    """What `vtbench cancel` left in the cell's `cancelled.json`, or None when it is not cancelled."""
+    try:
+        mark = json.loads(paths.cancelled.read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError):  # only cancel writes the file (atomically): it is cancelled all the same
+        return {}
+    return mark if isinstance(mark, dict) else {}
 
 
 def lock_holder(paths: CellPaths) -> dict[str, Any] | None:

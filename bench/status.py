@@ -8,8 +8,9 @@ Reads `RUN_DIR/cells.json` (what the grid holds), `RUN_DIR/records/*.json` (what
 - `running`: no record, and its state file says a job is running it (on this host the process is
   checked to be alive and to be the same process, by its start time: a pid reused by another
   process does not count);
-- `stopped`: no record, and its state file says running but that process has ended (killed, or
-  requeued and not restarted yet): it will not end by itself; `vtbench launch` runs it again;
+- `stopped`: no record, and `vtbench cancel` cancelled it (`cells/ID/cancelled.json`), or its
+  state file says running but that process has ended (killed, or requeued and not restarted yet):
+  it will not end by itself; `vtbench launch` runs it again;
 - `pending`: anything else (queued, never submitted, or with a corrupt record).
 
 Corrupt record files are listed, never fatal; `vtbench launch` runs their cells again.
@@ -117,8 +118,24 @@ def _cell_status(run_dir: Path, cell: dict, record: dict | None, corrupt: dict[s
         return CellStatus(cell_id, record["status"], model, error=line)
     if f"{cell_id}.json" in corrupt:
         return CellStatus(cell_id, "pending", model, note="corrupt record; runs again on the next launch")
-    state, note = _running_state(run_dir / "cells" / cell_id / "state.json")
+    work = run_dir / "cells" / cell_id
+    cancelled = _cancelled_note(work / "cancelled.json")
+    if cancelled is not None:
+        return CellStatus(cell_id, "stopped", model, note=cancelled)
+    state, note = _running_state(work / "state.json")
     return CellStatus(cell_id, state, model, note=note)
+
+
+def _cancelled_note(path: Path) -> str | None:
+    """Why the cell is stopped, if `vtbench cancel` marked it (the file `bench.runner.cancel_mark` reads)."""
+    if not path.exists():
+        return None
+    try:
+        mark = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        mark = {}
+    mark = mark if isinstance(mark, dict) else {}
+    return f"cancelled {mark.get('cancelled_at', '?')} ({mark.get('cluster')} job {mark.get('task_id')})"
 
 
 def _running_state(path: Path) -> tuple[str, str | None]:

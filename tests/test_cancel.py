@@ -1,6 +1,9 @@
-"""Stopping a local launch cleanly (issue 12, item 8): at most `local_parallelism` local workers.
+"""Stopping a local launch cleanly (issue 12, item 8): `vtbench cancel`, `stopped` cells in
+`vtbench status`, and at most `local_parallelism` local workers.
 
-Jobs are real local submitit jobs running `tiny_net` from tests/test_launch.py.
+Jobs are real local submitit jobs running `tiny_net` from tests/test_launch.py; a cell that must
+still be running when it is cancelled trains with a sleep in each step. The SLURM path is tested
+here with a stand-in for `squeue`/`scancel` (the real one is in tests/test_slurm.py).
 """
 
 from __future__ import annotations
@@ -9,13 +12,19 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bench.cli import main as cli_main
+from bench.grid import load_grid
 from bench.launch import launch, read_jobs
-from bench.liveness import process_alive
+from bench.liveness import process_alive, process_start_ticks
+from bench.runner import CellPaths, run_cell
 from bench.status import run_status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,12 +56,38 @@ def reap_jobs(tmp_path):
                 os.kill(int(state["pid"]), signal.SIGKILL)
 
 
+def training(sleep_ms: float, epochs: int) -> dict:
+    """A tiny digits training whose steps sleep `sleep_ms` (about 7 steps an epoch)."""
+    return {"model": TINY, "model_args": {"num_classes": 10, "sleep_ms": sleep_ms}, "measure": ["train"],
+            "input_size": 8, "train": {"dataset": "digits", "epochs": epochs, "batch_size": 256, "lr": 0.1,
+                                       "threads": 1}}
+
+
 def write_grid(tmp_path: Path, base: dict, axes: dict, parallelism: int) -> Path:
     grid = {"name": "cancel", "description": "cancel tests", "base": base, "axes": axes,
             "resources": {"timeout_min": 10, "local_parallelism": parallelism}}
     path = tmp_path / "cancel.yaml"
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
     return path
+
+
+def wait_until(condition, what: str, timeout: float = WAIT_S, poll_s: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def running(run_dir: Path, cell_id: str) -> bool:
+    """The cell's state file says running, written by a live process."""
+    try:
+        state = json.loads(CellPaths(run_dir, cell_id).state.read_text())
+    except (OSError, ValueError):
+        return False
+    return state.get("state") == "running" and process_alive(state["host"], state["pid"], state["pid_start"])
 
 
 def workers(run_dir: Path) -> dict[str, list[str]]:
@@ -62,6 +97,13 @@ def workers(run_dir: Path) -> dict[str, list[str]]:
         for cell_id, task_id in zip(entry["cell_ids"], entry["task_job_ids"]):
             out.setdefault(task_id, []).append(cell_id)
     return out
+
+
+def jobs_alive(run_dir: Path) -> list[str]:
+    host = socket.gethostname()
+    return [task_id for entry in read_jobs(run_dir)
+            for task_id, start in zip(entry["task_job_ids"], entry["task_pid_starts"])
+            if process_alive(host, task_id, start)]
 
 
 def states(run_dir: Path) -> dict[str, str]:
@@ -79,3 +121,161 @@ def test_local_workers_are_capped_at_local_parallelism(tmp_path):
     assert len(set(result.task_job_ids)) == 2, f"{len(set(result.task_job_ids))} local jobs for 2 slots"
     assert sorted(len(cells) for cells in workers(run_dir).values()) == [2, 3]
     assert states(run_dir) == {cell.cell_id: "ok" for cell in result.grid.cells}
+
+
+# ------------------------------------------------------------------------------- vtbench cancel
+def test_cancel_stops_every_local_job_and_status_says_stopped(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    grid = write_grid(tmp_path, training(sleep_ms=100, epochs=200), {"seed": [0, 1, 2]}, parallelism=2)
+    result = launch(grid, cluster="local", run_dir=run_dir)
+    cells = result.submitted
+    shared = next(ids for ids in workers(run_dir).values() if len(ids) == 2)
+    wait_until(lambda: running(run_dir, shared[0]), f"cell {shared[0]} to start")
+    capsys.readouterr()
+
+    assert cli_main(["cancel", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"cancelled {cell_id}" in out for cell_id in cells), out
+    assert "3 cell(s)" in out and "vtbench launch" in out
+    wait_until(lambda: not jobs_alive(run_dir), "the cancelled jobs to end", timeout=30)
+    status = run_status(run_dir)
+    assert status.counts["stopped"] == 3 and status.counts["pending"] == 0, states(run_dir)
+    assert not list((run_dir / "records").glob("*.json")), "cancel writes no record"
+    assert sorted(c.cell_id for c in launch(grid, cluster="local", run_dir=run_dir, dry_run=True).plan.to_run) \
+        == sorted(cells), "a later launch reruns the cancelled cells"
+
+    assert cli_main(["cancel", str(run_dir)]) == 0
+    assert "nothing running" in capsys.readouterr().out
+
+
+def test_cancel_one_cell_of_a_worker_lets_it_go_on_with_the_next(tmp_path, capsys):
+    """The first cell of a two-cell worker is cancelled while it trains; the second still runs."""
+    run_dir = tmp_path / "run"
+    # Cells in grid order: a long training, then two short ones; two workers get [long, short2], [short1].
+    grid = write_grid(tmp_path, training(sleep_ms=100, epochs=200), {"train.epochs": [200, 1, 2]}, parallelism=2)
+    long_cell, *short = [c.cell_id for c in load_grid(grid).cells]
+    launch(grid, cluster="local", run_dir=run_dir)
+    assert [long_cell, short[1]] in workers(run_dir).values()
+    wait_until(lambda: running(run_dir, long_cell), "the long cell to start")
+
+    assert cli_main(["cancel", str(run_dir), "--cells", long_cell]) == 0
+    out = capsys.readouterr().out
+    assert f"cancelled {long_cell}" in out and short[0] not in out and short[1] not in out
+    wait_until(lambda: not jobs_alive(run_dir), "both workers to end")
+    assert states(run_dir) == {long_cell: "stopped", short[0]: "ok", short[1]: "ok"}
+    assert "cancelled" in (run_dir / "cells" / long_cell / "log").read_text()
+
+
+def test_cancel_signals_only_a_live_job_whose_pid_start_matches(tmp_path, capsys):
+    """jobs.json names two local jobs: a live one, and a pid since reused by another process."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "cells.json").write_text(json.dumps([{"cell_id": c, "config": {"model": "m"}} for c in ("a" * 12, "b" * 12)]))
+    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        me = os.getpid()
+        (run_dir / "jobs.json").write_text(json.dumps([{
+            "job_id": "x", "cell_ids": ["a" * 12, "b" * 12], "task_job_ids": [str(job.pid), str(me)],
+            "task_pid_starts": [process_start_ticks(job.pid), process_start_ticks(me) + 1],
+            "cluster": "local", "host": socket.gethostname()}]))
+        assert cli_main(["cancel", str(run_dir)]) == 0
+        job.wait(timeout=30)  # interrupted (SIGINT, as submitit cancels a local job)
+        assert job.returncode != 0
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    out = capsys.readouterr().out
+    assert f"cancelled {'a' * 12}" in out and "b" * 12 not in out
+    assert states(run_dir) == {"a" * 12: "stopped", "b" * 12: "pending"}
+
+
+def test_cancel_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    assert cli_main(["cancel", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a run folder" in err
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "cells.json").write_text(json.dumps([{"cell_id": "a" * 12, "config": {"model": "m"}}]))
+    assert cli_main(["cancel", str(run_dir), "--cells", "a" * 12, "0123456789ab"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown cell id" in err and "0123456789ab" in err
+
+
+# ------------------------------------------------------------------------------- SLURM, faked
+class FakeSlurm:
+    """Answers `squeue` with the given lines (or fails), records every `scancel` command line."""
+
+    def __init__(self, queue: str | None):
+        self.queue, self.scancels = queue, []
+
+    def run(self, argv, **kwargs):
+        if argv[0] == "squeue":
+            if self.queue is None:
+                raise subprocess.CalledProcessError(1, argv, stderr="slurm_load_jobs error")
+            return subprocess.CompletedProcess(argv, 0, stdout=self.queue, stderr="")
+        assert argv[0] == "scancel", argv
+        self.scancels.append(list(argv))
+        return subprocess.CompletedProcess(argv, 0, stdout="", stderr="")
+
+
+def slurm_run(tmp_path: Path) -> Path:
+    """A SLURM run of four cells: one with an ok record, three without (123_1 queued, 123_2 and
+    123_3 running or gone)."""
+    run_dir = tmp_path / "run"
+    cells = ["a" * 12, "b" * 12, "c" * 12, "d" * 12]
+    (run_dir / "records").mkdir(parents=True)
+    (run_dir / "cells.json").write_text(json.dumps([{"cell_id": c, "config": {"model": "m"}} for c in cells]))
+    (run_dir / "jobs.json").write_text(json.dumps([{
+        "job_id": "123", "cell_ids": cells, "task_job_ids": [f"123_{i}" for i in range(4)],
+        "cluster": "slurm", "host": "login"}]))
+    config = {"model": TINY, "model_args": {"num_classes": 10}, "measure": ["complexity"], "input_size": 8}
+    assert run_cell(run_dir, {"cell_id": cells[0], "config": config})["status"] == "ok"
+    return run_dir
+
+
+@pytest.fixture
+def fake_slurm(monkeypatch):
+    """`install(queue)`: from then on every `subprocess.run` is the fake's (squeue and scancel only)."""
+    import shutil
+
+    def install(queue: str | None) -> FakeSlurm:
+        fake = FakeSlurm(queue)
+        monkeypatch.setattr(subprocess, "run", fake.run)
+        monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+        return fake
+    return install
+
+
+def test_cancel_scancels_the_recorded_array_tasks(tmp_path, fake_slurm, capsys):
+    run_dir = slurm_run(tmp_path)
+    fake = fake_slurm("123_1 PD\n123_2 R\n")
+    assert cli_main(["cancel", str(run_dir), "--cells", "c" * 12]) == 0
+    assert fake.scancels == [["scancel", "123_2"]]
+    assert cli_main(["cancel", str(run_dir)]) == 0
+    assert fake.scancels[1:] == [["scancel", "123_1"]], "123_2 was cancelled already, 123_3 is gone"
+    assert states(run_dir) == {"a" * 12: "ok", "b" * 12: "stopped", "c" * 12: "stopped", "d" * 12: "pending"}
+
+
+def test_cancel_without_squeue_scancels_every_task_without_a_record(tmp_path, fake_slurm):
+    run_dir = slurm_run(tmp_path)
+    fake = fake_slurm(None)
+    assert cli_main(["cancel", str(run_dir)]) == 0
+    assert fake.scancels == [["scancel", "123_1", "123_2", "123_3"]]
+
+
+# ----------------------------------------------------------------- a cancelled cell and launch
+def test_a_cancelled_cell_is_skipped_by_its_job_and_rerun_by_the_next_launch(tmp_path):
+    run_dir = tmp_path / "run"
+    grid = write_grid(tmp_path, {"model": TINY, "model_args": {"num_classes": 10}, "measure": ["complexity"],
+                                 "input_size": 8}, {"model_args.width": [4]}, parallelism=1)
+    (cell,) = load_grid(grid).cells
+    paths = CellPaths(run_dir, cell.cell_id)
+    paths.work.mkdir(parents=True)
+    paths.cancelled.write_text(json.dumps({"cancelled_at": "now", "task_id": "1"}))
+    assert run_cell(run_dir, {"cell_id": cell.cell_id, "config": cell.config})["status"] == "cancelled"
+    assert not paths.record.exists()
+
+    result = launch(grid, cluster="debug", run_dir=run_dir)
+    assert result.ok and result.submitted == [cell.cell_id]
+    assert states(run_dir) == {cell.cell_id: "ok"} and not paths.cancelled.exists()

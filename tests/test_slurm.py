@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.cli import main as cli_main
 from bench.launch import launch, read_jobs
 from bench.records import CorruptRecord, iter_records, read_record
 from bench.status import run_status
@@ -203,6 +204,32 @@ def test_scancel_mid_training_then_relaunch_resumes_from_checkpoint(tmp_path):
     second = launch(grid, cluster="slurm", run_dir=run_dir, wait=True, poll_s=1)
     assert second.submitted == [cell_id] and second.ok
     assert_resumed_once(run_dir, cell_id, 8, killed_after)
+
+
+def test_vtbench_cancel_scancels_running_and_queued_tasks_then_relaunch_resumes(tmp_path, capsys):
+    """`vtbench cancel RUN`: scancel of the recorded array task ids (one running, one still queued
+    behind array_parallelism 1); both cells `stopped`, no record; a relaunch resumes the trained one."""
+    run_dir = tmp_path / "run"
+    grid = write_grid(tmp_path, "cancel", training_cell(), {"seed": [0, 1]}, array_parallelism=1)
+    first = launch(grid, cluster="slurm", run_dir=run_dir)
+    cells = first.submitted
+    trained = wait_until(lambda: next((c for c in cells if epochs_done(run_dir, c) >= 2), None), 240, "two epochs")
+    capsys.readouterr()
+    assert cli_main(["cancel", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"cancelled {cell_id}" in out and "scancel" in out for cell_id in cells), out
+    wait_until(lambda: not squeue_states(first.job_id), 60, "the array to leave the queue")
+    killed_after = epochs_done(run_dir, trained)
+    assert killed_after < 8 and not records_of(run_dir), "cancelled mid-training: no record"
+    assert {c.cell_id: c.state for c in run_status(run_dir).cells} == {c: "stopped" for c in cells}
+    assert cli_main(["cancel", str(run_dir)]) == 0
+    assert "nothing running" in capsys.readouterr().out
+
+    second = launch(grid, cluster="slurm", run_dir=run_dir, wait=True, poll_s=1)
+    assert sorted(second.submitted) == sorted(cells) and second.ok, second.failed
+    record = records_of(run_dir)[trained]
+    assert killed_after <= record["metrics"]["resumed_from_epoch"] < 8, "resumed from its checkpoint"
+    assert run_status(run_dir).counts["ok"] == 2
 
 
 def test_scontrol_requeue_mid_training_resumes_from_checkpoint(tmp_path):
