@@ -1,4 +1,4 @@
-"""`vtbench status RUN`: counts of ok / error / running / pending cells, failures, job ids.
+"""`vtbench status RUN`: counts of ok / error / running / pending / stopped cells, failures, job ids.
 
 Works from the run folder alone (records, cells.json, jobs.json, the runner's state files), so it
 answers with no cluster reachable. Exit status 0; 2 when RUN is not a run folder.
@@ -10,7 +10,7 @@ import argparse
 import sys
 
 NAME = "status"
-HELP = "Show a run's ok/error/running/pending cells, each failure's error and the job ids."
+HELP = "Show a run's ok/error/running/pending/stopped cells, each failure's error and the job ids."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
