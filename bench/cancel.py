@@ -1,4 +1,5 @@
-"""Cancel a run's queued and running cells: `vtbench cancel RUN [--cells ID ...]`.
+"""Cancel a run's queued and running cells: `vtbench cancel RUN [--cells ID ...]`, and what a
+`vtbench launch` does with the cells it submitted when it gets SIGINT or SIGTERM.
 
 `cancel(run_dir, cell_ids=None)` finds the jobs that still hold the chosen cells (`bench.jobs`:
 jobs.json checked against /proc and squeue), then for each such cell:
@@ -26,6 +27,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -55,7 +57,7 @@ def cancel(run_dir: str | os.PathLike, cell_ids: Iterable[str] | None = None,
     Args:
         run_dir: the run folder.
         cell_ids: cells to cancel; each must be one of the run's cells.
-        submissions: jobs.json entries to look in (default: all of them).
+        submissions: jobs.json entries to look in (default: all of them); a launcher passes its own.
     """
     run_dir = Path(run_dir)
     chosen = _check_cells(run_dir, cell_ids)
@@ -125,6 +127,14 @@ def _stop_local(run_dir: Path, tasks: list[Task], held: list[Task]) -> list[Canc
         if not keeps_others and local_job_alive(task_id, mine[0].pid_start):
             _signal(int(task_id), signal.SIGINT)
     return done
+
+
+def wait_for_local_jobs(cancelled: list[Cancelled], timeout_s: float = 10.0) -> None:
+    """Wait (at most `timeout_s`) until the local jobs of `cancelled` cells have ended."""
+    jobs = {(c.task.task_id, c.task.pid_start) for c in cancelled if c.task.cluster == "local"}
+    deadline = time.monotonic() + timeout_s
+    while any(local_job_alive(*job) for job in jobs) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _running_worker(run_dir: Path, task: Task) -> int | None:

@@ -6,6 +6,8 @@ Failures that are not bad input also end in one line on stderr, with exit code 1
 (the path and its strerror; 2 when it is EPERM/EACCES/ENOTDIR/EEXIST/EISDIR on a path the user
 gave), an exception or `sys.exit` in the user's own code (`error in user code MODULE:CALLABLE:
 ExcType: message`), and a refused submission (sbatch's last line). `-v` adds the traceback.
+SIGINT or SIGTERM to `vtbench launch` ends in its one line (which cells it cancelled) and exit code
+130 or 143 (`bench.errors.Interrupted`); a Ctrl-C elsewhere prints "interrupted" and exits 130.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from bench.errors import UsageError, UserCodeError, describe_exception
+from bench.errors import Interrupted, UsageError, UserCodeError, describe_exception
 
 COMMAND_MODULES = (
     "bench.commands.models",
@@ -76,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"vtbench {args.command}: error: {first_line}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # SIGINT/SIGTERM to a command that settled its own jobs first
+        print(f"vtbench {args.command}: {exc.message}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,4 +1,6 @@
-"""Errors that the command line turns into one clear line and exit code 2."""
+"""Errors that the command line turns into one clear line (exit code 2 for bad input)."""
+
+import signal
 
 
 class UsageError(ValueError):
@@ -29,3 +31,16 @@ def describe_exception(exc: BaseException) -> str:
         return f"SystemExit: sys.exit({exc.code!r}) called"
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a command that has jobs of its own to settle (`vtbench launch`).
+
+    A KeyboardInterrupt, so that code which lets Ctrl-C through lets this through too. The command
+    line prints `message` on one line and exits 128 + `signum` (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        self.signum = signum
+        self.message = message or f"interrupted by {signal.Signals(signum).name}"
+        super().__init__(self.message)

@@ -17,24 +17,34 @@
    and so is a cell whose job found it locked by another launch's job (`busy`): its outcome is the
    record that other job writes, or a failure if that job ends without one.
 
+SIGINT and SIGTERM, until `launch` returns (all of a `--wait`): the launcher stops following,
+cancels the cells it submitted itself in this launch (`bench.cancel`; other launches' cells are
+left alone) and raises `bench.errors.Interrupted`, which says which cells were cancelled; the
+command line exits 130 or 143. A signal that comes while the submission is being made is held
+until the submission is in jobs.json, so that every job it started is cancelled too.
+
 Clusters: `local` (subprocesses on this machine; the default, works anywhere), `debug` (in this
 process, one cell after the other; always waits), `slurm` (needs `sbatch` and `SLURM_CONF`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from bench.errors import UsageError
+from bench.cancel import cancel, wait_for_local_jobs
+from bench.errors import Interrupted, UsageError
 from bench.grid import Cell, Grid, Resources, load_grid
 from bench.jobs import cells_in_flight
 from bench.liveness import process_alive, process_start_ticks
@@ -69,6 +79,7 @@ class LaunchResult:
     cluster: str
     job_id: str | None = None
     task_job_ids: list[str] = dataclasses.field(default_factory=list)   # one per submitted cell
+    submission: dict[str, Any] | None = None                            # its jobs.json entry
     finished: bool = False
     failed: dict[str, str] = dataclasses.field(default_factory=dict)    # cell_id -> one-line error
     followed: list[str] = dataclasses.field(default_factory=list)       # cells waited for to their end
@@ -86,29 +97,54 @@ class LaunchResult:
 
 def launch(grid_path: str | os.PathLike, cluster: str = "local", run_dir: str | os.PathLike | None = None,
            dry_run: bool = False, wait: bool = False, poll_s: float = 2.0) -> LaunchResult:
-    """Launch the grid at `grid_path` (see the module doc); returns at once unless `wait`."""
+    """Launch the grid at `grid_path` (see the module doc); returns at once unless `wait`.
+
+    SIGINT and SIGTERM raise `Interrupted` (before anything is submitted, with nothing to cancel).
+    """
     if cluster not in CLUSTERS:
         raise UsageError(f"unknown cluster {cluster!r}; choose from {', '.join(CLUSTERS)}")
+    with _stop_signals() as signals:
+        result = plan_launch(grid_path, cluster, run_dir)
+        if dry_run:
+            return result
+        try:
+            submit_and_follow(result, signals, wait or cluster == "debug", poll_s)
+        except Interrupted as exc:
+            signals.holding = True  # a second Ctrl-C must not cut the cancelling short
+            raise cancel_own_cells(result, grid_path, exc.signum) from None
+    return result
+
+
+def plan_launch(grid_path: str | os.PathLike, cluster: str, run_dir: str | os.PathLike | None) -> LaunchResult:
+    """Load the grid and plan its cells (what `--dry-run` shows); nothing is written."""
     grid = load_grid(grid_path)
     run_dir = Path(run_dir) if run_dir is not None else DEFAULT_RUNS_ROOT / grid.name
     if cluster == "slurm":
         check_slurm_reachable()
     plan = plan_cells(grid.cells, run_dir)
-    result = LaunchResult(run_dir=run_dir, grid=grid, plan=plan, cluster=cluster)
     log_plan(grid, plan, run_dir)
-    if dry_run:
-        return result
-    write_run_files(run_dir, grid)
-    jobs = submit_plan(result)
-    if wait or cluster == "debug":
-        followed = follow(run_dir, plan.to_run, jobs, poll_s=poll_s, in_flight=plan.in_flight)
-        result.followed = [cell.cell_id for cell in [*plan.to_run, *plan.in_flight]]
-        result.elsewhere = sorted(followed.elsewhere)
-        result.failed = {cell_id: why for cell_id, why in followed.outcomes.items() if why != "ok"}
-        result.finished = True
+    return LaunchResult(run_dir=run_dir, grid=grid, plan=plan, cluster=cluster)
+
+
+def submit_and_follow(result: LaunchResult, signals: _Signals, wait: bool, poll_s: float) -> None:
+    """Write the run files, submit (signals held until jobs.json has it) and, with `wait`, follow."""
+    write_run_files(result.run_dir, result.grid)
+    with signals.held():
+        jobs = submit_plan(result)
+    if wait:
+        follow_to_the_end(result, jobs, poll_s)
     else:
-        result.finished = not plan.to_run and not plan.in_flight
-    return result
+        result.finished = not result.plan.to_run and not result.plan.in_flight
+
+
+def follow_to_the_end(result: LaunchResult, jobs: list[Any], poll_s: float) -> None:
+    """Follow the submitted and the in-flight cells until each has ended; fill in the outcomes."""
+    plan = result.plan
+    followed = follow(result.run_dir, plan.to_run, jobs, poll_s=poll_s, in_flight=plan.in_flight)
+    result.followed = [cell.cell_id for cell in [*plan.to_run, *plan.in_flight]]
+    result.elsewhere = sorted(followed.elsewhere)
+    result.failed = {cell_id: why for cell_id, why in followed.outcomes.items() if why != "ok"}
+    result.finished = True
 
 
 def submit_plan(result: LaunchResult) -> list[Any]:
@@ -122,7 +158,7 @@ def submit_plan(result: LaunchResult) -> list[Any]:
     jobs = submit(result.grid, plan.to_run, run_dir, result.cluster)
     result.task_job_ids = [str(job.job_id) for job in jobs]
     result.job_id = array_job_id(result.task_job_ids, result.cluster)
-    record_submission(run_dir, result)
+    result.submission = record_submission(run_dir, result)
     return jobs
 
 
@@ -214,8 +250,8 @@ def clear_cancel_marks(run_dir: Path, plan: Plan) -> None:
         CellPaths(run_dir, cell.cell_id).cancelled.unlink(missing_ok=True)
 
 
-def record_submission(run_dir: Path, result: LaunchResult) -> None:
-    """Append this submission to RUN_DIR/jobs.json."""
+def record_submission(run_dir: Path, result: LaunchResult) -> dict[str, Any]:
+    """Append this submission to RUN_DIR/jobs.json; returns the entry."""
     entry = {"job_id": result.job_id, "cell_ids": result.submitted, "task_job_ids": result.task_job_ids,
              "cluster": result.cluster, "submitted_at": now_iso(), "host": socket.gethostname(),
              "grid": result.grid.name}
@@ -225,6 +261,7 @@ def record_submission(run_dir: Path, result: LaunchResult) -> None:
         entry["task_pid_starts"] = [process_start_ticks(task_id) for task_id in result.task_job_ids]
     append_job(run_dir, entry)
     log.info("submitted %d cell(s) as job %s on %s", len(result.submitted), result.job_id, result.cluster)
+    return entry
 
 
 def append_job(run_dir: Path, entry: dict[str, Any]) -> None:
@@ -319,6 +356,77 @@ def submit_local_workers(executor: Any, runner: CellRunner, payload: list[dict[s
     n_jobs = min(len(payload), max(1, workers))
     jobs = executor.map_array(CellSequence(runner), [payload[i::n_jobs] for i in range(n_jobs)])
     return [jobs[i % n_jobs] for i in range(len(payload))]
+
+
+# --------------------------------------------------------------------------- SIGINT and SIGTERM
+class _Signals:
+    """SIGINT and SIGTERM raise `Interrupted`; while `held`, they wait until the block is done."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending: int | None = None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.holding:
+            self.pending = signum
+            return
+        raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold signals back for the block (a submission: its jobs must reach jobs.json first)."""
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending is not None:
+            raise Interrupted(self.pending)
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[_Signals]:
+    """Route SIGINT and SIGTERM to a `_Signals` for the block, then restore the handlers."""
+    signals = _Signals()
+    if threading.current_thread() is not threading.main_thread():
+        yield signals  # only the main thread gets signals (a launch run in a test's thread)
+        return
+    previous = {signum: signal.signal(signum, signals.handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield signals
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def cancel_own_cells(result: LaunchResult, grid_path: str | os.PathLike, signum: int) -> Interrupted:
+    """Cancel what this launch submitted (its submission only); returns the `Interrupted` to raise,
+    whose message names the cancelled cells and those left without a record (debug cells, or
+    cells whose job a Ctrl-C to the whole process group ended first)."""
+    name = signal.Signals(signum).name
+    if result.submission is None:
+        return Interrupted(signum, f"interrupted by {name}; this launch submitted nothing")
+    done = cancel(result.run_dir, submissions=[result.submission])
+    wait_for_local_jobs(done)  # gone before the launcher exits (and their last words come before its line)
+    cancelled = list(dict.fromkeys(c.cell_id for c in done))
+    for cell_id in cancelled:
+        log.info("cancelled cell %s", cell_id)
+    unrecorded = [c for c in result.submitted
+                  if c not in cancelled and not CellPaths(result.run_dir, c).record.exists()]
+    said = [f"cancelled {len(cancelled)} cell(s) of this launch ({_some(cancelled)})"] if cancelled else []
+    if unrecorded:
+        said.append(f"{len(unrecorded)} {'other ' if cancelled else ''}cell(s) of it have no record "
+                    f"({_some(unrecorded)})")
+    if not said:
+        return Interrupted(signum, f"interrupted by {name}: every cell of this launch has its record")
+    return Interrupted(signum, f"interrupted by {name}: {'; '.join(said)}; `vtbench launch {grid_path} "
+                               f"--run-dir {result.run_dir}` runs them again")
+
+
+def _some(cell_ids: list[str], shown: int = 8) -> str:
+    """Up to `shown` ids, then how many more."""
+    more = f", and {len(cell_ids) - shown} more" if len(cell_ids) > shown else ""
+    return ", ".join(cell_ids[:shown]) + more
 
 
 # ------------------------------------------------------------------------------------- following

@@ -8,9 +8,9 @@ Reads `RUN_DIR/cells.json` (what the grid holds), `RUN_DIR/records/*.json` (what
 - `running`: no record, and its state file says a job is running it (on this host the process is
   checked to be alive and to be the same process, by its start time: a pid reused by another
   process does not count);
-- `stopped`: no record, and `vtbench cancel` cancelled it (`cells/ID/cancelled.json`), or its
-  state file says running but that process has ended (killed, or requeued and not restarted yet):
-  it will not end by itself; `vtbench launch` runs it again;
+- `stopped`: no record, and `vtbench cancel` (or an interrupted `vtbench launch`) cancelled it
+  (`cells/ID/cancelled.json`), or its state file says running but that process has ended (killed,
+  or requeued and not restarted yet): it will not end by itself; `vtbench launch` runs it again;
 - `pending`: anything else (queued, never submitted, or with a corrupt record).
 
 Corrupt record files are listed, never fatal; `vtbench launch` runs their cells again.

@@ -1,5 +1,5 @@
-"""Stopping a local launch cleanly (issue 12, item 8): `vtbench cancel`, `stopped` cells in
-`vtbench status`, and at most `local_parallelism` local workers.
+"""Stopping a local launch cleanly (issue 12, item 8): `vtbench cancel`, SIGINT/SIGTERM to a waiting
+launcher, `stopped` cells in `vtbench status`, and at most `local_parallelism` local workers.
 
 Jobs are real local submitit jobs running `tiny_net` from tests/test_launch.py; a cell that must
 still be running when it is cancelled trains with a sleep in each step. The SLURM path is tested
@@ -279,3 +279,47 @@ def test_a_cancelled_cell_is_skipped_by_its_job_and_rerun_by_the_next_launch(tmp
     result = launch(grid, cluster="debug", run_dir=run_dir)
     assert result.ok and result.submitted == [cell.cell_id]
     assert states(run_dir) == {cell.cell_id: "ok"} and not paths.cancelled.exists()
+
+
+# ----------------------------------------------------------- SIGINT / SIGTERM to the launcher
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_a_waiting_launcher_cancels_its_jobs(tmp_path, signum):
+    """`vtbench launch --wait` sent SIGINT or SIGTERM (alone, as `kill` does): it cancels the jobs
+    it submitted, says which cells, and exits 128 + the signal number."""
+    run_dir = tmp_path / "run"
+    grid = write_grid(tmp_path, training(sleep_ms=100, epochs=200), {"seed": [0, 1]}, parallelism=1)
+    first, second = [c.cell_id for c in load_grid(grid).cells]
+    log_file = tmp_path / "launcher.log"  # not a pipe: the jobs inherit it and would hold it open
+    with open(log_file, "w") as log:
+        launcher = subprocess.Popen([sys.executable, "-m", "bench", "launch", str(grid), "--run-dir",
+                                     str(run_dir), "--wait"], cwd=REPO, stdout=log, stderr=log,
+                                    start_new_session=True)
+    try:
+        wait_until(lambda: running(run_dir, first) or launcher.poll() is not None, "the first cell to start")
+        assert launcher.poll() is None, log_file.read_text()
+        launcher.send_signal(signum)
+        launcher.wait(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    err = log_file.read_text()
+    assert launcher.returncode == 128 + signum, err
+    last = err.strip().splitlines()[-1]
+    assert "cancelled 2 cell(s)" in last and first in last and second in last and "vtbench launch" in last, last
+    wait_until(lambda: not jobs_alive(run_dir), "the launcher's jobs to end", timeout=30)
+    assert states(run_dir) == {first: "stopped", second: "stopped"}
+
+
+def test_a_signal_while_submitting_is_held_until_the_submission_is_recorded():
+    """A SIGTERM in the middle of a submission would leave started jobs out of jobs.json (and so
+    out of the cancel): it takes effect once the held block (submit and record) is done."""
+    from bench.errors import Interrupted
+    from bench.launch import _Signals
+
+    signals, steps = _Signals(), []
+    with pytest.raises(Interrupted) as caught:
+        with signals.held():
+            signals.handle(signal.SIGTERM, None)
+            steps.append("recorded")
+    assert steps == ["recorded"] and caught.value.signum == signal.SIGTERM

@@ -5,8 +5,11 @@
     vtbench launch experiments/digits_ablation.yaml --dry-run
 
 Exit status: 0 when submitted (or, with --wait, when every cell ended with an ok record);
-1 when a waited-for cell failed; 2 on bad input (the grid's problems, all on one line).
-With --wait, cells another launch is running are followed to their end and counted too.
+1 when a waited-for cell failed; 2 on bad input (the grid's problems, all on one line);
+130 (SIGINT, Ctrl-C) or 143 (SIGTERM) when stopped before it returned: it first cancels the cells
+it submitted itself (as `vtbench cancel` would; other launches' cells are left alone) and says
+which on one line. With --wait, cells another launch is running are followed to their end and
+counted too.
 """
 
 from __future__ import annotations
