@@ -109,7 +109,7 @@ def _scancel(tasks: list[Task]) -> list[Cancelled]:
     task_ids = list(dict.fromkeys(task.task_id for task in tasks))
     done = subprocess.run(["scancel", *task_ids], capture_output=True, text=True, timeout=120)
     if done.returncode != 0:  # e.g. a task that ended meanwhile; the others are cancelled all the same
-        log.warning("scancel exited %d: %s", done.returncode, done.stderr.strip().splitlines()[-1:] or "")
+        log.warning("scancel exited %d: %s", done.returncode, (done.stderr.strip().splitlines() or [""])[-1])
     return [Cancelled(task.cell_id, task, "scancel") for task in tasks]
 
 
