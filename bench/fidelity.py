@@ -31,6 +31,7 @@ import torch
 from bench.complexity import AGREE_TOL_PCT, count_executed, measure_complexity, mha_fastpath_disabled
 from bench.records import git_commit
 from bench.reference import load_reference
+from bench.tables import markdown_table
 from models import build_model
 
 log = logging.getLogger(__name__)
@@ -270,10 +271,8 @@ def _num(v, fmt: str = "{:.3f}") -> str:
 
 
 def _md_table(df: pd.DataFrame) -> str:
-    """A DataFrame of strings as a markdown table."""
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
+    """A DataFrame of strings as a markdown table (`bench.tables`: numeric columns right-aligned)."""
+    return markdown_table(df, empty="(none)").rstrip("\n")
 
 
 def _main_table(main: pd.DataFrame) -> str:

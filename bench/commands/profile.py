@@ -211,18 +211,16 @@ def profile(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
 # ------------------------------------------------------------------------------- output ------
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
-    """Align `rows` under `columns` = [(key, header, format spec)]; missing values print as '-'."""
-    cells = [[header for _, header, _ in columns]]
-    for row in rows:
-        line = []
-        for key, _, spec in columns:
-            value = row.get(key)
-            line.append("-" if value is None else (format(value, spec) if spec else str(value)))
-        cells.append(line)
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    text = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
-    text.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(text)
+    """`rows` under `columns` = [(key, header, format spec)] (`bench.tables.text_table`): numeric columns
+    right-aligned, text columns left-aligned; missing values print as '-'."""
+    from bench.tables import is_numeric_column, text_table
+
+    values = [["" if row.get(key) is None else (format(row[key], spec) if spec else str(row[key]))
+               for key, _, spec in columns] for row in rows]
+    align = ["right" if is_numeric_column(column) else "left" for column in zip(*values)] if values else \
+        ["left"] * len(columns)
+    cells = [[v or "-" for v in row] for row in values]
+    return text_table(cells, [header for _, header, _ in columns], align)
 
 
 def stage_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
