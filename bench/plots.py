@@ -289,55 +289,104 @@ def _annotate_reduction(ax: plt.Axes, rows: pd.DataFrame, order: list[str]) -> N
         vt = rows[(rows["depth"] == depth) & (rows["family"] == "vt_resnet")]
         if not vt.empty and "stage_gmacs_reduction_x" in vt.columns and not pd.isna(vt["stage_gmacs_reduction_x"].iloc[0]):
             ratio = float(vt["stage_gmacs_reduction_x"].iloc[0])
-            ax.annotate(f"{ratio:.1f}x fewer", (i, float(vt["stage_gmacs"].iloc[0])), xytext=(0, 4),
+            ax.annotate(reduction_label(ratio), (i, float(vt["stage_gmacs"].iloc[0])), xytext=(0, 4),
                         textcoords="offset points", ha="left", fontsize=8)
+
+
+def reduction_label(ratio: float) -> str:
+    """The VT stage against stage 5, from `ratio` = stage-5 MACs / VT-stage MACs, as one rounded phrase:
+    '2.9x fewer', '3.6x more' (the VT stage costs more: 1 / ratio), or 'same' where the ratio, either way
+    round, is 1.0x to one decimal (within about 5 %), rather than '1.0x fewer'."""
+    if f"{ratio:.1f}" == "1.0" or f"{1 / ratio:.1f}" == "1.0":
+        return "same"
+    return f"{ratio:.1f}x fewer" if ratio > 1 else f"{1 / ratio:.1f}x more"
 
 
 # --------------------------------------------------------------------------- FPN vs VT-FPN
 
-def plot_fpn(agg: pd.DataFrame) -> plt.Figure:
-    """FPN vs VT-FPN: total and FPN-module GMACs per backbone, a panel per input size; mIoU when trained."""
+def _fpn_rows(agg: pd.DataFrame) -> pd.DataFrame:
+    """FPN and VT-FPN rows with GMACs, at the paper's default options where there are such rows."""
     rows = agg[agg["family"].isin(["fpn", "vt_fpn"])] if "family" in agg.columns else agg.iloc[0:0]
     if rows.empty or "gmacs" not in rows.columns or rows["gmacs"].isna().all():
         raise PlotSkipped("no FPN or VT-FPN cell with GMACs")
-    rows = _default_variant(rows[rows["gmacs"].notna()])
+    return _default_variant(rows[rows["gmacs"].notna()])
+
+
+def _fpn_has_miou(rows: pd.DataFrame) -> bool:
+    return "miou" in rows.columns and bool(rows["miou"].notna().any())
+
+
+def fpn_title(agg: pd.DataFrame) -> str:
+    """The FPN plot's title: it promises mIoU only where a panel shows it."""
+    try:
+        rows = _fpn_rows(agg)
+    except PlotSkipped:
+        return "FPN vs VT-FPN"
+    return "FPN vs VT-FPN: GMACs and mIoU" if _fpn_has_miou(rows) else "FPN vs VT-FPN: GMACs"
+
+
+def _backbone(model: str) -> str:
+    """'fpn_r101' -> 'R101' (the depth of the backbone, from the model's name)."""
+    return "R" + "".join(c for c in str(model) if c.isdigit())
+
+
+def _backbone_order(rows: pd.DataFrame) -> list[str]:
+    """Backbones by depth (R50 before R101), the same order in every panel."""
+    return sorted(dict.fromkeys(rows["model"].map(_backbone)), key=lambda b: int(b[1:] or 0))
+
+
+def plot_fpn(agg: pd.DataFrame) -> plt.Figure:
+    """FPN vs VT-FPN: total and FPN-module GMACs per backbone, a panel per input size; mIoU when trained."""
+    rows = _fpn_rows(agg)
     sizes = list(dict.fromkeys(rows["input_size"].astype(str))) if "input_size" in rows.columns else ["?"]
-    has_miou = "miou" in rows.columns and rows["miou"].notna().any()
+    has_miou = _fpn_has_miou(rows)
     fams = [f for f in ("fpn", "vt_fpn") if (rows["family"] == f).any()]
+    order = _backbone_order(rows)
     ncols = len(sizes) + int(has_miou)
-    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4.8), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         at_size = rows[rows["input_size"].astype(str) == size] if "input_size" in rows.columns else rows
-        _fpn_gmacs_panel(ax, at_size.drop_duplicates("model"), fams, size)
+        _fpn_gmacs_panel(ax, at_size.drop_duplicates("model"), fams, size, order)
     if has_miou:
-        _miou_panel(axes[0][-1], rows[rows["miou"].notna()].drop_duplicates("model"), fams)
-    fig.suptitle("FPN vs VT-FPN", fontsize=11)
+        _miou_panel(axes[0][-1], rows[rows["miou"].notna()].drop_duplicates("model"), fams, order)
+    what = "total and FPN-module GMACs per image" + (", and mIoU" if has_miou else "")
+    fig.suptitle(f"FPN vs VT-FPN: {what}", fontsize=11)
     fig.tight_layout()
     return fig
 
 
-def _fpn_gmacs_panel(ax: plt.Axes, rows: pd.DataFrame, fams: list[str], size: str) -> None:
+def _fpn_gmacs_panel(ax: plt.Axes, rows: pd.DataFrame, fams: list[str], size: str, order: list[str]) -> None:
+    parts = ("total", "FPN module")
     long = pd.concat([rows.assign(part="total", value=rows["gmacs"]),
                       rows.assign(part="FPN module", value=_col(rows, "stage_gmacs"))]).dropna(subset=["value"])
-    long["bar"] = long["model"].map(lambda m: "R" + "".join(c for c in m if c.isdigit())) + " · " + long["part"]
+    # Two lines per tick ('R50' over 'FPN module'): one line ran into its neighbours at four bars.
+    long["bar"] = long["model"].map(_backbone) + "\n" + long["part"]
     long["family_label"] = long["family"].map(FAMILY_LABELS)
-    sns.barplot(data=long, x="bar", y="value", hue="family_label", hue_order=[FAMILY_LABELS[f] for f in fams],
-                palette=[FAMILY_COLORS[f] for f in fams], errorbar=None, ax=ax)
+    bars = [f"{b}\n{p}" for b in order for p in parts if (long["bar"] == f"{b}\n{p}").any()]
+    sns.barplot(data=long, x="bar", y="value", hue="family_label", order=bars,
+                hue_order=[FAMILY_LABELS[f] for f in fams], palette=[FAMILY_COLORS[f] for f in fams],
+                errorbar=None, ax=ax)
     ax.set_title(f"GMACs per image at {size}")
-    ax.set_xlabel("backbone · part")
+    ax.set_xlabel("backbone and part")
     ax.set_ylabel("GMACs per image (10⁹ MACs)")
     ax.legend(title="family")
 
 
-def _miou_panel(ax: plt.Axes, rows: pd.DataFrame, fams: list[str]) -> None:
-    rows = rows.assign(depth=rows["model"].map(lambda m: "R" + "".join(c for c in m if c.isdigit())),
-                       family_label=rows["family"].map(FAMILY_LABELS))
-    sns.barplot(data=rows, x="depth", y="miou", hue="family_label", hue_order=[FAMILY_LABELS[f] for f in fams],
-                palette=[FAMILY_COLORS[f] for f in fams], errorbar=None, ax=ax)
+def _miou_panel(ax: plt.Axes, rows: pd.DataFrame, fams: list[str], order: list[str]) -> None:
+    rows = rows.assign(depth=rows["model"].map(_backbone), family_label=rows["family"].map(FAMILY_LABELS))
+    order = [b for b in order if (rows["depth"] == b).any()]
+    sns.barplot(data=rows, x="depth", y="miou", hue="family_label", order=order,
+                hue_order=[FAMILY_LABELS[f] for f in fams], palette=[FAMILY_COLORS[f] for f in fams],
+                errorbar=None, ax=ax)
     for patch_group, fam in zip(ax.containers, fams):
-        part = rows[rows["family"] == fam]
-        ax.errorbar([p.get_x() + p.get_width() / 2 for p in patch_group][: len(part)], part["miou"],
-                    yerr=np.nan_to_num(ci_halfwidths(part, "miou")), fmt="none", ecolor="black", capsize=3)
+        part = rows[rows["family"] == fam].set_index("depth")
+        for patch in patch_group:
+            center = patch.get_x() + patch.get_width() / 2
+            depth = order[int(round(center))]  # seaborn draws category i at x = i, hues dodged around it
+            if depth in part.index:
+                row = part.loc[[depth]]
+                ax.errorbar([center], row["miou"], yerr=np.nan_to_num(ci_halfwidths(row, "miou")), fmt="none",
+                            ecolor="black", capsize=3)
     datasets = ", ".join(dict.fromkeys(_col(rows, "train.dataset").dropna().astype(str))) or "?"
     ax.set_title(f"mIoU on {datasets}\n(mean over seeds; bars: 95 % t CI, none for one seed)")
     ax.set_xlabel("backbone depth")
@@ -547,7 +596,11 @@ def plot_attention(config: dict[str, Any], checkpoint: Path | None, images: int 
     if not hasattr(models, "token_attention"):
         raise PlotSkipped("models.token_attention is not available in this checkout")
     try:
-        model = models.build_model(config["model"], **(config.get("model_args") or {}))
+        # Seeded (the cell's seed) so that untrained weights, where no checkpoint is kept, draw the
+        # same figure at every regeneration of a report; fork_rng leaves the caller's RNG alone.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(config.get("seed") or 0))
+            model = models.build_model(config["model"], **(config.get("model_args") or {}))
     except (ValueError, TypeError, KeyError) as exc:  # a record's config that no longer builds
         raise PlotSkipped(f"cannot build {config.get('model')} from its record: {str(exc).splitlines()[0]}") from exc
     weights = load_weights(model, checkpoint)

@@ -13,6 +13,7 @@ config sections dotted (`latency.device`, `train.dataset`), environment `env.*`;
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -24,9 +25,11 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from bench import tables as text_tables
 from bench.errors import UsageError
 from bench.records import CorruptRecord, atomic_write, iter_records, write_text_atomic
 from bench.reference import family_of
+from bench.tables import md_text
 
 log = logging.getLogger(__name__)
 
@@ -572,6 +575,8 @@ def ratio_ci_over_rounds(vt: list[float], base: list[float], *, paired: bool,
 # --------------------------------------------------------------------------- tables
 
 FAMILY_ORDER = {"resnet": 0, "vt_resnet": 1, "fpn": 2, "vt_fpn": 3, "other": 4}
+# A baseline's family and its VT family sit together: ResNet and VT-ResNet, then FPN and VT-FPN.
+FAMILY_GROUP = {"resnet": 0, "vt_resnet": 0, "fpn": 1, "vt_fpn": 1, "other": 2}
 
 
 def _depth(model: str) -> int:
@@ -580,14 +585,33 @@ def _depth(model: str) -> int:
 
 
 def sort_rows(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
-    """Order rows by depth, then family (ResNet before VT-ResNet), then the given columns."""
+    """Order rows by family (ResNet and VT-ResNet, then FPN and VT-FPN), then depth, then the setting a
+    baseline shares with its VT rows (input size, classes, stem), baseline before VT, then the other
+    given columns; a cell at the model's default (empty) comes before the values set explicitly."""
     if df.empty:
         return df
-    keys = pd.DataFrame({"_d": df["model"].map(_depth), "_f": df["model"].map(lambda m: FAMILY_ORDER[family_of(str(m))])})
-    for col in by or []:
-        keys[col] = df[col].map(lambda v: (0, float(v)) if _is_number(v) else (1, str(v)))
-    order = sorted(range(len(df)), key=lambda i: tuple(keys.iloc[i]))
-    return df.iloc[order].reset_index(drop=True)
+    by = [c for c in by or [] if c in df.columns]
+    setting = [c for c in by if c in BASELINE_KEYS_COMPLEXITY]
+    rest = [c for c in by if c not in setting]
+
+    def key(i: int) -> tuple:
+        row = df.iloc[i]
+        family = family_of(str(row["model"]))
+        return (FAMILY_GROUP[family], _depth(row["model"]), *[_sort_value(row[c]) for c in setting],
+                FAMILY_ORDER[family], str(row["model"]), *[_sort_value(row[c]) for c in rest])
+
+    return df.iloc[sorted(range(len(df)), key=key)].reset_index(drop=True)
+
+
+def _sort_value(value: Any) -> tuple[int, float, str]:
+    """A sort key of one cell: missing first, then numbers (an input 'HxW' by its pixels), then text."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return (0, 0.0, "")
+    if _is_number(value):
+        return (1, float(value), "")
+    text = str(value)
+    pixels = _pixels(text)
+    return (1, float(pixels), text) if pixels else (2, 0.0, text)
 
 
 def _is_number(value: Any) -> bool:
@@ -613,10 +637,10 @@ def fmt(value: Any, digits: int = 2) -> str:
 
 
 def fmt_pm(mean: Any, std: Any, n: Any, digits: int = 2) -> str:
-    """'mean ± std (n=k)'; a single value shows no ±."""
+    """'mean ± std (n=k)' over k > 1 records; a single record is its value alone (no ±, no n)."""
     if mean is None or pd.isna(mean):
         return ""
-    count = "" if n is None or pd.isna(n) else f" (n={int(n)})"
+    count = "" if n is None or pd.isna(n) or int(n) <= 1 else f" (n={int(n)})"
     spread = "" if std is None or pd.isna(std) else f" ± {float(std):.{digits}f}"
     return f"{float(mean):.{digits}f}{spread}{count}"
 
@@ -630,9 +654,31 @@ def _ratio(value: Any, is_baseline: bool) -> str:
 def _label_frame(rows: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
     out = pd.DataFrame({"model": rows["model"].astype(str).values})
     for col in label_cols:
-        out[col] = [fmt(v) if _is_number(v) and not float(v).is_integer() else ("" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v))
-                    for v in rows[col]]
+        out[col] = [option_text(m, col, v) for m, v in zip(rows["model"], rows[col])]
     return out
+
+
+def option_text(model: Any, column: str, value: Any) -> str:
+    """A label cell: the value set; where none was set, 'default (V)' with the model's default V
+    (the registry's), or '' where the option does not apply to the model."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        defaults = model_defaults(str(model))
+        name = column.removeprefix("model_args.")
+        if name not in defaults:
+            return ""
+        return "default" if defaults[name] is None else f"default ({defaults[name]})"
+    return fmt(value) if _is_number(value) and not float(value).is_integer() else str(value)
+
+
+@functools.lru_cache(maxsize=None)
+def model_defaults(model: str) -> dict[str, Any]:
+    """The options of a registered model with their defaults; {} for a model the registry does not know."""
+    from models import model_options
+
+    try:
+        return model_options(model)
+    except ValueError:  # a user's model profiled by import path
+        return {}
 
 
 def complexity_table(agg: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
@@ -811,27 +857,9 @@ def paper_table(comparison: pd.DataFrame, options: dict[str, str] | None = None)
 
 # --------------------------------------------------------------------------- rendering
 
-def md_text(text: str) -> str:
-    """Text safe inside markdown: `&`, `<` and `>` as HTML entities.
-
-    Markdown renderers pass raw HTML through, and table cells hold record fields (error messages,
-    host names, option values) that anyone who can write a record controls: a `<script>` in an
-    error message must show as text, as it does in report.html.
-    """
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def markdown_table(df: pd.DataFrame) -> str:
-    """A GitHub pipe table (no extra dependency); '_none_' for an empty frame. Cells are escaped."""
-    if df is None or df.empty:
-        return "_none_\n"
-    def cell(v: Any) -> str:
-        text = "" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)
-        return md_text(text).replace("|", "\\|").replace("\n", " ")
-    lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |",
-             "|" + "|".join(" --- " for _ in df.columns) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    """A GitHub pipe table (`bench.tables`: tabulate, cells escaped, numbers right-aligned); '_none_' when empty."""
+    return text_tables.markdown_table(df)
 
 
 # --------------------------------------------------------------------------- the report
@@ -853,7 +881,7 @@ PLOT_TITLES = {
     "accuracy_vs_gmacs": "Accuracy vs GMACs, Pareto front marked",
     "latency_vs_tokens": "Latency vs number of tokens, one line per tokenizer",
     "stage5_gmacs": "Stage-5 GMACs: ResNet vs VT-ResNet",
-    "fpn_vs_vt_fpn": "FPN vs VT-FPN: GMACs and mIoU",
+    "fpn_vs_vt_fpn": "FPN vs VT-FPN: GMACs, and mIoU where trained",  # drawn: plots.fpn_title says which
     "token_attention": "Tokenizer attention maps, one panel per token",
 }
 
@@ -913,7 +941,7 @@ def _draw_each_plot(report: Report, plot_dir: Path, table: pd.DataFrame, label_c
     plots.draw("accuracy_vs_gmacs", PLOT_TITLES["accuracy_vs_gmacs"], lambda: plots.plot_accuracy_vs_gmacs(table, label_cols), plot_dir, drawn, skipped)
     plots.draw("latency_vs_tokens", PLOT_TITLES["latency_vs_tokens"], lambda: plots.plot_latency_vs_tokens(table, settings), plot_dir, drawn, skipped)
     plots.draw("stage5_gmacs", PLOT_TITLES["stage5_gmacs"], lambda: plots.plot_stage5(table), plot_dir, drawn, skipped)
-    plots.draw("fpn_vs_vt_fpn", PLOT_TITLES["fpn_vs_vt_fpn"], lambda: plots.plot_fpn(table), plot_dir, drawn, skipped)
+    plots.draw("fpn_vs_vt_fpn", plots.fpn_title(table), lambda: plots.plot_fpn(table), plot_dir, drawn, skipped)
     plots.draw("token_attention", PLOT_TITLES["token_attention"], lambda: _attention(report.data), plot_dir, drawn, skipped)
 
 
@@ -970,10 +998,12 @@ def _header(report: Report) -> str:
              f"- configurations (seeds aggregated): {len(report.table)}",
              f"- measured on: {devices or 'unknown'} (host(s): {hosts or 'unknown'}), {when}",
              f"- report written {pd.Timestamp.now(tz='UTC').strftime('%Y-%m-%d %H:%M UTC')} by `vtbench report`",
-             "- mean ± std is the sample standard deviation over seeds (ddof=1), n = number of records;"
-             " GMACs are multiply-accumulates per image (the paper's FLOPs); reductions are baseline / VT"
-             " (ResNet-N for VT-ResNet-N, FPN-RN for VT-FPN-RN, same input), latency ratios VT / baseline;"
-             " an empty option column means the model's default"]
+             "- mean ± std is the sample standard deviation over seeds (ddof=1), (n=k) the number of records,"
+             " shown where there is more than one; GMACs are multiply-accumulates per image (the paper's FLOPs);"
+             " reductions are baseline / VT (ResNet-N for VT-ResNet-N, FPN-RN for VT-FPN-RN, same input),"
+             " latency ratios VT / baseline; 'default (V)' in an option column: the cell kept the model's"
+             " default V, an empty option cell: the option does not apply to the model; rows are ordered by"
+             " family (ResNet and VT-ResNet, then FPN and VT-FPN), depth and setting, baseline first"]
     lines += _method_lines(report.table)
     lines += [f"- note: {note}" for note in data.notes]
     return "\n".join(lines) + "\n"
@@ -1034,7 +1064,9 @@ def render_markdown(report: Report, out_dir: Path) -> str:
 
 HTML_STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}th,td{border:1px solid #ccc;padding:3px 7px}
-th{background:#f0f0f0}img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4}"""
+th{background:#f0f0f0;text-align:left;vertical-align:bottom}td{font-variant-numeric:tabular-nums}
+img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4}"""
+# Table cells and headers carry their column's alignment (bench/tables.py): numbers right, text left.
 
 
 def render_html(report: Report) -> str:
@@ -1070,9 +1102,7 @@ def _header_html(report: Report) -> str:
 
 
 def _html_table(df: pd.DataFrame) -> str:
-    if df is None or df.empty:
-        return "<p><em>none</em></p>"
-    return df.to_html(index=False, escape=True, na_rep="", border=0)
+    return text_tables.html_table(df)
 
 
 def default_out_dir(run_dirs: list[str | Path], out: str | Path | None) -> Path:

@@ -64,6 +64,8 @@ def test_profile_render_of_a_clean_row_has_no_noisy_line():
 def test_report_command_warns_about_noisy_rows_and_marks_the_ratio(tmp_path, caplog):
     import argparse
 
+    from mdtable import md_rows
+
     from bench.commands import report as cmd
     from bench.records import make_record, write_record
 
@@ -82,6 +84,7 @@ def test_report_command_warns_about_noisy_rows_and_marks_the_ratio(tmp_path, cap
         assert cmd.run(parser.parse_args([str(tmp_path / "run"), "--format", "md"])) == 0
     assert any("1 of 2 latency row(s) are noisy" in r.getMessage() for r in caplog.records)
     md = (tmp_path / "run" / "report" / "report.md").read_text()
-    line = next(row for row in md.splitlines() if row.startswith("| vt_resnet18 |") and "x (noisy)" in row)
+    row = next(r for r in md_rows(md, "Latency") if r["model"] == "vt_resnet18")
     # report.md escapes HTML in cells (issue 12), so '>' is written as '&gt;' and rendered back as '>'
-    assert "0.69x (noisy)" in line and "noisy: warm-up did not settle; spread p80/p20 2.08 &gt; 1.25" in line
+    assert row["p50 / baseline"] == "0.69x (noisy)"
+    assert row["verdict"] == "noisy: warm-up did not settle; spread p80/p20 2.08 &gt; 1.25"

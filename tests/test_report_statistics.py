@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 from bench.records import make_record, write_json_atomic, write_record
+from mdtable import md_rows
 
 ENV = {"host": "fixture-host", "device_name": "Fixture CPU", "torch": "2.x", "threads": 1}
 SESSION = "2026-12-01T10:00:00+00:00"
@@ -134,11 +135,13 @@ def test_one_seed_is_never_a_claim(report):
 def test_the_accuracy_table_shows_differences_and_says_welch(report):
     md = (report.files["report.md"]).read_text()
     assert "Δ top-1 vs baseline (95 % CI, Welch)" in md and "Welch's t" in md
-    lines = {tokens: next(line for line in md.splitlines() if line.startswith(f"| vt_resnet18 | {tokens} |")
-                          and "(n=" in line) for tokens in TOP1}
-    assert "+10.00 [+" in lines[8] and "| yes |" in lines[8]
-    assert "+0.00 [-" in lines[16] and "| no |" in lines[16]
-    assert "+14.00 (no CI: 1 seed)" in lines[32] and "| no (1 seed) |" in lines[32]
+    rows = {int(r["num_tokens"]): r for r in md_rows(md, "Accuracy") if r["model"] == "vt_resnet18"}
+    diff, resolved = "Δ top-1 vs baseline (95 % CI, Welch)", "Δ top-1 resolved?"
+    assert rows[8][diff].startswith("+10.00 [+") and rows[8][resolved] == "yes"
+    assert rows[16][diff].startswith("+0.00 [-") and rows[16][resolved] == "no"
+    assert rows[32][diff] == "+14.00 (no CI: 1 seed)" and rows[32][resolved] == "no (1 seed)"
+    assert rows[8]["top-1 (%)"] == "91.00 ± 1.00 (n=3)"
+    assert rows[32]["top-1 (%)"] == "95.00"  # one record: its value, no '± ' and no '(n=1)'
 
 
 def test_latency_ratio_over_rounds_is_paired_and_resolved_when_clear(report):
@@ -152,11 +155,9 @@ def test_latency_ratio_over_rounds_is_paired_and_resolved_when_clear(report):
     assert same["latency_ratio_ci_lo"] < 1 < same["latency_ratio_ci_hi"] and not same["latency_ratio_ci_resolved"]
     md = report.files["report.md"].read_text()
     assert "ratio over rounds (95 % CI)" in md
-    fast_line = next(line for line in md.splitlines() if line.startswith("| vt_resnet18 | 8 |") and " ms" not in line
-                     and "rounds)" in line)
-    assert f"{fast['latency_ratio_ci_ratio']:.2f}x [" in fast_line and "], resolved (paired, 5 rounds)" in fast_line
-    same_line = next(line for line in md.splitlines() if line.startswith("| vt_resnet18 | 16 |") and "rounds)" in line)
-    assert "not resolved (paired, 5 rounds)" in same_line
+    rows = {r["num_tokens"]: r["ratio over rounds (95 % CI)"] for r in md_rows(md, "Latency") if r["model"] == "vt_resnet18"}
+    assert rows["8"].startswith(f"{fast['latency_ratio_ci_ratio']:.2f}x [") and rows["8"].endswith("], resolved (paired, 5 rounds)")
+    assert "not resolved (paired, 5 rounds)" in rows["16"]
 
 
 def test_unaligned_rounds_fall_back_to_welch_on_logs():
@@ -174,9 +175,8 @@ def test_a_noisy_row_marks_its_ratios(report):
     assert same["latency_noisy"] and same["latency_ratio_noisy"]
     assert not _lat(report.table, "vt_resnet18", 8)["latency_ratio_noisy"]
     md = report.files["report.md"].read_text()
-    line = next(row for row in md.splitlines() if row.startswith("| vt_resnet18 | 16 |") and " ms" not in row
-                and "noisy" in row)
-    assert "noisy: warm-up did not settle" in line and "x (noisy)" in line
+    row = next(r for r in md_rows(md, "Latency") if r["model"] == "vt_resnet18" and r["num_tokens"] == "16")
+    assert row["verdict"].startswith("noisy: warm-up did not settle") and row["p50 / baseline"].endswith("x (noisy)")
 
 
 def test_accuracy_plot_bars_are_95_percent_intervals(report):
@@ -196,10 +196,8 @@ def test_accuracy_plot_bars_are_95_percent_intervals(report):
 def test_counter_disagreement_is_flagged(report):
     md = report.files["report.md"].read_text()
     assert "counters (traced vs executed)" in md
-    vt8 = next(line for line in md.splitlines() if line.startswith("| vt_resnet18 | 8 |") and "disagree" in line)
-    assert "disagree by +1.48 %" in vt8
-    base = next(line for line in md.splitlines() if line.startswith("| resnet18 |") and "| agree |" in line)
-    assert base
+    rows = {r["model"] + r["num_tokens"]: r["counters (traced vs executed)"] for r in md_rows(md, "Complexity")}
+    assert rows["vt_resnet188"] == "disagree by +1.48 %" and rows["resnet18"] == "agree"
     assert "counters: some rows' traced" in md
 
 
