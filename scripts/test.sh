@@ -16,6 +16,13 @@ if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
 
+# Chromium, Debian's package: tests/test_report_browser.py opens a generated report.html in it
+# headless (screenshot, every image loaded); the test is skipped where it is missing.
+if ! command -v chromium >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 python3 -m pytest
 python3 -m pytest -m slow
 
