@@ -34,7 +34,7 @@ def test_profile_marks_a_noisy_row_and_says_why(vtbench, monkeypatch):
     monkeypatch.setattr(latency, "_loadavg_1min", lambda: 50.0)  # a machine far busier than one thread
     rc, out, _ = vtbench("profile", "test_noisy_latency:tiny_net", "--batch-size", "1,2", *QUICK)
     assert rc == 0
-    header = next(line for line in out.splitlines() if line.startswith("batch"))
+    header = next(line for line in out.splitlines() if line.split()[:1] == ["batch"])  # numbers: right-aligned
     assert "verdict" in header.split() and "process" in header
     rows = [line for line in out.splitlines() if line.split() and line.split()[0] in ("1", "2")]
     assert len(rows) == 2 and all(line.split()[-1] == "noisy" for line in rows)
@@ -56,7 +56,7 @@ def test_profile_render_of_a_clean_row_has_no_noisy_line():
            "latency_verdict": "ok", "latency_noise_reasons": []}
     text = render(config, {"latency": [row]})
     assert "NOISY" not in text
-    assert text.splitlines()[[i for i, l in enumerate(text.splitlines()) if l.startswith("batch")][0] + 2].split()[-1] == "ok"
+    assert text.splitlines()[[i for i, l in enumerate(text.splitlines()) if l.split()[:1] == ["batch"]][0] + 2].split()[-1] == "ok"
     noisy = dict(row, latency_verdict="noisy", latency_noise_reasons=["warm-up did not settle"])
     assert "NOISY at batch 1: warm-up did not settle" in render(config, {"latency": [noisy]})
 
