@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command of the README, and all that .ci/run does: install, then run every test tier.
+# The test command of the README, and all that .ci/run does: install (with the tensorboard extra, so
+# the TensorBoard logger's test runs), then run every test tier.
 #   1. the default tier (fast, CPU)            pytest
 #   2. the slow tier                            pytest -m slow
 #   3. the SLURM tier, against a real one-node cluster that this script starts and always stops
@@ -7,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test,tensorboard]'
 
 # Fashion-MNIST, the real data set of the accuracy study and its tests: Debian's package, the
 # original IDX files (bench/data.py reads them from /usr/share/datasets/fashion-mnist).
