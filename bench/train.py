@@ -15,6 +15,16 @@ gradient norm clipped to `clip_grad_norm` (default 1.0: VT-ResNets from scratch 
 without it); optional label smoothing; pixel cross-entropy with an ignore index for segmentation. Mixed
 precision (fp16 autocast + GradScaler) on CUDA only. The CPU thread count is set explicitly.
 
+Logs (`logger`, see `bench.loggers`): `jsonl` (OUT/metrics.jsonl, the default), `csv`
+(OUT/metrics.csv) and `tensorboard` (OUT/tensorboard/), one entry per epoch: loss, lr, accuracy,
+images/s. Checkpoints: one OUT/checkpoint.pt, replaced atomically after every epoch
+(`keep_checkpoints` > 1 keeps that many, see `bench.checkpoint`).
+
+Extending a run: resuming with a larger `epochs` than the checkpoint's (and every other option
+the same) continues from the checkpoint's last epoch to the new total, with the schedule defined
+over the new total from then on; the metrics say so (`extended_from_epoch`, `extended_from_epochs`).
+Any other difference is refused, naming each differing option with both values.
+
 Reproducibility: the model is initialised from `seed` (identically on every process); the data
 order comes from a DistributedSampler seeded with `seed` and the epoch; each process's torch,
 CUDA, numpy and Python RNG states are saved with every checkpoint and restored on resume, so a run
@@ -24,13 +34,12 @@ Distributed: with several processes (see `bench.distributed`) the global batch `
 split evenly over the processes, gradients are averaged by DDP and BatchNorm statistics are
 synchronised over the global batch, so P processes equal one process on the same global batch up
 to floating-point rounding (random augmentation and dropout excepted: each process draws its own).
-Only rank 0 writes `checkpoint.pt` and `metrics.jsonl`.
+Only rank 0 writes the checkpoint and the logs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -48,16 +57,23 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from bench import checkpoint as ckpt
 from bench import distributed as bdist
+from bench import loggers as blog
 from bench.data import IGNORE_INDEX, build_dataset, dataset_spec, resolve_task
 from bench.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = blog.METRICS_JSONL
 SCHEDULES = ("cosine", "step", "constant")
 OPTIMIZERS = ("sgd", "adamw")
+# Options that say how a run is watched and stored, not what it computes: a config that leaves
+# them at their defaults records none of them (`TrainConfig.cell_dict`), so adding one never
+# changes the id of an existing cell.
+OUTPUT_OPTIONS = ("logger", "keep_checkpoints")
 # Fields that change neither the trajectory nor the result: a checkpoint stays valid across them.
-_FINGERPRINT_EXCLUDED = ("threads", "workers", "data_root", "eval_every")
+_FINGERPRINT_EXCLUDED = ("threads", "workers", "data_root", "eval_every", *OUTPUT_OPTIONS)
+# May differ between a checkpoint and the run resuming it (a larger value extends the run).
+_EXTENDABLE = ("train.epochs",)
 
 
 @dataclasses.dataclass
@@ -96,6 +112,11 @@ class TrainConfig:
         sync_bn: synchronise BatchNorm over processes when distributed.
         find_unused_parameters: passed to DDP, for models with branches unused in a step.
         deterministic: cuDNN deterministic algorithms (slower) instead of benchmark mode.
+        logger: where per-epoch metrics go: one name or a list of `jsonl` (OUT/metrics.jsonl),
+            `csv` (OUT/metrics.csv), `tensorboard` (OUT/tensorboard/; needs the `tensorboard`
+            extra). Default `jsonl`.
+        keep_checkpoints: how many epoch checkpoints to keep: 1 (default) keeps OUT/checkpoint.pt
+            only, N also keeps the N-1 before it (checkpoint.prev.pt, checkpoint.prev2.pt, ...).
     """
 
     dataset: str = "digits"
@@ -125,10 +146,15 @@ class TrainConfig:
     sync_bn: bool = True
     find_unused_parameters: bool = False
     deterministic: bool = False
+    logger: list[str] = dataclasses.field(default_factory=lambda: ["jsonl"])
+    keep_checkpoints: int = 1
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             setattr(self, field.name, _coerce(field.name, str(field.type), getattr(self, field.name)))
+        self.logger = _logger_names(self.logger)
+        if self.keep_checkpoints < 1:
+            raise UsageError(f"keep_checkpoints must be at least 1 (got {self.keep_checkpoints})")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"optimizer must be one of {', '.join(OPTIMIZERS)} (got {self.optimizer!r})")
         if self.schedule not in SCHEDULES:
@@ -185,6 +211,24 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict copy (JSON-able)."""
         return dataclasses.asdict(self)
+
+    def cell_dict(self) -> dict[str, Any]:
+        """`to_dict()` less the OUTPUT_OPTIONS left at their defaults: what a record's config holds."""
+        default = TrainConfig()
+        return {k: v for k, v in self.to_dict().items()
+                if k not in OUTPUT_OPTIONS or v != getattr(default, k)}
+
+
+def _logger_names(value: Any) -> list[str]:
+    """`logger` as a list of known names without repeats (a string may hold one, or several joined by commas)."""
+    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+        raise UsageError(f"logger must be one of {', '.join(blog.LOGGERS)} or a non-empty list of them "
+                         f"(got {value!r})")
+    unknown = [n for n in names if n not in blog.LOGGERS]
+    if unknown:
+        raise UsageError(f"unknown logger {unknown[0]!r}; choose from {', '.join(blog.LOGGERS)}")
+    return list(dict.fromkeys(names))
 
 
 def lr_factor(iteration: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
@@ -274,8 +318,13 @@ def seed_everything(seed: int) -> None:
 
 def config_fingerprint(model_name: str, model_args: dict[str, Any], cfg: TrainConfig) -> str:
     """Hash of everything that determines the training trajectory."""
-    values = {k: v for k, v in cfg.to_dict().items() if k not in _FINGERPRINT_EXCLUDED}
-    return ckpt.fingerprint({"model": model_name, "model_args": model_args, "train": values})
+    return ckpt.fingerprint(fingerprinted_config(model_name, model_args, cfg.to_dict()))
+
+
+def fingerprinted_config(model_name: str, model_args: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's config that its checkpoint fingerprint covers."""
+    values = {k: v for k, v in train.items() if k not in _FINGERPRINT_EXCLUDED}
+    return {"model": model_name, "model_args": model_args, "train": values}
 
 
 def build_network(model_name: str, model_args: dict[str, Any]) -> nn.Module:
@@ -363,6 +412,7 @@ class Trainer:
         self.threads = _set_threads(cfg.threads)
         self.fingerprint = config_fingerprint(model_name, model_args, cfg)
         self.show_progress = progress and self.denv.is_main and sys.stderr.isatty()
+        blog.check_loggers(cfg.logger)  # a missing tensorboard package fails before any work
         dataset_spec(cfg.dataset)  # unknown name fails before a model is built
         seed_everything(cfg.seed)
         self.net = build_network(model_name, model_args)
@@ -377,6 +427,9 @@ class Trainer:
         self.train_loader, self.test_loader = self._build_loaders()
         self.scheduler = self._build_scheduler(len(self.train_loader))
         self.history: list[dict[str, Any]] = []
+        # Each time a checkpoint was resumed with more epochs: {"at_epoch", "from_epochs", "to_epochs"}.
+        self.extensions: list[dict[str, int]] = []
+        self.loggers: list[blog.EpochLogger] = []
 
     # -- set-up ---------------------------------------------------------------------------
     def _build_data(self) -> tuple[Dataset, Dataset]:
@@ -440,15 +493,21 @@ class Trainer:
     def run(self, resume: bool) -> dict[str, Any]:
         """Resume if asked and possible, train the remaining epochs, return the final metrics."""
         start = self._resume() if resume else self._start_fresh()
+        if self.denv.is_main:
+            self.loggers = blog.make_loggers(self.cfg.logger, self.out_dir, self.task, self.history)
         log.info("training %s on %s (%s, %d train / %d test images, input %d) for epochs %d..%d "
                  "on %s x%d, %d thread(s)", self.model_name, self.cfg.dataset, self.task,
                  len(self.train_set), len(self.test_set), self.train_set.input_size, start + 1,
                  self.cfg.epochs, self.device, self.denv.world_size, self.threads)
-        for epoch in range(start, self.cfg.epochs):
-            record = self._run_epoch(epoch)
-            self.history.append(record)
-            self._save(epoch + 1)
-            log.info("epoch %d/%d: %s", epoch + 1, self.cfg.epochs, _summary(record))
+        try:
+            for epoch in range(start, self.cfg.epochs):
+                record = self._run_epoch(epoch)
+                self.history.append(record)
+                self._save(epoch + 1)
+                log.info("epoch %d/%d: %s", epoch + 1, self.cfg.epochs, _summary(record))
+        finally:
+            for logger in self.loggers:
+                logger.close()
         return self._final_metrics(start)
 
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
@@ -559,18 +618,28 @@ class Trainer:
             state = {"fingerprint": self.fingerprint, "epoch": epochs_done,
                      "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                     "rng": rng, "history": self.history,
+                     "rng": rng, "history": self.history, "extensions": self.extensions,
                      "config": {"model": self.model_name, "model_args": self.model_args,
                                 "train": self.cfg.to_dict()}}
-            ckpt.save_checkpoint(self.out_dir, state)
-            _append_jsonl(self.out_dir / METRICS_FILE, self.history[-1])
+            ckpt.save_checkpoint(self.out_dir, state, keep=self.cfg.keep_checkpoints)
+            for logger in self.loggers:  # after the checkpoint: a resume rewrites them from its history
+                logger.log_epoch(self.history[-1])
         bdist.barrier()
 
     def _resume(self) -> int:
-        """Load OUT/checkpoint.pt if there is one; return the number of epochs already done."""
-        state = ckpt.load_checkpoint(self.out_dir, self.fingerprint)
+        """Load OUT/checkpoint.pt if there is one; return the number of epochs already done.
+
+        A checkpoint whose config differs only by fewer `epochs` is extended (`_extend`); any
+        other difference is a CheckpointError naming each differing key.
+        """
+        if self.denv.is_main:
+            ckpt.remove_stale_temp_files(self.out_dir)
+        current = fingerprinted_config(self.model_name, self.model_args, self.cfg.to_dict())
+        state = ckpt.load_checkpoint(self.out_dir, self.fingerprint, config=current,
+                                     accept=_is_extension, saved_config=_saved_fingerprinted_config)
         if state is None:
             return self._start_fresh()
+        self.extensions = [dict(e) for e in state.get("extensions", [])]
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -581,16 +650,36 @@ class Trainer:
             log.warning("checkpoint has RNG states of %d process(es), this run has %d: "
                         "random streams will differ from an uninterrupted run", len(rng), self.denv.world_size)
         ckpt.restore_rng_state(rng[self.denv.rank % len(rng)])
-        if self.denv.is_main:
-            _write_jsonl(self.out_dir / METRICS_FILE, self.history)
+        if state["fingerprint"] != self.fingerprint:
+            self._extend(state)
         bdist.barrier()
         log.info("resumed from %s at epoch %d", self.out_dir / ckpt.CHECKPOINT, state["epoch"])
         return int(state["epoch"])
 
+    def _extend(self, state: dict[str, Any]) -> None:
+        """Continue a checkpoint written for fewer epochs: the schedule now spans `cfg.epochs`.
+
+        The scheduler keeps its iteration count; the optimiser's lr, which the old schedule set
+        (about 0 at the end of a cosine), is set to the new schedule's value at that iteration.
+        """
+        done, before = int(state["epoch"]), int(state["config"]["train"]["epochs"])
+        self.extensions.append({"at_epoch": done, "from_epochs": before, "to_epochs": self.cfg.epochs})
+        steps = max(1, len(self.train_loader))
+        factor = lr_factor(self.scheduler.last_epoch, steps, self.cfg)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * factor
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        log.warning("extending the run in %s: %d of its %d epochs were done; training on to %d epochs "
+                    "from epoch %d, with the %s schedule redefined over %d epochs (lr factor now %.4g)",
+                    self.out_dir, done, before, self.cfg.epochs, done + 1, self.cfg.schedule,
+                    self.cfg.epochs, factor)
+
     def _start_fresh(self) -> int:
         if self.denv.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / METRICS_FILE).unlink(missing_ok=True)
+            ckpt.remove_stale_temp_files(self.out_dir)
+            for name in (blog.METRICS_JSONL, blog.METRICS_CSV):  # an earlier run's, in this folder
+                (self.out_dir / name).unlink(missing_ok=True)
         bdist.barrier()
         return 0
 
@@ -609,6 +698,7 @@ class Trainer:
             train_time_s=sum(h["epoch_time_s"] + h["eval_time_s"] for h in self.history),
             epoch_time_s=float(np.mean([h["epoch_time_s"] for h in self.history])),
             epochs=len(self.history), resumed_from_epoch=resumed_from,
+            **_extension_metrics(self.extensions),
             train_loss=last["train_loss"], test_loss=last["test_loss"],
             images_per_s=float(np.mean([h["images_per_s"] for h in self.history])),
             world_size=self.denv.world_size, threads=self.threads,
@@ -637,18 +727,28 @@ def _gather_rng_states(denv: bdist.DistEnv) -> list[dict[str, Any]]:
     return gathered
 
 
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record, sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+def _saved_fingerprinted_config(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The fingerprinted part of the config a checkpoint was written under (None if it has none)."""
+    config = state.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("train"), dict):
+        return None
+    return fingerprinted_config(config.get("model"), config.get("model_args"), config["train"])
 
 
-def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    """Rewrite the whole metrics file from the checkpoint's history (drops lines of lost epochs)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    os.replace(tmp, path)
+def _is_extension(differences: dict[str, tuple[Any, Any]]) -> bool:
+    """Whether a checkpoint differs from the resuming run only by having fewer epochs."""
+    if set(differences) != set(_EXTENDABLE):
+        return False
+    before, now = differences["train.epochs"]
+    return isinstance(before, int) and isinstance(now, int) and now > before
+
+
+def _extension_metrics(extensions: list[dict[str, int]]) -> dict[str, int]:
+    """`extended_from_epoch` (where the first larger schedule took over) and the epochs first planned."""
+    if not extensions:
+        return {}
+    first = extensions[0]
+    return {"extended_from_epoch": int(first["at_epoch"]), "extended_from_epochs": int(first["from_epochs"])}
 
 
 def _summary(record: dict[str, Any]) -> str:

@@ -43,8 +43,8 @@ class _Killed(Exception):
 def _kill_after(monkeypatch, epochs: int) -> None:
     real_save = ckpt.save_checkpoint
 
-    def save_then_die(out_dir, state):
-        path = real_save(out_dir, state)
+    def save_then_die(out_dir, state, **kwargs):
+        path = real_save(out_dir, state, **kwargs)
         if state["epoch"] == epochs:
             raise _Killed()
         return path
@@ -98,12 +98,12 @@ def test_finished_run_resumes_to_its_final_metrics(tmp_path):
 
 
 def test_corrupt_or_foreign_checkpoint_is_a_clear_error_and_keeps_the_last_good(tmp_path):
-    train(TINY, {}, _config(epochs=2), tmp_path, progress=False)
-    with pytest.raises(ckpt.CheckpointError, match="another config"):
+    train(TINY, {}, _config(epochs=2, keep_checkpoints=2), tmp_path, progress=False)
+    with pytest.raises(ckpt.CheckpointError, match="another config: train.lr is 0.1 in the checkpoint and 0.05 now"):
         train(TINY, {}, _config(epochs=2, lr=0.05), tmp_path, progress=False)
     (tmp_path / ckpt.CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(ckpt.CheckpointError, match="corrupt.*checkpoint.prev.pt"):
-        train(TINY, {}, _config(epochs=2), tmp_path, progress=False)
+        train(TINY, {}, _config(epochs=2, keep_checkpoints=2), tmp_path, progress=False)
     assert (tmp_path / ckpt.CHECKPOINT).read_bytes() == b"not a checkpoint"
     previous = torch.load(tmp_path / ckpt.PREVIOUS, weights_only=True)
     assert previous["epoch"] == 1

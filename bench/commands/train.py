@@ -3,14 +3,21 @@
     vtbench train resnet18 --dataset digits --set stem=cifar --epochs 15 --out runs/train/r18
     vtbench train vt_fpn_r50 --dataset shapes --input-size 64 --epochs 5 --batch-size 16
     vtbench train resnet50 --dataset imagenet --data-root /data/imagenet --device cuda
+    vtbench train resnet18 --dataset digits --logger csv --logger tensorboard --out runs/r18
+    vtbench train resnet18 --dataset digits --epochs 30 --out runs/r18 --resume   # extend to 30
 
-OUT (default `runs/train/MODEL-DATASET`) receives `checkpoint.pt` (every epoch, atomic),
-`metrics.jsonl` (one line per epoch) and `records/CELL_ID.json`, a record in DESIGN.md's shape
-whose `config` is the fully resolved cell (`model`, `model_args`, `measure: [train]`,
-`input_size`, `seed`, `train`). `--set KEY=VALUE` (YAML value, repeatable) sets a training option
-when KEY is a TrainConfig field (`weight_decay`, `schedule`, `label_smoothing`, ...), a data-set
-option as `dataset_args.KEY`, and a model option otherwise (`num_tokens`, `stem`, ...);
-`train.KEY` and `model_args.KEY` force either side. `num_classes` defaults to the data set's.
+OUT (default `runs/train/MODEL-DATASET`) receives `checkpoint.pt` (every epoch, atomic; only the
+latest unless `--keep-checkpoints N`), the per-epoch logs of `--logger` (`metrics.jsonl` by
+default, `metrics.csv`, `tensorboard/`) and `records/CELL_ID.json`, a record in DESIGN.md's
+shape whose `config` is the fully resolved cell (`model`, `model_args`, `measure: [train]`,
+`input_size`, `seed`, `train`; `logger` and `keep_checkpoints` appear there only when not at
+their defaults). `--resume` with a larger `--epochs` than the checkpoint's extends the run (the
+schedule then spans the new total; the record's metrics say `extended_from_epoch`); any other
+difference from the checkpoint's config is refused, naming each differing option.
+`--set KEY=VALUE` (YAML value, repeatable) sets a training option when KEY is a TrainConfig field
+(`weight_decay`, `schedule`, `label_smoothing`, ...), a data-set option as `dataset_args.KEY`, and
+a model option otherwise (`num_tokens`, `stem`, ...); `train.KEY` and `model_args.KEY` force
+either side. `num_classes` defaults to the data set's.
 Several processes (`torchrun --nproc-per-node 2 -m bench train ...`, or a multi-task SLURM job)
 train data-parallel; only rank 0 writes. Bad input exits 2 with one line.
 """
@@ -27,6 +34,7 @@ from typing import Any
 import yaml
 
 from bench.errors import UsageError
+from bench.loggers import LOGGERS
 
 NAME = "train"
 HELP = "Train and evaluate one model on a data set (classification or segmentation); write a record."
@@ -47,7 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="training, data-set (dataset_args.KEY) or model option; repeatable")
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/train/MODEL-DATASET)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/checkpoint.pt (a larger --epochs extends a finished run)")
+    parser.add_argument("--logger", action="append", default=None, choices=list(LOGGERS),
+                        help="per-epoch log: jsonl (OUT/metrics.jsonl, the default), csv (OUT/metrics.csv) "
+                             "or tensorboard (OUT/tensorboard/, needs pip install 'vtbench[tensorboard]'); "
+                             "repeatable")
+    parser.add_argument("--keep-checkpoints", type=int, default=None, metavar="N",
+                        help="keep the last N epoch checkpoints (default 1: OUT/checkpoint.pt only)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: all allowed)")
     parser.add_argument("--seed", type=int, default=None, help="seed (default 0)")
@@ -94,7 +109,8 @@ def build_config(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
     train_opts, model_args = split_overrides(parse_overrides(args.overrides))
     flags = {"dataset": args.dataset, "data_root": args.data_root, "epochs": args.epochs,
              "batch_size": args.batch_size, "lr": args.lr, "input_size": args.input_size,
-             "device": args.device, "threads": args.threads, "seed": args.seed}
+             "device": args.device, "threads": args.threads, "seed": args.seed,
+             "logger": args.logger, "keep_checkpoints": args.keep_checkpoints}
     train_opts.update({k: v for k, v in flags.items() if v is not None})
     return train_opts, model_args
 
@@ -170,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     if (out / "checkpoint.pt").exists() and not args.resume:
         raise UsageError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose another --out")
     config = {"model": args.model, "model_args": model_args, "measure": ["train"],
-              "input_size": cfg.input_size, "seed": cfg.seed, "train": cfg.to_dict()}
+              "input_size": cfg.input_size, "seed": cfg.seed, "train": cfg.cell_dict()}
     started, tic = now_iso(), time.perf_counter()
     try:
         metrics = train(args.model, model_args, cfg, out, resume=args.resume, progress=not args.no_progress)
@@ -192,4 +208,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _result_line(metrics: dict[str, Any]) -> str:
     keys = ("top1", "top5", "best_top1", "miou", "pixel_acc", "best_miou", "epochs", "epoch_time_s")
-    return "final: " + ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
+    line = "final: " + ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
+    if "extended_from_epoch" in metrics:
+        line += (f" (extended: epochs 1-{metrics['extended_from_epoch']} followed a "
+                 f"{metrics['extended_from_epochs']}-epoch schedule)")
+    return line
