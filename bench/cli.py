@@ -8,19 +8,30 @@ gave), an exception or `sys.exit` in the user's own code (`error in user code MO
 ExcType: message`), and a refused submission (sbatch's last line). `-v` adds the traceback.
 SIGINT or SIGTERM to `vtbench launch` ends in its one line (which cells it cancelled) and exit code
 130 or 143 (`bench.errors.Interrupted`); a Ctrl-C elsewhere prints "interrupted" and exits 130.
+
+`-v/--verbose` and `-q/--quiet` (warnings and errors only) go before or after the command;
+`--version` names vtbench, torch, torchvision and fvcore. Only the command named on the line is
+imported: the others are listed by the NAME and HELP read from their source, so `vtbench --help`
+imports neither torch nor pandas. Two third-party messages that every normal run printed are
+dropped here, at the entry, matched by message and origin (`silence_known_noise`).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import errno
 import importlib
+import importlib.util
 import logging
 import os
+import platform
 import subprocess
 import sys
 import sysconfig
+import warnings
 from pathlib import Path
+from typing import Sequence
 
 from bench.errors import Interrupted, UsageError, UserCodeError, describe_exception
 
@@ -45,25 +56,149 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with one sub-parser per command module."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per command module.
+
+    Given `argv`, only the command it names is imported and given its options; the others are
+    listed by name and help (`_command_summary`), so `vtbench --help` stays fast. Without `argv`
+    every command is built in full.
+    """
     parser = _Parser(prog="vtbench", description="Benchmark and ablation harness for Visual Transformers.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_common_flags(parser, top=True)
+    parser.add_argument("--version", action=_VersionAction, help="print the versions of vtbench, torch, "
+                                                                 "torchvision and fvcore, and exit")
+    common = _Parser(add_help=False)
+    _add_common_flags(common, top=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    chosen = None if argv is None else _named_command(argv)
     for module_name in COMMAND_MODULES:
+        name, help_text = _command_summary(module_name)
+        if argv is not None and name != chosen:
+            sub.add_parser(name, help=help_text)  # listed only: never parsed, so never imported
+            continue
         module = importlib.import_module(module_name)
-        cmd = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        cmd = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP, parents=[common])
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)
     return parser
 
 
+def _add_common_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """-v/-q on the top-level parser and on every command's (where an absent flag leaves the
+    top-level value alone: SUPPRESS), so they work before or after the command."""
+    default = False if top else argparse.SUPPRESS
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="debug logging, and the traceback of a failure")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="log warnings and errors only (results still go to stdout)")
+
+
+def _named_command(argv: Sequence[str]) -> str | None:
+    """The command on the line: the first word that is not an option (the top-level options take
+    no value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def _command_summary(module_name: str) -> tuple[str, str]:
+    """(NAME, HELP) of a command module, read from its source without importing it (they are
+    string literals); imported only when the source cannot be read that way."""
+    module = sys.modules.get(module_name)
+    if module is None:
+        spec = importlib.util.find_spec(module_name)
+        found = _literal_constants(spec.origin, ("NAME", "HELP")) if spec and spec.origin else {}
+        if isinstance(found.get("NAME"), str) and isinstance(found.get("HELP"), str):
+            return found["NAME"], found["HELP"]
+        module = importlib.import_module(module_name)
+    return module.NAME, module.HELP
+
+
+def _literal_constants(path: str, names: tuple[str, ...]) -> dict[str, object]:
+    """Module-level `NAME = <literal>` assignments of a Python source file ({} if unreadable)."""
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return {}
+    found: dict[str, object] = {}
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id in names):
+            try:
+                found[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    return found
+
+
+class _VersionAction(argparse.Action):
+    """--version: computed only when asked (reading package metadata costs a little)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        sys.stdout.write(version_text() + "\n")  # stdout, as argparse's own "version" action
+        parser.exit(0)
+
+
+def version_text() -> str:
+    """'vtbench X (torch Y, torchvision Z, fvcore W[, timm V]; Python P)', from package metadata
+    (nothing is imported)."""
+    from importlib import metadata
+
+    import bench
+
+    parts = []
+    for dist in ("torch", "torchvision", "fvcore", "timm"):
+        try:
+            parts.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            if dist != "timm":  # timm is an optional extra: named only when installed
+                parts.append(f"{dist} not installed")
+    return f"vtbench {bench.__version__} ({', '.join(parts)}; Python {platform.python_version()})"
+
+
+# Third-party messages that every normal run printed, dropped at the command line's entry (not in
+# library code), each matched by its message and where it comes from:
+# - fvcore.nn scripts a loss when imported, and torch deprecates `torch.jit.script` with a
+#   FutureWarning raised in torch.jit._script (vtbench never scripts anything itself);
+# - torch.utils.cpp_extension, imported by torch.utils.benchmark (the CPU latency timer), logs
+#   "No CUDA runtime is found, using CUDA_HOME=..." on a machine with a CUDA folder and no GPU.
+_QUIET_WARNINGS = ((r"`torch\.jit\.script` is (deprecated|not supported)", FutureWarning, r"torch\.jit\._script"),)
+_QUIET_LOG_LINES = (("torch.utils.cpp_extension", "No CUDA runtime is found"),)
+
+
+class _DropLogLine(logging.Filter):
+    """Drops the records of one logger whose message starts with `prefix`."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def silence_known_noise() -> None:
+    """Install the narrow filters above (idempotent)."""
+    for message, category, module in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for logger_name, prefix in _QUIET_LOG_LINES:
+        logger = logging.getLogger(logger_name)
+        if not any(isinstance(f, _DropLogLine) and f.prefix == prefix for f in logger.filters):
+            logger.addFilter(_DropLogLine(prefix))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vtbench` console script."""
-    args = build_parser().parse_args(argv)
+    silence_known_noise()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.verbose and args.quiet:
+        parser.error("-v/--verbose and -q/--quiet together")
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
