@@ -38,6 +38,13 @@ A grid may have at most `DEFAULT_MAX_CELLS` cells (counted from the axes' length
 the include blocks, before exclude rules and before anything is expanded): a typo such as an
 axis of 10^4 seeds times 10^4 token counts would otherwise expand 10^8 configs and die of a
 MemoryError. `vtbench launch --max-cells N` (or `load_grid(..., max_cells=N)`) raises the cap.
+
+`vtbench launch GRID --set KEY=VALUE` (`load_grid(..., overrides=[(KEY, VALUE), ...])`) changes
+the grid before it is validated, hydra's habit (`apply_overrides`): `base.input_size=32`,
+`base.latency.threads=1`, `base.num_tokens=8` (a short name, as in the axes),
+`axes.num_tokens=[8,16]` (replaces the axis, or adds it), `resources.timeout_min=5`,
+`include.0.seed=1`, `exclude=[]`. The grid that is validated, and written to the run folder,
+is the overridden one.
 Registered models are pre-built on the meta device once per distinct (model, model_args); past
 `MAX_META_BUILDS` distinct configurations the rest are checked by option names only.
 """
@@ -196,8 +203,10 @@ def _cell_cap(max_cells: int | None) -> int:
     return DEFAULT_MAX_CELLS
 
 
-def load_grid(path: str | Path, *, max_cells: int | None = None) -> Grid:
-    """Read, validate and expand the grid file at `path`; raise one UsageError listing all problems."""
+def load_grid(path: str | Path, *, max_cells: int | None = None,
+              overrides: Iterable[tuple[str, Any]] = ()) -> Grid:
+    """Read, validate and expand the grid file at `path`, with `overrides` ((dotted key, value)
+    pairs, `--set`) applied first; raise one UsageError listing all problems."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"grid file not found: {path}")
@@ -206,7 +215,98 @@ def load_grid(path: str | Path, *, max_cells: int | None = None) -> Grid:
         raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise UsageError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    overrides = list(overrides)
+    if overrides:
+        raw = apply_overrides(raw, overrides, source=str(path))
+        text = overridden_text(path, raw, overrides)
     return build_grid(raw, source=str(path), text=text, path=path, max_cells=max_cells)
+
+
+def apply_overrides(raw: Any, overrides: Iterable[tuple[str, Any]], *, source: str = "<grid>") -> dict:
+    """A copy of the grid mapping `raw` with each (dotted key, value) set; UsageError naming every
+    key that cannot be set. What the values mean is checked afterwards, with the rest of the grid.
+
+    `base.` keys walk into the cell's sections (`base.latency.threads`), or take a short name
+    (`base.num_tokens` is `base.model_args.num_tokens`); after `axes.`, `resources.` or an
+    include/exclude entry's index the rest is one key (axis names may be dotted:
+    `axes.train.batch_size`). A new axis replaces any axis that names the same setting.
+    """
+    if not isinstance(raw, dict):
+        raise UsageError(f"{source}: a grid is a mapping with keys {', '.join(GRID_KEYS)}; --set cannot apply")
+    raw = copy.deepcopy(raw)
+    problems = _Problems()
+    vocab: _Vocabulary | None = None
+    for key, value in overrides:
+        if key.split(".", 1)[0] in ("base", "axes") and vocab is None:
+            vocab = _Vocabulary.load()
+        path = _override_path(key, raw, vocab, problems)
+        if path is not None:
+            _set_override(raw, path, value, key, vocab, problems)
+    problems.raise_if_any(f"{source} --set")
+    return raw
+
+
+def _override_path(key: str, raw: dict, vocab: "_Vocabulary | None", problems: _Problems) -> list | None:
+    """Where `--set KEY=...` goes in the grid mapping, as a list of keys and list indices."""
+    head, _, rest = key.partition(".")
+    if head not in GRID_KEYS:
+        close = did_you_mean(head, GRID_KEYS)
+        problems.add(f"{key}: a grid has no {head!r}{f' (did you mean {close}?)' if close else ''}; "
+                     f"keys start with one of {', '.join(GRID_KEYS)}")
+        return None
+    if not rest:
+        return [head]
+    if head in ("name", "description"):
+        problems.add(f"{key}: {head} is a string, with nothing inside it to set")
+        return None
+    if head in ("axes", "resources"):
+        return [head, rest]
+    if head == "base":
+        first = rest.split(".", 1)[0]
+        if first in CELL_KEYS:
+            return [head, *rest.split(".")]
+        resolved = vocab.resolve(rest) if vocab is not None else None
+        if resolved is None:
+            problems.add(f"{key}: unknown key {rest!r}{vocab.suggest(rest) if vocab else ''}")
+            return None
+        return [head, *resolved]
+    index, _, inner = rest.partition(".")  # include / exclude: an entry by index, then one key
+    entries = raw.get(head)
+    if not index.isdigit() or not isinstance(entries, list) or int(index) >= len(entries):
+        count = len(entries) if isinstance(entries, list) else 0
+        problems.add(f"{key}: {head} has {count} entr{'y' if count == 1 else 'ies'}; give {head}.N.KEY with "
+                     f"N from 0, or replace the whole list with {head}=[...]")
+        return None
+    if inner.startswith("axes.") and head == "include":
+        return [head, int(index), "axes", inner[len("axes."):]]
+    return [head, int(index), inner] if inner else [head, int(index)]
+
+
+def _set_override(raw: dict, path: list, value: Any, key: str, vocab: "_Vocabulary | None",
+                  problems: _Problems) -> None:
+    """Set `value` at `path`, making the mappings on the way; a non-mapping on the way is a problem."""
+    node: Any = raw
+    for i, part in enumerate(path[:-1]):
+        child = node[part] if isinstance(node, list) else node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, (dict, list)):
+            where = ".".join(str(p) for p in path[:i + 1])
+            problems.add(f"{key}: {where} is {child!r}, not a mapping to set a key in")
+            return
+        node = child
+    last = path[-1]
+    if isinstance(node, dict) and path[-2:-1] == ["axes"] and vocab is not None:
+        target = vocab.resolve(last)
+        for other in [k for k in node if k != last and target is not None and vocab.resolve(k) == target]:
+            del node[other]  # `axes.model_args.num_tokens` replaces an axis spelled `num_tokens`
+    node[last] = copy.deepcopy(value)
+
+
+def overridden_text(path: Path, raw: dict, overrides: Iterable[tuple[str, Any]]) -> str:
+    """The overridden grid as YAML, headed by where it came from (written as RUN_DIR/grid.yaml)."""
+    sets = " ".join(f"--set {k}={json.dumps(v, default=str)}" for k, v in overrides)
+    return f"# {path} with {sets}\n" + yaml.safe_dump(raw, sort_keys=False)
 
 
 class UniqueKeyLoader(yaml.SafeLoader):

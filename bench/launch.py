@@ -2,8 +2,10 @@
 
 `launch(grid_path, cluster=..., run_dir=..., dry_run=..., wait=...)`:
 
-1. load and validate the grid (`bench.grid.load_grid`): any problem stops here, nothing submitted;
-2. write `RUN_DIR/grid.yaml` (the grid as given) and `RUN_DIR/cells.json` (every resolved cell);
+1. load and validate the grid (`bench.grid.load_grid`, with `overrides`, the `--set` pairs, applied
+   first): any problem stops here, nothing submitted;
+2. write `RUN_DIR/grid.yaml` (the grid as given, or as overridden: then a YAML dump headed by the
+   `--set`s, which relaunches as is) and `RUN_DIR/cells.json` (every resolved cell);
 3. plan: a cell with an `ok` record is skipped; a cell still queued or running in an earlier job of
    this run is left alone; every other cell runs (new, failed, or with a corrupt record; failed
    and corrupt records are moved to `RUN_DIR/superseded/` first, so status never shows a stale row);
@@ -96,28 +98,33 @@ class LaunchResult:
 
 
 def launch(grid_path: str | os.PathLike, cluster: str = "local", run_dir: str | os.PathLike | None = None,
-           dry_run: bool = False, wait: bool = False, poll_s: float = 2.0) -> LaunchResult:
-    """Launch the grid at `grid_path` (see the module doc); returns at once unless `wait`.
+           dry_run: bool = False, wait: bool = False, poll_s: float = 2.0,
+           overrides: Sequence[tuple[str, Any]] = ()) -> LaunchResult:
+    """Launch the grid at `grid_path`, with `overrides` ((dotted key, value), `--set`) applied
+    (see the module doc); returns at once unless `wait`.
 
     SIGINT and SIGTERM raise `Interrupted` (before anything is submitted, with nothing to cancel).
     """
     if cluster not in CLUSTERS:
         raise UsageError(f"unknown cluster {cluster!r}; choose from {', '.join(CLUSTERS)}")
     with _stop_signals() as signals:
-        result = plan_launch(grid_path, cluster, run_dir)
+        result = plan_launch(grid_path, cluster, run_dir, overrides)
         if dry_run:
             return result
         try:
             submit_and_follow(result, signals, wait or cluster == "debug", poll_s)
         except Interrupted as exc:
             signals.holding = True  # a second Ctrl-C must not cut the cancelling short
-            raise cancel_own_cells(result, grid_path, exc.signum) from None
+            # An overridden grid is relaunched from the run folder's copy, which has the overrides.
+            rerun = result.run_dir / "grid.yaml" if overrides else grid_path
+            raise cancel_own_cells(result, rerun, exc.signum) from None
     return result
 
 
-def plan_launch(grid_path: str | os.PathLike, cluster: str, run_dir: str | os.PathLike | None) -> LaunchResult:
+def plan_launch(grid_path: str | os.PathLike, cluster: str, run_dir: str | os.PathLike | None,
+                overrides: Sequence[tuple[str, Any]] = ()) -> LaunchResult:
     """Load the grid and plan its cells (what `--dry-run` shows); nothing is written."""
-    grid = load_grid(grid_path)
+    grid = load_grid(grid_path, overrides=overrides)
     run_dir = Path(run_dir) if run_dir is not None else DEFAULT_RUNS_ROOT / grid.name
     if cluster == "slurm":
         check_slurm_reachable()

@@ -3,6 +3,12 @@
     vtbench launch experiments/smoke.yaml --wait            # local executor, follow to the end
     vtbench launch experiments/imagenet_repro.yaml --cluster slurm
     vtbench launch experiments/digits_ablation.yaml --dry-run
+    vtbench launch experiments/token_sweep.yaml --set base.latency.threads=2 --set axes.num_tokens=[8,16]
+
+`--set KEY=VALUE` (repeatable; VALUE is YAML) changes the grid before it is validated, as hydra
+does: `base.KEY` (a cell key, a dotted path into it, or a short name), `axes.NAME` (replaces or
+adds an axis), `resources.KEY`, `include.N.KEY`, `name`, ... (bench.grid.apply_overrides). The
+run folder's grid.yaml is the overridden grid.
 
 Exit status: 0 when submitted (or, with --wait, when every cell ended with an ok record);
 1 when a waited-for cell failed; 2 on bad input (the grid's problems, all on one line);
@@ -38,17 +44,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="follow the cells with a progress bar; exit 1 if one fails")
     parser.add_argument("--max-cells", type=_positive_int, default=None, metavar="N",
                         help="refuse grids above N cells (default: 10000, counted before exclude rules)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change the grid without editing it (YAML value; repeatable): base.KEY=VALUE, "
+                             "axes.NAME=[V1,V2], resources.KEY=VALUE, include.N.KEY=VALUE")
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `vtbench launch`."""
+    from bench.commands.train import parse_overrides  # the one KEY=VALUE parser of --set (dotted keys)
     from bench.grid import max_cells_allowed
     from bench.launch import launch
 
+    overrides = parse_overrides(getattr(args, "overrides", []))
+    if overrides:
+        log.info("grid %s with %s", args.grid, ", ".join(f"{k}={v!r}" for k, v in overrides))
     # bench.launch.launch loads the grid itself and takes no cap; the scoped override reaches it.
     with max_cells_allowed(getattr(args, "max_cells", None)):
         result = launch(args.grid, cluster=args.cluster, run_dir=args.run_dir, dry_run=args.dry_run,
-                        wait=args.wait)
+                        wait=args.wait, overrides=overrides)
     if args.dry_run:
         log.info("dry run: %d cell(s) would run, %d skipped; nothing written", len(result.plan.to_run),
                  len(result.plan.done) + len(result.plan.in_flight))
