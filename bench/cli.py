@@ -44,6 +44,8 @@ COMMAND_MODULES = (
     "bench.commands.cancel",
     "bench.commands.interleave",
     "bench.commands.report",
+    "bench.commands.speed",
+    "bench.commands.fidelity",
 )
 
 log = logging.getLogger("vtbench")

@@ -1,9 +1,11 @@
 """Do the VT models' MAC savings become latency savings? ResNet vs VT-ResNet, side by side.
 
-    python -m bench.speed                       # CPU, fp32 inference, batch 1 and 32 -> results/speed_cpu
-    python -m bench.speed --gpu                 # CUDA, bf16, batch 1/64/256, eager/compile/CUDA graphs
+    vtbench speed                               # CPU, fp32 inference, batch 1 and 32 -> results/speed_cpu
+    vtbench speed --gpu                         # CUDA, bf16, batch 1/64/256, eager/compile/CUDA graphs
                                                 #   -> results/speed_gpu
-    python -m bench.speed --profile             # also torch.profiler op tables of each model
+    vtbench speed --profile                     # also torch.profiler op tables of each model
+
+(`python -m bench.speed ...` is `vtbench speed ...`; the command's flags are in bench/commands/speed.py.)
 
 All models are built once (ImageNet stem, 1000 classes, seed 0) and timed in ONE process. The runs
 are interleaved: in each round every model is measured once at the batch size, and the order
@@ -18,6 +20,13 @@ and with --profile `profile_<model>_b<batch>.txt`.
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # `python -m bench.speed` is `vtbench speed`: hand over before the imports below,
+    import sys              # so that the command line's entry silences their known noise first
+
+    from bench.cli import main as _cli_main
+
+    sys.exit(_cli_main(["speed", *sys.argv[1:]]))
 
 import argparse
 import contextlib
@@ -35,6 +44,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from bench.errors import UsageError
 from bench.roofline import achieved, measure_peak
 
 log = logging.getLogger("bench.speed")
@@ -50,6 +60,7 @@ def input_size(name: str) -> int:
 CPU_DEFAULTS = dict(batch_sizes=[1, 32], modes=["eager"], dtype="fp32", device="cpu", out="results/speed_cpu")
 GPU_DEFAULTS = dict(batch_sizes=[1, 64, 256], modes=["eager", "compile", "cuda_graphs"], dtype="bf16",
                     device="cuda", out="results/speed_gpu")
+DEFAULT_PAIRS = ("r18", "r50")
 MODE_OPTIONS = {"eager": {}, "compile": {"compile_mode": "default"}, "cuda_graphs": {"cuda_graphs": True}}
 
 
@@ -77,18 +88,26 @@ def complexity(models: dict[str, nn.Module]) -> dict[str, dict[str, Any]]:
 
 # ------------------------------------------------------------------------------ timing ------
 
-def timing_options(batch: int, device: str, quick: bool) -> dict[str, Any]:
-    """Warm-up and iteration limits: short per round, since the rounds themselves repeat."""
+def timing_options(batch: int, device: str, quick: bool, min_time_s: float | None = None) -> dict[str, Any]:
+    """Warm-up and iteration limits: short per round, since the rounds themselves repeat.
+    `min_time_s` (`--min-time-s`), when given, replaces the timed seconds per model and round."""
     if device == "cpu":
         heavy = batch > 8
-        return dict(warmup_min_iters=1 if heavy else 3, warmup_max_s=2.0 if heavy else 3.0,
-                    min_iters=3 if heavy else 10, min_time_s=0.5 if quick else (1.0 if heavy else 2.0),
-                    max_time_s=60.0)
-    return dict(warmup_min_iters=10, warmup_max_s=10.0, min_iters=20, min_time_s=0.5 if quick else 1.0)
+        options = dict(warmup_min_iters=1 if heavy else 3, warmup_max_s=2.0 if heavy else 3.0,
+                       min_iters=3 if heavy else 10, min_time_s=0.5 if quick else (1.0 if heavy else 2.0),
+                       max_time_s=60.0)
+    else:
+        options = dict(warmup_min_iters=10, warmup_max_s=10.0, min_iters=20, min_time_s=0.5 if quick else 1.0)
+    if min_time_s is not None:
+        options["min_time_s"] = min_time_s
+        if "max_time_s" in options:
+            options["max_time_s"] = max(options["max_time_s"], min_time_s)
+    return options
 
 
 def interleaved(models: dict[str, nn.Module], *, batch: int, rounds: int, device: str, dtype: str, mode: str,
-                threads: int | None, channels_last: bool, quick: bool) -> dict[str, list[dict[str, Any]]]:
+                threads: int | None, channels_last: bool, quick: bool,
+                min_time_s: float | None = None) -> dict[str, list[dict[str, Any]]]:
     """`rounds` rounds of one measurement per model, alternating the order; rows per model."""
     from bench.latency import OutOfMemory, measure_latency
 
@@ -105,7 +124,7 @@ def interleaved(models: dict[str, nn.Module], *, batch: int, rounds: int, device
             try:
                 row = measure_latency(models[name], input_size=input_size(name), batch_size=batch, device=device,
                                       dtype=dtype, threads=threads, channels_last=channels_last, oom_retry=False,
-                                      **MODE_OPTIONS[mode], **timing_options(batch, device, quick))
+                                      **MODE_OPTIONS[mode], **timing_options(batch, device, quick, min_time_s))
             except OutOfMemory as exc:
                 log.error("%s at batch %d: %s", name, batch, exc)
                 failed.add(name)
@@ -297,7 +316,8 @@ def markdown(summaries: list[dict[str, Any]], stages: dict[str, dict[str, float]
         f"- load average at start {_fmt(env_start['loadavg'])}, at end {_fmt(env_end['loadavg'])}"
         + (". **The machine was shared with other jobs during the run**: absolute times are noisy; the ratios "
            "come from adjacent measurements in alternating order and are the figures to read." if args.shared else ""),
-        f"- {args.rounds} interleaved rounds per batch size; ratio = median over rounds of VT p50 / baseline p50 "
+        f"- {args.rounds} interleaved rounds per batch size{_timed_note(args)}; ratio = median over rounds of "
+        "VT p50 / baseline p50 "
         "(min-max over rounds in brackets). Target: latency ratio <= MACs ratio; 'met' or 'missed' when every "
         "round agrees, else 'not resolved'. A round whose measurement judged itself noisy (bench.latency: "
         "warm-up not settled or p80/p20 spread wide) is counted beside the verdict.",
@@ -354,6 +374,12 @@ def markdown(summaries: list[dict[str, Any]], stages: dict[str, dict[str, float]
     return "\n".join(lines) + "\n"
 
 
+def _timed_note(args: argparse.Namespace) -> str:
+    """', N s timed per model and round' when --min-time-s set it (older studies' JSON has no key)."""
+    seconds = getattr(args, "min_time_s", None)
+    return f", {seconds:g} s timed per model and round" if seconds is not None else ""
+
+
 def ceiling_exceeded(summaries: list[dict[str, Any]], stage_rates: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     """Every model or stage figure above the measured ceiling (a ceiling that cannot be one)."""
     model_of = {"base": "baseline", "vt": "vt_model"}
@@ -392,44 +418,33 @@ def write_outputs(out: Path, summaries: list[dict[str, Any]], raw: dict[str, Any
 
 # ------------------------------------------------------------------------------ main --------
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """Command-line options; --gpu switches the defaults to the CUDA benchmark."""
-    p = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n")[0])
-    p.add_argument("--gpu", action="store_true", help="CUDA: bf16, batch 1/64/256, eager, compile, CUDA graphs")
-    p.add_argument("--out", default=None, help="output folder (default results/speed_cpu or results/speed_gpu)")
-    p.add_argument("--pairs", default="r18,r50", help=f"comma-separated of {', '.join(PAIRS)}")
-    p.add_argument("--batch-sizes", default=None, help="comma-separated (default 1,32 on CPU; 1,64,256 on GPU)")
-    p.add_argument("--modes", default=None, help="comma-separated of eager, compile, cuda_graphs")
-    p.add_argument("--dtype", default=None, help="fp32 (CPU default) or bf16 (GPU default) or fp16")
-    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds per batch size")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all logical CPUs)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
-    p.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown")
-    p.add_argument("--profile", action="store_true", help="write torch.profiler op tables (CPU)")
-    p.add_argument("--quick", action="store_true", help="shorter timing per round (smoke test)")
-    p.add_argument("--no-peak", dest="peak", action="store_false",
-                   help="skip measuring the GEMM and copy ceilings (bench.roofline)")
-    p.add_argument("--not-shared", dest="shared", action="store_false",
-                   help="do not state in the report that the machine was shared")
-    p.add_argument("--render", metavar="DIR", default=None,
-                   help="measure nothing: rebuild DIR/speed.md and speed.csv from DIR/speed.json")
-    args = p.parse_args(argv)
-    if args.render:
-        return args
-    defaults = GPU_DEFAULTS if args.gpu else CPU_DEFAULTS
-    args.device = defaults["device"]
-    args.out = args.out or defaults["out"]
-    args.dtype = args.dtype or defaults["dtype"]
-    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else defaults["batch_sizes"]
-    args.modes = args.modes.split(",") if args.modes else defaults["modes"]
-    args.pairs = args.pairs.split(",")
-    args.threads = args.threads or (os.cpu_count() if not args.gpu else None)
-    bad = [m for m in args.modes if m not in MODE_OPTIONS] + [k for k in args.pairs if k not in PAIRS]
-    if bad or args.rounds < 1 or min(args.batch_sizes) < 1:
-        p.error(f"bad modes/pairs/rounds/batch sizes: {bad or args.rounds or args.batch_sizes}")
-    if args.gpu and not torch.cuda.is_available():
-        p.error("--gpu needs CUDA, which is not available on this machine")
-    return args
+def study_options(*, gpu: bool = False, out: str | None = None, pairs: Sequence[str] | None = None,
+                  batch_sizes: Sequence[int] | None = None, modes: Sequence[str] | None = None,
+                  dtype: str | None = None, rounds: int = 4, threads: int | None = None,
+                  channels_last: bool = False, no_stages: bool = False, profile: bool = False,
+                  quick: bool = False, peak: bool = True, shared: bool = True,
+                  min_time_s: float | None = None) -> argparse.Namespace:
+    """The study's resolved options (what speed.json keeps as `args`): `gpu` picks the CUDA
+    defaults, anything not given takes them; UsageError on a bad value."""
+    defaults = GPU_DEFAULTS if gpu else CPU_DEFAULTS
+    opts = argparse.Namespace(
+        gpu=gpu, out=out or defaults["out"], pairs=list(pairs or DEFAULT_PAIRS),
+        batch_sizes=list(batch_sizes) if batch_sizes else list(defaults["batch_sizes"]),
+        modes=list(modes) if modes else list(defaults["modes"]), dtype=dtype or defaults["dtype"],
+        rounds=rounds, threads=threads or (os.cpu_count() if not gpu else None), channels_last=channels_last,
+        no_stages=no_stages, profile=profile, quick=quick, peak=peak, shared=shared, min_time_s=min_time_s,
+        device=defaults["device"])
+    bad = [m for m in opts.modes if m not in MODE_OPTIONS] + [k for k in opts.pairs if k not in PAIRS]
+    if bad:
+        raise UsageError(f"unknown mode or pair {', '.join(map(repr, bad))}: modes are {', '.join(MODE_OPTIONS)}, "
+                         f"pairs {', '.join(PAIRS)}")
+    if rounds < 1:
+        raise UsageError(f"--rounds must be at least 1, got {rounds}")
+    if opts.dtype not in ("fp32", "bf16", "fp16"):
+        raise UsageError(f"--dtype must be fp32, bf16 or fp16, got {opts.dtype!r}")
+    if gpu and not torch.cuda.is_available():
+        raise UsageError("--gpu needs CUDA, which is not available on this machine")
+    return opts
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -443,7 +458,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     for batch in args.batch_sizes:
         for mode in args.modes:
             rows = interleaved(models, batch=batch, rounds=args.rounds, device=args.device, dtype=args.dtype,
-                               mode=mode, threads=args.threads, channels_last=args.channels_last, quick=args.quick)
+                               mode=mode, threads=args.threads, channels_last=args.channels_last, quick=args.quick,
+                               min_time_s=getattr(args, "min_time_s", None))
             raw_rows[f"{mode}_b{batch}"] = rows
             for key in args.pairs:
                 s = pair_summary(*PAIRS[key], rows, macs, batch=batch)
@@ -547,18 +563,8 @@ def _stage_key_parts(key: str) -> tuple[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: `python -m bench.speed [--gpu] [--out DIR] ...`; prints the markdown report."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    args = parse_args(argv)
-    if args.render:
-        args.out = args.render
-        summaries = render(Path(args.render))
-    else:
-        summaries = run(args)
-    sys.stdout.write((Path(args.out) / "speed.md").read_text())
-    return 0 if all("error" not in s for s in summaries) else 1
+    """`python -m bench.speed ARGS` is `vtbench speed ARGS` (kept: committed notes cite it)."""
+    from bench.cli import main as cli_main
 
+    return cli_main(["speed", *(sys.argv[1:] if argv is None else argv)])
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,140 @@
+"""`vtbench speed` and `vtbench fidelity`: subcommands with the shared flags, and their `python -m` aliases.
+
+Nothing is timed or counted here: `speed --render` rebuilds a committed study from its JSON, and the
+measuring functions are replaced where the test is about the flags.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bench.fidelity
+import bench.speed
+from bench.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = REPO / "results" / "speed_gpu" / "eager_cuda_graphs"
+
+
+@pytest.fixture
+def study(tmp_path) -> Path:
+    """A copy of a committed GPU study's speed.json (re-rendered, never re-measured)."""
+    shutil.copy(STUDY / "speed.json", tmp_path / "speed.json")
+    return tmp_path
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_speed_render_prints_each_format(study, capsys, fmt):
+    assert cli_main(["speed", "--render", str(study), "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    if fmt == "table":
+        assert out == (STUDY / "speed.md").read_text()
+    elif fmt == "csv":
+        assert out == (STUDY / "speed.csv").read_text()
+        assert next(csv.reader(io.StringIO(out)))[:4] == ["device", "dtype", "mode", "batch"]
+    else:
+        rows = json.loads(out)
+        committed = list(csv.DictReader(io.StringIO((STUDY / "speed.csv").read_text())))
+        assert len(rows) == len(committed)
+        assert [(r["baseline"], r["batch"], r["mode"]) for r in rows] == \
+            [(r["baseline"], int(r["batch"]), r["mode"]) for r in committed]
+        assert rows[0]["latency_ratio"] == pytest.approx(float(committed[0]["latency_ratio"]))
+
+
+@pytest.fixture
+def captured_speed(monkeypatch, tmp_path):
+    """Replace the measuring study by one that records its options and writes empty outputs."""
+    seen = {}
+
+    def fake_run(opts):
+        seen["opts"] = opts
+        bench.speed.write_outputs(Path(opts.out), [], {"args": vars(opts)}, "# speed\n")
+        return []
+
+    monkeypatch.setattr(bench.speed, "run", fake_run)
+    return seen
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--batch-sizes"])
+def test_speed_shared_flags_and_the_old_spelling(captured_speed, tmp_path, capsys, flag):
+    out = tmp_path / "s"
+    assert cli_main(["speed", "--out", str(out), flag, "1,8", "--min-time-s", "0.25", "--pairs", "r18"]) == 0
+    opts = captured_speed["opts"]
+    assert (opts.batch_sizes, opts.min_time_s, opts.pairs, opts.out) == ([1, 8], 0.25, ["r18"], str(out))
+    assert capsys.readouterr().out == "# speed\n"
+
+
+def test_speed_old_spelling_is_hidden_and_bad_values_exit_2(captured_speed, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["speed", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--batch-size" in help_text and "--batch-sizes" not in help_text and "--min-time-s" in help_text
+    for bad in (["--batch-size", "0"], ["--pairs", "r19"], ["--min-time-s", "-1"], ["--format", "xml"],
+                ["--render", str(tmp_path / "nothing")]):
+        try:
+            rc = cli_main(["speed", "--out", str(tmp_path / "s"), *bad] if bad[0] != "--render" else ["speed", *bad])
+        except SystemExit as exc:  # argparse's own refusals
+            rc = exc.code
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1, (bad, err)
+    assert "opts" not in captured_speed
+
+
+def test_min_time_s_replaces_the_timed_seconds_per_round():
+    assert bench.speed.timing_options(1, "cpu", quick=False)["min_time_s"] == 2.0
+    assert bench.speed.timing_options(1, "cpu", quick=False, min_time_s=0.3)["min_time_s"] == 0.3
+    assert bench.speed.timing_options(64, "cuda", quick=True, min_time_s=3.0)["min_time_s"] == 3.0
+
+
+@pytest.fixture
+def fake_fidelity(monkeypatch):
+    """Replace the counting by a run that writes a two-row table (fidelity.run's file names)."""
+    seen = {}
+
+    def fake_run(out_dir: Path, skip_seg: bool = False) -> None:
+        seen["skip_seg"] = skip_seg
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "fidelity.csv").write_text("model,gmacs,paper_gmacs\nresnet18,1.814,1.814\nfpn_r50,164.5,\n")
+        (out_dir / "fidelity.md").write_text("# Fidelity\n")
+
+    monkeypatch.setattr(bench.fidelity, "run", fake_run)
+    return seen
+
+
+@pytest.mark.parametrize("fmt, expected", [
+    ("table", "# Fidelity\n"),
+    ("csv", "model,gmacs,paper_gmacs\nresnet18,1.814,1.814\nfpn_r50,164.5,\n"),
+    ("json", [{"model": "resnet18", "gmacs": 1.814, "paper_gmacs": 1.814},
+              {"model": "fpn_r50", "gmacs": 164.5, "paper_gmacs": None}]),
+])
+def test_fidelity_subcommand_formats(fake_fidelity, tmp_path, capsys, fmt, expected):
+    assert cli_main(["fidelity", "--out", str(tmp_path / "f"), "--skip-seg", "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    assert (json.loads(out) if fmt == "json" else out) == expected
+    assert fake_fidelity["skip_seg"] is True
+
+
+@pytest.mark.parametrize("module, flag", [("bench.speed", "--batch-size"), ("bench.fidelity", "--skip-seg")])
+def test_python_m_is_the_subcommand(module, flag):
+    done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    name = module.split(".")[1]
+    assert done.stdout.startswith(f"usage: vtbench {name}") and flag in done.stdout and "--format" in done.stdout
+    assert done.stderr == ""  # no third-party warning before the command line's entry either
+
+
+def test_python_m_speed_render_keeps_working(study):
+    done = subprocess.run([sys.executable, "-m", "bench.speed", "--render", str(study), "--format", "csv"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (STUDY / "speed.csv").read_text()
+    assert "FutureWarning" not in done.stderr
