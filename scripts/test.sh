@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test,tensorboard]'
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test,tensorboard,timm]'
 
 # Fashion-MNIST, the real data set of the accuracy study and its tests: Debian's package, the
 # original IDX files (bench/data.py reads them from /usr/share/datasets/fashion-mnist).
