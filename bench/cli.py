@@ -8,6 +8,7 @@ gave), an exception or `sys.exit` in the user's own code (`error in user code MO
 ExcType: message`), and a refused submission (sbatch's last line). `-v` adds the traceback.
 SIGINT or SIGTERM to `vtbench launch` ends in its one line (which cells it cancelled) and exit code
 130 or 143 (`bench.errors.Interrupted`); a Ctrl-C elsewhere prints "interrupted" and exits 130.
+A reader of stdout that goes away (`| head -1`) ends the command quietly with exit code 141.
 
 `-v/--verbose` and `-q/--quiet` (warnings and errors only) go before or after the command;
 `--version` names vtbench, torch, torchvision and fvcore. Only the command named on the line is
@@ -26,6 +27,7 @@ import importlib.util
 import logging
 import os
 import platform
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -205,7 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is a BrokenPipeError below
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except (UsageError, ValueError, FileNotFoundError) as exc:
         where = None if isinstance(exc, UsageError) else _user_code_frame(exc)
         if where is not None:  # raised by the user's forward or helper: their code failed, not the input
@@ -226,6 +232,20 @@ def main(argv: list[str] | None = None) -> int:
         if described is None:
             raise  # a bug in vtbench itself: its traceback is what a bug report needs
         return _report(args, *described)
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (`vtbench models --format json | head -1`): end quietly, with
+    141 (128 + SIGPIPE, what a shell reports for a tool that SIGPIPE ended). What is still buffered
+    goes to /dev/null, so the interpreter's flush at exit does not raise again (the recipe of
+    Python's `signal` documentation)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a stdout without a file descriptor (a test's capture): nothing to do
+        pass
+    return 128 + signal.SIGPIPE
 
 
 def _report(args: argparse.Namespace, message: str, code: int) -> int:

@@ -41,7 +41,7 @@ def test_speed_render_prints_each_format(study, capsys, fmt):
         assert out == (STUDY / "speed.csv").read_text()
         assert next(csv.reader(io.StringIO(out)))[:4] == ["device", "dtype", "mode", "batch"]
     else:
-        rows = json.loads(out)
+        rows = [json.loads(line) for line in out.splitlines()]  # JSON lines, one pair row each
         committed = list(csv.DictReader(io.StringIO((STUDY / "speed.csv").read_text())))
         assert len(rows) == len(committed)
         assert [(r["baseline"], r["batch"], r["mode"]) for r in rows] == \
@@ -118,7 +118,7 @@ def fake_fidelity(monkeypatch):
 def test_fidelity_subcommand_formats(fake_fidelity, tmp_path, capsys, fmt, expected):
     assert cli_main(["fidelity", "--out", str(tmp_path / "f"), "--skip-seg", "--format", fmt]) == 0
     out = capsys.readouterr().out
-    assert (json.loads(out) if fmt == "json" else out) == expected
+    assert ([json.loads(line) for line in out.splitlines()] if fmt == "json" else out) == expected
     assert fake_fidelity["skip_seg"] is True
 
 

@@ -4,7 +4,8 @@
     vtbench fidelity --skip-seg --format csv            # without the (slow) FPN rows; the table as CSV
 
 Writes fidelity.md, fidelity.csv, alternatives.csv and budget.csv into --out, then prints
-fidelity.md (`--format table`), or the twelve-model table (fidelity.csv) as JSON rows or CSV.
+fidelity.md (`--format table`), or the twelve-model table (fidelity.csv) as JSON lines (one row
+each) or CSV.
 MACs are counted, not timed: the timing flags of `speed`/`profile` do not apply here.
 `python -m bench.fidelity` is this command. Exit status 0; 2 on bad input.
 """

@@ -6,7 +6,7 @@
     vtbench speed --render results/speed_cpu --format csv   # measure nothing: rebuild from speed.json
 
 Writes speed.md, speed.csv and speed.json (and with --profile the profiler tables) into --out,
-then prints speed.md (`--format table`), the pair rows as JSON (`json`) or speed.csv (`csv`).
+then prints speed.md (`--format table`), the pair rows as JSON lines (`json`) or speed.csv (`csv`).
 The study itself is bench/speed.py. `python -m bench.speed` is this command; its old
 `--batch-sizes` still works. Exit status 0; 1 when a pair has no measurement (out of memory);
 2 on bad input.
