@@ -241,9 +241,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
     """Write JSON to `path` atomically: temp file in the same folder, fsync, then rename."""
     with atomic_write(path) as handle:
-        json.dump(payload, handle, indent=2, sort_keys=False, default=_json_default)
-        handle.write("\n")
+        handle.write(json_text(payload))
     return Path(path)
+
+
+def json_text(payload: Any) -> str:
+    """`payload` as the JSON text vtbench's files hold (indented, a final newline)."""
+    return json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n"
 
 
 def _json_default(value: Any) -> Any:

@@ -113,10 +113,10 @@ def test_oom_becomes_an_error_row_and_exit_1(vtbench, tmp_path):
 def test_models_command_table_and_json(vtbench):
     rc, out, _ = vtbench("models", "--no-macs", "--filter", "resnet18")
     assert rc == 0 and "vt_resnet18" in out and "params M" in out
-    rc, out, _ = vtbench("models", "--json", "--filter", "vt_resnet18")
-    rows = json.loads(out)
-    assert rc == 0 and [r["name"] for r in rows] == ["vt_resnet18"]
-    assert rows[0]["gmacs"] == pytest.approx(1.5, abs=0.1) and rows[0]["input_size"] == 224
+    rc, out, _ = vtbench("models", "--json", "--filter", "vt_resnet18")  # JSON lines, in timm's names
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rc == 0 and [r["model"] for r in rows] == ["vt_resnet18"]
+    assert rows[0]["infer_gmacs"] == pytest.approx(1.5, abs=0.1) and rows[0]["infer_img_size"] == 224
 
 
 def test_parsers():

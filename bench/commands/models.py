@@ -1,17 +1,23 @@
 """`vtbench models`: the registered models with their parameters and MACs at their default input size.
 
-A readable table on stdout, or with `--json` a JSON list of rows
-(`name`, `task`, `input_size`, `params_m`, `gmacs`, `gmacs_fvcore`, `unsupported_ops`).
-MACs are multiply-accumulates per image in the paper's convention (bench/complexity.py).
+    vtbench models                              # a readable table
+    vtbench models --format csv > models.csv    # merges with timm's results CSVs on `model`
+    vtbench models --format json | head -1      # JSON lines, one model each, printed as counted
+
+`--format json|csv` rows, in timm's column names where they mean the same thing
+(bench/commands/common.py `TIMM_NAMES`): `model`, `infer_img_size` (the default input side),
+`param_count` (millions), `infer_gmacs` (MACs per image, executed: the paper's convention,
+bench/complexity.py), then vtbench's own `task`, `gmacs_fvcore` and `unsupported_ops` (op -> count in
+fvcore's trace). `--json` is the old spelling of `--format json`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
-from typing import Any
+from typing import Any, Iterator
+
+from bench.commands import common
 
 NAME = "models"
 HELP = "List the registered models with parameters and MACs at their default input size."
@@ -27,7 +33,8 @@ COLUMNS = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `vtbench models`."""
-    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    common.add_format(parser, "aligned columns")
+    common.add_hidden_alias(parser, "--json", "format", const="json")
     parser.add_argument("--no-macs", action="store_true", help="parameters only (fast: no tracing)")
     parser.add_argument("--filter", default=None, metavar="TEXT", help="only models whose name contains TEXT")
 
@@ -55,20 +62,29 @@ def describe(name: str, *, macs: bool = True) -> dict[str, Any]:
     return row
 
 
+# The keys of `describe`'s rows that --format json|csv prints (before their timm names).
+ROW_KEYS = ("name", "task", "input_size", "params_m", "gmacs", "gmacs_fvcore", "unsupported_ops")
+
+
+def output_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A `describe` row as --format json|csv prints it: timm's names where they mean the same."""
+    kept = {("model" if k == "name" else k): row[k] for k in ROW_KEYS if k in row}
+    return common.timm_row(kept)
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `vtbench models`."""
-    from bench.commands.profile import format_table
     from models import list_models
 
     names = [n for n in list_models() if not args.filter or args.filter in n]
-    rows = []
-    for name in names:
-        log.debug("describing %s", name)
-        rows.append(describe(name, macs=not args.no_macs))
-    if args.json:
-        json.dump([{k: v for k, v in r.items() if k != "unsupported"} for r in rows], sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        columns = COLUMNS[:4] if args.no_macs else COLUMNS
-        print(format_table(rows, columns))
+    columns = COLUMNS[:4] if args.no_macs else COLUMNS
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for name in names:
+            log.debug("describing %s", name)
+            row = describe(name, macs=not args.no_macs)
+            yield row if args.format == "table" else output_row(row)
+
+    fields = list(output_row({k: None for k in ROW_KEYS[:4 if args.no_macs else None]}))
+    common.emit_rows(args.format, rows(), table=lambda done: common.format_table(done, columns), fields=fields)
     return 0

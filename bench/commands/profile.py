@@ -1,6 +1,20 @@
 """`vtbench profile MODEL_OR_IMPORT_PATH`: MACs and parameters by stage, latency and memory per batch.
 
-Prints a readable table to stdout; with `--json PATH` also writes one record (bench/records.py):
+    vtbench profile vt_resnet18 --batch-size 1,32                  # a readable report
+    vtbench profile vt_resnet18 --batch-size 1,32 --format csv     # one row per batch size
+    vtbench profile vt_resnet18 --json out.json                    # the report, and the record in a file
+    vtbench profile vt_resnet18 --json - | jq .metrics.gmacs       # the record on stdout (report on stderr)
+
+Prints the readable report (`--format table`), or one row per batch size (`json`: JSON lines;
+`csv`), in timm's column names where they mean the same thing (bench/commands/common.py
+`TIMM_NAMES`): `model`, `infer_samples_per_sec` (throughput_img_s), `infer_step_time` (ms per batch,
+the median latency_ms_p50), `infer_batch_size` (the batch size used), `infer_img_size`, `infer_gmacs`
+(per image), `param_count` (millions); with `--train-step` the timing columns are `train_*`. Every
+other key keeps vtbench's name: the complexity metrics (`gmacs_traced`, `gmacs_<stage>`, ...), the
+latency row's (`latency_ms_p20`, `peak_mem_mb`, `latency_verdict`, ...), `model_args` and the latency
+settings (`device`, `dtype`, ...). `--depth`'s modules are in the report and the record only.
+With `--json PATH` it also writes one record (bench/records.py), in vtbench's names; `--json -`
+writes it to stdout instead, and the report to stderr:
 
     config:  {"model": ..., "model_args": {...}, "measure": ["complexity", "latency"],
               "input_size": 224 | [H, W], "seed": 0, "complexity": {},
@@ -27,11 +41,14 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import sys
 import time
 from typing import Any, Iterable, Sequence
 
 import yaml
 
+from bench.commands import common
+from bench.commands.common import format_table  # noqa: F401  (models' and tests' table writer too)
 from bench.errors import UsageError
 
 NAME = "profile"
@@ -42,6 +59,7 @@ log = logging.getLogger(__name__)
 STAGE_ORDER = ("stem", "stage2", "stage3", "stage4", "stage5", "vt", "fpn", "head")
 _NOT_STAGES = ("fvcore", "flopcounter", "traced")
 GMACS_SPEC = ".4g"  # four significant digits: 0.0005123 G for a tiny net, 17.56 G for ViT-B/16
+DEFAULT_MIN_TIME_S = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,13 +81,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: current)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="model option, repeatable (e.g. --set num_tokens=8 --set tokenizer=recurrent)")
-    parser.add_argument("--min-time", type=float, default=1.0, help="timed seconds per batch size, at least")
+    common.add_min_time_s(parser, f"timed seconds per batch size, at least (default {DEFAULT_MIN_TIME_S:g})")
+    common.add_hidden_alias(parser, "--min-time", "min_time_s", type=common.positive_seconds)
     parser.add_argument("--no-oom-retry", action="store_true", help="do not retry an out-of-memory at half batch")
     parser.add_argument("--no-latency", action="store_true", help="complexity only")
     parser.add_argument("--no-complexity", action="store_true", help="latency only")
     parser.add_argument("--depth", type=int, default=None, metavar="N",
                         help="also show MACs and params per module down to depth N (1: stages)")
-    parser.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write the record here")
+    parser.add_argument("--json", dest="json_path", default=None, metavar="PATH",
+                        help="write the record here; '-': to stdout (the report then goes to stderr)")
+    common.add_format(parser, "the readable report")
 
 
 # ------------------------------------------------------------------------------- parsing -----
@@ -122,8 +143,6 @@ def _check_device_options(args: argparse.Namespace, batch_sizes: Sequence[int]) 
     check_options(device=device, batch_size=batch_sizes[0], compile_mode=args.compile_mode,
                   cuda_graphs=args.cuda_graphs, train_step=args.train_step, threads=args.threads)
     check_dtype(device, args.dtype)
-    if args.min_time <= 0:
-        raise UsageError(f"--min-time must be positive, got {args.min_time}")
 
 
 # ----------------------------------------------------------------------------- measuring -----
@@ -152,12 +171,17 @@ def latency_rows(model, args: argparse.Namespace, input_size, batch_sizes: Seque
                 model, input_size=input_size, batch_size=batch, device=args.device, dtype=args.dtype,
                 channels_last=args.channels_last, compile_mode=args.compile_mode, cuda_graphs=args.cuda_graphs,
                 train_step=args.train_step, threads=args.threads, oom_retry=not args.no_oom_retry,
-                min_time_s=args.min_time))
+                min_time_s=min_time_s(args)))
         except OutOfMemory as exc:
             log.error("batch %d: %s", batch, exc)
             rows.append({"batch_size_requested": batch, "batch_size_tried": exc.batch_size_tried,
                          "error": f"OutOfMemory: {exc}"})
     return rows
+
+
+def min_time_s(args: argparse.Namespace) -> float:
+    """--min-time-s (or its old spelling --min-time), else the default."""
+    return DEFAULT_MIN_TIME_S if args.min_time_s is None else args.min_time_s
 
 
 def build_config(args: argparse.Namespace, overrides: dict[str, Any], input_size, batch_sizes) -> dict[str, Any]:
@@ -209,19 +233,6 @@ def profile(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------- output ------
-
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
-    """`rows` under `columns` = [(key, header, format spec)] (`bench.tables.text_table`): numeric columns
-    right-aligned, text columns left-aligned; missing values print as '-'."""
-    from bench.tables import is_numeric_column, text_table
-
-    values = [["" if row.get(key) is None else (format(row[key], spec) if spec else str(row[key]))
-               for key, _, spec in columns] for row in rows]
-    align = ["right" if is_numeric_column(column) else "left" for column in zip(*values)] if values else \
-        ["left"] * len(columns)
-    cells = [[v or "-" for v in row] for row in values]
-    return text_table(cells, [header for _, header, _ in columns], align)
-
 
 def stage_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-stage MACs and params from the flat `gmacs_<stage>` / `params_m_<stage>` metrics.
@@ -295,14 +306,36 @@ def render(config: dict[str, Any], metrics: dict[str, Any]) -> str:
     return "\n\n".join(p for p in parts if p)
 
 
+def output_rows(config: dict[str, Any], metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of --format json|csv: one per batch size (one in all with --no-latency), each with the
+    scalar complexity metrics, the latency settings and that batch's latency row, in timm's names
+    where they mean the same thing (see the module docstring)."""
+    lat = config["latency"]
+    base = {"model": config["model"], "model_args": config["model_args"] or {}, "input_size": config["input_size"]}
+    base.update((k, v) for k, v in metrics.items() if k not in ("latency", "modules", "counting"))
+    measured = metrics.get("latency")
+    if measured is None:
+        return [common.timm_row(base)]
+    settings = {k: lat[k] for k in ("device", "dtype", "channels_last", "compile", "cuda_graphs", "train_step")}
+    return [common.timm_row({**base, **settings, **row}, train_step=lat["train_step"]) for row in measured]
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `vtbench profile`."""
     from bench.latency import latency_env
-    from bench.records import make_record, now_iso, write_json_atomic
+    from bench.records import json_text, make_record, now_iso, write_json_atomic
 
+    record_to_stdout = args.json_path == "-"
+    if record_to_stdout and args.format != "table":
+        raise UsageError(f"--json - writes the record to stdout, where --format {args.format} writes its rows: "
+                         f"choose one (or --json PATH)")
     started, t0 = now_iso(), time.perf_counter()
     config, metrics = profile(args)
-    print(render(config, metrics))
+    if record_to_stdout:
+        if not getattr(args, "quiet", False):
+            print(render(config, metrics), file=sys.stderr)
+    else:
+        common.emit_rows(args.format, output_rows(config, metrics), table=lambda _: render(config, metrics))
     if args.json_path:
         done = [r for r in metrics.get("latency", []) if "error" not in r]
         env = latency_env(device=args.device, dtype=args.dtype, batch_size=config["latency"]["batch_size"],
@@ -310,6 +343,9 @@ def run(args: argparse.Namespace) -> int:
                           cudnn_benchmark=done[0]["cudnn_benchmark"] if done else None)
         record = make_record(config, metrics=metrics, env=env, started_at=started,
                              duration_s=time.perf_counter() - t0)
-        path = write_json_atomic(args.json_path, record)
-        log.info("record written to %s", path)
+        if record_to_stdout:
+            common.write_stdout(json_text(record))
+        else:
+            path = write_json_atomic(args.json_path, record)
+            log.info("record written to %s", path)
     return 1 if any("error" in r for r in metrics.get("latency", [])) else 0
