@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from bench.cancel import cancel, wait_for_local_jobs
 from bench.errors import Interrupted, UsageError
@@ -99,10 +99,13 @@ class LaunchResult:
 
 def launch(grid_path: str | os.PathLike, cluster: str = "local", run_dir: str | os.PathLike | None = None,
            dry_run: bool = False, wait: bool = False, poll_s: float = 2.0,
-           overrides: Sequence[tuple[str, Any]] = ()) -> LaunchResult:
+           overrides: Sequence[tuple[str, Any]] = (),
+           on_planned: Callable[[LaunchResult], None] | None = None) -> LaunchResult:
     """Launch the grid at `grid_path`, with `overrides` ((dotted key, value), `--set`) applied
     (see the module doc); returns at once unless `wait`.
 
+    `on_planned(result)` is called once every cell's fate is known (`plan_rows`): after planning on a
+    dry run, after the submission otherwise (the job ids known), before any following.
     SIGINT and SIGTERM raise `Interrupted` (before anything is submitted, with nothing to cancel).
     """
     if cluster not in CLUSTERS:
@@ -110,9 +113,11 @@ def launch(grid_path: str | os.PathLike, cluster: str = "local", run_dir: str | 
     with _stop_signals() as signals:
         result = plan_launch(grid_path, cluster, run_dir, overrides)
         if dry_run:
+            if on_planned is not None:
+                on_planned(result)
             return result
         try:
-            submit_and_follow(result, signals, wait or cluster == "debug", poll_s)
+            submit_and_follow(result, signals, wait or cluster == "debug", poll_s, on_planned)
         except Interrupted as exc:
             signals.holding = True  # a second Ctrl-C must not cut the cancelling short
             # An overridden grid is relaunched from the run folder's copy, which has the overrides.
@@ -133,11 +138,15 @@ def plan_launch(grid_path: str | os.PathLike, cluster: str, run_dir: str | os.Pa
     return LaunchResult(run_dir=run_dir, grid=grid, plan=plan, cluster=cluster)
 
 
-def submit_and_follow(result: LaunchResult, signals: _Signals, wait: bool, poll_s: float) -> None:
-    """Write the run files, submit (signals held until jobs.json has it) and, with `wait`, follow."""
+def submit_and_follow(result: LaunchResult, signals: _Signals, wait: bool, poll_s: float,
+                      on_planned: Callable[[LaunchResult], None] | None = None) -> None:
+    """Write the run files, submit (signals held until jobs.json has it), tell `on_planned` and, with
+    `wait`, follow."""
     write_run_files(result.run_dir, result.grid)
     with signals.held():
         jobs = submit_plan(result)
+    if on_planned is not None:
+        on_planned(result)
     if wait:
         follow_to_the_end(result, jobs, poll_s)
     else:
@@ -199,15 +208,30 @@ def record_state(path: Path) -> str | None:
 
 
 def log_plan(grid: Grid, plan: Plan, run_dir: Path) -> None:
-    """Tell the user what will run and what is skipped (the dry-run listing)."""
+    """Tell the user how many cells will run and are skipped, and which records are corrupt (the
+    cells themselves are data: `plan_rows`, which `vtbench launch` prints on stdout)."""
     log.info("grid %s: %d cells -> %s: %d to run, %d done (skipped), %d in flight (skipped)",
              grid.name, len(grid.cells), run_dir, len(plan.to_run), len(plan.done), len(plan.in_flight))
     for cell_id, message in plan.corrupt.items():
         log.warning("corrupt record for cell %s (it runs again): %s", cell_id, message)
-    rows = [(c, "run (" + plan.reasons[c.cell_id] + ")") for c in plan.to_run]
-    rows += [(c, "skip (ok record)") for c in plan.done] + [(c, "skip (in flight)") for c in plan.in_flight]
-    for cell, action in rows:
-        log.info("  %s  %-18s %s", cell.cell_id, action, describe_cell(cell.config))
+
+
+PLAN_FIELDS = ("cell_id", "action", "reason", "job_id", "model", "model_args", "input_size", "seed", "measure")
+
+
+def plan_rows(result: LaunchResult) -> list[dict[str, Any]]:
+    """One row per cell of the grid (`PLAN_FIELDS`): `action` run or skip, `reason` new, error or
+    corrupt (run) or `ok record`, `in flight` (skip), `job_id` the job given the cell by this launch
+    (null on a dry run and for a skipped cell), then the cell's `model`, `model_args`, `input_size`,
+    `seed` and `measure`."""
+    plan = result.plan
+    job_of = dict(zip(result.submitted, result.task_job_ids))
+    entries = [(c, "run", plan.reasons[c.cell_id]) for c in plan.to_run]
+    entries += [(c, "skip", "ok record") for c in plan.done] + [(c, "skip", "in flight") for c in plan.in_flight]
+    return [dict(zip(PLAN_FIELDS, (c.cell_id, action, reason, job_of.get(c.cell_id), c.config.get("model"),
+                                   c.config.get("model_args") or {}, c.config.get("input_size"),
+                                   c.config.get("seed"), c.config.get("measure") or [])))
+            for c, action, reason in entries]
 
 
 def describe_cell(config: dict[str, Any]) -> str:

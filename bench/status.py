@@ -29,6 +29,7 @@ from bench.liveness import process_alive
 from bench.records import CorruptRecord, iter_records
 
 STATES = ("ok", "error", "running", "pending", "stopped")
+ROW_FIELDS = ("cell_id", "model", "state", "error", "note", "job_id", "cluster")  # status_rows' keys
 
 
 @dataclasses.dataclass
@@ -153,6 +154,19 @@ def _running_state(path: Path) -> tuple[str, str | None]:
     if process_alive(state.get("host"), state.get("pid"), state.get("pid_start")) is False:
         return "stopped", f"{where} ended before writing a record (killed, or requeued and not restarted)"
     return "running", f"{where} since {state.get('updated_at')}"
+
+
+def status_rows(status: RunStatus) -> list[dict[str, Any]]:
+    """One row per cell (`vtbench status --format json|csv`): `cell_id`, `model`, `state`, `error`
+    (failures), `note` (running, stopped, corrupt), and the `job_id` and `cluster` of the latest
+    submission that holds the cell (null if none did)."""
+    jobs: dict[str, tuple[Any, Any]] = {}
+    for job in status.jobs:  # jobs.json is in submission order: a later one wins
+        task_ids = job.get("task_job_ids") or []
+        for i, cell_id in enumerate(job.get("cell_ids") or []):
+            jobs[cell_id] = (task_ids[i] if i < len(task_ids) else job.get("job_id"), job.get("cluster"))
+    return [dict(zip(ROW_FIELDS, (c.cell_id, c.model, c.state, c.error, c.note, *jobs.get(c.cell_id, (None, None)))))
+            for c in status.cells]
 
 
 def format_status(status: RunStatus) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import statistics
 import time
@@ -72,6 +74,42 @@ def _records(run: Path) -> dict[float, dict]:
     return out
 
 
+def _cell_ids(run: Path) -> list[str]:
+    return [r["cell_id"] for r in _records(run).values() if "latency" in r["config"]["measure"]]
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_cli_rows_hold_the_updated_records_values(run_dir, capsys, fmt):
+    assert cli_main(["interleave", str(run_dir), "--rounds", "2", "--min-time-s", "0.02", "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.splitlines()] if fmt == "json" else \
+        list(csv.DictReader(io.StringIO(out)))
+    records = {r["cell_id"]: r for r in _records(run_dir).values()}
+    assert sorted(row["cell_id"] for row in rows) == sorted(_cell_ids(run_dir))
+    for row in rows:
+        m = records[row["cell_id"]]["metrics"]
+        value = (lambda key: row[key]) if fmt == "json" else (lambda key: json.loads(row[key]))
+        assert row["model"] == SLEEPY and value("infer_img_size") == 8
+        assert value("infer_step_time") == m["latency_ms_p50"]
+        assert value("infer_samples_per_sec") == m["throughput_img_s"]
+        assert value("infer_batch_size") == m["batch_size_used"] and value("latency_rounds") == 2
+        assert value("latency_round_p50_ms") == m["latency_round_p50_ms"]
+        assert row["latency_verdict"] == m["latency_verdict"] and value("peak_mem_mb") == m["peak_mem_mb"]
+    assert list(rows[0])[:6] == ["cell_id", "model", "infer_samples_per_sec", "infer_step_time", "infer_batch_size",
+                                 "infer_img_size"]
+
+
+def test_cli_table_shows_each_cells_p50_and_rounds(run_dir, capsys):
+    assert cli_main(["interleave", str(run_dir), "--rounds", "2", "--min-time-s", "0.02"]) == 0
+    table = capsys.readouterr().out
+    for record in _records(run_dir).values():
+        if "latency" in record["config"]["measure"]:
+            m = record["metrics"]
+            (line,) = [line for line in table.splitlines() if line.startswith(record["cell_id"])]
+            rounds = ", ".join(f"{v:.1f}" for v in m["latency_round_p50_ms"])
+            assert f" {m['latency_ms_p50']:.2f} " in line and rounds in line
+
+
 def test_round_orders_alternate_direction():
     assert inter.round_orders(3, 4) == [[0, 1, 2], [2, 1, 0], [0, 1, 2], [2, 1, 0]]
 
@@ -128,14 +166,15 @@ def test_each_cell_keeps_its_own_memory_figure(tmp_path, monkeypatch):
     assert memory[96]["process_peak_rss_mb"] > memory[96]["peak_mem_mb"]
 
 
-def test_cli_marks_noisy_cells(run_dir, monkeypatch, caplog):
+def test_cli_marks_noisy_cells(run_dir, monkeypatch, caplog, capsys):
     import bench.latency as latency
 
     monkeypatch.setattr(latency, "_loadavg_1min", lambda: 40.0)  # a machine far busier than 1 thread
     with caplog.at_level("INFO"):
         assert cli_main(["interleave", str(run_dir), "--rounds", "2", "--min-time-s", "0.02"]) == 0
     lines = [r.getMessage() for r in caplog.records if r.name == "vtbench.interleave"]
-    cells = [line for line in lines if " p50 " in line]
+    table = capsys.readouterr().out.splitlines()  # the cells: a table on stdout, one line each
+    cells = [line for line in table if line.startswith(tuple(_cell_ids(run_dir)))]
     assert len(cells) == 2 and all("NOISY: " in line and "load 40.00 before > 1 threads + 1" in line for line in cells)
     assert any("2 of 2 cell(s) are noisy" in line for line in lines)
     records = [r for r in _records(run_dir).values() if "latency" in r["config"]["measure"]]

@@ -189,17 +189,18 @@ def test_error_cells_are_rerun_and_their_old_records_superseded(tmp_path):
     assert len(records_of(run_dir)) == 2
 
 
-def test_dry_run_lists_cells_and_writes_nothing(tmp_path, caplog):
+def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys):
     run_dir = tmp_path / "run"
     grid = write_grid(tmp_path)
-    with caplog.at_level("INFO", logger="bench.launch"):
-        result = launch(grid, cluster="local", run_dir=run_dir, dry_run=True)
+    result = launch(grid, cluster="local", run_dir=run_dir, dry_run=True)
     assert len(result.plan.to_run) == 3 and result.job_id is None
     assert not run_dir.exists()
-    listed = [c.cell_id for c in result.plan.to_run]
-    assert all(cell_id in caplog.text for cell_id in listed)
     assert cli_main(["launch", str(grid), "--run-dir", str(run_dir), "--dry-run"]) == 0
     assert not run_dir.exists()
+    out = capsys.readouterr().out  # the cells are on stdout, one line each under the header
+    listed = [c.cell_id for c in result.plan.to_run]
+    lines = out.splitlines()
+    assert all(any(line.startswith(cell_id) and "run (new)" in line for line in lines) for cell_id in listed)
 
 
 def test_bad_grid_exits_2_with_every_problem_on_one_line(tmp_path, capsys):

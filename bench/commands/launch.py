@@ -3,7 +3,14 @@
     vtbench launch experiments/smoke.yaml --wait            # local executor, follow to the end
     vtbench launch experiments/imagenet_repro.yaml --cluster slurm
     vtbench launch experiments/digits_ablation.yaml --dry-run
+    vtbench launch experiments/digits_ablation.yaml --dry-run --format csv > cells.csv
     vtbench launch experiments/token_sweep.yaml --set base.latency.threads=2 --set axes.num_tokens=[8,16]
+
+Prints every cell of the grid on stdout, once it is planned (`--dry-run`) or submitted (else; then
+before following with `--wait`): `--format table` (default) its id, action, job and a short
+description; `json` (JSON lines) and `csv` `cell_id`, `action` (run|skip), `reason` (new, error,
+corrupt; ok record, in flight), `job_id` (null on a dry run and for a skipped cell), `model`,
+`model_args`, `input_size`, `seed`, `measure` (bench.launch.plan_rows). Logs go to stderr.
 
 `--set KEY=VALUE` (repeatable; VALUE is YAML) changes the grid before it is validated, as hydra
 does: `base.KEY` (a cell key, a dotted path into it, or a short name), `axes.NAME` (replaces or
@@ -22,6 +29,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
+
+from bench.commands import common
 
 NAME = "launch"
 HELP = "Launch a grid (experiments/*.yaml) on the local, debug or SLURM executor."
@@ -47,13 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="change the grid without editing it (YAML value; repeatable): base.KEY=VALUE, "
                              "axes.NAME=[V1,V2], resources.KEY=VALUE, include.N.KEY=VALUE")
+    common.add_format(parser, "one line per cell")
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `vtbench launch`."""
     from bench.commands.train import parse_overrides  # the one KEY=VALUE parser of --set (dotted keys)
     from bench.grid import max_cells_allowed
-    from bench.launch import launch
+    from bench.launch import PLAN_FIELDS, launch, plan_rows
 
     overrides = parse_overrides(getattr(args, "overrides", []))
     if overrides:
@@ -61,7 +72,10 @@ def run(args: argparse.Namespace) -> int:
     # bench.launch.launch loads the grid itself and takes no cap; the scoped override reaches it.
     with max_cells_allowed(getattr(args, "max_cells", None)):
         result = launch(args.grid, cluster=args.cluster, run_dir=args.run_dir, dry_run=args.dry_run,
-                        wait=args.wait, overrides=overrides)
+                        wait=args.wait, overrides=overrides,
+                        on_planned=lambda planned: common.emit_rows(
+                            args.format, plan_rows(planned), fields=PLAN_FIELDS,
+                            table=lambda rows: plan_table(rows, jobs=not args.dry_run)))
     if args.dry_run:
         log.info("dry run: %d cell(s) would run, %d skipped; nothing written", len(result.plan.to_run),
                  len(result.plan.done) + len(result.plan.in_flight))
@@ -77,6 +91,15 @@ def run(args: argparse.Namespace) -> int:
     if result.job_id is not None or result.plan.in_flight:
         log.info("follow with: vtbench status %s", result.run_dir)
     return 0
+
+
+def plan_table(rows: list[dict[str, Any]], jobs: bool) -> str:
+    """The cells as a table: id, action (reason), the job given the cell (`jobs`), a short description."""
+    from bench.launch import describe_cell
+
+    shown = [{**row, "action": f"{row['action']} ({row['reason']})", "cell": describe_cell(row)} for row in rows]
+    columns = [("cell_id", "cell", ""), ("action", "action", ""), ("job_id", "job", ""), ("cell", "config", "")]
+    return common.format_table(shown, columns if jobs else columns[:2] + columns[3:])
 
 
 def _elsewhere_note(result) -> str:
