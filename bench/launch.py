@@ -39,6 +39,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -385,8 +386,51 @@ def submit_local_workers(executor: Any, runner: CellRunner, payload: list[dict[s
     (about 65 MB each: a 10,000-cell grid would have needed some 650 GB).
     """
     n_jobs = min(len(payload), max(1, workers))
-    jobs = executor.map_array(CellSequence(runner), [payload[i::n_jobs] for i in range(n_jobs)])
+    with controllers_off_our_stdio(Path(executor.folder) / LOCAL_CONTROLLER_LOG):
+        jobs = executor.map_array(CellSequence(runner), [payload[i::n_jobs] for i in range(n_jobs)])
     return [jobs[i % n_jobs] for i in range(len(payload))]
+
+
+LOCAL_CONTROLLER_LOG = "local_controllers.log"
+
+
+class _ControllerSubprocess:
+    """`subprocess` as submitit's local module sees it while a launch submits: its `Popen` starts
+    the job controller with stdin from /dev/null and stdout and stderr appended to `log`."""
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    def Popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen:  # noqa: N802 - subprocess's name
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        kwargs.setdefault("stdout", self._log)
+        kwargs.setdefault("stderr", subprocess.STDOUT)
+        return subprocess.Popen(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def controllers_off_our_stdio(log_path: Path) -> Iterator[None]:
+    """For the block, submitit's local job controllers start without the launcher's stdio.
+
+    `submitit.local.local.start_controller` starts each controller with `subprocess.Popen(cmd,
+    env=env)`, so it inherits the launcher's stdin, stdout and stderr and holds them until its job
+    ends: `vtbench launch GRID | cat` waited for the whole grid. The workers it starts already write
+    to their own log files; only the controller (and the `local_setup` commands it runs) needs
+    another place, `log_path`. Nothing else in this process is touched.
+    """
+    from submitit.local import local
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    real = local.subprocess
+    with open(log_path, "ab") as log_file:
+        local.subprocess = _ControllerSubprocess(log_file)
+        try:
+            yield
+        finally:
+            local.subprocess = real
 
 
 # --------------------------------------------------------------------------- SIGINT and SIGTERM

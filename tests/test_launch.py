@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -201,6 +203,30 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys):
     listed = [c.cell_id for c in result.plan.to_run]
     lines = out.splitlines()
     assert all(any(line.startswith(cell_id) and "run (new)" in line for line in lines) for cell_id in listed)
+
+
+def test_a_piped_local_launch_returns_once_submitted(tmp_path):
+    """`vtbench launch GRID | cat` ends when the launcher does, not when the local jobs do: they do
+    not hold its stdout (bench.launch.controllers_off_our_stdio). The cell still runs to its record."""
+    run_dir = tmp_path / "run"
+    # One training cell that sleeps 2 s a step (the digits set is 6 steps of 256): it outlives the launcher.
+    grid = tmp_path / "piped.yaml"
+    grid.write_text(yaml.safe_dump({
+        "name": "piped", "resources": {"timeout_min": 10},
+        "base": {"model": TINY, "model_args": {"num_classes": 10, "sleep_ms": 2000}, "measure": ["train"],
+                 "input_size": 8, "train": tiny_train()}}))
+    command = f"{sys.executable} -m bench launch {grid} --run-dir {run_dir} --format json | cat"
+    done = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    records = run_dir / "records"
+    assert not list(records.glob("*.json")), "the pipe stayed open until the cell had finished"
+    (row,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert row["action"] == "run" and row["job_id"] and "Traceback" not in done.stderr
+    assert (run_dir / "submitit" / "local_controllers.log").exists()
+    deadline = time.monotonic() + 240
+    while not (records / f"{row['cell_id']}.json").exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert read_record(records / f"{row['cell_id']}.json")["status"] == "ok"
 
 
 def test_bad_grid_exits_2_with_every_problem_on_one_line(tmp_path, capsys):

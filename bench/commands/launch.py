@@ -10,7 +10,9 @@ Prints every cell of the grid on stdout, once it is planned (`--dry-run`) or sub
 before following with `--wait`): `--format table` (default) its id, action, job and a short
 description; `json` (JSON lines) and `csv` `cell_id`, `action` (run|skip), `reason` (new, error,
 corrupt; ok record, in flight), `job_id` (null on a dry run and for a skipped cell), `model`,
-`model_args`, `input_size`, `seed`, `measure` (bench.launch.plan_rows). Logs go to stderr.
+`model_args`, `input_size`, `seed`, `measure` (bench.launch.plan_rows). Logs go to stderr. Local
+jobs hold none of the launcher's stdio (their controllers write to RUN_DIR/submitit/
+local_controllers.log): `vtbench launch GRID | cat` returns once the cells are submitted.
 
 `--set KEY=VALUE` (repeatable; VALUE is YAML) changes the grid before it is validated, as hydra
 does: `base.KEY` (a cell key, a dotted path into it, or a short name), `axes.NAME` (replaces or
