@@ -52,16 +52,16 @@ log = logging.getLogger("bench.speed")
 PAIRS = {"r18": ("resnet18", "vt_resnet18"), "r50": ("resnet50", "vt_resnet50"), "fpn": ("fpn_r50", "vt_fpn_r50")}
 INPUT_SIZE = 224
 INPUT_SIZES = {"fpn_r50": 473, "vt_fpn_r50": 473}  # the paper's semantic-segmentation size (Table 6)
-
-
-def input_size(name: str) -> int:
-    """The side of the square input a model of the study is timed at."""
-    return INPUT_SIZES.get(name, INPUT_SIZE)
 CPU_DEFAULTS = dict(batch_sizes=[1, 32], modes=["eager"], dtype="fp32", device="cpu", out="results/speed_cpu")
 GPU_DEFAULTS = dict(batch_sizes=[1, 64, 256], modes=["eager", "compile", "cuda_graphs"], dtype="bf16",
                     device="cuda", out="results/speed_gpu")
 DEFAULT_PAIRS = ("r18", "r50")
 MODE_OPTIONS = {"eager": {}, "compile": {"compile_mode": "default"}, "cuda_graphs": {"cuda_graphs": True}}
+
+
+def input_size(name: str) -> int:
+    """The side of the square input a model of the study is timed at."""
+    return INPUT_SIZES.get(name, INPUT_SIZE)
 
 
 # ------------------------------------------------------------------------------ models ------
