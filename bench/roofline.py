@@ -16,41 +16,17 @@ shared or throttled machine reaches less of it.
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _time_cuda(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
-    """Median seconds of `fn` over `reps` runs, CUDA events around each, after 3 warm-ups."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize(device)
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1000.0)
-    return statistics.median(times)
-
-
-def _time_cpu(fn: Callable[[], Any], reps: int) -> float:
-    """Median seconds of `fn` over `reps` runs (perf_counter), after one warm-up."""
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _median_time(run_once: Callable[[], float], reps: int, warmups: int) -> float:
+    """Median seconds of `run_once` (a bench.latency timer) over `reps` runs, after `warmups`."""
+    for _ in range(warmups):
+        run_once()
+    return statistics.median(run_once() for _ in range(reps))
 
 
 def measure_peak(device: str | torch.device = "cpu", dtype: str = "fp32", *, threads: int | None = None,
@@ -60,7 +36,7 @@ def measure_peak(device: str | torch.device = "cpu", dtype: str = "fp32", *, thr
     Defaults: n = 8192 and a 2 GiB copy on CUDA; n = 2048 and a 256 MiB copy on the CPU (each
     larger than the caches of the machines this project runs on).
     """
-    from bench.latency import fixed_threads
+    from bench.latency import DTYPES, _cuda_timer, _wall_timer, fixed_threads
 
     dev = torch.device(device)
     torch_dtype = DTYPES[dtype]
@@ -73,9 +49,11 @@ def measure_peak(device: str | torch.device = "cpu", dtype: str = "fp32", *, thr
     src = torch.randn(copy_bytes // 4, device=dev, generator=generator)
     dst = torch.empty_like(src)
     with fixed_threads(threads or torch.get_num_threads()):
-        timer = (lambda fn: _time_cuda(fn, dev, reps)) if cuda else (lambda fn: _time_cpu(fn, reps))
-        gemm_s = timer(lambda: torch.mm(a, b))
-        copy_s = timer(lambda: dst.copy_(src))
+        def timed(fn: Callable[[], Any]) -> float:  # the same timers as every latency measurement
+            return _median_time(_cuda_timer(fn, dev) if cuda else _wall_timer(fn), reps, warmups=3 if cuda else 1)
+
+        gemm_s = timed(lambda: torch.mm(a, b))
+        copy_s = timed(lambda: dst.copy_(src))
     return {
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if cuda else "cpu",
@@ -133,8 +111,8 @@ def operator_costs(model: nn.Module, input_size: int, batch_size: int = 1,
     """Every non-view operator of one forward, attributed to its top-level stage, and each stage's
     fused minimum bytes (its weights, its input and its output, each moved once).
 
-    The model may live on the meta device (shapes only). Float tensors are counted at `float_bytes` per element (2: bf16 as on the GPU studies), other
-    tensors at their own size. FLOPs are FlopCounterMode's formulas with vtbench's extra handles
+    The model may live on the meta device (shapes only). Float tensors are counted at `float_bytes`
+    per element (2: bf16 as on the GPU studies), other tensors at their own size. FLOPs are FlopCounterMode's formulas with vtbench's extra handles
     (bench.complexity): matrix products and convolutions; other operators count 0 FLOPs and their
     bytes. Views move nothing and are skipped; each remaining operator is one kernel in eager mode.
     """

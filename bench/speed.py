@@ -475,9 +475,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                             size=input_size(name))
     peak = combined_ceiling(peak_start, _measure_ceilings(args, "end"))
     add_fractions(summaries, peak)
-    stage_rates = {key: {stage: achieved(macs[name][f"gmacs_{stage}"], batch, ms, peak)
-                         for stage, ms in stages[key].items() if f"gmacs_{stage}" in macs[name]}
-                   for key, (name, batch) in ((key, _stage_key_parts(key)) for key in stages)}
+    stage_rates = rates_of_stages(stages, macs, peak)
     env_end = machine(args.device, args.threads)
     md = markdown(summaries, stages, env_start, env_end, args, peak, stage_rates)
     raw = {"env": env_start, "env_end": env_end, "peak": peak, "stage_rates": stage_rates,
@@ -501,9 +499,7 @@ def render(out: Path) -> list[dict[str, Any]]:
             summaries.append({"device": args.device, "dtype": args.dtype, "mode": mode, "batch": int(batch), **summary})
     add_fractions(summaries, peak)
     stages = raw.get("stages_ms") or {}
-    stage_rates = {key: {stage: achieved(macs[name][f"gmacs_{stage}"], batch, ms, peak)
-                         for stage, ms in stages[key].items() if f"gmacs_{stage}" in macs[name]}
-                   for key, (name, batch) in ((key, _stage_key_parts(key)) for key in stages)}
+    stage_rates = rates_of_stages(stages, macs, peak)
     raw.update(summaries=summaries, stage_rates=stage_rates)
     write_outputs(out, summaries, raw, markdown(summaries, stages, raw["env"], raw["env_end"], args, peak, stage_rates))
     return summaries
@@ -550,6 +546,17 @@ def all_stage_times(models: dict[str, nn.Module], args: argparse.Namespace) -> d
                 model, batch, iters=iters, threads=args.threads, size=input_size(name), device=args.device,
                 dtype=args.dtype, channels_last=args.channels_last)
     return stages
+
+
+def rates_of_stages(stages: dict[str, dict[str, float]], macs: dict[str, dict[str, Any]],
+                    peak: dict[str, Any] | None) -> dict[str, dict[str, dict[str, float]]]:
+    """Achieved TFLOP/s (and fraction of `peak`) of every timed stage, from its executed MACs."""
+    rates = {}
+    for key, times in stages.items():
+        name, batch = _stage_key_parts(key)
+        rates[key] = {stage: achieved(macs[name][f"gmacs_{stage}"], batch, ms, peak)
+                      for stage, ms in times.items() if f"gmacs_{stage}" in macs[name]}
+    return rates
 
 
 def _stage_key(name: str, batch: int) -> str:
