@@ -19,8 +19,11 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import pandas as pd
 import torch
 from torch import nn
+
+from bench.tables import markdown_table
 
 def _median_time(run_once: Callable[[], float], reps: int, warmups: int) -> float:
     """Median seconds of `run_once` (a bench.latency timer) over `reps` runs, after `warmups`."""
@@ -281,32 +284,33 @@ def markdown(rows: list[dict[str, Any]], devices: dict[str, tuple[float, float, 
              "`fused` = max(FLOPs / peak, (weights + input + output) / bandwidth), one perfect kernel; "
              "`eager` = sum over operators of max(FLOPs / peak, bytes / bandwidth), each operator one kernel "
              f"at its roofline; `launch` = kernels x {LAUNCH_US:g} µs, the floor of eager launches. "
-             "Times below are in µs.", "", "| device | bf16 TFLOP/s | TB/s | ridge FLOP/B | source |",
-             "| --- | ---: | ---: | ---: | --- |"]
-    for name, (tflops, tb_s, source) in devices.items():
-        lines.append(f"| {name} | {tflops:.4g} | {tb_s:.4g} | {tflops / tb_s:.0f} | {source} |")
+             "Times below are in µs.", ""]
+    lines.append(markdown_table(pd.DataFrame([
+        {"device": name, "bf16 TFLOP/s": f"{tflops:.4g}", "TB/s": f"{tb_s:.4g}", "ridge FLOP/B": f"{tflops / tb_s:.0f}",
+         "source": source} for name, (tflops, tb_s, source) in devices.items()])).rstrip("\n"))
     if measured_device:
         lines += ["", f"Measured beside the bounds: `{measured_device}` rows carry the eager per-stage times of "
                   f"`{measured_source}` (CUDA events at stage hooks), and the 'measured / eager bound' column."]
-    header = ("| model | batch | stage | GFLOP | MB eager (fused) | kernels | FLOP/B | "
-              + " | ".join(f"{d} eager (fused)" for d in names) + " | launch | measured | measured / eager bound |")
-    lines += ["", header, "|" + " --- |" * 3 + " ---: |" * (5 + len(names) + 2)]
     by_key: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in rows:
         by_key.setdefault((r["model"], r["batch"], r["stage"]), {})[r["device"]] = r
+    table = []
     for (model, batch, stage), per_device in by_key.items():
         if stage not in KEY_STAGES:
             continue
-        any_row = next(iter(per_device.values()))
+        first = next(iter(per_device.values()))
         measured = per_device.get(measured_device, {}) if measured_device else {}
-        lines.append(
-            f"| {model} | {batch} | {stage} | {any_row['gflop']:.3g} | {any_row['mb']:.3g} ({any_row['fused_mb']:.3g}) "
-            f"| {any_row['kernels']} | {any_row['intensity']:.3g} | "
-            + " | ".join(f"{1e3 * per_device[d]['unfused_ms']:.3g} ({1e3 * per_device[d]['fused_ms']:.3g})"
-                         for d in names if d in per_device)
-            + f" | {1e3 * any_row['launch_ms']:.3g} | "
-            + (f"{1e3 * measured['measured_ms']:.3g} | {measured['measured_over_unfused']:.1f}x |"
-               if measured.get("measured_ms") is not None else "- | - |"))
+        table.append({
+            "model": model, "batch": str(batch), "stage": stage, "GFLOP": f"{first['gflop']:.3g}",
+            "MB eager (fused)": f"{first['mb']:.3g} ({first['fused_mb']:.3g})", "kernels": str(first["kernels"]),
+            "FLOP/B": f"{first['intensity']:.3g}",
+            **{f"{d} eager (fused)": f"{1e3 * per_device[d]['unfused_ms']:.3g} ({1e3 * per_device[d]['fused_ms']:.3g})"
+               for d in names if d in per_device},
+            "launch": f"{1e3 * first['launch_ms']:.3g}",
+            "measured": f"{1e3 * measured['measured_ms']:.3g}" if measured.get("measured_ms") is not None else "-",
+            "measured / eager bound": f"{measured['measured_over_unfused']:.1f}x"
+            if measured.get("measured_ms") is not None else "-"})
+    lines += ["", markdown_table(pd.DataFrame(table)).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

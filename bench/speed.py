@@ -41,11 +41,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import pandas as pd
 import torch
 from torch import nn
 
 from bench.errors import UsageError
 from bench.roofline import achieved, measure_peak
+from bench.tables import markdown_table
 
 log = logging.getLogger("bench.speed")
 
@@ -291,6 +293,23 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return format(value, spec) if isinstance(value, float) else str(value)
 
 
+def _summary_cells(s: dict[str, Any]) -> dict[str, str]:
+    """One row of the ratio table, as text (an error row keeps every column)."""
+    ok = "error" not in s
+    return {
+        "batch": str(s["batch"]), "mode": s["mode"], "baseline": s["baseline"], "VT model": s["vt_model"],
+        "baseline p50 ms [p20-p80]": f"{s['base_ms_p50']:.2f} [{s['base_ms_p20']:.2f}-{s['base_ms_p80']:.2f}]"
+        if ok else f"error: {s['error']}",
+        "VT p50 ms [p20-p80]": f"{s['vt_ms_p50']:.2f} [{s['vt_ms_p20']:.2f}-{s['vt_ms_p80']:.2f}]" if ok else "-",
+        "latency ratio [min-max]": f"**{s['latency_ratio']:.3f}** [{s['latency_ratio_min']:.3f}-"
+                                   f"{s['latency_ratio_max']:.3f}]" if ok else "-",
+        "MACs ratio": f"{s['macs_ratio']:.3f}", "params ratio": f"{s['params_ratio']:.3f}",
+        "target": (s.get("target_verdict") or target_verdict(s)) if ok else "-",
+        "TFLOP/s base / VT (% of peak)": f"{_rate(s, 'base')} / {_rate(s, 'vt')}",
+        "first call s, base / VT": f"{_fmt(s.get('base_first_call_s'), '.2f')} / {_fmt(s.get('vt_first_call_s'), '.2f')}",
+    }
+
+
 def _rate(summary: dict[str, Any], side: str) -> str:
     """'12.3 (4.5 %)': achieved TFLOP/s and its fraction of the measured peak, where known."""
     tflops, fraction = summary.get(f"{side}_tflops"), summary.get(f"{side}_fraction_of_peak")
@@ -322,49 +341,29 @@ def markdown(summaries: list[dict[str, Any]], stages: dict[str, dict[str, float]
         "round agrees, else 'not resolved'. A round whose measurement judged itself noisy (bench.latency: "
         "warm-up not settled or p80/p20 spread wide) is counted beside the verdict.",
         "",
-        "| batch | mode | baseline | VT model | baseline p50 ms [p20-p80] | VT p50 ms [p20-p80] | latency ratio [min-max] "
-        "| MACs ratio | params ratio | target | TFLOP/s base / VT (% of peak) | first call s, base / VT |",
-        "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |",
     ]
     if peak:
-        lines[-3:-3] = [f"- measured ceilings ({peak['dtype']}, same device and threads): GEMM {peak['gemm_n']}^3 "
+        lines[-1:-1] = [f"- measured ceilings ({peak['dtype']}, same device and threads): GEMM {peak['gemm_n']}^3 "
                         f"{peak['gemm_tflops']:.3g} TFLOP/s, copy {peak['copy_mib']} MiB {peak['copy_gb_s']:.4g} GB/s "
-                        f"(read + write); ridge {peak['ridge_flop_per_byte']:.3g} FLOP/byte{_start_end(peak)}. Achieved TFLOP/s "
-                        "= 2 x MACs x batch / p50."]
-    for s in summaries:
-        if "error" in s:
-            lines.append(f"| {s['batch']} | {s['mode']} | {s['baseline']} | {s['vt_model']} | error: {s['error']} "
-                         f"| | | {s['macs_ratio']:.3f} | {s['params_ratio']:.3f} | - |")
-            continue
-        lines.append(
-            f"| {s['batch']} | {s['mode']} | {s['baseline']} | {s['vt_model']} "
-            f"| {s['base_ms_p50']:.2f} [{s['base_ms_p20']:.2f}-{s['base_ms_p80']:.2f}] "
-            f"| {s['vt_ms_p50']:.2f} [{s['vt_ms_p20']:.2f}-{s['vt_ms_p80']:.2f}] "
-            f"| **{s['latency_ratio']:.3f}** [{s['latency_ratio_min']:.3f}-{s['latency_ratio_max']:.3f}] "
-            f"| {s['macs_ratio']:.3f} | {s['params_ratio']:.3f} | {s.get('target_verdict') or target_verdict(s)} "
-            f"| {_rate(s, 'base')} / {_rate(s, 'vt')} | {_fmt(s.get('base_first_call_s'), '.2f')} / "
-            f"{_fmt(s.get('vt_first_call_s'), '.2f')} |")
+                        f"(read + write); ridge {peak['ridge_flop_per_byte']:.3g} FLOP/byte{_start_end(peak)}. "
+                        "Achieved TFLOP/s = 2 x MACs x batch / p50."]
+    lines.append(markdown_table(pd.DataFrame([_summary_cells(s) for s in summaries])).rstrip("\n"))
     if stages:
-        lines += ["", "## Where the time goes: median time per stage (ms, forward hooks, same process; CUDA events on a GPU)", ""]
-        names = list(stages)
         from bench.commands.profile import STAGE_ORDER
 
-        seen = list(dict.fromkeys(st for name in names for st in stages[name]))
+        seen = list(dict.fromkeys(st for times in stages.values() for st in times))
         all_stages = [st for st in STAGE_ORDER if st in seen] + [st for st in seen if st not in STAGE_ORDER]
-        lines.append("| model, batch | " + " | ".join(all_stages) + " |")
-        lines.append("| --- |" + " ---: |" * len(all_stages))
-        for name in names:
-            total = sum(stages[name].values())
-            lines.append(f"| {name} | " + " | ".join(
-                f"{stages[name][st]:.2f} ({100 * stages[name][st] / total:.0f}%)" if st in stages[name] else "-"
-                for st in all_stages) + " |")
+        shares = [{"model, batch": key, **{st: f"{times[st]:.2f} ({100 * times[st] / sum(times.values()):.0f}%)"
+                                           if st in times else "-" for st in all_stages}}
+                  for key, times in stages.items()]
+        lines += ["", "## Where the time goes: median time per stage (ms, forward hooks, same process; CUDA events "
+                  "on a GPU)", "", markdown_table(pd.DataFrame(shares)).rstrip("\n")]
         if stage_rates:
+            rates = [{"model, batch": key, **{st: _stage_rate(stage_rates.get(key, {}).get(st)) for st in all_stages}}
+                     for key in stages]
             lines += ["", "Achieved TFLOP/s per stage (2 x the stage's executed MACs x batch / its median time)"
                       + (", with the fraction of the measured GEMM ceiling" if peak else "") + ":", "",
-                      "| model, batch | " + " | ".join(all_stages) + " |", "| --- |" + " ---: |" * len(all_stages)]
-            for name in names:
-                rates = stage_rates.get(name, {})
-                lines.append(f"| {name} | " + " | ".join(_stage_rate(rates.get(st)) for st in all_stages) + " |")
+                      markdown_table(pd.DataFrame(rates)).rstrip("\n")]
     over = ceiling_exceeded(summaries, stage_rates or {})
     if over:
         lines += ["", f"**WARNING: {len(over)} figure(s) above 100 % of the measured GEMM ceiling** ({', '.join(over[:6])}"

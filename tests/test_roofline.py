@@ -159,3 +159,16 @@ def test_committed_h200_measurements_never_beat_their_bounds():
                          "fused_ms": float(row["fused_ms"])})
     assert len(rows) >= 60, len(rows)
     assert violations(rows) == []
+
+
+def test_an_error_row_of_the_speed_table_keeps_every_column():
+    """The ratio table used to print an error row with 10 cells under 12 headers."""
+    from bench.speed import _summary_cells
+
+    ok = {"batch": 1, "mode": "eager", "baseline": "a", "vt_model": "b", "base_ms_p50": 2.0, "base_ms_p20": 1.0,
+          "base_ms_p80": 3.0, "vt_ms_p50": 1.0, "vt_ms_p20": 0.5, "vt_ms_p80": 1.5, "latency_ratio": 0.5,
+          "latency_ratio_min": 0.4, "latency_ratio_max": 0.6, "macs_ratio": 0.8, "params_ratio": 1.0, "rounds": 3}
+    error = {"batch": 1, "mode": "eager", "baseline": "a", "vt_model": "b", "macs_ratio": 0.8, "params_ratio": 1.0,
+             "error": "OutOfMemory: x"}
+    assert list(_summary_cells(ok)) == list(_summary_cells(error))
+    assert _summary_cells(ok)["target"] == "met" and _summary_cells(error)["baseline p50 ms [p20-p80]"].startswith("error")
