@@ -17,8 +17,9 @@ All numbers are MACs per image, reported as `gmacs*`. Which counter produced whi
   never reads) is missing from it.
 - `gmacs_fvcore`: fvcore's plain total on the same trace, which also counts batch/group norm, pooling
   and upsampling, plus the handles registered here for ops fvcore leaves at zero: softmax (one per
-  element), max-pooling and mean (one per input element), additions, multiplications and divisions
-  (residuals, scaled logits: one per output element).
+  element), max-pooling and mean (one per input element), additions, subtractions, multiplications,
+  divisions, powers and reciprocal square roots (residuals, scaled logits, the `centered` numerics'
+  token and pixel scalings: one per output element).
 - `counter_gap_pct` = (traced - executed) / executed * 100, signed; `counter_agree` is |gap| <= 0.5 %.
   When the counters disagree, `counter_warning` says so in one line and it is logged as a WARNING.
 - Fused attention: under eval + no_grad, `nn.MultiheadAttention` and `nn.TransformerEncoderLayer` take
@@ -95,6 +96,9 @@ EXTRA_HANDLES = {
     "aten::mul_": elementwise_flop_counter(0, 1),
     "aten::div": elementwise_flop_counter(0, 1),
     "aten::div_": elementwise_flop_counter(0, 1),
+    "aten::sub": elementwise_flop_counter(0, 1),
+    "aten::pow": elementwise_flop_counter(0, 1),
+    "aten::rsqrt": elementwise_flop_counter(0, 1),
 }
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
+from models.layers import DEFAULT_NUMERICS
 from models.projector import Projector
 from models.resnet import make_stem, stage_channels, torchvision_trunk
 from models.tokenizers import make_tokenizer
@@ -58,13 +59,14 @@ class VTFPN(nn.Module):
         proj_channels: projector query/key width d (default C).
         proj_groups: groups of the per-pixel W_Q (default 16).
         kmeans_iters: Lloyd iterations of the clustering tokenizer.
-        numerics: `appendix` (scaled logits, documented init) or `iccv`; see `models.layers.NUMERICS`.
+        numerics: `centered` (the default), `appendix` or `iccv`; see `models.layers.NUMERICS` (VT-FPN
+            has filter tokenizers and value maps, so `centered` and `appendix` build the same model).
     """
 
     def __init__(self, in_channels_list: list[int], out_channels: int = 256, *, num_tokens: int = 8,
                  token_channels: int = 1024, tokenizer: str = "filter", transformer: str = "paper",
                  transformer_kwargs: dict | None = None, projector: bool = True, proj_channels: int | None = None,
-                 proj_groups: int = 16, kmeans_iters: int = 3, numerics: str = "appendix"):
+                 proj_groups: int = 16, kmeans_iters: int = 3, numerics: str = DEFAULT_NUMERICS):
         super().__init__()
         if not projector:
             raise ValueError("VT-FPN needs its projectors: without them the tokens would never be read")

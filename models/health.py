@@ -1,8 +1,8 @@
 """Init health of a VT model: is its attention alive, are its tokens distinct, does every weight learn?
 
 `init_health(model, images, targets)` runs one forward and backward pass in train mode (the state
-of step 0 of training) and returns, per tokenizer, the mean peak attention over pixels and the
-largest cosine between two of its tokens; per token-space submodule (each tokenizer, transformer
+of step 0 of training) and returns, per tokenizer, the mean peak attention over pixels, the
+largest cosine between two of its tokens and the fraction of token pairs above a cosine of 0.99; per token-space submodule (each tokenizer, transformer
 and projector) the gradient norm; and the initial cross-entropy. tests/test_init_health.py holds
 every registered VT model to the bars of issue 10; `vtbench`-free, pure torch.
 """
@@ -20,12 +20,17 @@ from models.projector import Projector
 from models.tokenizers import Tokenizer
 
 
+DUPLICATE_COSINE = 0.99
+"""Two tokens above this cosine are counted as one token repeated (issue 10's bar)."""
+
+
 @dataclasses.dataclass
 class InitHealth:
     """What one step-0 pass shows; lists are in call order (tokenizers) or module order."""
 
     peak_attention: list[float]
     max_token_cosine: list[float]
+    duplicate_pair_fraction: list[float]
     recurrent: list[bool]
     grad_norms: dict[str, float]
     zero_grad_weights: list[str]
@@ -66,6 +71,7 @@ def init_health(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -
     return InitHealth(
         peak_attention=[attn.detach().max(dim=-1).values.mean().item() for _, attn in outputs],
         max_token_cosine=[max_pairwise_cosine(tokens.detach()) for tokens, _ in outputs],
+        duplicate_pair_fraction=[duplicate_pair_fraction(tokens.detach()) for tokens, _ in outputs],
         recurrent=[t.recurrent for t in tokenizers],
         grad_norms={name: _grad_norm(m) for name, m in modules.items()},
         zero_grad_weights=[f"{name}.{p}" for name, m in modules.items() for p, w in m.named_parameters()
@@ -81,6 +87,14 @@ def max_pairwise_cosine(tokens: torch.Tensor) -> float:
     cos = unit @ unit.transpose(1, 2)
     eye = torch.eye(cos.shape[-1], dtype=torch.bool, device=cos.device)
     return cos.masked_fill(eye, -1.0).max().item()
+
+
+def duplicate_pair_fraction(tokens: torch.Tensor, cosine: float = DUPLICATE_COSINE) -> float:
+    """Fraction of the (sample, i < j) token pairs whose cosine is above `cosine`; tokens (B, L, C)."""
+    unit = F.normalize(tokens, dim=-1)
+    cos = unit @ unit.transpose(1, 2)
+    pairs = torch.triu(torch.ones_like(cos[0], dtype=torch.bool), diagonal=1)
+    return (cos[:, pairs] > cosine).float().mean().item() if pairs.any() else 0.0
 
 
 def _grad_norm(module: nn.Module) -> float:

@@ -72,27 +72,73 @@ def _from_conv1d_weight(state_dict, prefix, *args) -> None:
         state_dict[prefix + "weight"] = weight.squeeze(-1)  # (C_out, C_in): nn.Linear's layout
 
 
-NUMERICS = ("appendix", "iccv")
-"""How the VT module's softmax logits are scaled and its token-space weights initialised.
+NUMERICS = ("centered", "appendix", "iccv")
+"""How the VT module's softmax logits are scaled, its token-space weights initialised, and whether
+two parameter-free centering steps of vtbench's own are on. The default is `centered`.
 
-- `appendix` (the default, the one that trains): every attention logit is divided by sqrt(d), d the
-  width of the dot product it comes from, as in the arXiv appendix (and in every transformer since
-  Vaswani et al.); the token-space weights get the documented init of `models.init` (attention
-  weights of unit gain, a small classifier), so that no softmax is saturated at step 0.
+- `appendix`: every attention logit is divided by sqrt(d), d the width of the dot product it comes
+  from, as in the arXiv appendix (and in every transformer since Vaswani et al.); the token-space
+  weights get the documented init of `models.init` (attention weights of unit gain, a small
+  classifier), so that no softmax is saturated at step 0. Left at that, two collapses remain at
+  init (measured on random 224x224 input, tests/test_init_health.py): the recurrent tokenizers'
+  tokens are near-identical (pairwise cosine > 0.999), and with C_T = C (VT-ResNet-50/101) the
+  projectors make the map's pixels alike (mean pixel cosine 0.32 -> 0.83 -> 0.98 over modules 1-3),
+  which starves module 2's projector of gradient.
+- `centered` (the default, the one that trains): `appendix` plus two steps that are not in the
+  paper, chosen here for those two measured collapses; neither has a parameter or a MAC:
+  1. the recurrent tokenizer builds its filters from each incoming token's deviation from the
+     tokens' mean, scaled to unit RMS per token (`token_deviations`): W_R = dev(T_in) W_{T->R},
+     and dots them with the pixels scaled to unit RMS (`unit_rms_pixels`; the values averaged
+     are the pixels as they are). The tokens' shared part gives every new token the same filter,
+     and so the same attention (a per-pixel bias the softmax over HW does not cancel); a pixel of
+     large norm gets the largest logits of many filters at once, and so several tokens. Both
+     scalings are the query/key normalisation of QK-normalised attention (Swin V2's cosine
+     attention; Dehghani et al. 2023, ViT-22B), with W_{T->R}'s scale as the temperature.
+  2. a projector without a value map (C_T = C, where the ICCV projector adds the tokens themselves)
+     adds the tokens' deviations from their mean: since its attention sums to one over L, the
+     mean token would be added unchanged to every pixel of the sample. With a value map W_V
+     (C_T != C) nothing changes: W_V's small init (`models.init.VALUE_GAIN`) already starts that
+     term small, and W_V can learn it.
 - `iccv`: the ICCV equations (1-5) taken literally, no scaling, PyTorch's default init. At 224x224
   this collapses the recurrent tokenizers of VT-ResNet-34/50/101 onto one pixel and leaves their
   K, Q and W_{T->R} without gradient (tests/test_init_health.py shows it); kept to reproduce the
   equations as printed.
+
+Results committed before `centered` existed (2026-12-04) were trained with `appendix`, then the
+default; their NOTES say so.
 """
+
+DEFAULT_NUMERICS = "centered"
 
 
 def check_numerics(numerics: str) -> str:
-    """Validate a `numerics` choice (`appendix` or `iccv`)."""
+    """Validate a `numerics` choice (`centered`, `appendix` or `iccv`)."""
     if numerics not in NUMERICS:
         raise ValueError(f"unknown numerics {numerics!r}; choose from {', '.join(NUMERICS)}")
     return numerics
 
 
+def is_scaled(numerics: str) -> bool:
+    """Whether logits are divided by sqrt(d) and weights get `models.init`'s init (all but `iccv`)."""
+    return check_numerics(numerics) != "iccv"
+
+
 def logit_scale(width: int, numerics: str) -> float:
-    """The factor on a softmax's logits: 1/sqrt(width) (`appendix`) or 1 (`iccv`, the equations as printed)."""
-    return width ** -0.5 if check_numerics(numerics) == "appendix" else 1.0
+    """The factor on a softmax's logits: 1/sqrt(width) (`centered`, `appendix`) or 1 (`iccv`, as printed)."""
+    return width ** -0.5 if is_scaled(numerics) else 1.0
+
+
+def token_deviations(tokens: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Each token's deviation from the mean of its sample's tokens, at unit RMS per token; (B, L, C).
+
+    `numerics="centered"` step 1 (see NUMERICS). With a single token, or identical tokens, the
+    deviations are zero and stay zero (no division by zero): the filters are then zero and the
+    attention uniform.
+    """
+    deviations = tokens - tokens.mean(dim=1, keepdim=True)
+    return deviations * torch.rsqrt(deviations.pow(2).mean(dim=-1, keepdim=True) + eps)
+
+
+def unit_rms_pixels(x_flat: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Each pixel of (B, C, HW) scaled to unit RMS over its C channels (`centered` step 1's keys)."""
+    return x_flat * torch.rsqrt(x_flat.pow(2).mean(dim=1, keepdim=True) + eps)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from models.init import VALUE_GAIN, init_projection
-from models.layers import check_numerics, logit_scale, token_linear
+from models.layers import DEFAULT_NUMERICS, check_numerics, is_scaled, logit_scale, token_linear
 
 
 class Projector(nn.Module):
@@ -29,11 +29,13 @@ class Projector(nn.Module):
         token_channels: token channels C_T.
         channels: query/key width d (default C).
         groups: groups of the per-pixel query convolution W_Q (default 1).
-        numerics: `appendix` (logits / sqrt(d), unit-gain W_Q and W_K) or `iccv` (eq. 5 as printed).
+        numerics: `centered` (the default: `appendix`, and without a value map the tokens' deviations
+            from their mean are added, `models.layers.NUMERICS` step 2), `appendix` (logits / sqrt(d),
+            unit-gain W_Q and W_K, W_V of gain `VALUE_GAIN`) or `iccv` (eq. 5 as printed).
     """
 
     def __init__(self, in_channels: int, token_channels: int, channels: int | None = None, groups: int = 1,
-                 numerics: str = "appendix"):
+                 numerics: str = DEFAULT_NUMERICS):
         super().__init__()
         d = channels or in_channels
         if in_channels % groups or d % groups:
@@ -42,7 +44,8 @@ class Projector(nn.Module):
         self.w_k = token_linear(token_channels, d)  # W_K, per token
         self.w_v = token_linear(token_channels, in_channels) if token_channels != in_channels else None
         self.scale = logit_scale(d, check_numerics(numerics))
-        if numerics == "appendix":
+        self.center_values = numerics == "centered" and self.w_v is None
+        if is_scaled(numerics):
             init_projection(self.w_q.weight)
             init_projection(self.w_k.weight)
             if self.w_v is not None:
@@ -54,4 +57,6 @@ class Projector(nn.Module):
         k = self.w_k(tokens)  # (B, L, d) = T W_K
         attention = (torch.bmm(k, q) * self.scale).softmax(dim=1)  # (B, L, HW), softmax over L
         values = self.w_v(tokens) if self.w_v is not None else tokens  # (B, L, C)
+        if self.center_values:  # the mean token would reach every pixel alike (NUMERICS, step 2)
+            values = values - values.mean(dim=1, keepdim=True)
         return x + torch.bmm(values.transpose(1, 2), attention).view_as(x)  # (A^T T)^T, NCHW

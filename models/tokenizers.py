@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.init import ADAPTER_GAIN, RECURRENT_GAIN, init_projection, init_query_vectors
-from models.layers import check_numerics, logit_scale, token_linear
+from models.init import ADAPTER_GAIN, CENTERED_RECURRENT_GAIN, RECURRENT_GAIN, init_projection, init_query_vectors
+from models.layers import (DEFAULT_NUMERICS, check_numerics, is_scaled, logit_scale, token_deviations, token_linear,
+                           unit_rms_pixels)
 
 TOKENIZERS = ("filter", "recurrent", "pooling", "clustering")
 
@@ -37,7 +38,7 @@ class Tokenizer(nn.Module):
 
     recurrent: bool = False
 
-    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, numerics: str = "appendix"):
+    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, numerics: str = DEFAULT_NUMERICS):
         super().__init__()
         if num_tokens < 1:
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
@@ -50,7 +51,7 @@ class Tokenizer(nn.Module):
         self.adapter = (
             token_linear(in_channels, token_channels) if token_channels != in_channels else None
         )
-        if self.adapter is not None and self.numerics == "appendix":
+        if self.adapter is not None and is_scaled(numerics):
             init_projection(self.adapter.weight, ADAPTER_GAIN)
 
     def _aggregate(self, x_flat: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,15 +70,15 @@ class FilterTokenizer(Tokenizer):
         in_channels: feature channels C.
         token_channels: token channels C_T (an adapter C -> C_T is added when they differ).
         num_tokens: number of tokens L.
-        numerics: `appendix` (logits / sqrt(C), unit-gain W_A) or `iccv` (eq. 1 as printed);
-            see `models.layers.NUMERICS`.
+        numerics: `centered` or `appendix` (logits / sqrt(C), W_A of gain `FILTER_GAIN`; the two
+            are the same here) or `iccv` (eq. 1 as printed); see `models.layers.NUMERICS`.
     """
 
-    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, numerics: str = "appendix"):
+    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, numerics: str = DEFAULT_NUMERICS):
         super().__init__(in_channels, token_channels, num_tokens, numerics)
         self.w_a = nn.Conv2d(in_channels, num_tokens, 1, bias=False)  # W_A in R^{C x L}
         self.scale = logit_scale(in_channels, numerics)
-        if numerics == "appendix":
+        if is_scaled(numerics):
             init_query_vectors(self.w_a.weight)
 
     def forward(self, x: torch.Tensor, tokens_in: torch.Tensor | None = None):
@@ -95,14 +96,18 @@ class RecurrentTokenizer(Tokenizer):
         num_tokens: number of tokens L (of the incoming tokens when `refresh="all"`).
         refresh: "all" (ICCV: every token recomputed) or "half" (appendix transcription: the first
             half of the incoming tokens drive the new ones, the second half is kept as is).
-        numerics: `appendix` (logits / sqrt(C), W_{T->R} of unit gain on unit-RMS tokens) or
+        numerics: `centered` (the default: filters from the incoming tokens' deviations from their
+            mean at unit RMS, `models.layers.token_deviations`, dotted with the pixels at unit RMS,
+            `models.layers.unit_rms_pixels`: a QK-normalised attention whose temperature is W_{T->R}'s
+            scale, `CENTERED_RECURRENT_GAIN` at init; logits / sqrt(C)), `appendix`
+            (logits / sqrt(C), W_{T->R} of gain `RECURRENT_GAIN` on the tokens as they come) or
             `iccv` (eq. 2 as printed); see `models.layers.NUMERICS`.
     """
 
     recurrent = True
 
     def __init__(self, in_channels: int, token_channels: int, num_tokens: int, refresh: str = "all",
-                 numerics: str = "appendix"):
+                 numerics: str = DEFAULT_NUMERICS):
         super().__init__(in_channels, token_channels, num_tokens, numerics)
         if refresh not in ("all", "half"):
             raise ValueError(f"refresh must be 'all' or 'half', got {refresh!r}")
@@ -111,8 +116,8 @@ class RecurrentTokenizer(Tokenizer):
         self.refresh = refresh
         self.w_tr = token_linear(token_channels, in_channels)  # W_{T->R} in R^{C_T x C}, per token
         self.scale = logit_scale(in_channels, numerics)
-        if numerics == "appendix":
-            init_projection(self.w_tr.weight, RECURRENT_GAIN)
+        if is_scaled(numerics):
+            init_projection(self.w_tr.weight, CENTERED_RECURRENT_GAIN if numerics == "centered" else RECURRENT_GAIN)
 
     def forward(self, x: torch.Tensor, tokens_in: torch.Tensor | None = None):
         """Tokens and attention of `x`, conditioned on `tokens_in` (B, L, C_T)."""
@@ -122,9 +127,12 @@ class RecurrentTokenizer(Tokenizer):
         if self.refresh == "half":
             n = tokens_in.shape[1] // 2
             tokens_in, kept = tokens_in[:, :n], tokens_in[:, n:]
-        w_r = self.w_tr(tokens_in)  # (B, L', C) = T_in W_{T->R}: one filter per token, from the tokens
+        centered = self.numerics == "centered"
+        drivers = token_deviations(tokens_in) if centered else tokens_in
+        w_r = self.w_tr(drivers)  # (B, L', C) = T_in W_{T->R}: one filter per token, from the tokens
         x_flat = x.flatten(2)
-        logits = torch.bmm(w_r, x_flat) * self.scale  # (B, L', HW) = (X W_R)^T
+        keys = unit_rms_pixels(x_flat) if centered else x_flat  # values stay the pixels as they are
+        logits = torch.bmm(w_r, keys) * self.scale  # (B, L', HW) = (X W_R)^T
         tokens, attention = self._aggregate(x_flat, logits)
         if kept is not None:
             tokens = torch.cat([kept, tokens], dim=1)
@@ -140,7 +148,7 @@ class PoolingTokenizer(Tokenizer):
         num_tokens: number of tokens L, split into the most square grid h x w (h <= w).
     """
 
-    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, numerics: str = "appendix"):
+    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, numerics: str = DEFAULT_NUMERICS):
         super().__init__(in_channels, token_channels, num_tokens, numerics)
         h = int(math.isqrt(num_tokens))
         while num_tokens % h:
@@ -188,7 +196,7 @@ class ClusteringTokenizer(Tokenizer):
     """
 
     def __init__(self, in_channels: int, token_channels: int, num_tokens: int, iters: int = 3,
-                 numerics: str = "appendix"):
+                 numerics: str = DEFAULT_NUMERICS):
         super().__init__(in_channels, token_channels, num_tokens, numerics)
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")

@@ -10,7 +10,7 @@ stay two projections: fusing them into one was measured slower.
     T'_out = T_in + softmax_L((T_in K)(T_in Q)^T / sqrt(d)) T_in
     T_out  = T'_out + relu(T'_out F1) F2
 no heads, no value projection, no normalisation, no biases. The 1/sqrt(d) on the logits and the
-init of K and Q are the appendix's numerics (`numerics="appendix"`, the default, see
+init of K and Q are the appendix's numerics (`numerics="centered"`, the default, or `"appendix"`: the same here; see
 `models.layers.NUMERICS`); `numerics="iccv"` drops both and is eq. 3 as printed. The equations give
 K, Q in R^{C x C}; their output width d (`qk_channels`) is an open choice, default C_T / 2 as in the
 appendix transcription (this is what brings VT-ResNet-18/34 onto Tables 2 and 8; see
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import check_numerics, logit_scale, token_linear
+from models.layers import DEFAULT_NUMERICS, check_numerics, is_scaled, logit_scale, token_linear
 from models.init import init_projection
 
 TRANSFORMERS = ("paper", "mhsa", "none")
@@ -43,11 +43,12 @@ class PaperTransformer(nn.Module):
         channels: token channels C_T.
         qk_channels: output width d of K and Q (default C_T // 2, the appendix's width).
         ff_channels: hidden width of the feed-forward F1/F2 (default C_T).
-        numerics: `appendix` (logits / sqrt(d), unit-gain K and Q) or `iccv` (eq. 3 as printed).
+        numerics: `centered` or `appendix` (the same here: logits / sqrt(d), unit-gain K and Q) or `iccv`
+            (eq. 3 as printed).
     """
 
     def __init__(self, channels: int, qk_channels: int | None = None, ff_channels: int | None = None,
-                 numerics: str = "appendix"):
+                 numerics: str = DEFAULT_NUMERICS):
         super().__init__()
         qk = qk_channels or channels // 2
         ff = ff_channels or channels
@@ -57,7 +58,7 @@ class PaperTransformer(nn.Module):
         self.query = token_linear(channels, qk)  # Q
         self.ff1 = token_linear(channels, ff)  # F1
         self.ff2 = token_linear(ff, channels)  # F2
-        if numerics == "appendix":
+        if is_scaled(numerics):
             for weight in (self.key.weight, self.query.weight):
                 init_projection(weight)
 
@@ -126,7 +127,7 @@ def make_transformer(kind: str, channels: int, **kwargs) -> nn.Module:
     """Build a token-space transformer by name (`paper`, `mhsa`, `none`)."""
     if kind == "paper":
         return PaperTransformer(channels, qk_channels=kwargs.get("qk_channels"), ff_channels=kwargs.get("ff_channels"),
-                                numerics=kwargs.get("numerics", "appendix"))
+                                numerics=kwargs.get("numerics", DEFAULT_NUMERICS))
     if kind == "mhsa":  # always scaled (SDPA) and default-initialised: the appendix reading
         return MHSATransformer(channels, **{k: v for k, v in kwargs.items() if k != "numerics"})
     if kind == "none":

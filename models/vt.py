@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from models.init import init_classifier
-from models.layers import check_numerics
+from models.layers import DEFAULT_NUMERICS, is_scaled
 from models.projector import Projector
 from models.tokenizers import TOKENIZERS, Tokenizer, make_tokenizer
 from models.transformer import make_transformer
@@ -72,12 +72,12 @@ class TokenHead(nn.Module):
         token_channels: token channels C_T.
         num_classes: output classes.
         hidden: None (the paper: one linear layer) or the width of a Linear-ReLU layer before it.
-        numerics: `appendix` (a small classifier init, `models.init.init_classifier`) or `iccv`
-            (PyTorch's default init).
+        numerics: `centered` or `appendix` (a small classifier init, `models.init.init_classifier`) or
+            `iccv` (PyTorch's default init).
     """
 
     def __init__(self, token_channels: int, num_classes: int, hidden: int | None = None,
-                 numerics: str = "appendix"):
+                 numerics: str = DEFAULT_NUMERICS):
         super().__init__()
         if hidden:
             self.hidden = nn.Sequential(nn.Linear(token_channels, hidden), nn.ReLU(inplace=True))
@@ -85,7 +85,7 @@ class TokenHead(nn.Module):
         else:
             self.hidden = nn.Identity()
         self.fc = nn.Linear(token_channels, num_classes)
-        if check_numerics(numerics) == "appendix":
+        if is_scaled(numerics):
             init_classifier(self.fc)
 
     def forward(self, stage_out) -> torch.Tensor:
@@ -108,7 +108,7 @@ def make_vt_stage(
     transformer_kwargs: dict,
     projector_kwargs: dict,
     tokenizer_kwargs: dict,
-    numerics: str = "appendix",
+    numerics: str = DEFAULT_NUMERICS,
 ) -> VTStage:
     """Build a VT stage; the first tokenizer is `tokenizer`, later ones recurrent if `recurrent`."""
     if num_modules < 1:

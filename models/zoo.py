@@ -32,11 +32,14 @@ and what the alternatives give). VT-ResNet options:
 - kmeans_iters (3): Lloyd iterations of the clustering tokenizer.
 - head_hidden (None): width of an optional Linear-ReLU layer in the token head (the paper has one
   linear layer; results/fidelity shows what a 2048-wide one would add).
-- numerics ("appendix"): every softmax logit of tokenizers, transformer and projector divided by
-  sqrt(d) and the token-space weights initialised as documented in `models.init` (the arXiv
-  appendix's scaling; the reading that trains). "iccv": the ICCV equations as printed, no scaling,
-  PyTorch's default init (it collapses the recurrent tokenizers at init; tests/test_init_health.py).
-  Parameters and MACs are the same under both.
+- numerics ("centered"): every softmax logit of tokenizers, transformer and projector divided by
+  sqrt(d), the token-space weights initialised as documented in `models.init` (the arXiv appendix's
+  scaling), plus two parameter-free centering steps of vtbench's own, not in the paper: recurrent
+  filters from the tokens' deviations from their mean, and a projector without value map adding
+  the tokens' deviations (the reading that trains; `models.layers.NUMERICS` says why). "appendix":
+  the scaling and init alone (the default before 2026-12-04). "iccv": the ICCV equations as
+  printed, no scaling, PyTorch's default init (it collapses the recurrent tokenizers at init;
+  tests/test_init_health.py). Parameters and MACs are the same under all three.
 - zero_init_residual (True, every model, baselines included): each residual block of the trunk
   starts as the identity (`models.resnet.torchvision_trunk`); False is torchvision's default init.
 - width (1.0, classification models): channel multiplier of the stem and stages (0.25 for the CPU
@@ -49,7 +52,7 @@ from __future__ import annotations
 from functools import partial
 
 from models.fpn import FPN, VTFPN, SegmentationFPN
-from models.layers import check_numerics
+from models.layers import DEFAULT_NUMERICS, check_numerics
 from models.registry import register_model
 from models.resnet import STEMS, ResNetClassifier, VTResNet
 from models.transformer import TRANSFORMERS
@@ -150,7 +153,7 @@ def vt_resnet18(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: 
                 num_modules: int = 2, qk_channels: int | None = None, heads: int | None = None,
                 kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
                 proj_groups: int = 1, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None,
-                numerics: str = "appendix", zero_init_residual: bool = True, width: float = 1.0):
+                numerics: str = DEFAULT_NUMERICS, zero_init_residual: bool = True, width: float = 1.0):
     """VT-ResNet-18: stage 5 -> 2 VT modules at 14x14, C = 256 (Tables 2 and 8)."""
     return _vt_resnet(18, **locals())
 
@@ -162,7 +165,7 @@ def vt_resnet34(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: 
                 num_modules: int = 3, qk_channels: int | None = None, heads: int | None = None,
                 kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
                 proj_groups: int = 1, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None,
-                numerics: str = "appendix", zero_init_residual: bool = True, width: float = 1.0):
+                numerics: str = DEFAULT_NUMERICS, zero_init_residual: bool = True, width: float = 1.0):
     """VT-ResNet-34: stage 5 -> 3 VT modules at 14x14, C = 256 (Tables 2 and 8)."""
     return _vt_resnet(34, **locals())
 
@@ -174,7 +177,7 @@ def vt_resnet50(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: 
                 num_modules: int = 3, qk_channels: int | None = None, heads: int | None = None,
                 kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = 256,
                 proj_groups: int = 16, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None,
-                numerics: str = "appendix", zero_init_residual: bool = True, width: float = 1.0):
+                numerics: str = DEFAULT_NUMERICS, zero_init_residual: bool = True, width: float = 1.0):
     """VT-ResNet-50: stage 5 -> 3 VT modules at 14x14, C = 1024 (Table 8)."""
     return _vt_resnet(50, **locals())
 
@@ -186,7 +189,7 @@ def vt_resnet101(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens:
                  num_modules: int = 3, qk_channels: int | None = None, heads: int | None = None,
                  kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = 256,
                  proj_groups: int = 16, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None,
-                numerics: str = "appendix", zero_init_residual: bool = True, width: float = 1.0):
+                numerics: str = DEFAULT_NUMERICS, zero_init_residual: bool = True, width: float = 1.0):
     """VT-ResNet-101: stage 5 -> 3 VT modules at 14x14, C = 1024 (Table 8)."""
     return _vt_resnet(101, **locals())
 
@@ -233,7 +236,7 @@ def _vt_fpn(depth: int, *, num_classes: int, num_tokens: int, token_channels: in
 def vt_fpn_r50(*, num_classes: int = 171, num_tokens: int = 8, token_channels: int = 1024, tokenizer: str = "filter",
                transformer: str = "paper", qk_channels: int | None = None, heads: int | None = None,
                kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
-               proj_groups: int = 16, kmeans_iters: int = 3, numerics: str = "appendix",
+               proj_groups: int = 16, kmeans_iters: int = 3, numerics: str = DEFAULT_NUMERICS,
                zero_init_residual: bool = True):
     """VT-FPN on ResNet-50: 8 tokens x 1024 channels per level, one transformer (Tables 9-10)."""
     return _vt_fpn(50, **locals())
@@ -243,7 +246,7 @@ def vt_fpn_r50(*, num_classes: int = 171, num_tokens: int = 8, token_channels: i
 def vt_fpn_r101(*, num_classes: int = 171, num_tokens: int = 8, token_channels: int = 1024, tokenizer: str = "filter",
                 transformer: str = "paper", qk_channels: int | None = None, heads: int | None = None,
                 kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
-                proj_groups: int = 16, kmeans_iters: int = 3, numerics: str = "appendix",
+                proj_groups: int = 16, kmeans_iters: int = 3, numerics: str = DEFAULT_NUMERICS,
                zero_init_residual: bool = True):
     """VT-FPN on ResNet-101: 8 tokens x 1024 channels per level, one transformer (Tables 9-10)."""
     return _vt_fpn(101, **locals())

@@ -47,12 +47,18 @@ def _block_diag(layer) -> torch.Tensor:
     return torch.block_diag(*layer.weight)
 
 
-NUMERICS = pytest.mark.parametrize("numerics", ["appendix", "iccv"])
+NUMERICS = pytest.mark.parametrize("numerics", ["centered", "appendix", "iccv"])
 
 
 def _scale(width: int, numerics: str) -> float:
-    """The logit factor each reading prescribes: 1/sqrt(d) (appendix) or none (the ICCV equations)."""
-    return 1 / math.sqrt(width) if numerics == "appendix" else 1.0
+    """The logit factor each reading prescribes: 1/sqrt(d) (centered, appendix) or none (the ICCV equations)."""
+    return 1.0 if numerics == "iccv" else 1 / math.sqrt(width)
+
+
+def _deviations(t: torch.Tensor) -> torch.Tensor:
+    """`centered` step 1, written out: each token minus the tokens' mean, over its own RMS; t (L, C_T)."""
+    d = t - t.mean(dim=0)
+    return d / d.pow(2).mean(dim=1, keepdim=True).sqrt()
 
 
 @NUMERICS
@@ -84,8 +90,12 @@ def test_recurrent_tokenizer_equation(numerics):
     tokens, attn = tok(x, t_in)
     for b in range(B):
         xb = _rows(x, b)
-        w_r = t_in[b] @ _w(tok.w_tr)  # W_R = T_in W_{T->R}: (L, C)
-        a = torch.softmax(xb @ w_r.t() * _scale(C, numerics), dim=0)  # (HW, L)
+        if numerics == "centered":  # W_R = dev(T_in) W_{T->R}, dotted with unit-RMS pixels
+            w_r = _deviations(t_in[b]) @ _w(tok.w_tr)
+            keys = xb / xb.pow(2).mean(dim=1, keepdim=True).sqrt()
+        else:
+            w_r, keys = t_in[b] @ _w(tok.w_tr), xb  # W_R = T_in W_{T->R}: (L, C)
+        a = torch.softmax(keys @ w_r.t() * _scale(C, numerics), dim=0)  # (HW, L)
         expected = (a.t() @ xb) @ _w(tok.adapter)
         torch.testing.assert_close(tokens[b], expected, rtol=1e-5, atol=1e-5)
 
@@ -196,8 +206,25 @@ def test_projector_equation_and_residual(numerics):
         xb = _rows(x, b)
         logits = (xb @ _w(proj.w_q)) @ (t[b] @ _w(proj.w_k)).t() * _scale(6, numerics)
         a = torch.softmax(logits, dim=1)  # softmax_L
-        expected = xb + a @ t[b]  # X_out = X_in + softmax_L((X W_Q)(T W_K)^T) T
+        values = t[b] - t[b].mean(dim=0) if numerics == "centered" else t[b]  # `centered` step 2
+        expected = xb + a @ values  # X_out = X_in + softmax_L((X W_Q)(T W_K)^T) T
         torch.testing.assert_close(_rows(out, b), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_centered_deviations_of_identical_tokens_are_zero_not_nan():
+    tok = RecurrentTokenizer(C, CT, L)
+    tokens, attn = tok(torch.randn(1, C, H, W), torch.ones(1, L, CT))
+    assert torch.isfinite(tokens).all()
+    torch.testing.assert_close(attn, torch.full_like(attn, 1 / (H * W)))  # zero filters: uniform attention
+
+
+def test_centered_projector_with_value_map_is_the_appendix_one():
+    torch.manual_seed(0)
+    a = Projector(C, CT, numerics="centered")
+    torch.manual_seed(0)
+    b = Projector(C, CT, numerics="appendix")
+    x, t = torch.randn(B, C, H, W), torch.randn(B, L, CT)
+    torch.testing.assert_close(a(x, t), b(x, t))
 
 
 def test_projector_with_value_map_is_residual():

@@ -2,21 +2,19 @@
 
 On random input in train mode (step 0 of training), for every VT model of the registry:
 - no tokenizer's mean peak attention over pixels is above 0.5 (attention is not on one pixel);
-- no two tokens of a filter-based (first) tokenizer have a cosine above 0.99;
+- no two tokens of a module have a cosine above 0.99 (filter-based and recurrent tokenizers);
 - every token-space weight gets a non-zero gradient, and no tokenizer, transformer or projector
   has a gradient norm below 1e-3 of the largest of them;
 - the initial cross-entropy is within 2x of ln(num_classes).
-The literal ICCV reading (`numerics="iccv"`) is checked to collapse as reported, so the option keeps
-reproducing the equations as printed.
-
-Two bars are not met by the equations at init, and are strict xfails (they fail loudly the day
-they pass): the recurrent tokenizers' tokens are near-identical (cosine > 0.999), and for
-VT-ResNet-50/101 the middle projector's gradient falls below 1e-3 of the largest. Why: a recurrent
-tokenizer's filters W_R = T_in W_{T->R} are linear in the incoming tokens, which at init share one
-dominant direction (averages of non-negative BN+ReLU pixels: cosine ~0.96-0.98 after the filter
-tokenizer, ~0.99 after the transformer's T + A T); any W_{T->R} scales the shared part and the
-differences alike, so the filters, and the attention, are near-identical. With C_T = C (R50/R101)
-the projector of module 2 then attends over identical tokens and its W_Q, W_K barely move the loss.
+These are checked on one seeded batch, as the issue states them. The largest pairwise cosine is a
+worst case over 4 x 120 token pairs, and on other batches it sometimes crosses 0.99 for one pair
+(two tokens whose attention lands on the same high-norm pixel: seen for 1 of 6 batches of
+VT-ResNet-18/34/50, filter tokenizer included), so the population is checked too: over three
+batches, at most 1 % of a tokenizer's token pairs are near-duplicates (measured: at most 0.2 %
+under the default numerics; 84-100 % under `numerics="appendix"`, where the recurrent tokens are
+one token repeated).
+The `appendix` and literal ICCV readings are checked to collapse as measured, so the options keep
+reproducing what they are documented to do (models.layers.NUMERICS).
 """
 
 from __future__ import annotations
@@ -28,16 +26,18 @@ import torch
 
 from models import build_model, list_models
 from models.health import init_health
+from models.layers import NUMERICS
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 VT_MODELS = [n for n in list_models() if n.startswith("vt_")]
 PEAK_MAX, COSINE_MAX, GRAD_RATIO_MIN, LOSS_FACTOR = 0.5, 0.99, 1e-3, 2.0
+DUPLICATE_PAIRS_MAX = 0.01  # fraction of token pairs above COSINE_MAX, over several batches
 
 
-def _step0(name: str, **options):
+def _step0(name: str, seed: int = 0, **options):
     """init_health of `name` on a seeded random batch: 224x224 x4 (classification), 128x128 x2 (seg)."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build_model(name, **options)
     seg = model.task == "seg"
     size, batch = (128, 2) if seg else (224, 4)
@@ -58,17 +58,17 @@ def test_attention_is_not_on_one_pixel(health, name):
 
 
 @pytest.mark.parametrize("name", VT_MODELS)
-def test_filter_tokens_are_distinct(health, name):
+def test_no_two_tokens_are_alike(health, name):
     h = health[name]
-    first = [c for c, rec in zip(h.max_token_cosine, h.recurrent) if not rec]
-    assert first and max(first) <= COSINE_MAX, h.max_token_cosine
+    assert max(h.max_token_cosine) <= COSINE_MAX, list(zip(h.recurrent, h.max_token_cosine))
 
 
-@pytest.mark.xfail(strict=True, reason="recurrent tokenizers start from near-identical tokens (module docstring)")
 @pytest.mark.parametrize("name", [n for n in VT_MODELS if "fpn" not in n])
-def test_recurrent_tokens_are_distinct(health, name):
-    h = health[name]
-    assert max(c for c, rec in zip(h.max_token_cosine, h.recurrent) if rec) <= COSINE_MAX
+def test_recurrent_tokens_are_distinct_over_batches(health, name):
+    """The population bar, first batch shared with the tests above, two more seeds."""
+    runs = [health[name]] + [_step0(name, seed) for seed in (1, 2)]
+    worst = max(f for h in runs for f in h.duplicate_pair_fraction)
+    assert worst <= DUPLICATE_PAIRS_MAX, [h.duplicate_pair_fraction for h in runs]
 
 
 @pytest.mark.parametrize("name", VT_MODELS)
@@ -76,12 +76,7 @@ def test_every_token_space_weight_gets_a_gradient(health, name):
     assert health[name].zero_grad_weights == []
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="module 2's projector attends over identical "
-                                                                "tokens when C_T = C (module docstring)"))
-    if n in ("vt_resnet50", "vt_resnet101") else n
-    for n in VT_MODELS
-])
+@pytest.mark.parametrize("name", VT_MODELS)
 def test_no_token_space_module_is_starved(health, name):
     h = health[name]
     assert h.weakest_gradient_ratio >= GRAD_RATIO_MIN, h.grad_norms
@@ -101,7 +96,20 @@ def test_iccv_reading_collapses_as_printed():
     assert h.loss > 4 * math.log(h.num_classes)
 
 
+@pytest.mark.parametrize("name", ["vt_resnet18", "vt_resnet50"])
+def test_appendix_reading_repeats_one_recurrent_token(name):
+    """Without the centering steps the recurrent tokens are one token repeated (why `centered` is the default)."""
+    h = _step0(name, numerics="appendix")
+    assert max(f for f, rec in zip(h.duplicate_pair_fraction, h.recurrent) if rec) > 0.5
+    assert min(f for f, rec in zip(h.duplicate_pair_fraction, h.recurrent) if not rec) <= DUPLICATE_PAIRS_MAX
+
+
+def test_appendix_reading_starves_the_middle_projector_when_tokens_are_values():
+    """C_T = C (VT-ResNet-50): without step 2 module 2's projector gets < 1e-3 of the largest gradient."""
+    assert _step0("vt_resnet50", numerics="appendix").weakest_gradient_ratio < GRAD_RATIO_MIN
+
+
 def test_numerics_change_no_parameter_count():
-    for name in ("vt_resnet18", "vt_fpn_r50"):
-        counts = {n: sum(p.numel() for p in build_model(name, numerics=n).parameters()) for n in ("appendix", "iccv")}
-        assert counts["appendix"] == counts["iccv"]
+    for name in ("vt_resnet18", "vt_resnet50", "vt_fpn_r50"):
+        counts = {n: sum(p.numel() for p in build_model(name, numerics=n).parameters()) for n in NUMERICS}
+        assert len(set(counts.values())) == 1, counts
