@@ -38,14 +38,15 @@ from bench.complexity import AGREE_TOL_PCT, count_executed, measure_complexity, 
 from bench.records import git_commit
 from bench.reference import load_reference
 from bench.tables import markdown_table
-from models import build_model
+from bench.modelfacts import facts_of, models_of
+from models import build_model, stage_order
 
 log = logging.getLogger(__name__)
 
 CLS_SIZE = (224, 224)
 SEG_SIZES = {"T9": ((800, 1216), 171), "T10": ((473, 473), 20)}  # COCO-stuff 171 classes, LIP 20
-STAGES = ("stem", "stage2", "stage3", "stage4", "stage5", "vt", "fpn", "head")
-# The table each VT-ResNet's default is held to (the paper's Tables 2 and 8 disagree; PAPER.md).
+# A fact about the paper, not the models: the table each VT-ResNet's default is held to (the paper's
+# Tables 2 and 8 disagree; PAPER.md).
 VT_TABLE = {"vt_resnet18": "T8", "vt_resnet34": "T2", "vt_resnet50": "T8", "vt_resnet101": "T8"}
 TOL_RESNET_GMACS = 0.005
 TOL_VT_GMACS, TOL_VT_PARAMS = 0.03, 0.05
@@ -105,9 +106,9 @@ def _down(size: int, stride: int) -> int:
 
 def main_readings() -> list[Reading]:
     """The twelve registered models with their default options, each against its paper table."""
-    readings = [Reading(f"resnet{d}", table="T8") for d in (18, 34, 50, 101)]
-    readings += [Reading(f"vt_resnet{d}", table=VT_TABLE[f"vt_resnet{d}"]) for d in (18, 34, 50, 101)]
-    readings += [Reading(m, table=t) for t in SEG_SIZES for m in ("fpn_r50", "fpn_r101", "vt_fpn_r50", "vt_fpn_r101")]
+    readings = [Reading(m, table="T8") for m in models_of("resnet")]
+    readings += [Reading(m, table=VT_TABLE[m]) for m in models_of("vt_resnet")]
+    readings += [Reading(m, table=t) for t in SEG_SIZES for m in (*models_of("fpn"), *models_of("vt_fpn"))]
     return readings
 
 
@@ -165,7 +166,7 @@ def measure_reading(r: Reading) -> dict:
         row[f"delta_pct_{metric}"] = None if paper is None or measured is None else 100 * (measured - paper) / paper
     for key in ("gmacs_traced", "counter_gap_pct", "counter_agree", "gmacs_fvcore"):
         row[key] = metrics[key]
-    for stage in STAGES:
+    for stage in stage_order():
         row[f"gmacs_{stage}"] = metrics.get(f"gmacs_{stage}")
         row[f"params_m_{stage}"] = metrics.get(f"params_m_{stage}")
     row["unsupported_ops"] = _fmt(metrics["unsupported_ops"])
@@ -175,19 +176,19 @@ def measure_reading(r: Reading) -> dict:
 
 def verdict(row: dict) -> str:
     """'ok' or what misses, against the tolerances of the model zoo issue."""
-    model, misses = row["model"], []
+    family, misses = facts_of(row["model"]).family, []
     d_gmacs, d_params = row["delta_pct_gmacs"], row["delta_pct_params_m"]
-    if model.startswith("resnet") and d_gmacs is not None and abs(d_gmacs) > 100 * TOL_RESNET_GMACS:
+    if family == "resnet" and d_gmacs is not None and abs(d_gmacs) > 100 * TOL_RESNET_GMACS:
         misses.append(f"MACs {d_gmacs:+.1f}%")
-    if model.startswith("vt_resnet"):
+    if family == "vt_resnet":
         if d_gmacs is not None and abs(d_gmacs) > 100 * TOL_VT_GMACS:
             misses.append(f"MACs {d_gmacs:+.1f}%")
         if d_params is not None and abs(d_params) > 100 * TOL_VT_PARAMS:
             misses.append(f"params {d_params:+.1f}%")
-    if "fpn" in model and row.get("delta_pct_gmacs_fpn") is not None:
-        tol = TOL_FPN_MODULE["vt_fpn" if model.startswith("vt_") else "fpn"]
+    if family in TOL_FPN_MODULE and row.get("delta_pct_gmacs_fpn") is not None:
+        tol = TOL_FPN_MODULE[family]
         exact = FPN_MODULE_EXACT.get(tuple(int(v) for v in row["input"].split("x")))
-        target = exact if not model.startswith("vt_") and exact else row["paper_gmacs_fpn"]
+        target = exact if family == "fpn" and exact else row["paper_gmacs_fpn"]
         if abs(row["gmacs_fpn"] - target) / target > tol:
             misses.append(f"FPN module {row['delta_pct_gmacs_fpn']:+.1f}%")
     return "ok" if not misses else "misses: " + ", ".join(misses)
@@ -200,25 +201,27 @@ def _fmt(d: dict) -> str:
 def budget_rows(main: pd.DataFrame) -> pd.DataFrame:
     """What Table 8 leaves the VT stage + head, from the measured ResNet trunks (stem..stage4)."""
     rows = []
-    for depth in (18, 34, 50, 101):
-        res = main[main.model == f"resnet{depth}"].iloc[0]
-        vt = main[main.model == f"vt_resnet{depth}"].iloc[0]
-        trunk_g = sum(res[f"gmacs_{s}"] for s in ("stem", "stage2", "stage3", "stage4"))
-        trunk_p = sum(res[f"params_m_{s}"] for s in ("stem", "stage2", "stage3", "stage4"))
+    for model in models_of("vt_resnet"):
+        base = facts_of(facts_of(model).baseline)
+        res = main[main.model == base.name].iloc[0]
+        vt = main[main.model == model].iloc[0]
+        trunk = base.stages[:base.stages.index(base.replaced)]  # what the VT model keeps: stem..stage4
+        trunk_g = sum(res[f"gmacs_{s}"] for s in trunk)
+        trunk_p = sum(res[f"params_m_{s}"] for s in trunk)
         for table in ("T8", "T2"):
-            g = paper_value(f"vt_resnet{depth}", "gmacs", table, CLS_SIZE)
-            p = paper_value(f"vt_resnet{depth}", "params_m", table, CLS_SIZE)
+            g = paper_value(model, "gmacs", table, CLS_SIZE)
+            p = paper_value(model, "params_m", table, CLS_SIZE)
             if g is None:
                 continue
             budget_g, budget_p = (g - trunk_g) * 1e3, p - trunk_p
-            rows.append({"model": f"vt_resnet{depth}", "table": table, "trunk_gmacs": trunk_g, "trunk_params_m": trunk_p,
+            rows.append({"model": model, "table": table, "trunk_gmacs": trunk_g, "trunk_params_m": trunk_p,
                          "budget_mmacs": budget_g, "budget_params_m": budget_p, "macs_per_param": budget_g / budget_p,
                          "measured_mmacs": (vt["gmacs_vt"] + vt["gmacs_head"]) * 1e3,
                          "measured_params_m": vt["params_m_vt"] + vt["params_m_head"],
                          "resnet_stage5_over_vt_gmacs": res["gmacs_stage5"] / vt["gmacs_vt"],
                          "resnet_stage5_over_vt_params": res["params_m_stage5"] / vt["params_m_vt"],
-                         "paper_t1_gmacs_x": paper_value(f"vt_resnet{depth}", "stage_gmacs_reduction_x", "T1", CLS_SIZE),
-                         "paper_t1_params_x": paper_value(f"vt_resnet{depth}", "stage_params_reduction_x", "T1", CLS_SIZE)})
+                         "paper_t1_gmacs_x": paper_value(model, "stage_gmacs_reduction_x", "T1", CLS_SIZE),
+                         "paper_t1_params_x": paper_value(model, "stage_params_reduction_x", "T1", CLS_SIZE)})
             rows[-1].update(stage_verdicts(rows[-1]))
     return pd.DataFrame(rows)
 
@@ -300,7 +303,7 @@ def _stage_table(main: pd.DataFrame) -> str:
     rows = []
     for _, r in main.iterrows():
         row = {"model": r.model, "input": r.input}
-        for stage in STAGES:
+        for stage in stage_order():
             g, p = r.get(f"gmacs_{stage}"), r.get(f"params_m_{stage}")
             row[stage] = "" if g is None or pd.isna(g) else f"{g:.3f} / {p:.2f}"
         rows.append(row)

@@ -24,7 +24,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 
-from bench.reference import VARIANT_DEFAULTS, family_of  # noqa: E402
+from bench.modelfacts import facts_of  # noqa: E402
+from bench.reference import paper_defaults  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ FAMILY_COLORS = {"resnet": "#4C72B0", "vt_resnet": "#DD8452", "fpn": "#55A868", 
                  "other": "#8C8C8C"}
 FAMILY_LABELS = {"resnet": "ResNet", "vt_resnet": "VT-ResNet", "fpn": "FPN", "vt_fpn": "VT-FPN",
                  "other": "other"}
+# A model's short label is this prefix and its registered depth (vt_resnet18 -> VT-R18).
+FAMILY_SHORT = {"resnet": "R", "vt_resnet": "VT-R", "fpn": "FPN-R", "vt_fpn": "VT-FPN-R"}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINESTYLES = ("-", "--", "-.", ":")
 
@@ -77,9 +80,17 @@ def _text_key(df: pd.DataFrame, cols: list[str], sep: str) -> pd.Series:
     return df[cols].apply(lambda r: sep.join(f"{c.split('.')[-1]}={v}" for c, v in zip(cols, r.values)), axis=1)
 
 
+def short_name(model: Any) -> str:
+    """'VT-R18', 'FPN-R50': the family's short prefix and the registered depth; a model the registry
+    does not know (or one without a depth) keeps its name."""
+    facts = facts_of(model)
+    if facts.family not in FAMILY_SHORT or facts.depth is None:
+        return str(model)
+    return f"{FAMILY_SHORT[facts.family]}{facts.depth}"
+
+
 def _short_label(row: pd.Series, label_cols: list[str]) -> str:
-    parts = [str(row["model"]).replace("vt_resnet", "VT-R").replace("resnet", "R").replace("vt_fpn_r", "VT-FPN-R")
-             .replace("fpn_r", "FPN-R")]
+    parts = [short_name(row["model"])]
     parts += [f"{c.split('.')[-1]}={row[c]}" for c in label_cols if not pd.isna(row.get(c))]
     return " ".join(parts)
 
@@ -162,7 +173,7 @@ def plot_latency_vs_tokens(agg: pd.DataFrame, settings: list[str]) -> plt.Figure
     if rows.empty or rows["num_tokens"].nunique() < 2:
         raise PlotSkipped("no VT model was timed at two or more token counts")
     setting_key = _text_key(rows, settings, " · ")
-    models = sorted(rows["model"].unique(), key=lambda m: (m.startswith("vt_fpn"), int("".join(c for c in m if c.isdigit()) or 0)))
+    models = sorted(rows["model"].unique(), key=lambda m: (facts_of(m).task != "cls", facts_of(m).depth or 0))
     setting_values = list(dict.fromkeys(setting_key))
     fig, axes = plt.subplots(len(setting_values), len(models), figsize=(5.5 * len(models), 4.2 * len(setting_values)),
                              squeeze=False)
@@ -199,7 +210,7 @@ def _tokenizer_colors(family: str, tokenizers: list[str]) -> dict[str, Any]:
 
 
 def _latency_panel(ax: plt.Axes, sub: pd.DataFrame, agg: pd.DataFrame, model: str, setting: str) -> None:
-    family = family_of(model)
+    family = facts_of(model).family
     tokenizers = sorted(sub["tokenizer"].astype(str).unique())
     colors = _tokenizer_colors(family, tokenizers)
     for k, tok in enumerate(tokenizers):
@@ -222,14 +233,14 @@ def _latency_panel(ax: plt.Axes, sub: pd.DataFrame, agg: pd.DataFrame, model: st
 
 def _baseline_line(ax: plt.Axes, sub: pd.DataFrame, agg: pd.DataFrame, model: str) -> None:
     """The baseline's latency (same latency settings) as a horizontal line in its family colour."""
-    base = model[3:]
+    base = facts_of(model).baseline
     keys = [c for c in sub.columns if c.startswith("latency.") or c in ("env.device_name", "input_size")]
     first = sub.iloc[0]
     cand = agg[(agg["model"] == base) & agg["latency_ms_p50"].notna()]
     for key in keys:
         cand = cand[cand[key].map(lambda v: _same_value(v, first[key]))]
     if not cand.empty:
-        fam = family_of(base)
+        fam = facts_of(base).family
         ax.axhline(float(cand["latency_ms_p50"].iloc[0]), color=FAMILY_COLORS[fam], linestyle="--",
                    label=f"{FAMILY_LABELS[fam]} baseline ({base})")
 
@@ -240,7 +251,7 @@ def _default_variant(rows: pd.DataFrame) -> pd.DataFrame:
     """Prefer rows whose model options are the paper's defaults (L=16, filter tokenizer, ...)."""
     keep = []
     for idx, row in rows.iterrows():
-        defaults = VARIANT_DEFAULTS.get(row["family"], {})
+        defaults = paper_defaults(row["model"])
         ok = all(pd.isna(row.get(k)) or str(row.get(k)).lower() in
                  {str(a).lower() for a in (v if isinstance(v, tuple) else (v,))}
                  for k, v in defaults.items() if k in rows.columns)
@@ -267,9 +278,8 @@ def plot_stage5(agg: pd.DataFrame) -> plt.Figure:
     if rows.empty:
         raise PlotSkipped("no ResNet or VT-ResNet cell with per-stage GMACs")
     rows = _common_setting(_default_variant(rows)).drop_duplicates("model")
-    rows = rows.assign(depth=rows["model"].map(lambda m: "R" + "".join(c for c in m if c.isdigit())),
-                       family_label=rows["family"].map(FAMILY_LABELS))
-    order = sorted(rows["depth"].unique(), key=lambda d: int(d[1:] or 0))
+    rows = rows.assign(depth=rows["model"].map(_backbone), family_label=rows["family"].map(FAMILY_LABELS))
+    order = _backbone_order(rows)
     fams = [f for f in ("resnet", "vt_resnet") if (rows["family"] == f).any()]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sns.barplot(data=rows, x="depth", y="stage_gmacs", hue="family_label", order=order,
@@ -326,13 +336,15 @@ def fpn_title(agg: pd.DataFrame) -> str:
 
 
 def _backbone(model: str) -> str:
-    """'fpn_r101' -> 'R101' (the depth of the backbone, from the model's name)."""
-    return "R" + "".join(c for c in str(model) if c.isdigit())
+    """'fpn_r101' -> 'R101': the registered depth of the model's backbone ('R' where it has none)."""
+    depth = facts_of(model).depth
+    return f"R{depth}" if depth is not None else "R"
 
 
 def _backbone_order(rows: pd.DataFrame) -> list[str]:
-    """Backbones by depth (R50 before R101), the same order in every panel."""
-    return sorted(dict.fromkeys(rows["model"].map(_backbone)), key=lambda b: int(b[1:] or 0))
+    """Backbones by registered depth (R50 before R101), the same order in every panel."""
+    models = sorted(rows["model"].unique(), key=lambda m: facts_of(m).depth or 0)
+    return list(dict.fromkeys(_backbone(m) for m in models))
 
 
 def plot_fpn(agg: pd.DataFrame) -> plt.Figure:
@@ -580,7 +592,7 @@ def _tokenizer_maps(model: Any, batch: "torch.Tensor") -> list[tuple[str, "torch
 def _which_tokenizer(model: str, count: int) -> tuple[int, str]:
     """Which tokenizer the figure shows: VT-ResNet's last module (the tokens its head reads), VT-FPN's
     finest pyramid level (the most pixels to see attention on)."""
-    if family_of(model) == "vt_fpn":
+    if facts_of(model).family == "vt_fpn":
         return 0, f"pyramid level 1 of {count} (the finest)"
     return count - 1, f"VT module {count} of {count} (the last)"
 

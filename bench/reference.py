@@ -28,22 +28,20 @@ from typing import Any
 
 import pandas as pd
 
+from bench.modelfacts import facts_of
+
 CSV_PATH = Path(__file__).resolve().parent / "reference" / "paper_numbers.csv"
 
-# Options that name a model variant, and their paper defaults (section 5.1: L=16 tokens, filter
-# tokenizer then recurrent ones, the paper's transformer, with projector; VT-FPN: 8 tokens per level).
-# A tuple lists every value that counts as the paper's default: the token-space transformer may be
-# read from the ICCV equations (`paper`) or the appendix (`mhsa`); both are "the transformer" of
-# Tables 1-8, and only Table 5 ablates it (`none`). Options not listed here (token_channels,
+# Options that name a model variant in the paper's tables; their paper defaults are the registry's
+# defaults of the model (section 5.1: L=16 tokens, filter tokenizer then recurrent ones, the paper's
+# transformer, with projector; VT-FPN: 8 tokens per level). Options not listed here (token_channels,
 # head_hidden, ...) are readings of details the paper leaves open and do not restrict a match; the
 # paper-vs-measured table shows each matched cell's options.
 VARIANT_KEYS = ("tokenizer", "num_tokens", "projector", "transformer", "recurrent")
-VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "vt_resnet": {"tokenizer": "filter", "num_tokens": 16, "projector": True,
-                  "transformer": ("paper", "mhsa"), "recurrent": True},
-    "vt_fpn": {"tokenizer": "filter", "num_tokens": 8, "projector": True,
-               "transformer": ("paper", "mhsa"), "recurrent": True},
-}
+# A fact about the paper, not the models: values that are all "the paper's default" of an option. The
+# token-space transformer may be read from the ICCV equations (`paper`) or the appendix (`mhsa`); both
+# are "the transformer" of Tables 1-8, and only Table 5 ablates it (`none`).
+PAPER_READINGS: dict[str, tuple[Any, ...]] = {"transformer": ("paper", "mhsa")}
 ACCURACY_METRICS = ("top1", "top5", "miou", "pixel_acc")
 # Data sets a paper row's accuracy was measured on, as vtbench's `train.dataset` names them.
 TASK_DATASET = {"cls": "imagenet"}
@@ -64,13 +62,17 @@ COLUMNS = ["table", "task", "model", "variant", "metric", "value", "unit", "inpu
            "match", "paper_metric", "note"]
 
 
-def family_of(model: str) -> str:
-    """Model family of a vtbench model name: resnet, vt_resnet, fpn, vt_fpn or other."""
-    model = str(model)
-    for family in ("vt_resnet", "vt_fpn", "resnet", "fpn"):
-        if model.startswith(family):
-            return family
-    return "other"
+def paper_defaults(model: Any) -> dict[str, Any]:
+    """The paper's default variant of `model`: its registry default of each of VARIANT_KEYS it takes, a
+    tuple of accepted values where the paper has several readings of that default ({} for a baseline
+    or a model the registry does not know)."""
+    defaults = facts_of(model).defaults
+    out: dict[str, Any] = {}
+    for key in VARIANT_KEYS:
+        if key in defaults:
+            readings = PAPER_READINGS.get(key, ())
+            out[key] = readings if defaults[key] in readings else defaults[key]
+    return out
 
 
 def load_paper_csv(path: str | Path = CSV_PATH) -> pd.DataFrame:
@@ -185,7 +187,7 @@ def cell_matches(ref: dict[str, Any] | pd.Series, cell: dict[str, Any] | pd.Seri
             return False
         if not _is_missing(stem) and stem != "imagenet":
             return False
-    defaults = VARIANT_DEFAULTS.get(family_of(ref["model"]), {})
+    defaults = paper_defaults(ref["model"])
     for key in VARIANT_KEYS:
         want = ref["match"].get(key, defaults.get(key))
         have = cell.get(key)

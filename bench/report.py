@@ -28,21 +28,18 @@ import pandas as pd
 from bench import tables as text_tables
 from bench.errors import UsageError
 from bench.records import CorruptRecord, atomic_write, iter_records, write_text_atomic
-from bench.reference import family_of
+from bench.modelfacts import facts_of, family_of, family_order, is_baseline
 from bench.tables import md_text
 
 log = logging.getLogger(__name__)
 
 SEED_KEYS = ("seed", "train.seed")
 GROUP_ENV_KEYS = ("env.device_name",)  # latency on different hardware is never averaged together
-TASK_OF_FAMILY = {"resnet": "cls", "vt_resnet": "cls", "fpn": "seg", "vt_fpn": "seg", "other": "cls"}
 EXPECTED_METRICS = {
     "complexity": {"cls": ("gmacs", "params_m"), "seg": ("gmacs", "params_m")},
     "latency": {"cls": ("latency_ms_p50", "throughput_img_s"), "seg": ("latency_ms_p50", "throughput_img_s")},
     "train": {"cls": ("top1",), "seg": ("miou",)},
 }
-# Which stage a family's "stage GMACs" means: ResNet stage 5, the VT stage replacing it, the FPN module.
-STAGE_OF_FAMILY = {"resnet": "stage5", "vt_resnet": "vt", "fpn": "fpn", "vt_fpn": "fpn"}
 BASELINE_KEYS_COMPLEXITY = ("input_size", "num_classes", "stem")
 FORMATS = ("md", "csv", "html")
 
@@ -167,7 +164,8 @@ def latency_quality(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _task(model: Any) -> str:
-    return TASK_OF_FAMILY[family_of(str(model))]
+    """The model's task (the registry's; "cls" for a model it does not know), which picks the metrics expected."""
+    return facts_of(model).task
 
 
 def _missing_metrics(record: dict[str, Any]) -> list[str]:
@@ -364,8 +362,8 @@ def _joined(values: pd.Series) -> str | None:
 # --------------------------------------------------------------------------- derived columns
 
 def baseline_of(model: str) -> str | None:
-    """The baseline a VT model is compared with: vt_resnetN -> resnetN, vt_fpn_rN -> fpn_rN."""
-    return model[3:] if family_of(model) in ("vt_resnet", "vt_fpn") else None
+    """The baseline a VT model is compared with (the registry's: vt_resnet18 -> resnet18), else None."""
+    return facts_of(model).baseline
 
 
 def add_derived(agg: pd.DataFrame) -> pd.DataFrame:
@@ -373,7 +371,7 @@ def add_derived(agg: pd.DataFrame) -> pd.DataFrame:
     agg = agg.copy()
     if agg.empty:
         return agg
-    agg["family"] = agg["model"].map(lambda m: family_of(str(m)))
+    agg["family"] = agg["model"].map(family_of)
     for kind in ("gmacs", "params_m"):
         agg[f"stage_{kind}"] = [_stage_value(row, kind) for _, row in agg.iterrows()]
     pairs = [("gmacs", "gmacs_reduction_x", BASELINE_KEYS_COMPLEXITY, True),
@@ -413,7 +411,9 @@ def baseline_positions(agg: pd.DataFrame, metric: str, keys: Iterable[str]) -> l
 
 
 def _stage_value(row: pd.Series, kind: str) -> float:
-    stage = STAGE_OF_FAMILY.get(row["family"])
+    """The row's "stage" metric: the stage its model's family replaces or is replaced in (the registry's:
+    ResNet stage 5, the VT stage, the FPN module); NaN for a model without one."""
+    stage = facts_of(row["model"]).replaced
     value = row.get(f"{kind}_{stage}") if stage else None
     return float(value) if value is not None and not pd.isna(value) else np.nan
 
@@ -574,14 +574,13 @@ def ratio_ci_over_rounds(vt: list[float], base: list[float], *, paired: bool,
 
 # --------------------------------------------------------------------------- tables
 
-FAMILY_ORDER = {"resnet": 0, "vt_resnet": 1, "fpn": 2, "vt_fpn": 3, "other": 4}
-# A baseline's family and its VT family sit together: ResNet and VT-ResNet, then FPN and VT-FPN.
-FAMILY_GROUP = {"resnet": 0, "vt_resnet": 0, "fpn": 1, "vt_fpn": 1, "other": 2}
-
-
-def _depth(model: str) -> int:
-    digits = "".join(ch for ch in str(model) if ch.isdigit())
-    return int(digits) if digits else 0
+def _family_rank(model: Any) -> tuple[int, int, int]:
+    """Where a model sorts: its baseline's family (a baseline family and its VT family sit together:
+    ResNet and VT-ResNet, then FPN and VT-FPN), its depth (0 unknown), then its own family, all from
+    the registry, in its registration order; a model it does not know sorts last."""
+    facts, order = facts_of(model), family_order()
+    group = facts_of(facts.baseline).family if facts.baseline else facts.family
+    return order.index(group), facts.depth or 0, order.index(facts.family)
 
 
 def sort_rows(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
@@ -596,9 +595,9 @@ def sort_rows(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
 
     def key(i: int) -> tuple:
         row = df.iloc[i]
-        family = family_of(str(row["model"]))
-        return (FAMILY_GROUP[family], _depth(row["model"]), *[_sort_value(row[c]) for c in setting],
-                FAMILY_ORDER[family], str(row["model"]), *[_sort_value(row[c]) for c in rest])
+        group, depth, family = _family_rank(row["model"])
+        return (group, depth, *[_sort_value(row[c]) for c in setting],
+                family, str(row["model"]), *[_sort_value(row[c]) for c in rest])
 
     return df.iloc[sorted(range(len(df)), key=key)].reset_index(drop=True)
 
@@ -645,8 +644,8 @@ def fmt_pm(mean: Any, std: Any, n: Any, digits: int = 2) -> str:
     return f"{float(mean):.{digits}f}{spread}{count}"
 
 
-def _ratio(value: Any, is_baseline: bool) -> str:
-    if is_baseline:
+def _ratio(value: Any, base: bool) -> str:
+    if base:
         return "baseline"
     return "" if value is None or pd.isna(value) else f"{float(value):.2f}x"
 
@@ -673,12 +672,7 @@ def option_text(model: Any, column: str, value: Any) -> str:
 @functools.lru_cache(maxsize=None)
 def model_defaults(model: str) -> dict[str, Any]:
     """The options of a registered model with their defaults; {} for a model the registry does not know."""
-    from models import model_options
-
-    try:
-        return model_options(model)
-    except ValueError:  # a user's model profiled by import path
-        return {}
+    return dict(facts_of(model).defaults)
 
 
 def complexity_table(agg: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
@@ -688,7 +682,7 @@ def complexity_table(agg: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
     rows = sort_rows(agg[agg["gmacs"].notna()], label_cols)
     rows = rows.drop_duplicates(subset=["model", *label_cols, "gmacs", "params_m"]) if "params_m" in rows else rows
     out = _label_frame(rows, label_cols)
-    is_base = rows["family"].isin(["resnet", "fpn"]).values
+    is_base = rows["model"].map(is_baseline).values
     out["GMACs"] = [fmt(v, 3) for v in rows["gmacs"]]
     out["params (M)"] = [fmt(v, 2) for v in rows.get("params_m", pd.Series(np.nan, index=rows.index))]
     out["stage GMACs (stage 5 / VT / FPN module)"] = [fmt(v, 3) for v in rows["stage_gmacs"]]
@@ -747,7 +741,7 @@ def _latency_rows(group: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
         out["CUDA peak allocated (MB)"] = [fmt(v, 1) for v in col("memory_cuda_peak_mb")]
     out["batch used"] = [fmt(v, 0) for v in col("batch_size_used")]
     out["verdict"] = [verdict_text(v, r) for v, r in zip(col("latency_verdict"), col("latency_noise_reasons"))]
-    is_base = group["family"].isin(["resnet", "fpn"]).values
+    is_base = group["model"].map(is_baseline).values
     out["p50 / baseline"] = [_noisy_ratio(v, b, n) for v, b, n in
                              zip(col("latency_ratio_x"), is_base, col("latency_ratio_noisy"))]
     if col("latency_ratio_ci_ratio").notna().any():
@@ -762,10 +756,10 @@ def verdict_text(verdict: Any, reasons: Any) -> str:
     return "ok" if isinstance(verdict, str) and verdict else ""
 
 
-def _noisy_ratio(value: Any, is_baseline: bool, noisy: Any) -> str:
+def _noisy_ratio(value: Any, base: bool, noisy: Any) -> str:
     """The ratio to the baseline, '0.69x (noisy)' when it is built from a noisy row (either side)."""
-    text = _ratio(value, is_baseline)
-    return f"{text} (noisy)" if text and _true(noisy) and not is_baseline else text
+    text = _ratio(value, base)
+    return f"{text} (noisy)" if text and _true(noisy) and not base else text
 
 
 def _rounds_ci_text(row: pd.Series) -> str:
@@ -797,7 +791,7 @@ def accuracy_table(agg: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
             out[title] = [fmt(v, 0) if _is_number(v) else str(v) for v in rows[col]]
     for metric, title in present:
         out[title] = [fmt_pm(m, s, n) for m, s, n in zip(rows[metric], rows[f"{metric}_std"], rows[f"{metric}_n"])]
-    is_base = rows["family"].isin(["resnet", "fpn"]).values if "family" in rows.columns else [False] * len(rows)
+    is_base = rows["model"].map(is_baseline).values
     for metric, name in STAT_METRICS:
         if f"{metric}_diff" not in rows.columns:
             continue
@@ -950,7 +944,7 @@ def attention_cell(data: RunData) -> tuple[dict[str, Any], Path | None] | None:
     cells = data.cells
     if cells.empty:
         return None
-    vt = cells[cells["model"].map(lambda m: family_of(str(m)) in ("vt_resnet", "vt_fpn"))]
+    vt = cells[cells["model"].map(lambda m: family_of(m) in ("vt_resnet", "vt_fpn"))]
     candidates = []
     run_dirs = {d.name: d for d in data.run_dirs}
     for _, row in vt.iterrows():
@@ -958,7 +952,7 @@ def attention_cell(data: RunData) -> tuple[dict[str, Any], Path | None] | None:
         top1 = row.get("top1") if "top1" in row else None
         score = (not ckpt.exists(), family_of(row["model"]) != "vt_resnet",
                  -(float(top1) if top1 is not None and not pd.isna(top1) else -1.0),
-                 _pixels(row.get("input_size")), _depth(row["model"]))  # then the cheapest to draw
+                 _pixels(row.get("input_size")), facts_of(row["model"]).depth or 0)  # then the cheapest to draw
         candidates.append((score, row["cell_id"], ckpt if ckpt.exists() else None))
     if not candidates:
         return None

@@ -48,12 +48,14 @@ from torch import nn
 from bench.errors import UsageError
 from bench.roofline import achieved, measure_peak
 from bench.tables import markdown_table
+from models import build_model, model_facts, stage_order
 
 log = logging.getLogger("bench.speed")
 
-PAIRS = {"r18": ("resnet18", "vt_resnet18"), "r50": ("resnet50", "vt_resnet50"), "fpn": ("fpn_r50", "vt_fpn_r50")}
+# The study's pairs (`--pairs`): a VT model each, timed beside the baseline the registry names for it.
+PAIRS = {"r18": "vt_resnet18", "r50": "vt_resnet50", "fpn": "vt_fpn_r50"}
 INPUT_SIZE = 224
-INPUT_SIZES = {"fpn_r50": 473, "vt_fpn_r50": 473}  # the paper's semantic-segmentation size (Table 6)
+SEG_INPUT_SIZE = 473  # the paper's semantic-segmentation size (Table 6), for every segmentation model
 CPU_DEFAULTS = dict(batch_sizes=[1, 32], modes=["eager"], dtype="fp32", device="cpu", out="results/speed_cpu")
 GPU_DEFAULTS = dict(batch_sizes=[1, 64, 256], modes=["eager", "compile", "cuda_graphs"], dtype="bf16",
                     device="cuda", out="results/speed_gpu")
@@ -62,19 +64,23 @@ MODE_OPTIONS = {"eager": {}, "compile": {"compile_mode": "default"}, "cuda_graph
 
 
 def input_size(name: str) -> int:
-    """The side of the square input a model of the study is timed at."""
-    return INPUT_SIZES.get(name, INPUT_SIZE)
+    """The side of the square input a model of the study is timed at (by the registry's task)."""
+    return SEG_INPUT_SIZE if model_facts(name).task == "seg" else INPUT_SIZE
+
+
+def pair_models(key: str) -> tuple[str, str]:
+    """(baseline, VT model) of the pair `key`: r18 -> (resnet18, vt_resnet18)."""
+    vt = PAIRS[key]
+    return model_facts(vt).baseline, vt
 
 
 # ------------------------------------------------------------------------------ models ------
 
 def build_models(pairs: Sequence[str]) -> dict[str, nn.Module]:
     """Build every model of the pairs once, in eval mode, with seed 0 weights."""
-    from models import build_model
-
     built = {}
     for key in pairs:
-        for name in PAIRS[key]:
+        for name in pair_models(key):
             torch.manual_seed(0)
             built[name] = build_model(name).eval()
     return built
@@ -349,10 +355,9 @@ def markdown(summaries: list[dict[str, Any]], stages: dict[str, dict[str, float]
                         "Achieved TFLOP/s = 2 x MACs x batch / p50."]
     lines.append(markdown_table(pd.DataFrame([_summary_cells(s) for s in summaries])).rstrip("\n"))
     if stages:
-        from bench.commands.profile import STAGE_ORDER
-
         seen = list(dict.fromkeys(st for times in stages.values() for st in times))
-        all_stages = [st for st in STAGE_ORDER if st in seen] + [st for st in seen if st not in STAGE_ORDER]
+        order = stage_order()
+        all_stages = [st for st in order if st in seen] + [st for st in seen if st not in order]
         shares = [{"model, batch": key, **{st: f"{times[st]:.2f} ({100 * times[st] / sum(times.values()):.0f}%)"
                                            if st in times else "-" for st in all_stages}}
                   for key, times in stages.items()]
@@ -461,7 +466,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                                min_time_s=getattr(args, "min_time_s", None))
             raw_rows[f"{mode}_b{batch}"] = rows
             for key in args.pairs:
-                s = pair_summary(*PAIRS[key], rows, macs, batch=batch)
+                s = pair_summary(*pair_models(key), rows, macs, batch=batch)
                 summaries.append({"device": args.device, "dtype": args.dtype, "mode": mode, "batch": batch, **s})
                 log.info("batch %d %s %s: latency ratio %s, MACs ratio %.3f", batch, mode, key,
                          _fmt(s.get("latency_ratio")), s["macs_ratio"])
@@ -494,7 +499,7 @@ def render(out: Path) -> list[dict[str, Any]]:
     for key, rows in raw["rounds"].items():
         mode, batch = key.rsplit("_b", 1)
         for pair in args.pairs:
-            summary = pair_summary(*PAIRS[pair], rows, macs, batch=int(batch))
+            summary = pair_summary(*pair_models(pair), rows, macs, batch=int(batch))
             summaries.append({"device": args.device, "dtype": args.dtype, "mode": mode, "batch": int(batch), **summary})
     add_fractions(summaries, peak)
     stages = raw.get("stages_ms") or {}

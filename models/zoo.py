@@ -53,10 +53,19 @@ from functools import partial
 
 from models.fpn import FPN, VTFPN, SegmentationFPN
 from models.layers import DEFAULT_NUMERICS, check_numerics
-from models.registry import register_model
+from models.registry import Family, register_model
 from models.resnet import STEMS, ResNetClassifier, VTResNet
 from models.transformer import TRANSFORMERS
 from models.vt import TokenHead, make_vt_stage
+
+
+# The four families, each stated once: every variant's facts (models.registry.ModelFacts) come from
+# its family and the depth and baseline given at its registration, never from its name.
+_TRUNK = ("stem", "stage2", "stage3", "stage4")
+RESNET = Family("resnet", task="cls", stages=(*_TRUNK, "stage5", "head"), replaced="stage5")
+VT_RESNET = Family("vt_resnet", task="cls", stages=(*_TRUNK, "vt", "head"), replaced="vt")
+FPN_SEG = Family("fpn", task="seg", stages=(*_TRUNK, "stage5", "fpn", "head"), replaced="fpn")
+VT_FPN_SEG = Family("vt_fpn", task="seg", stages=(*_TRUNK, "stage5", "fpn", "head"), replaced="fpn")
 
 
 def _resnet(depth: int, num_classes: int, stem: str, zero_init_residual: bool, width: float) -> ResNetClassifier:
@@ -66,28 +75,28 @@ def _resnet(depth: int, num_classes: int, stem: str, zero_init_residual: bool, w
                             width=width)
 
 
-@register_model
+@register_model(family=RESNET, depth=18)
 def resnet18(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True,
              width: float = 1.0):
     """torchvision ResNet-18 with stage children."""
     return _resnet(18, num_classes, stem, zero_init_residual, width)
 
 
-@register_model
+@register_model(family=RESNET, depth=34)
 def resnet34(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True,
              width: float = 1.0):
     """torchvision ResNet-34 with stage children."""
     return _resnet(34, num_classes, stem, zero_init_residual, width)
 
 
-@register_model
+@register_model(family=RESNET, depth=50)
 def resnet50(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True,
              width: float = 1.0):
     """torchvision ResNet-50 with stage children."""
     return _resnet(50, num_classes, stem, zero_init_residual, width)
 
 
-@register_model
+@register_model(family=RESNET, depth=101)
 def resnet101(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True,
              width: float = 1.0):
     """torchvision ResNet-101 with stage children."""
@@ -146,7 +155,7 @@ def _transformer_kwargs(kind: str, qk_channels, heads, kqv_groups, ff_channels) 
     return {}
 
 
-@register_model
+@register_model(family=VT_RESNET, depth=18, baseline="resnet18")
 def vt_resnet18(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: int = 16,
                 token_channels: int = 1024, tokenizer: str = "filter", recurrent: bool = True,
                 transformer: str = "paper", projector: bool = True, last_projector: bool = False,
@@ -158,7 +167,7 @@ def vt_resnet18(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: 
     return _vt_resnet(18, **locals())
 
 
-@register_model
+@register_model(family=VT_RESNET, depth=34, baseline="resnet34")
 def vt_resnet34(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: int = 16,
                 token_channels: int = 1024, tokenizer: str = "filter", recurrent: bool = True,
                 transformer: str = "paper", projector: bool = True, last_projector: bool = False,
@@ -170,7 +179,7 @@ def vt_resnet34(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: 
     return _vt_resnet(34, **locals())
 
 
-@register_model
+@register_model(family=VT_RESNET, depth=50, baseline="resnet50")
 def vt_resnet50(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: int = 16,
                 token_channels: int = 1024, tokenizer: str = "filter", recurrent: bool = True,
                 transformer: str = "paper", projector: bool = True, last_projector: bool = False,
@@ -182,7 +191,7 @@ def vt_resnet50(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: 
     return _vt_resnet(50, **locals())
 
 
-@register_model
+@register_model(family=VT_RESNET, depth=101, baseline="resnet101")
 def vt_resnet101(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: int = 16,
                  token_channels: int = 1024, tokenizer: str = "filter", recurrent: bool = True,
                  transformer: str = "paper", projector: bool = True, last_projector: bool = False,
@@ -199,14 +208,14 @@ def _check_seg(num_classes: int) -> None:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
 
 
-@register_model
+@register_model(family=FPN_SEG, depth=50)
 def fpn_r50(*, num_classes: int = 171, zero_init_residual: bool = True):
     """Semantic FPN on ResNet-50 (torchvision FPN + Detectron2 head; Tables 9-10)."""
     _check_seg(num_classes)
     return SegmentationFPN(50, partial(FPN), num_classes, zero_init_residual=zero_init_residual)
 
 
-@register_model
+@register_model(family=FPN_SEG, depth=101)
 def fpn_r101(*, num_classes: int = 171, zero_init_residual: bool = True):
     """Semantic FPN on ResNet-101 (torchvision FPN + Detectron2 head; Tables 9-10)."""
     _check_seg(num_classes)
@@ -232,7 +241,7 @@ def _vt_fpn(depth: int, *, num_classes: int, num_tokens: int, token_channels: in
     return SegmentationFPN(depth, fpn, num_classes, zero_init_residual=zero_init_residual)
 
 
-@register_model
+@register_model(family=VT_FPN_SEG, depth=50, baseline="fpn_r50")
 def vt_fpn_r50(*, num_classes: int = 171, num_tokens: int = 8, token_channels: int = 1024, tokenizer: str = "filter",
                transformer: str = "paper", qk_channels: int | None = None, heads: int | None = None,
                kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
@@ -242,7 +251,7 @@ def vt_fpn_r50(*, num_classes: int = 171, num_tokens: int = 8, token_channels: i
     return _vt_fpn(50, **locals())
 
 
-@register_model
+@register_model(family=VT_FPN_SEG, depth=101, baseline="fpn_r101")
 def vt_fpn_r101(*, num_classes: int = 171, num_tokens: int = 8, token_channels: int = 1024, tokenizer: str = "filter",
                 transformer: str = "paper", qk_channels: int | None = None, heads: int | None = None,
                 kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,

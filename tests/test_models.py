@@ -7,10 +7,10 @@ import functools
 import pytest
 import torch
 
-from models import build_model, list_models, model_options
+from models import build_model, list_models, model_facts, model_options
 
-CLS = [n for n in list_models() if not n.startswith(("fpn", "vt_fpn"))]
-SEG = [n for n in list_models() if n.startswith(("fpn", "vt_fpn"))]
+CLS = [n for n in list_models() if model_facts(n).task == "cls"]
+SEG = [n for n in list_models() if model_facts(n).task == "seg"]
 NUM_CLASSES = 5
 
 
@@ -45,8 +45,8 @@ def test_attributes(name):
     assert model.num_classes == NUM_CLASSES
     assert model.default_input_size == (32 if name in CLS else 512)
     children = [n for n, _ in model.named_children()]
-    expected_last = ["vt", "head"] if name.startswith("vt_resnet") else (
-        ["stage5", "fpn", "head"] if name in SEG else ["stage5", "head"])
+    expected_last = {"resnet": ["stage5", "head"], "vt_resnet": ["vt", "head"], "fpn": ["stage5", "fpn", "head"],
+                     "vt_fpn": ["stage5", "fpn", "head"]}[model_facts(name).family]
     assert children == ["stem", "stage2", "stage3", "stage4"] + expected_last
 
 

@@ -296,20 +296,19 @@ def test_reference_ships_and_names_tables():
     assert all(m == {"transformer": "none"} for m in t5["match"])
 
 
-def test_variant_defaults_agree_with_the_model_zoo():
-    """The reference's idea of the paper's default variant is what build_model builds by default."""
-    import models
-    from bench.reference import VARIANT_DEFAULTS, family_of
+def test_paper_defaults_are_the_registry_defaults_with_the_papers_readings():
+    """The paper's default variant (section 5.1) is read from the registry, not kept beside it: L = 16
+    tokens for VT-ResNet, 8 per level for VT-FPN, a filter tokenizer, recurrence and projector on; the
+    transformer is either reading of the paper's equations; baselines and unknown models have none."""
+    from bench.reference import paper_defaults
 
-    for name in models.list_models():
-        defaults = VARIANT_DEFAULTS.get(family_of(name))
-        if not defaults:
-            continue
-        options = models.model_options(name)
-        for key, want in defaults.items():
-            if key in options:
-                accepted = want if isinstance(want, tuple) else (want,)
-                assert options[key] in accepted, (name, key, options[key], want)
+    for name in ("vt_resnet18", "vt_resnet34", "vt_resnet50", "vt_resnet101"):
+        assert paper_defaults(name) == {"tokenizer": "filter", "num_tokens": 16, "projector": True,
+                                        "transformer": ("paper", "mhsa"), "recurrent": True}, name
+    for name in ("vt_fpn_r50", "vt_fpn_r101"):
+        assert paper_defaults(name) == {"tokenizer": "filter", "num_tokens": 8, "transformer": ("paper", "mhsa")}
+    for name in ("resnet18", "fpn_r50", "timm:resnet18", "mypkg.nets:vt_resnet18"):
+        assert paper_defaults(name) == {}, name
 
 
 def test_several_runs_combine_and_need_out(run_dir, tmp_path):

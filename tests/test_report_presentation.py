@@ -23,10 +23,9 @@ def _cell(model, input_size=224, num_classes=1000, **options):
 
 
 def _stage(model, gmacs):
-    key = {"resnet": "gmacs_stage5", "vt_resnet": "gmacs_vt", "fpn": "gmacs_fpn", "vt_fpn": "gmacs_fpn"}
-    from bench.reference import family_of
+    from models import model_facts
 
-    return {key[family_of(model)]: gmacs}
+    return {f"gmacs_{model_facts(model).replaced}": gmacs}
 
 
 # (config, gmacs, stage gmacs), listed out of order on purpose: the report orders them.

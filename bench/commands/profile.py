@@ -56,7 +56,6 @@ HELP = "Measure one model (registry name or package.module:callable): MACs, para
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = ("stem", "stage2", "stage3", "stage4", "stage5", "vt", "fpn", "head")
 _NOT_STAGES = ("fvcore", "flopcounter", "traced")
 GMACS_SPEC = ".4g"  # four significant digits: 0.0005123 G for a tiny net, 17.56 G for ViT-B/16
 DEFAULT_MIN_TIME_S = 1.0
@@ -238,8 +237,8 @@ def stage_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-stage MACs and params from the flat `gmacs_<stage>` / `params_m_<stage>` metrics.
 
     A stage is a key with both a `gmacs_` and a `params_m_` entry (so `gmacs_traced` is not one), in
-    the order the metrics hold them: the model's own child order (registered models list theirs in
-    STAGE_ORDER; a custom model's children are not reordered).
+    the order the metrics hold them: the model's own child order (a registered model's is its
+    `models.model_facts(name).stages`; a custom model's children are not reordered).
     """
     stages = [k[len("gmacs_"):] for k in metrics
               if k.startswith("gmacs_") and k[len("gmacs_"):] not in _NOT_STAGES and f"params_m_{k[len('gmacs_'):]}" in metrics]
