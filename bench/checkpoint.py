@@ -14,7 +14,6 @@ values), an unreadable file raises it too, and neither touches anything.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from bench.errors import UsageError
+from bench.util import atomic_write, canonical_hash
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,7 @@ class CheckpointError(UsageError):
 
 def fingerprint(payload: dict[str, Any]) -> str:
     """Stable 16-hex hash of a JSON-able dict (key order does not matter)."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return canonical_hash(payload, 16)
 
 
 def previous_name(age: int) -> str:
@@ -67,22 +66,11 @@ def save_checkpoint(out_dir: str | os.PathLike, state: dict[str, Any], keep: int
     if keep < 1:
         raise ValueError(f"keep must be at least 1 (got {keep})")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     current = out_dir / CHECKPOINT
-    fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=out_dir)
-    try:
-        os.fchmod(fd, _shared_file_mode())  # mkstemp makes it 0600: the run's group could not read it
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": FORMAT, **state}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if keep > 1 and current.exists():
+    with atomic_write(current, "wb") as handle:  # .checkpoint.pt.XXXX.tmp: remove_stale_temp_files finds it
+        torch.save({"format": FORMAT, **state}, handle)
+        if keep > 1 and current.exists():  # once the new one is whole, before it replaces the old
             _shift_previous(out_dir, keep)
-        os.replace(tmp, current)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(out_dir)
     for age, path in _previous_by_age(out_dir):
         if age >= keep:
             path.unlink(missing_ok=True)
@@ -137,34 +125,6 @@ def remove_stale_temp_files(out_dir: str | os.PathLike) -> list[Path]:
         path.unlink(missing_ok=True)
         log.info("removed %s, left by a checkpoint write that did not finish", path)
     return stale
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _shared_file_mode() -> int:
-    """0o666 less the umask, what `open(path, "w")` would give (as `bench.records.shared_file_mode`,
-    repeated here because the training code does not import the pipeline's modules)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split(":", 1)[1].strip(), 8)
-    except (OSError, ValueError):
-        pass
-    old = os.umask(0o022)  # racy with threads creating files; only where /proc is missing
-    os.umask(old)
-    return 0o666 & ~old
 
 
 def read_checkpoint_file(path: str | os.PathLike) -> Any:

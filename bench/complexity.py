@@ -51,6 +51,8 @@ from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.util import image_hw
+
 log = logging.getLogger(__name__)
 
 # fvcore's simplified op names that are matrix products: the paper's "FLOPs".
@@ -233,7 +235,7 @@ def measure_complexity(model: nn.Module, input_size, batch_size: int = 1) -> Com
     """Count MACs (executed, traced, fvcore total) and parameters of `model`, per image."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    height, width = _hw(input_size)
+    height, width = image_hw(input_size)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     images = torch.randn(batch_size, 3, height, width, device=device)
     was_training = model.training
@@ -352,9 +354,3 @@ def _unsupported(analysis: FlopCountAnalysis) -> dict[str, int]:
         log.debug("fvcore met ops without a handle (not counted in the traced figures): %s", dict(ops))
     return dict(sorted(ops.items()))
 
-
-def _hw(input_size) -> tuple[int, int]:
-    if isinstance(input_size, int):
-        return input_size, input_size
-    height, width = input_size
-    return int(height), int(width)

@@ -33,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torchvision
+from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
 from bench.complexity import measure_complexity
@@ -85,8 +86,6 @@ def build_for_weights(p: Published) -> nn.Module:
 
 def plain_fvcore(model: nn.Module, size: int) -> tuple[float, float]:
     """(total, paper-convention sum) in G MACs from fvcore with its defaults, as a user runs it."""
-    from fvcore.nn import FlopCountAnalysis
-
     with torch.no_grad():
         analysis = FlopCountAnalysis(model, torch.randn(1, 3, size, size))
         analysis.unsupported_ops_warnings(False)

@@ -24,9 +24,12 @@ import os
 import subprocess
 from datetime import timedelta
 
+import submitit
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from bench.util import launcher_ranks
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +68,15 @@ class DistEnv:
 def detect_env(environ: dict[str, str] | None = None) -> DistEnv:
     """Read the ranks from torchrun variables, a submitit job or a SLURM step (see module doc)."""
     env = os.environ if environ is None else environ
-    if int(env.get("WORLD_SIZE", "1")) > 1:
-        return DistEnv(rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
-                       local_rank=int(env.get("LOCAL_RANK", "0")),
+    ranks = launcher_ranks(env)
+    if ranks is not None and ranks.launcher == "torchrun":
+        return DistEnv(rank=ranks.rank, world_size=ranks.world_size, local_rank=ranks.local_rank,
                        master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
                        master_port=int(env.get("MASTER_PORT", "29500")))
     if env.get("SUBMITIT_EXECUTOR") and environ is None:
         return _submitit_env(env)
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
-        return DistEnv(rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
-                       local_rank=int(env.get("SLURM_LOCALID", "0")),
+    if ranks is not None:  # a SLURM step without submitit
+        return DistEnv(rank=ranks.rank, world_size=ranks.world_size, local_rank=ranks.local_rank,
                        master_addr=env.get("MASTER_ADDR") or _first_slurm_host(env),
                        master_port=_job_port(env, env.get("SLURM_ARRAY_JOB_ID", env.get("SLURM_JOB_ID", "0"))))
     return DistEnv()
@@ -82,8 +84,6 @@ def detect_env(environ: dict[str, str] | None = None) -> DistEnv:
 
 def _submitit_env(env) -> DistEnv:
     """Ranks of a submitit job (SLURM or local executor); one task means no distribution."""
-    import submitit
-
     try:
         job = submitit.JobEnvironment()
     except RuntimeError:  # the variable is set but this is not a submitit job process
@@ -132,8 +132,9 @@ def init_process_group(denv: DistEnv, device: torch.device, timeout_s: float = 1
 def current_env() -> DistEnv:
     """The DistEnv of an already initialised process group (or of the environment)."""
     if dist.is_available() and dist.is_initialized():
+        ranks = launcher_ranks()
         return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                       local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+                       local_rank=ranks.local_rank if ranks else 0)
     return detect_env()
 
 

@@ -39,8 +39,13 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+
 from bench.errors import UsageError
+from bench.latency import judge_latency
+from bench.modelref import resolve_model_ref
 from bench.records import CorruptRecord, capture_env, now_iso, read_record, record_path, write_record
+from bench.runner import measure_cell_latency
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +92,6 @@ def combine_rounds(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def _combined_verdict(rounds: Sequence[dict[str, Any]], combined: dict[str, Any]) -> dict[str, Any]:
     """The verdict of the combined row: every round must have settled, and the combined figures judged."""
-    from bench.latency import judge_latency
-
     unsettled = sum(1 for r in rounds if r.get("warmup_settled") is False)
     out: dict[str, Any] = {"latency_round_verdicts": [r.get("latency_verdict") for r in rounds]}
     if any("warmup_settled" in r for r in rounds):
@@ -142,18 +145,12 @@ def latency_cells(run_dir: Path, only: Sequence[str] | None = None) -> list[tupl
 
 def _build(config: dict[str, Any]):
     """The cell's model, built as the runner builds it (seeded, eval mode)."""
-    import torch
-
-    from bench.modelref import resolve_model_ref
-
     torch.manual_seed(int(config.get("seed", 0)))
     return resolve_model_ref(config["model"]).build(**dict(config.get("model_args") or {})).eval()
 
 
 def _measure(model, config: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
     """One round of one cell: measured exactly as the runner measures it."""
-    from bench.runner import measure_cell_latency
-
     return measure_cell_latency(model, config, timing)
 
 

@@ -67,8 +67,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+from torch.utils.benchmark import Timer
 
 from bench.errors import UsageError
+from bench.records import capture_env
+from bench.util import image_hw
 
 log = logging.getLogger(__name__)
 
@@ -115,17 +118,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
             raise UsageError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
         dev = torch.device("cuda", index)
     return dev
-
-
-def resolve_input_size(input_size: int | Sequence[int]) -> tuple[int, int]:
-    """An int side or an (H, W) pair -> (H, W); raise UsageError on non-positive sizes."""
-    if isinstance(input_size, int):
-        hw = (input_size, input_size)
-    else:
-        hw = tuple(int(v) for v in input_size)
-    if len(hw) != 2 or min(hw) < 1:
-        raise UsageError(f"input size must be a positive side or an (H, W) pair, got {input_size!r}")
-    return hw  # type: ignore[return-value]
 
 
 def check_dtype(device: torch.device, dtype: str) -> torch.dtype:
@@ -642,8 +634,6 @@ def _collect_cpu(step: Callable[[], Any], *, threads: int, estimate_s: float, mi
     blocks of the same size are then added with `Timer.timeit` until `min_iters` samples exist
     or `max_time_s` has passed.
     """
-    from torch.utils.benchmark import Timer
-
     start = time.perf_counter()
     timer = Timer(stmt="step()", globals={"step": step}, num_threads=threads)
     measurement = timer.blocked_autorange(min_run_time=min(max(min_time_s, min_iters * estimate_s), max_time_s))
@@ -800,7 +790,7 @@ def measure_latency(model: nn.Module, *, input_size: int | Sequence[int], batch_
         raise UsageError(f"unknown timing option(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_TIMING)}")
     opts = {**DEFAULT_TIMING, **timing}
     dev = resolve_device(device)
-    hw = resolve_input_size(input_size)
+    hw = image_hw(input_size)
     check_options(device=dev, batch_size=batch_size, compile_mode=compile_mode, cuda_graphs=cuda_graphs,
                   train_step=train_step, threads=threads)
     torch_dtype = check_dtype(dev, dtype)
@@ -854,13 +844,11 @@ def latency_env(*, device: str | torch.device = "cpu", dtype: str = "fp32",
                 input_size: int | Sequence[int] | None = None, threads: int | None = None,
                 cudnn_benchmark: bool | None = None) -> dict[str, Any]:
     """The environment of a latency measurement: `capture_env` plus dtype, batch, size, threads, cuDNN."""
-    from bench.records import capture_env
-
     env = capture_env(str(device))
     env.update(
         dtype=dtype,
         batch_size=batch_size,
-        input_size=list(resolve_input_size(input_size)) if input_size is not None else None,
+        input_size=list(image_hw(input_size)) if input_size is not None else None,
         threads=threads or torch.get_num_threads(),
         interop_threads=torch.get_num_interop_threads(),
         cudnn_benchmark=bool(torch.backends.cudnn.benchmark if cudnn_benchmark is None else cudnn_benchmark),

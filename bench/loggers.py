@@ -19,12 +19,14 @@ epochs lost to a crash are dropped) and then grows by one epoch at a time:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from bench.errors import UsageError
+from bench.util import write_text_atomic
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -51,7 +53,7 @@ class JsonlLogger:
 
     def __init__(self, out_dir: Path, task: str, history: list[dict[str, Any]]):
         self.path = out_dir / METRICS_JSONL
-        _rewrite(self.path, "".join(_json_line(r) for r in history))
+        write_text_atomic(self.path, "".join(_json_line(r) for r in history))
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         _append(self.path, _json_line(record))
@@ -66,13 +68,11 @@ class CsvLogger:
     def __init__(self, out_dir: Path, task: str, history: list[dict[str, Any]]):
         self.path = out_dir / METRICS_CSV
         self.columns = csv_columns(task)
-        _rewrite(self.path, "".join(self._row(r) for r in [None, *history]))
+        write_text_atomic(self.path, "".join(self._row(r) for r in [None, *history]))
 
     def _row(self, record: dict[str, Any] | None) -> str:
         """The header (record None) or one epoch's row, as CSV text ending in a newline."""
-        from io import StringIO
-
-        buffer = StringIO()
+        buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(self.columns if record is None else [_cell(record.get(c)) for c in self.columns])
         return buffer.getvalue()
@@ -158,13 +158,6 @@ def _append(path: Path, text: str) -> None:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _rewrite(path: Path, text: str) -> None:
-    """Replace the file with `text` atomically (a resumed run drops the lines of lost epochs)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 __all__ = ["LOGGERS", "METRICS_JSONL", "METRICS_CSV", "TENSORBOARD_DIR", "EpochLogger", "JsonlLogger",

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+import models
 from bench.errors import UsageError, UserCodeError, describe_exception
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -129,9 +130,7 @@ def current_dir_importable() -> str:
     editable install finds it only after sys.path), so a folder's `models/` or `torch.py` cannot
     shadow the modules vtbench and the factory rely on.
     """
-    import models  # noqa: F401 - pinned before the folder joins the path
-
-    cwd = os.getcwd()
+    cwd = os.getcwd()  # vtbench's own `models` is imported already (at the top of this module)
     if not any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path):
         sys.path.append(cwd)
     return cwd
@@ -167,8 +166,6 @@ def _timm_factory(name: str) -> Callable[..., nn.Module]:
 
 def _registry_factory(name: str) -> Callable[..., nn.Module]:
     """A factory that builds the registered variant `name` (checked to exist now)."""
-    import models
-
     if name not in models.list_models():
         # build_model's error names the close matches and the known models.
         try:

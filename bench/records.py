@@ -27,7 +27,6 @@ no path is ever built from a cell id that is not 12 lowercase hex digits.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import math
@@ -35,13 +34,12 @@ import platform
 import re
 import socket
 import subprocess
-import tempfile
 import traceback as _traceback
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import Any, Iterator
 
 from bench.errors import UsageError
+from bench.util import atomic_write, canonical_hash, write_text_atomic  # noqa: F401  (write_text_atomic: re-exported)
 
 SCHEMA = "vtbench.record/1"
 STATUSES = ("ok", "error")
@@ -57,8 +55,7 @@ PATH_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 def cell_id_of(config: dict[str, Any]) -> str:
     """Stable 12-hex id of a resolved cell config (key order does not matter)."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    return canonical_hash(config, 12)
 
 
 def check_cell_id(cell_id: Any) -> str:
@@ -117,7 +114,7 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
 
 def capture_env(device: str | None = None) -> dict[str, Any]:
     """Describe the machine and software a measurement ran on."""
-    import torch
+    import torch  # here: `vtbench status` and `report` read records and never need torch (1.3 s)
 
     env: dict[str, Any] = {
         "host": socket.gethostname(),
@@ -181,61 +178,6 @@ def make_record(config: dict[str, Any], *, metrics: dict[str, Any] | None = None
             "traceback": "".join(_traceback.format_exception(type(error), error, error.__traceback__)),
         }
     return record
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where /proc allows.
-
-    `os.umask` can only be read by setting it, which races with other threads creating files;
-    /proc/self/status (Linux >= 4.7) reports it directly, so that is tried first.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split(":", 1)[1].strip(), 8)
-    except (OSError, ValueError):
-        pass
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
-def shared_file_mode() -> int:
-    """The mode a plain `open(path, "w")` would give: 0o666 less the umask.
-
-    `tempfile.mkstemp` creates files 0600 whatever the umask, so a record renamed into place would
-    be unreadable to the group of a run folder on a shared cluster file system.
-    """
-    return 0o666 & ~current_umask()
-
-
-@contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Open a temp file beside `path`; on a clean exit fsync it and rename it over `path`.
-
-    A crash or a full disk midway leaves the former `path` untouched (and no temp file behind).
-    `mode` is "w" (text) or "wb" (binary).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, shared_file_mode())
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` atomically (see `atomic_write`)."""
-    with atomic_write(path) as handle:
-        handle.write(text)
-    return Path(path)
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:

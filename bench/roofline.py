@@ -15,15 +15,28 @@ shared or throttled machine reaches less of it.
 
 from __future__ import annotations
 
+import argparse
+import csv
+import json
+import logging
 import statistics
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
 
+from bench.complexity import _executed_handles, mha_fastpath_disabled
+from bench.latency import DTYPES, _cuda_timer, _wall_timer, fixed_threads
+from bench.records import write_json_atomic
 from bench.tables import markdown_table
+from models import build_model
 
 def _median_time(run_once: Callable[[], float], reps: int, warmups: int) -> float:
     """Median seconds of `run_once` (a bench.latency timer) over `reps` runs, after `warmups`."""
@@ -39,8 +52,6 @@ def measure_peak(device: str | torch.device = "cpu", dtype: str = "fp32", *, thr
     Defaults: n = 8192 and a 2 GiB copy on CUDA; n = 2048 and a 256 MiB copy on the CPU (each
     larger than the caches of the machines this project runs on).
     """
-    from bench.latency import DTYPES, _cuda_timer, _wall_timer, fixed_threads
-
     dev = torch.device(device)
     torch_dtype = DTYPES[dtype]
     cuda = dev.type == "cuda"
@@ -119,12 +130,6 @@ def operator_costs(model: nn.Module, input_size: int, batch_size: int = 1,
     (bench.complexity): matrix products and convolutions; other operators count 0 FLOPs and their
     bytes. Views move nothing and are skipped; each remaining operator is one kernel in eager mode.
     """
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_leaves
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from bench.complexity import _executed_handles, mha_fastpath_disabled
-
     registry = FlopCounterMode(display=False, custom_mapping=_executed_handles()).flop_registry
 
     def size(t: torch.Tensor) -> float:
@@ -226,8 +231,6 @@ batch sizes: those of the GPU studies in results/speed_gpu, so that measurements
 def study_costs(float_bytes: int = 2) -> dict[tuple[str, int], tuple[list[OpCost], dict]]:
     """Operator costs of every study model at every batch size: a forward on the meta device
     (shapes only, instant; the FLOPs and bytes depend on shapes alone)."""
-    from models import build_model
-
     costs = {}
     for name, (size, batches) in STUDY_MODELS.items():
         model = build_model(name).eval().to("meta")
@@ -317,7 +320,7 @@ def markdown(rows: list[dict[str, Any]], devices: dict[str, tuple[float, float, 
 def roofline_plot(rows: list[dict[str, Any]], tflops: float, tb_s: float, device: str, path) -> None:
     """Log-log roofline of `device`'s measured stages: achieved TFLOP/s against FLOP per byte (eager
     bytes), with the compute roof and the bandwidth slope; the replaced stages stand out."""
-    import matplotlib
+    import matplotlib  # here: 0.3 s to import, and the speed study imports this module for measure_peak
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -356,14 +359,6 @@ def roofline_plot(rows: list[dict[str, Any]], tflops: float, tb_s: float, device
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m bench.roofline [--out DIR] [--measured SPEED_JSON ...]`."""
-    import argparse
-    import csv
-    import json
-    import logging
-    from pathlib import Path
-
-    from bench.records import write_json_atomic
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="python -m bench.roofline", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="results/roofline", help="output folder (default results/roofline)")
@@ -405,6 +400,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

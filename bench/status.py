@@ -64,10 +64,6 @@ class RunStatus:
     def failed(self) -> list[CellStatus]:
         return [c for c in self.cells if c.state == "error"]
 
-    @property
-    def complete(self) -> bool:
-        return all(c.state in ("ok", "error") for c in self.cells)
-
 
 def run_status(run_dir: str | os.PathLike) -> RunStatus:
     """Collect the status of the run in `run_dir` (see the module doc)."""
