@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import bench.cli
-from bench.commands.profile import parse_batch_sizes, parse_input_size, parse_overrides
+from bench.commands.common import parse_overrides
+from bench.commands.profile import parse_batch_sizes, parse_input_size
 from bench.errors import UsageError
 from bench.records import read_record
 
@@ -122,8 +123,14 @@ def test_models_command_table_and_json(vtbench):
 def test_parsers():
     assert parse_batch_sizes("1, 32") == [1, 32]
     assert parse_input_size("224") == 224 and parse_input_size("224x320") == [224, 320]
-    assert parse_overrides(["num_tokens=8", "projector=false", "x=0.5", "y=null", "tokenizer=filter"]) == {
-        "num_tokens": 8, "projector": False, "x": 0.5, "y": None, "tokenizer": "filter"}
+    assert parse_overrides(["num_tokens=8", "projector=false", "x=0.5", "y=null", "tokenizer=filter"]) == [
+        ("num_tokens", 8), ("projector", False), ("x", 0.5), ("y", None), ("tokenizer", "filter")]
+    assert parse_overrides(["base.num_tokens=8", "axes.seed=[0, 1]"]) == [("base.num_tokens", 8), ("axes.seed", [0, 1])]
+    with pytest.raises(UsageError, match="KEY a Python name"):
+        parse_overrides(["base.num_tokens=8"], python_names=True)
+    for bad in ("oops", "=1", "a=[1"):
+        with pytest.raises(UsageError):
+            parse_overrides([bad])
     for bad in ("", "-1", "2.5"):
         with pytest.raises(UsageError):
             parse_batch_sizes(bad)

@@ -25,8 +25,14 @@ import csv
 import io
 import json
 import math
+import re
 import sys
 from typing import Any, Callable, Iterable, Sequence
+
+import yaml
+
+from bench.errors import UsageError
+from bench.util import image_hw
 
 FORMATS = ("table", "json", "csv")
 
@@ -155,9 +161,30 @@ def timm_row(row: dict[str, Any], *, train_step: bool = False) -> dict[str, Any]
 
 def _img_size(size: Any) -> Any:
     """224 and [224, 224] -> 224; [224, 320] stays [H, W]."""
-    if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
-        return size[0]
-    return list(size) if isinstance(size, tuple) else size
+    if not isinstance(size, (list, tuple)):
+        return size
+    height, width = image_hw(size)
+    return height if height == width else [height, width]
+
+
+def parse_overrides(items: Iterable[str], *, python_names: bool = False) -> list[tuple[str, Any]]:
+    """`--set` items -> (KEY, VALUE) pairs in order: `["a=1", "b.c=x"]` -> [("a", 1), ("b.c", "x")].
+
+    VALUE is read as YAML (an empty one is None). KEY may be dotted (`train.lr`, `base.num_tokens`)
+    unless `python_names`, where it must be a Python name (a model option). UsageError when malformed.
+    """
+    parsed = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or (python_names and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key)):
+            raise UsageError(f"--set expects KEY=VALUE{' with KEY a Python name' if python_names else ''}, "
+                             f"got {item!r}")
+        try:
+            parsed.append((key, yaml.safe_load(value) if value.strip() else None))
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--set {key}: cannot parse value {value!r}") from exc
+    return parsed
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:

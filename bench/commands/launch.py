@@ -64,11 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `vtbench launch`."""
-    from bench.commands.train import parse_overrides  # the one KEY=VALUE parser of --set (dotted keys)
     from bench.grid import max_cells_allowed
     from bench.launch import PLAN_FIELDS, launch, plan_rows
 
-    overrides = parse_overrides(getattr(args, "overrides", []))
+    overrides = common.parse_overrides(getattr(args, "overrides", []))
     if overrides:
         log.info("grid %s with %s", args.grid, ", ".join(f"{k}={v!r}" for k, v in overrides))
     # bench.launch.launch loads the grid itself and takes no cap; the scoped override reaches it.

@@ -43,9 +43,7 @@ import logging
 import re
 import sys
 import time
-from typing import Any, Iterable, Sequence
-
-import yaml
+from typing import Any, Sequence
 
 from bench.commands import common
 from bench.commands.common import format_table  # noqa: F401  (models' and tests' table writer too)
@@ -115,21 +113,6 @@ def parse_input_size(text: str | None) -> int | list[int] | None:
     if match.group(2) is None:
         return int(match.group(1))
     return [int(match.group(1)), int(match.group(2))]
-
-
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """`["num_tokens=8", "projector=false"]` -> {"num_tokens": 8, "projector": False} (YAML values)."""
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise UsageError(f"--set expects KEY=VALUE with KEY a Python name, got {item!r}")
-        try:
-            overrides[key] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError as exc:
-            raise UsageError(f"--set {key}: cannot parse value {value!r}") from exc
-    return overrides
 
 
 def _check_device_options(args: argparse.Namespace, batch_sizes: Sequence[int]) -> None:
@@ -208,7 +191,7 @@ def profile(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
 
     batch_sizes = parse_batch_sizes(args.batch_size)
     input_size = parse_input_size(args.input_size)
-    overrides = parse_overrides(args.overrides)
+    overrides = dict(common.parse_overrides(args.overrides, python_names=True))
     if args.no_latency and args.no_complexity:
         raise UsageError("nothing to measure: --no-latency and --no-complexity together")
     if args.depth is not None and (args.depth < 0 or args.no_complexity):
