@@ -40,11 +40,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
+
+import submitit
+from filelock import FileLock
+from submitit.local import local
+from tqdm import tqdm
 
 from bench.cancel import cancel, wait_for_local_jobs
 from bench.errors import Interrupted, UsageError
@@ -54,6 +58,7 @@ from bench.liveness import process_alive, process_start_ticks
 from bench.status import read_jobs  # noqa: F401  (re-exported: launch's callers read jobs.json too)
 from bench.records import CorruptRecord, now_iso, read_record, write_json_atomic
 from bench.runner import CellPaths, CellRunner, CellSequence, cancel_mark, lock_holder
+from bench.util import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -248,20 +253,8 @@ def write_run_files(run_dir: Path, grid: Grid) -> None:
     """RUN_DIR/grid.yaml (as given) and RUN_DIR/cells.json (every resolved cell)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "records").mkdir(exist_ok=True)
-    _write_text_atomic(run_dir / "grid.yaml", grid.text)
+    write_text_atomic(run_dir / "grid.yaml", grid.text)  # a temp file of its own: two launches may write at once
     write_json_atomic(run_dir / "cells.json", [{"cell_id": c.cell_id, "config": c.config} for c in grid.cells])
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file of its own: two launches may write at once."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def supersede_records(run_dir: Path, plan: Plan) -> None:
@@ -302,8 +295,6 @@ def append_job(run_dir: Path, entry: dict[str, Any]) -> None:
     Without the lock two launches appending at once both read the old list and the second write
     drops the first one's entry (then its cells look never submitted, and run twice).
     """
-    from filelock import FileLock
-
     with FileLock(str(run_dir / ".jobs.json.lock")):
         jobs = read_jobs(run_dir)
         jobs.append(entry)
@@ -332,8 +323,6 @@ def check_slurm_reachable() -> None:
 
 def make_executor(cluster: str, folder: Path, resources: Resources, n_cells: int, name: str):
     """A submitit AutoExecutor carrying the grid's resources."""
-    import submitit
-
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster,
                                      slurm_max_num_timeout=resources.max_num_timeout)
     executor.update_parameters(**executor_parameters(cluster, resources, n_cells, name))
@@ -421,8 +410,6 @@ def controllers_off_our_stdio(log_path: Path) -> Iterator[None]:
     to their own log files; only the controller (and the `local_setup` commands it runs) needs
     another place, `log_path`. Nothing else in this process is touched.
     """
-    from submitit.local import local
-
     log_path.parent.mkdir(parents=True, exist_ok=True)
     real = local.subprocess
     with open(log_path, "ab") as log_file:
@@ -523,8 +510,6 @@ def follow(run_dir: Path, cells: list[Cell], jobs: list[Any], poll_s: float = 2.
     `cells` run in our `jobs`; `in_flight` cells run in another launch's jobs. A job of ours that
     found its cell locked by another launch's job (`busy`) hands the cell over to that job.
     """
-    from tqdm import tqdm
-
     watched: dict[str, Any] = {cell.cell_id: job for cell, job in zip(cells, jobs)}
     watched.update({cell.cell_id: None for cell in in_flight})  # None: another launch's job runs it
     followed = Followed(elsewhere={cell.cell_id for cell in in_flight})
@@ -642,7 +627,7 @@ def _cell_summary(job: Any, cell_id: str) -> dict[str, Any]:
 
 
 def _is_debug(job: Any) -> bool:
-    return type(job).__name__ == "DebugJob"
+    return isinstance(job, submitit.DebugJob)
 
 
 def _run_debug_job(job: Any) -> str | None:

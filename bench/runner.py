@@ -50,7 +50,11 @@ import submitit
 from bench.liveness import this_process
 from bench.records import (CorruptRecord, capture_env, make_record, now_iso, read_record,
                            write_json_atomic, write_record)
+from bench.util import image_hw, launcher_ranks
 
+# torch and the measuring modules (bench.latency, bench.complexity, bench.train, bench.modelref) are
+# imported inside the functions that run a cell: `vtbench status` and `vtbench cancel` import this
+# module (CellPaths, cancel marks) and never measure, and torch alone takes 1.3 s to import.
 log = logging.getLogger(__name__)
 
 
@@ -168,12 +172,12 @@ class JobContext:
 
 
 def job_context() -> JobContext:
-    """Read the submitit job environment; outside a submitit job, ranks from RANK/SLURM_PROCID."""
+    """Read the submitit job environment; outside a submitit job, the rank a torchrun launch or SLURM step gives."""
     try:
         env = submitit.JobEnvironment()
     except RuntimeError:  # not inside a submitit job (a direct call, e.g. from a test)
-        rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
-        return JobContext(rank=rank, job_id=os.environ.get("SLURM_JOB_ID"))
+        ranks = launcher_ranks()
+        return JobContext(rank=ranks.rank if ranks else 0, job_id=os.environ.get("SLURM_JOB_ID"))
     array_index = env.array_task_id
     return JobContext(cluster=env.cluster, job_id=str(env.job_id),
                       array_index=int(array_index) if array_index not in (None, "") else None,
@@ -252,16 +256,20 @@ def measure_cell(config: dict[str, Any], work_dir: Path, rank: int = 0) -> tuple
     """
     metrics: dict[str, Any] = {}
     measure = list(config.get("measure") or [])
+    out_of_memory: tuple[type[BaseException], ...] = ()  # known once torch is imported
     try:
-        import torch
+        import torch  # here, not at the top: see the note under the imports
 
+        from bench.latency import OutOfMemory
+
+        out_of_memory = (OutOfMemory, torch.OutOfMemoryError)
         torch.manual_seed(int(config.get("seed", 0)))
         if rank == 0 and ("complexity" in measure or "latency" in measure):
             metrics.update(_measure_model(config, measure))
         if "train" in measure:
             metrics.update(_train(config, work_dir))
     except Exception as exc:  # noqa: BLE001 - becomes an error record with its traceback
-        kind = "out of memory" if type(exc).__name__ == "OutOfMemory" else type(exc).__name__
+        kind = "out of memory" if isinstance(exc, out_of_memory) else type(exc).__name__
         log.error("cell failed (%s): %s", kind, exc, exc_info=True)
         return metrics, exc
     return metrics, None
@@ -275,7 +283,7 @@ def _measure_model(config: dict[str, Any], measure: list[str]) -> dict[str, Any]
     model = resolve_model_ref(config["model"]).build(**dict(config.get("model_args") or {}))
     # Measured as deployed: eval mode (latency switches to train mode itself for train steps).
     model.eval()
-    size = _input_size(config["input_size"])
+    size = image_hw(config["input_size"])
     if "complexity" in measure:
         from bench.complexity import measure_complexity
 
@@ -297,7 +305,7 @@ def measure_cell_latency(model: Any, config: dict[str, Any], timing: dict[str, A
     opts["compile_mode"] = opts.pop("compile", None)
     batch = opts.pop("batch_size", 1)
     opts.update(timing or {})
-    return measure_latency(model, input_size=_input_size(config["input_size"]), batch_size=batch, **opts)
+    return measure_latency(model, input_size=image_hw(config["input_size"]), batch_size=batch, **opts)
 
 
 def _train(config: dict[str, Any], work_dir: Path) -> dict[str, Any]:
@@ -314,10 +322,6 @@ def _train(config: dict[str, Any], work_dir: Path) -> dict[str, Any]:
     cfg = TrainConfig.from_dict(options)
     return train(config["model"], dict(config.get("model_args") or {}), cfg, work_dir,
                  resume=True, progress=False)
-
-
-def _input_size(size: Any) -> int | tuple[int, int]:
-    return tuple(size) if isinstance(size, (list, tuple)) else int(size)
 
 
 def _device_of(config: dict[str, Any]) -> str:
