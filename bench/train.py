@@ -43,6 +43,7 @@ import dataclasses
 import logging
 import math
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -54,21 +55,23 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from tqdm import tqdm
 
 from bench import checkpoint as ckpt
 from bench import distributed as bdist
 from bench import loggers as blog
-from bench.data import IGNORE_INDEX, build_dataset, dataset_spec, resolve_task
+from bench.data import IGNORE_INDEX, build_dataset, check_dataset_options, dataset_spec, resolve_task
 from bench.errors import UsageError
+from bench.modelref import build_from_ref
+from bench.util import image_hw
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = blog.METRICS_JSONL
 SCHEDULES = ("cosine", "step", "constant")
 OPTIMIZERS = ("sgd", "adamw")
-# Options that say how a run is watched and stored, not what it computes: a config that leaves
-# them at their defaults records none of them (`TrainConfig.cell_dict`), so adding one never
-# changes the id of an existing cell.
+# Options that say how a run is watched and stored, not what it computes. A cell records only
+# the training options given (`bench.grid.resolve_cell`), so adding one never changes a cell id.
 OUTPUT_OPTIONS = ("logger", "keep_checkpoints")
 # Fields that change neither the trajectory nor the result: a checkpoint stays valid across them.
 _FINGERPRINT_EXCLUDED = ("threads", "workers", "data_root", "eval_every", *OUTPUT_OPTIONS)
@@ -168,15 +171,14 @@ class TrainConfig:
         if not (self.device == "cpu" or str(self.device).startswith("cuda")):
             raise UsageError(f"device must be cpu or cuda[:N] (got {self.device!r})")
         if isinstance(self.input_size, (list, tuple)):
-            if len(set(self.input_size)) != 1:
+            height, width = image_hw(self.input_size)
+            if height != width:
                 raise UsageError(f"training takes square inputs (got input_size {list(self.input_size)})")
-            self.input_size = int(self.input_size[0])
+            self.input_size = height
         if not isinstance(self.dataset_args, dict):
             raise UsageError(f"dataset_args must be a mapping (got {self.dataset_args!r})")
         self._check_ranges()
         if self.dataset_args:
-            from bench.data import check_dataset_options
-
             check_dataset_options(self.dataset, self.dataset_args)
 
     def _check_ranges(self) -> None:
@@ -211,12 +213,6 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict copy (JSON-able)."""
         return dataclasses.asdict(self)
-
-    def cell_dict(self) -> dict[str, Any]:
-        """`to_dict()` less the OUTPUT_OPTIONS left at their defaults: what a record's config holds."""
-        default = TrainConfig()
-        return {k: v for k, v in self.to_dict().items()
-                if k not in OUTPUT_OPTIONS or v != getattr(default, k)}
 
 
 def _logger_names(value: Any) -> list[str]:
@@ -309,8 +305,6 @@ def _select_device(name: str, denv: bdist.DistEnv) -> torch.device:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (all devices)."""
-    import random
-
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
@@ -329,8 +323,6 @@ def fingerprinted_config(model_name: str, model_args: dict[str, Any], train: dic
 
 def build_network(model_name: str, model_args: dict[str, Any]) -> nn.Module:
     """`models.build_model(name, **args)`, or a factory given as `package.module:callable`."""
-    from bench.modelref import build_from_ref
-
     return build_from_ref(model_name, model_args)
 
 
@@ -571,8 +563,6 @@ class Trainer:
     def _progress_bar(self, epoch: int):
         if not self.show_progress:
             return None
-        from tqdm import tqdm
-
         return tqdm(total=len(self.train_loader), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
                     unit="batch", leave=False, dynamic_ncols=True)
 

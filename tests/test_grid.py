@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bench import latency, runner
 from bench.errors import UsageError
-from bench.grid import DEFAULT_LATENCY, build_grid, load_grid
+from bench.grid import DEFAULT_LATENCY, EXTRA_LATENCY_KEYS, build_grid, load_grid
 from bench.records import cell_id_of
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -108,6 +110,28 @@ def test_bad_latency_and_train_values():
                                      "train": {"epoch": 3}}))
     assert "latency.dtype" in message and "latency.device" in message and "latency.batch_size" in message
     assert "unknown train option(s) epoch" in message
+
+
+def _latency_call(monkeypatch, section: dict) -> dict:
+    """The keywords `measure_latency` gets for a cell whose latency section is `section` (through the runner)."""
+    calls = []
+    monkeypatch.setattr(latency, "measure_latency", lambda model, **kwargs: calls.append(kwargs) or {})
+    runner.measure_cell_latency(None, {"input_size": 8, "latency": dict(section)})
+    (kwargs,) = calls
+    return kwargs
+
+
+def test_grid_latency_keys_are_the_options_of_measure_latency(monkeypatch):
+    """Every latency key a grid accepts reaches `measure_latency` as one of its options, every option
+    can be set from a grid, and the grid's defaults are the function's own."""
+    params = inspect.signature(latency.measure_latency).parameters
+    options = {name for name, p in params.items() if p.kind is p.KEYWORD_ONLY} | set(latency.DEFAULT_TIMING)
+    every_key = {**DEFAULT_LATENCY, **{key: f"<{key}>" for key in EXTRA_LATENCY_KEYS}}
+    assert len(every_key) == len(DEFAULT_LATENCY) + len(EXTRA_LATENCY_KEYS)  # no key in both
+    assert set(_latency_call(monkeypatch, every_key)) == options
+    passed = _latency_call(monkeypatch, DEFAULT_LATENCY)
+    defaults = {name: p.default for name, p in params.items() if name in passed and p.default is not p.empty}
+    assert defaults and {name: passed[name] for name in defaults} == defaults
 
 
 def test_import_path_models_are_accepted_and_checked():

@@ -117,8 +117,6 @@ def test_new_options_leave_fingerprints_and_cell_ids_unchanged():
     assert config_fingerprint("resnet18", {"num_classes": 10}, TrainConfig()) == "fd1431417d2709b7"
     assert config_fingerprint("resnet18", {"num_classes": 10},
                               TrainConfig(logger=["csv"], keep_checkpoints=3)) == "fd1431417d2709b7"
-    assert "logger" not in TrainConfig().cell_dict() and "keep_checkpoints" not in TrainConfig().cell_dict()
-    assert TrainConfig(logger="csv", keep_checkpoints=2).cell_dict()["logger"] == ["csv"]
     # the committed checkpoint still resumes under the config of its cell
     folder = REPO / "results" / "fashion_ablation" / "cells" / "40d52d68e2a1"
     state = torch.load(folder / "checkpoint.pt", weights_only=True)
@@ -298,16 +296,34 @@ def test_cli_loggers_resume_extension_and_records(tmp_path, caplog):
     assert _checkpoint_files(tmp_path) == ["checkpoint.pt"]
 
 
-def test_cli_record_config_is_unchanged_by_the_new_options_at_their_defaults(tmp_path):
+def test_cli_record_config_holds_only_the_training_options_given(tmp_path):
+    """Options left at their defaults (the new `logger` and `keep_checkpoints` among them) are not in
+    the cell, so adding an option never changes a cell id."""
     command, args = _cli(tmp_path, "--epochs", "1")
     assert command.run(args) == 0
     (record,) = _records(tmp_path)
-    old_fields = {"dataset", "data_root", "dataset_args", "input_size", "epochs", "batch_size", "lr",
-                  "optimizer", "momentum", "weight_decay", "schedule", "warmup_epochs", "warmup_start",
-                  "step_size", "gamma", "label_smoothing", "clip_grad_norm", "ignore_index", "eval_every",
-                  "device", "amp", "threads", "workers", "seed", "sync_bn", "find_unused_parameters",
-                  "deterministic"}
-    assert set(record["config"]["train"]) == old_fields
+    assert record["config"]["train"] == {"dataset": "digits", "threads": 1, "epochs": 1}
+    assert record["config"]["input_size"] == 8 and record["config"]["seed"] == 0
+
+
+def test_cli_record_has_the_cell_id_of_the_equivalent_grid_cell(tmp_path):
+    """`vtbench train` and a grid naming the same training give the same cell (and cell id)."""
+    import yaml
+
+    from bench.grid import load_grid
+
+    command, args = _cli(tmp_path / "out", "--epochs", "1", "--seed", "3", "--set", "weight_decay=0.0001",
+                         "--set", "dataset_args.augment=true", "--logger", "csv")
+    assert command.run(args) == 0
+    (record,) = _records(tmp_path / "out")
+    grid = {"name": "same", "description": "the training of the command above, as a grid cell",
+            "base": {"model": TINY, "model_args": {"num_classes": 10}, "measure": ["train"], "input_size": 8,
+                     "seed": 3, "train": {"dataset": "digits", "epochs": 1, "threads": 1, "weight_decay": 0.0001,
+                                          "dataset_args": {"augment": True}, "logger": ["csv"]}}}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(grid))
+    (cell,) = load_grid(tmp_path / "g.yaml").cells
+    assert record["config"] == cell.config
+    assert record["cell_id"] == cell.cell_id
 
 
 def test_cli_refuses_an_unknown_logger(tmp_path, capsys):

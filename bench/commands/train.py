@@ -9,11 +9,14 @@
 OUT (default `runs/train/MODEL-DATASET`) receives `checkpoint.pt` (every epoch, atomic; only the
 latest unless `--keep-checkpoints N`), the per-epoch logs of `--logger` (`metrics.jsonl` by
 default, `metrics.csv`, `tensorboard/`) and `records/CELL_ID.json`, a record in DESIGN.md's
-shape whose `config` is the fully resolved cell (`model`, `model_args`, `measure: [train]`,
-`input_size`, `seed`, `train`; `logger` and `keep_checkpoints` appear there only when not at
-their defaults). `--resume` with a larger `--epochs` than the checkpoint's extends the run (the
-schedule then spans the new total; the record's metrics say `extended_from_epoch`); any other
-difference from the checkpoint's config is refused, naming each differing option.
+shape whose `config` is the cell a grid gives the same training (`bench.grid.resolve_cell`), so
+the record has that grid cell's id: `model`, `model_args` (with `num_classes` filled in),
+`measure: [train]`, `input_size` and `seed` (the data set's side and 0 unless given), and in
+`train` only the training options given here, as a grid's `train:` section holds only those it
+sets (the checkpoint keeps every option, defaults included). `--resume` with a larger `--epochs`
+than the checkpoint's extends the run (the schedule then spans the new total; the record's
+metrics say `extended_from_epoch`); any other difference from the checkpoint's config is
+refused, naming each differing option.
 `--set KEY=VALUE` (YAML value, repeatable) sets a training option when KEY is a TrainConfig field
 (`weight_decay`, `schedule`, `label_smoothing`, ...), a data-set option as `dataset_args.KEY`, and
 a model option otherwise (`num_tokens`, `stem`, ...); `train.KEY` and `model_args.KEY` force
@@ -29,12 +32,14 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
 
-import yaml
-
+from bench.commands import common
 from bench.errors import UsageError
 from bench.loggers import LOGGERS
+
+if TYPE_CHECKING:
+    from bench.train import TrainConfig
 
 NAME = "train"
 HELP = "Train and evaluate one model on a data set (classification or segmentation); write a record."
@@ -69,20 +74,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
-    """`["a=1", "b.c=x"]` -> [("a", 1), ("b.c", "x")]; values are YAML; UsageError when malformed."""
-    parsed = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            parsed.append((key.strip(), yaml.safe_load(value) if value.strip() else None))
-        except yaml.YAMLError as exc:
-            raise UsageError(f"--set {key}: cannot parse value {value!r}") from exc
-    return parsed
-
-
 def split_overrides(pairs: list[tuple[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Route each --set pair to the training options or the model arguments (see module doc)."""
     from bench.train import TrainConfig
@@ -106,7 +97,7 @@ def split_overrides(pairs: list[tuple[str, Any]]) -> tuple[dict[str, Any], dict[
 
 def build_config(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """TrainConfig options and model arguments from the command line (flags win over --set)."""
-    train_opts, model_args = split_overrides(parse_overrides(args.overrides))
+    train_opts, model_args = split_overrides(common.parse_overrides(args.overrides))
     flags = {"dataset": args.dataset, "data_root": args.data_root, "epochs": args.epochs,
              "batch_size": args.batch_size, "lr": args.lr, "input_size": args.input_size,
              "device": args.device, "threads": args.threads, "seed": args.seed,
@@ -130,6 +121,18 @@ def resolve_defaults(model: str, train_opts: dict[str, Any], model_args: dict[st
         model_args["num_classes"] = classes
     train_opts.setdefault("input_size", spec.default_input_size[task])
     return task
+
+
+def cell_config(model: str, model_args: dict[str, Any], cfg: TrainConfig, given: Iterable[str]) -> dict[str, Any]:
+    """The grid cell of this training (`bench.grid.resolve_cell`): `input_size` and `seed` at the top,
+    and in `train` the options `given`, valued as `cfg` holds them (an empty `dataset_args` is none)."""
+    from bench.grid import resolve_cell
+
+    values = cfg.to_dict()
+    train = {k: values[k] for k in given
+             if k not in ("input_size", "seed") and not (k == "dataset_args" and not values[k])}
+    return resolve_cell({"model": model, "model_args": model_args, "measure": ["train"],
+                         "input_size": cfg.input_size, "seed": cfg.seed, "train": train})
 
 
 def _model_task(model: str, model_args: dict[str, Any]) -> str:
@@ -185,8 +188,7 @@ def run(args: argparse.Namespace) -> int:
     out = output_dir(args.out, args.model, cfg.dataset)
     if (out / "checkpoint.pt").exists() and not args.resume:
         raise UsageError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose another --out")
-    config = {"model": args.model, "model_args": model_args, "measure": ["train"],
-              "input_size": cfg.input_size, "seed": cfg.seed, "train": cfg.cell_dict()}
+    config = cell_config(args.model, model_args, cfg, given=train_opts)
     started, tic = now_iso(), time.perf_counter()
     try:
         metrics = train(args.model, model_args, cfg, out, resume=args.resume, progress=not args.no_progress)
