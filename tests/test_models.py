@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
@@ -18,11 +19,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @functools.lru_cache(maxsize=None)
-def _model(name: str, **kwargs):
-    """One small-input instance per name (cached: building ResNet-101 is not free)."""
+def _prototype(name: str):
+    """One small-input instance per name, built once (building ResNet-101 is not free); never handed out."""
     torch.manual_seed(0)
     extra = {"stem": "cifar"} if name in CLS else {}
-    return build_model(name, num_classes=NUM_CLASSES, **extra, **kwargs)
+    return build_model(name, num_classes=NUM_CLASSES, **extra)
+
+
+def _model(name: str):
+    """A fresh copy of the name's prototype: a test that trains it (batch-norm statistics, gradients)
+    or changes its mode leaves the next test's model as built."""
+    return copy.deepcopy(_prototype(name))
 
 
 def _input(name: str, batch: int, size=None) -> torch.Tensor:
