@@ -29,8 +29,6 @@ import re
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
-import yaml
-
 from bench.errors import UsageError
 from bench.util import image_hw
 
@@ -173,6 +171,8 @@ def parse_overrides(items: Iterable[str], *, python_names: bool = False) -> list
     VALUE is read as YAML (an empty one is None). KEY may be dotted (`train.lr`, `base.num_tokens`)
     unless `python_names`, where it must be a Python name (a model option). UsageError when malformed.
     """
+    import yaml  # here: every command's --help imports this module, and yaml adds 13 ms to it
+
     parsed = []
     for item in items:
         key, sep, value = item.partition("=")
