@@ -69,6 +69,9 @@ from typing import Any, Iterable
 
 import yaml
 
+from bench.contracts import (COMPILE_MODES, COMPLEXITY_KEYS, DEFAULT_LATENCY, DTYPES, EXTRA_LATENCY_KEYS,  # noqa: F401
+                             MEASUREMENTS, CellConfig, Resources, TrainOptions, ValidationError, did_you_mean,
+                             problems_of)
 from bench.errors import UsageError
 from bench.records import cell_id_of
 
@@ -80,18 +83,9 @@ log = logging.getLogger(__name__)
 GRID_KEYS = ("name", "description", "base", "axes", "include", "exclude", "resources")
 CELL_KEYS = ("model", "model_args", "measure", "input_size", "seed", "complexity", "latency", "train")
 SECTIONS = ("model_args", "complexity", "latency", "train")
-MEASUREMENTS = ("complexity", "latency", "train")
 SHORT_TO_LATENCY = ("batch_size", "dtype", "device")
 
-DEFAULT_LATENCY = {"device": "cpu", "batch_size": 1, "dtype": "fp32", "threads": None,
-                   "channels_last": False, "compile": None, "cuda_graphs": False, "train_step": False}
-# Options of measure_latency beyond the defaults above (see bench/latency.py).
-EXTRA_LATENCY_KEYS = ("oom_retry", "min_batch_size", "cudnn_benchmark", "in_channels",
-                      "warmup_min_iters", "warmup_max_iters", "warmup_max_s", "settle_tol",
-                      "min_iters", "max_iters", "min_time_s", "max_time_s")
-COMPLEXITY_KEYS = ("batch_size",)
-DTYPES = ("fp32", "bf16", "fp16")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# DEFAULT_LATENCY, EXTRA_LATENCY_KEYS, COMPLEXITY_KEYS, DTYPES, COMPILE_MODES: bench.contracts, re-exported.
 
 # Why 10,000: validating and listing that many cells takes seconds; far above it a grid is most
 # likely a typo, and each cell becomes a job of the array anyway (SLURM's MaxArraySize is often 1001+).
@@ -103,51 +97,6 @@ MAX_META_BUILDS = 200
 _MAX_CELLS_OVERRIDE: contextvars.ContextVar[int | None] = contextvars.ContextVar("max_cells", default=None)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
-
-
-@dataclasses.dataclass
-class Resources:
-    """What each job of the array asks for (submitit/SLURM parameters).
-
-    Args:
-        timeout_min: wall-clock limit of one cell's job, in minutes.
-        cpus_per_task: CPU cores per task.
-        gpus_per_node: GPUs per node (0 on CPU).
-        tasks_per_node: processes per node (>1: distributed training, one record from rank 0).
-        nodes: nodes per job.
-        mem_gb: memory per node in GB (None: the cluster's default).
-        partition: SLURM partition (None: the cluster's default).
-        array_parallelism: how many cells of the array SLURM runs at once.
-        local_parallelism: how many cells the local executor runs at once (1 keeps latency clean).
-        account: SLURM account. qos: SLURM quality of service. constraint: SLURM node features.
-        signal_delay_s: seconds before the time limit at which SLURM sends the requeue signal.
-        max_num_timeout: how many times a timed-out cell is requeued.
-        setup: shell lines run before each job (module loads, venv activation).
-    """
-
-    timeout_min: int = 60
-    cpus_per_task: int = 2
-    gpus_per_node: int = 0
-    tasks_per_node: int = 1
-    nodes: int = 1
-    mem_gb: float | None = None
-    partition: str | None = None
-    array_parallelism: int = 4
-    local_parallelism: int = 1
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    signal_delay_s: int | None = None
-    max_num_timeout: int = 3
-    setup: list[str] = dataclasses.field(default_factory=list)
-
-
-_RESOURCE_TYPES = {"timeout_min": "posint", "cpus_per_task": "posint", "gpus_per_node": "nonnegint",
-                   "tasks_per_node": "posint", "nodes": "posint", "mem_gb": "posnum?",
-                   "partition": "str?", "array_parallelism": "posint", "local_parallelism": "posint",
-                   "account": "str?", "qos": "str?", "constraint": "str?",
-                   "signal_delay_s": "nonnegint?", "max_num_timeout": "nonnegint", "setup": "strlist"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -443,14 +392,14 @@ class _Vocabulary:
                 "complexity": COMPLEXITY_KEYS, "train": self.train_keys or ()}[section]
 
 
-def _train_vocabulary() -> tuple[tuple[str, ...] | None, Any]:
-    """TrainConfig's field names, or None while bench.train is not importable."""
+def _train_vocabulary() -> tuple[tuple[str, ...], Any]:
+    """The training options' names (`TrainOptions`), and TrainConfig (None while bench.train is not importable)."""
     try:
         from bench.train import TrainConfig
     except ImportError as exc:
-        log.warning("bench.train is not importable (%s): training options are not validated", exc)
-        return None, None
-    return tuple(f.name for f in dataclasses.fields(TrainConfig)), TrainConfig
+        log.warning("bench.train is not importable (%s): training option values are not checked together", exc)
+        TrainConfig = None  # noqa: N806
+    return tuple(TrainOptions.model_fields), TrainConfig
 
 
 # ------------------------------------------------------------------------------------- top level
@@ -461,17 +410,6 @@ def _check_keys(mapping: dict, allowed: Iterable[str], where: str, problems: _Pr
             close = did_you_mean(key, allowed)
             hint = f" (did you mean {close}?)" if close else ""
             problems.add(f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}")
-
-
-def did_you_mean(word: Any, candidates: Iterable[str], n: int = 2) -> str:
-    """Close matches of `word` among `candidates` ('a or b'), or '' when nothing is close."""
-    candidates = list(candidates)
-    close = difflib.get_close_matches(str(word), candidates, n=n, cutoff=0.6)
-    if not close:
-        close = [c for c in candidates if c.startswith(str(word)) or str(word).startswith(c)][:n]
-    if not close:
-        close = difflib.get_close_matches(str(word), candidates, n=n, cutoff=0.5)
-    return " or ".join(close)
 
 
 def _check_name(name: Any, problems: _Problems) -> str:
@@ -485,34 +423,12 @@ def _parse_resources(raw: Any, problems: _Problems) -> Resources:
     if not isinstance(raw, dict):
         problems.add("resources: must be a mapping")
         return Resources()
-    _check_keys(raw, _RESOURCE_TYPES, "resources", problems)
-    values = {}
-    for key, kind in _RESOURCE_TYPES.items():
-        if key in raw:
-            if _type_ok(raw[key], kind):
-                values[key] = raw[key]
-            else:
-                problems.add(f"resources.{key}: {raw[key]!r} is not {_describe(kind)}")
-    return Resources(**values)
-
-
-def _type_ok(value: Any, kind: str) -> bool:
-    if kind.endswith("?"):
-        if value is None:
-            return True
-        kind = kind[:-1]
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    return {"posint": is_int and value > 0, "nonnegint": is_int and value >= 0,
-            "posnum": (is_int or isinstance(value, float)) and value > 0,
-            "str": isinstance(value, str) and bool(value), "bool": isinstance(value, bool),
-            "strlist": isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
-
-
-def _describe(kind: str) -> str:
-    base = {"posint": "a positive integer", "nonnegint": "an integer >= 0", "posnum": "a positive number",
-            "str": "a non-empty string", "bool": "true or false", "strlist": "a list of strings"}
-    text = base[kind.rstrip("?")]
-    return text + " or null" if kind.endswith("?") else text
+    try:
+        return Resources.model_validate(raw)
+    except ValidationError as exc:
+        for problem in problems_of(exc, Resources, raw, where="resources"):
+            problems.add(problem)
+        return Resources()
 
 
 def _parse_base(raw: Any, vocab: _Vocabulary, problems: _Problems) -> dict[str, Any]:
@@ -753,27 +669,35 @@ class _MetaBuildBudget:
 
 def _validate_cell(cell: dict, vocab: _Vocabulary, problems: _Problems,
                    meta_builds: _MetaBuildBudget | None = None) -> None:
-    """Check one resolved cell; messages are deduplicated across cells."""
-    model = cell["model"]
+    """Check one resolved cell against `CellConfig`, then its model and training options; messages
+    are deduplicated across cells."""
+    failed: set[str] = set()
+    try:
+        CellConfig.model_validate(cell)
+    except ValidationError as exc:
+        failed = {str(error["loc"][0]) for error in exc.errors()}
+        for problem in problems_of(exc, CellConfig, cell):
+            if not problem.startswith("model:"):  # said below, with the known models
+                problems.add(problem)
+    _validate_model(cell["model"], cell["model_args"], vocab, problems, meta_builds)
+    if "train" not in failed:
+        _validate_train(cell["train"], vocab, problems)
+
+
+def _validate_model(model: Any, model_args: dict, vocab: _Vocabulary, problems: _Problems,
+                    meta_builds: _MetaBuildBudget | None) -> None:
     if model is None:
         problems.add("model: every cell needs a model (in base or as an axis)")
     elif isinstance(model, str) and ":" in model:
         options = _import_options(model, problems)
         if options is not None:
-            _validate_model_args(model, cell["model_args"], options, problems, meta_builds)
+            _validate_model_args(model, model_args, options, problems, meta_builds)
     elif not isinstance(model, str) or model not in vocab.options:
         close = did_you_mean(model, vocab.models)
         hint = f" (did you mean {close}?)" if close else ""
         problems.add(f"model: unknown model {model!r}{hint}; known: {', '.join(vocab.models)}")
     else:
-        _validate_model_args(model, cell["model_args"], vocab.options[model], problems, meta_builds)
-    _validate_measure(cell["measure"], problems)
-    _validate_input_size(cell["input_size"], problems)
-    if not (isinstance(cell["seed"], int) and not isinstance(cell["seed"], bool) and cell["seed"] >= 0):
-        problems.add(f"seed: {cell['seed']!r} is not an integer >= 0")
-    _validate_complexity(cell["complexity"], problems)
-    _validate_latency(cell["latency"], problems)
-    _validate_train(cell["train"], vocab, problems)
+        _validate_model_args(model, model_args, vocab.options[model], problems, meta_builds)
 
 
 def _import_options(ref: str, problems: _Problems) -> dict[str, Any] | None:
@@ -842,50 +766,8 @@ def _try_build_on_meta(model: str, args: dict, problems: _Problems,
         problems.add(f"model_args for {model} {json.dumps(args, sort_keys=True)}: {error}")
 
 
-def _validate_measure(measure: Any, problems: _Problems) -> None:
-    if (not isinstance(measure, list) or not measure or len(set(map(str, measure))) != len(measure)
-            or any(m not in MEASUREMENTS for m in measure)):
-        problems.add(f"measure: {measure!r} must be a non-empty list of distinct {', '.join(MEASUREMENTS)}")
-
-
-def _validate_input_size(size: Any, problems: _Problems) -> None:
-    ok = _type_ok(size, "posint") or (isinstance(size, list) and len(size) == 2
-                                      and all(_type_ok(s, "posint") for s in size))
-    if not ok:
-        problems.add(f"input_size: {size!r} must be a positive integer or [H, W] (required)")
-
-
-def _validate_complexity(section: Any, problems: _Problems) -> None:
-    if not isinstance(section, dict):
-        problems.add("complexity: must be a mapping")
-        return
-    _check_keys(section, COMPLEXITY_KEYS, "complexity", problems)
-    if "batch_size" in section and not _type_ok(section["batch_size"], "posint"):
-        problems.add(f"complexity.batch_size: {section['batch_size']!r} is not a positive integer")
-
-
-def _validate_latency(section: Any, problems: _Problems) -> None:
-    if not isinstance(section, dict):
-        problems.add("latency: must be a mapping")
-        return
-    _check_keys(section, tuple(DEFAULT_LATENCY) + EXTRA_LATENCY_KEYS, "latency", problems)
-    checks = {"batch_size": "posint", "threads": "posint?", "channels_last": "bool", "cuda_graphs": "bool",
-              "train_step": "bool", "min_batch_size": "posint", "oom_retry": "bool", "in_channels": "posint"}
-    for key, kind in checks.items():
-        if key in section and not _type_ok(section[key], kind):
-            problems.add(f"latency.{key}: {section[key]!r} is not {_describe(kind)}")
-    if "device" in section and not (isinstance(section["device"], str) and _DEVICE_RE.match(section["device"])):
-        problems.add(f"latency.device: {section['device']!r} is not cpu, cuda, cuda:N or mps")
-    if "dtype" in section and section["dtype"] not in DTYPES:
-        problems.add(f"latency.dtype: {section['dtype']!r} is not one of {', '.join(DTYPES)}")
-    if section.get("compile") is not None and section["compile"] not in COMPILE_MODES:
-        problems.add(f"latency.compile: {section['compile']!r} is not null or one of {', '.join(COMPILE_MODES)}")
-
-
-def _validate_train(section: Any, vocab: _Vocabulary, problems: _Problems) -> None:
-    if not isinstance(section, dict):
-        problems.add("train: must be a mapping")
-        return
+def _validate_train(section: dict, vocab: _Vocabulary, problems: _Problems) -> None:
+    """What `TrainConfig` checks beyond the contract's types (option values, the data set's options)."""
     if vocab.train_config is None or not section:
         return
     try:

@@ -3,10 +3,11 @@
 A record is one JSON object per measured cell (DESIGN.md, "Contracts"):
 
     {
-      "schema": "vtbench.record/1",
+      "schema": "vtbench.record/2",
       "cell_id": "3f2a9c1b7d0e",          # stable hash of the resolved config
       "run": "smoke",                      # the run (grid) it belongs to, if any
       "config": {...},                     # fully resolved, flat cell config
+      "model": {"family": ..., "task": ..., "depth": ..., "baseline": ..., "stages": [...], "replaced": ...},
       "env": {...},                        # see `capture_env`
       "status": "ok" | "error",
       "error": null | {"type": ..., "message": ..., "traceback": ...},
@@ -19,9 +20,11 @@ Units live in metric key names (`gmacs`, `params_m`, `latency_ms_p50`, `throughp
 `peak_mem_mb`, `top1` in %, `miou` in %). Records are written atomically (temp file in the same
 folder, fsync, rename), so a crash never leaves half a record behind, with the mode the umask gives
 (a run folder on a shared file system stays readable by the group). Record files are data that
-anyone may have edited or copied: `read_record` checks them against the schema (types, a finite
-number or null for each metric, a cell id matching the file name) and raises CorruptRecord, and
-no path is ever built from a cell id that is not 12 lowercase hex digits.
+anyone may have edited or copied: `read_record` checks them against the schema
+(`bench.contracts.Record`: types, a finite number or null for each metric, a cell id matching the
+file name) and raises CorruptRecord, and no path is ever built from a cell id that is not 12
+lowercase hex digits. `vtbench.record/1` records (no `model` block) are read as they are, their
+`model` left None: the registry's facts of today are not those the record was measured under.
 """
 
 from __future__ import annotations
@@ -38,10 +41,10 @@ import traceback as _traceback
 from pathlib import Path
 from typing import Any, Iterator
 
+from bench.contracts import READABLE_SCHEMAS, SCHEMA, Record, ValidationError, model_block, problems_of  # noqa: F401
 from bench.errors import UsageError
 from bench.util import atomic_write, canonical_hash, write_text_atomic  # noqa: F401  (write_text_atomic: re-exported)
 
-SCHEMA = "vtbench.record/1"
 STATUSES = ("ok", "error")
 
 # What `cell_id_of` produces. A cell id names files and folders (records/ID.json, cells/ID/), and
@@ -156,12 +159,14 @@ def make_record(config: dict[str, Any], *, metrics: dict[str, Any] | None = None
                 error: BaseException | None = None, env: dict[str, Any] | None = None,
                 run: str | None = None, started_at: str | None = None,
                 duration_s: float | None = None, job: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Assemble a record; `error` turns it into an `error` record with the traceback."""
+    """Assemble a record (checked against `bench.contracts.Record`); `error` turns it into an
+    `error` record with the traceback. Its `model` block holds the registry's facts of `config["model"]`."""
     record = {
         "schema": SCHEMA,
         "cell_id": cell_id_of(config),
         "run": run,
         "config": config,
+        "model": model_block(config.get("model")),
         "env": env if env is not None else capture_env(config.get("device")),
         "status": "error" if error is not None else "ok",
         "error": None,
@@ -177,6 +182,7 @@ def make_record(config: dict[str, Any], *, metrics: dict[str, Any] | None = None
             "message": str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
             "traceback": "".join(_traceback.format_exception(type(error), error, error.__traceback__)),
         }
+    Record.model_validate(json.loads(json_text(_with_finite_metrics(record))))  # as written and read back
     return record
 
 
@@ -243,26 +249,8 @@ class CorruptRecord(ValueError):
     """A record file that is not valid JSON, or does not follow the record schema."""
 
 
-REQUIRED_KEYS = ("schema", "cell_id", "config", "status")
-# Top-level keys and the JSON types they may hold (None: null allowed). Readers (status, report,
-# launch) rely on these types, so a file that breaks them is corrupt rather than a crash later.
-FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "schema": (str,), "cell_id": (str,), "config": (dict,), "status": (str,),
-    "run": (str, type(None)), "env": (dict, type(None)), "error": (dict, type(None)),
-    "metrics": (dict, type(None)), "started_at": (str, type(None)), "finished_at": (str, type(None)),
-    "duration_s": (int, float, type(None)), "job": (dict, type(None)),
-}
-# Parts of `config` the readers iterate over.
-CONFIG_TYPES: dict[str, tuple[type, ...]] = {
-    "model": (str, type(None)), "model_args": (dict, type(None)), "measure": (list, type(None)),
-    "complexity": (dict, type(None)), "latency": (dict, type(None)), "train": (dict, type(None)),
-}
-_TYPE_NAMES = {str: "a string", dict: "an object", list: "a list", int: "a number", float: "a number",
-               type(None): "null"}
-
-
 def schema_problem(record: Any, cell_id: str | None = None) -> str | None:
-    """Why `record` does not follow the record schema, or None when it does.
+    """Why `record` does not follow the record schema (`bench.contracts.Record`), or None when it does.
 
     Args:
         record: the parsed JSON.
@@ -270,30 +258,13 @@ def schema_problem(record: Any, cell_id: str | None = None) -> str | None:
     """
     if not isinstance(record, dict):
         return f"not a vtbench record (a JSON {type(record).__name__}, not an object)"
-    missing = [key for key in REQUIRED_KEYS if key not in record]
-    if missing:
-        return f"not a vtbench record (needs keys {', '.join(REQUIRED_KEYS)}; lacks {', '.join(missing)})"
-    problem = (_type_problem(record, FIELD_TYPES, "") or _type_problem(record["config"], CONFIG_TYPES, "config."))
-    if problem:
-        return problem
-    if record["status"] not in STATUSES:
-        return f"unknown status {record['status']!r} (expected {' or '.join(STATUSES)})"
-    if not CELL_ID_RE.match(record["cell_id"]):
-        return f"invalid cell_id {record['cell_id']!r} (expected 12 lowercase hex digits)"
+    try:
+        Record.model_validate(record)
+    except ValidationError as exc:
+        return "; ".join(problems_of(exc, Record, record))
     if cell_id is not None and record["cell_id"] != cell_id:
         return f"its cell_id {record['cell_id']!r} differs from its file name {cell_id!r}"
     return _non_finite_problem(record.get("metrics") or {})
-
-
-def _type_problem(mapping: dict[str, Any], types: dict[str, tuple[type, ...]], prefix: str) -> str | None:
-    for key, allowed in types.items():
-        if key not in mapping:
-            continue
-        value = mapping[key]
-        if isinstance(value, bool) or not isinstance(value, allowed):  # JSON true is not a number
-            wanted = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in allowed))
-            return f"{prefix}{key} must be {wanted}, not {type(value).__name__} {_short(value)}"
-    return None
 
 
 def _non_finite_problem(metrics: dict[str, Any]) -> str | None:
@@ -302,11 +273,6 @@ def _non_finite_problem(metrics: dict[str, Any]) -> str | None:
     if dropped:  # json.loads reads 1e400 as inf, and NaN / Infinity literals as such
         return f"non-finite metric(s) {', '.join(dropped[:5])} (a metric is a finite number or null)"
     return None
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def read_record(path: str | os.PathLike, *, cell_id: str | None = None) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from typing import Any, Iterator
 
 import submitit
 
+from bench.contracts import LatencyOptions, ValidationError
 from bench.liveness import this_process
 from bench.records import (CorruptRecord, capture_env, make_record, now_iso, read_record,
                            write_json_atomic, write_record)
@@ -236,9 +237,13 @@ def _run_locked(paths: CellPaths, config: dict, ctx: JobContext, run_name: str |
         metrics, error = measure_cell(config, paths.work, ctx.rank)
     if ctx.rank != 0:
         return {**summary, "status": "error" if error else "ok"}
-    record = make_record(config, metrics=metrics, error=error, env=capture_env(_device_of(config)),
-                         run=run_name, started_at=started_at,
-                         duration_s=round(time.perf_counter() - t0, 3), job=ctx.as_record())
+    facts = {"env": capture_env(_device_of(config)), "run": run_name, "started_at": started_at,
+             "duration_s": round(time.perf_counter() - t0, 3), "job": ctx.as_record()}
+    try:
+        record = make_record(config, metrics=metrics, error=error, **facts)
+    except ValidationError as exc:  # a measurement gave what the record contract refuses: an error row
+        log.error("cell %s: its record breaks the contract: %s", paths.cell_id, exc)
+        record = make_record(config, error=exc, **facts)
     if record["cell_id"] != paths.cell_id:
         # The config travelled through pickle/JSON; the launcher's id names the file.
         log.warning("cell id %s recomputed as %s; keeping the launcher's id", paths.cell_id, record["cell_id"])
@@ -298,27 +303,25 @@ def _measure_model(config: dict[str, Any], measure: list[str]) -> dict[str, Any]
 
 
 def measure_cell_latency(model: Any, config: dict[str, Any], timing: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`bench.latency.measure_latency` with the cell's `latency` options (and timing overrides)."""
+    """`bench.latency.measure_latency` with the cell's `latency` options (and timing overrides).
+
+    The section is read through `LatencyOptions`, which maps the cell's `compile` to `compile_mode`.
+    """
     from bench.latency import measure_latency
 
-    opts = dict(config.get("latency") or {})
-    opts["compile_mode"] = opts.pop("compile", None)
-    batch = opts.pop("batch_size", 1)
-    opts.update(timing or {})
-    return measure_latency(model, input_size=image_hw(config["input_size"]), batch_size=batch, **opts)
+    section = LatencyOptions.model_validate(config.get("latency") or {})
+    opts = {**section.measure_kwargs(), **(timing or {})}
+    return measure_latency(model, input_size=image_hw(config["input_size"]), batch_size=section.batch_size, **opts)
 
 
 def _train(config: dict[str, Any], work_dir: Path) -> dict[str, Any]:
     """Train the cell's model (resuming from work_dir/checkpoint.pt when there is one)."""
     from bench.train import TrainConfig, train
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
     options = dict(config.get("train") or {})
     # The cell's seed and input size hold for every measurement unless training overrides them.
-    if "seed" in fields:
-        options.setdefault("seed", config.get("seed", 0))
-    if "input_size" in fields:
-        options.setdefault("input_size", config.get("input_size"))
+    options.setdefault("seed", config.get("seed", 0))
+    options.setdefault("input_size", config.get("input_size"))
     cfg = TrainConfig.from_dict(options)
     return train(config["model"], dict(config.get("model_args") or {}), cfg, work_dir,
                  resume=True, progress=False)

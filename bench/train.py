@@ -39,7 +39,6 @@ Only rank 0 writes the checkpoint and the logs.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -60,6 +59,7 @@ from tqdm import tqdm
 from bench import checkpoint as ckpt
 from bench import distributed as bdist
 from bench import loggers as blog
+from bench.contracts import COERCE, TrainOptions, ValidationError, problems_of
 from bench.data import IGNORE_INDEX, build_dataset, check_dataset_options, dataset_spec, resolve_task
 from bench.errors import UsageError
 from bench.modelref import build_from_ref
@@ -79,9 +79,8 @@ _FINGERPRINT_EXCLUDED = ("threads", "workers", "data_root", "eval_every", *OUTPU
 _EXTENDABLE = ("train.epochs",)
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    """How to train and evaluate one model on one data set.
+class TrainConfig(TrainOptions):
+    """How to train and evaluate one model on one data set: `TrainOptions` (types, defaults), checked together.
 
     Args:
         dataset: a name from `bench.data.list_datasets()`.
@@ -122,39 +121,15 @@ class TrainConfig:
             only, N also keeps the N-1 before it (checkpoint.prev.pt, checkpoint.prev2.pt, ...).
     """
 
-    dataset: str = "digits"
-    data_root: str | None = None
-    dataset_args: dict = dataclasses.field(default_factory=dict)
-    input_size: int | None = None
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    warmup_start: float = 0.1
-    step_size: int | None = None
-    gamma: float = 0.1
-    label_smoothing: float = 0.0
-    clip_grad_norm: float | None = 1.0
-    ignore_index: int = IGNORE_INDEX
-    eval_every: int = 1
-    device: str = "cpu"
-    amp: bool = True
-    threads: int | None = None
-    workers: int = 0
-    seed: int = 0
-    sync_bn: bool = True
-    find_unused_parameters: bool = False
-    deterministic: bool = False
-    logger: list[str] = dataclasses.field(default_factory=lambda: ["jsonl"])
-    keep_checkpoints: int = 1
+    def __init__(self, **values: Any) -> None:
+        try:  # text given for a number ("1e-4", a `--set` value) becomes the number
+            self.__pydantic_validator__.validate_python(values, self_instance=self, context={COERCE: True})
+        except ValidationError as exc:
+            problems = problems_of(exc, TrainOptions, values)
+            raise UsageError("train option " + "; ".join(problems)) from None
+        self._check()
 
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            setattr(self, field.name, _coerce(field.name, str(field.type), getattr(self, field.name)))
+    def _check(self) -> None:
         self.logger = _logger_names(self.logger)
         if self.keep_checkpoints < 1:
             raise UsageError(f"keep_checkpoints must be at least 1 (got {self.keep_checkpoints})")
@@ -188,10 +163,10 @@ class TrainConfig:
         config recorded in the cell said something that did not run. NaN and inf pass every
         comparison, and an lr of NaN trains for minutes before the loss says so.
         """
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
+        for name in type(self).model_fields:
+            value = getattr(self, name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise UsageError(f"train option {field.name} must be a finite number (got {value})")
+                raise UsageError(f"train option {name} must be a finite number (got {value})")
         for name in ("input_size", "threads"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -204,7 +179,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a dict; an unknown key is a UsageError listing the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = set(cls.model_fields)
         unknown = sorted(set(values) - known)
         if unknown:
             raise UsageError(f"unknown train option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -212,7 +187,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict copy (JSON-able)."""
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
 
 def _logger_names(value: Any) -> list[str]:
@@ -241,26 +216,6 @@ def lr_factor(iteration: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-def _coerce(name: str, type_name: str, value: Any) -> Any:
-    """Convert a value given as text or YAML (`1e-4` is a string to YAML) to the field's type."""
-    if value is None or isinstance(value, (list, tuple, dict)):
-        return value
-    base = type_name.replace(" | None", "")
-    try:
-        if base == "bool" and isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1", "yes")
-        if base in ("int", "float") and not isinstance(value, bool):
-            converted = float(value)
-            if base == "int" and not converted.is_integer():
-                raise ValueError(value)
-            return int(converted) if base == "int" else converted
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"train option {name} must be {base}, got {value!r}") from exc
-    return value
 
 
 def train(model_name: str, model_args: dict[str, Any] | None, cfg: TrainConfig | dict,

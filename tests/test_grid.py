@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from bench import latency, runner
+from bench.contracts import LatencyOptions
 from bench.errors import UsageError
 from bench.grid import DEFAULT_LATENCY, EXTRA_LATENCY_KEYS, build_grid, load_grid
 from bench.records import cell_id_of
@@ -109,7 +110,7 @@ def test_bad_latency_and_train_values():
                                      "latency": {"dtype": "fp8", "device": "tpu", "batch_size": 0},
                                      "train": {"epoch": 3}}))
     assert "latency.dtype" in message and "latency.device" in message and "latency.batch_size" in message
-    assert "unknown train option(s) epoch" in message
+    assert "train: unknown key 'epoch' (did you mean epochs?)" in message
 
 
 def _latency_call(monkeypatch, section: dict) -> dict:
@@ -122,16 +123,21 @@ def _latency_call(monkeypatch, section: dict) -> dict:
 
 
 def test_grid_latency_keys_are_the_options_of_measure_latency(monkeypatch):
-    """Every latency key a grid accepts reaches `measure_latency` as one of its options, every option
-    can be set from a grid, and the grid's defaults are the function's own."""
+    """Every latency key a grid accepts (`LatencyOptions`) reaches `measure_latency` as one of its
+    options, every option can be set from a grid, and the contract's defaults are the function's own."""
     params = inspect.signature(latency.measure_latency).parameters
     options = {name for name, p in params.items() if p.kind is p.KEYWORD_ONLY} | set(latency.DEFAULT_TIMING)
-    every_key = {**DEFAULT_LATENCY, **{key: f"<{key}>" for key in EXTRA_LATENCY_KEYS}}
+    fields = LatencyOptions.model_fields
+    every_key = {f.alias or name: f.default for name, f in fields.items()}
+    assert set(every_key) == set(DEFAULT_LATENCY) | set(EXTRA_LATENCY_KEYS)
     assert len(every_key) == len(DEFAULT_LATENCY) + len(EXTRA_LATENCY_KEYS)  # no key in both
-    assert set(_latency_call(monkeypatch, every_key)) == options
-    passed = _latency_call(monkeypatch, DEFAULT_LATENCY)
-    defaults = {name: p.default for name, p in params.items() if name in passed and p.default is not p.empty}
-    assert defaults and {name: passed[name] for name in defaults} == defaults
+    passed = _latency_call(monkeypatch, every_key)
+    assert set(passed) == options
+    defaults = {name: p.default for name, p in params.items() if p.default is not p.empty}
+    defaults.update(latency.DEFAULT_TIMING)
+    assert {name: passed[name] for name in defaults if name in passed} == \
+        {name: defaults[name] for name in defaults if name in passed}
+    assert _latency_call(monkeypatch, DEFAULT_LATENCY)["compile_mode"] is None  # the one renamed key
 
 
 def test_import_path_models_are_accepted_and_checked():

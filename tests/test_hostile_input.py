@@ -66,7 +66,7 @@ def test_a_record_whose_cell_id_differs_from_its_file_name_is_corrupt(tmp_path):
     record = make_record(COMPLEXITY, metrics={"gmacs": 1.0}, env=ENV)
     run = _run(tmp_path, [{**record, "cell_id": "../../../x", "_file_id": record["cell_id"]}])
     path = run / "records" / f"{record['cell_id']}.json"
-    with pytest.raises(CorruptRecord, match="invalid cell_id"):
+    with pytest.raises(CorruptRecord, match="cell_id: .* is not 12 lowercase hex digits"):
         read_record(path)
     other = make_record({**COMPLEXITY, "seed": 1}, metrics={}, env=ENV)["cell_id"]
     path.write_text(json.dumps({**record, "cell_id": other}))  # a valid id, but another cell's

@@ -236,7 +236,7 @@ def test_cli_trains_and_writes_a_record(tmp_path):
     (["--dataset", "cifar10"], "cifar-10-batches-py"),
     (["--dataset", "digits", "--set", "task=seg"], "does not fit"),
     (["--dataset", "digits", "--set", "num_classes=3"], "has 3 classes"),
-    (["--dataset", "digits", "--set", "epochs=many"], "must be int"),
+    (["--dataset", "digits", "--set", "epochs=many"], "epochs: .many. is not an integer"),
 ])
 def test_cli_bad_input_is_a_usage_error(tmp_path, argv, message):
     command, args = _cli_args(TINY, *argv, "--out", str(tmp_path), "--input-size", "8")

@@ -28,7 +28,6 @@ train data-parallel; only rank 0 writes. Bad input exits 2 with one line.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -76,9 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def split_overrides(pairs: list[tuple[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Route each --set pair to the training options or the model arguments (see module doc)."""
-    from bench.train import TrainConfig
+    from bench.contracts import TrainOptions
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = set(TrainOptions.model_fields)
     train_opts: dict[str, Any] = {"dataset_args": {}}
     model_args: dict[str, Any] = {}
     for key, value in pairs:
@@ -126,13 +125,15 @@ def resolve_defaults(model: str, train_opts: dict[str, Any], model_args: dict[st
 def cell_config(model: str, model_args: dict[str, Any], cfg: TrainConfig, given: Iterable[str]) -> dict[str, Any]:
     """The grid cell of this training (`bench.grid.resolve_cell`): `input_size` and `seed` at the top,
     and in `train` the options `given`, valued as `cfg` holds them (an empty `dataset_args` is none)."""
+    from bench.contracts import CellConfig
     from bench.grid import resolve_cell
 
     values = cfg.to_dict()
     train = {k: values[k] for k in given
              if k not in ("input_size", "seed") and not (k == "dataset_args" and not values[k])}
-    return resolve_cell({"model": model, "model_args": model_args, "measure": ["train"],
+    cell = resolve_cell({"model": model, "model_args": model_args, "measure": ["train"],
                          "input_size": cfg.input_size, "seed": cfg.seed, "train": train})
+    return CellConfig.model_validate(cell).to_config()
 
 
 def _model_task(model: str, model_args: dict[str, Any]) -> str:
