@@ -22,17 +22,18 @@ Top-level children: `stem`, `stage2`..`stage5` (the ResNet), `fpn` (the module t
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
-from models.layers import DEFAULT_NUMERICS
+from models.factories import ProjectorFactory, TokenizerFactory, TransformerFactory
 from models.projector import Projector
 from models.resnet import make_stem, stage_channels, torchvision_trunk
-from models.tokenizers import make_tokenizer
-from models.transformer import make_transformer
+from models.tokenizers import FilterTokenizer
+from models.transformer import PaperTransformer
 
 
 class FPN(FeaturePyramidNetwork):
@@ -52,36 +53,28 @@ class VTFPN(nn.Module):
         out_channels: pyramid channels C (256).
         num_tokens: tokens per level (8).
         token_channels: token channels C_T (1024).
-        tokenizer: per-level tokenizer kind (filter | pooling | clustering).
-        transformer: paper | mhsa | none, one module over the tokens of all levels.
-        transformer_kwargs: options of the transformer (see models.transformer).
-        projector: must be True (kept as an argument so the choice is explicit).
-        proj_channels: projector query/key width d (default C).
-        proj_groups: groups of the per-pixel W_Q (default 16).
-        kmeans_iters: Lloyd iterations of the clustering tokenizer.
-        numerics: `centered` (the default), `appendix` or `iccv`; see `models.layers.NUMERICS` (VT-FPN
-            has filter tokenizers and value maps, so `centered` and `appendix` build the same model).
+        tokenizer: per-level tokenizer factory `tokenizer(C, C_T, L)`, one that needs no earlier tokens
+            (`models.factories.tokenizer_factory`; default filter-based).
+        transformer: factory `transformer(C_T)` of the one module over the tokens of all levels
+            (`models.factories.transformer_factory`; default the paper's).
+        projector: per-level projector factory `projector(C, C_T)`; default the projector with W_Q
+            grouped 16 ways (the appendix's grouped query convolution). VT-FPN needs its projectors:
+            without them the tokens would never be read.
+
+    The default factories take `models.layers.DEFAULT_NUMERICS`; the zoo's `vt_fpn_r*` bind every
+    factory to the model's options, `numerics` among them (VT-FPN has filter tokenizers and value
+    maps, so `centered` and `appendix` build the same model).
     """
 
     def __init__(self, in_channels_list: list[int], out_channels: int = 256, *, num_tokens: int = 8,
-                 token_channels: int = 1024, tokenizer: str = "filter", transformer: str = "paper",
-                 transformer_kwargs: dict | None = None, projector: bool = True, proj_channels: int | None = None,
-                 proj_groups: int = 16, kmeans_iters: int = 3, numerics: str = DEFAULT_NUMERICS):
+                 token_channels: int = 1024, tokenizer: TokenizerFactory = FilterTokenizer,
+                 transformer: TransformerFactory = PaperTransformer,
+                 projector: ProjectorFactory = partial(Projector, groups=16)):
         super().__init__()
-        if not projector:
-            raise ValueError("VT-FPN needs its projectors: without them the tokens would never be read")
-        if tokenizer not in ("filter", "pooling", "clustering"):
-            raise ValueError(f"VT-FPN tokenizer must be filter, pooling or clustering; got {tokenizer!r}")
-        extra = {"iters": kmeans_iters} if tokenizer == "clustering" else {}
         self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels_list)
-        self.tokenizers = nn.ModuleList(
-            make_tokenizer(tokenizer, out_channels, token_channels, num_tokens, numerics=numerics, **extra)
-            for _ in in_channels_list
-        )
-        self.transformer = make_transformer(transformer, token_channels, numerics=numerics, **(transformer_kwargs or {}))
-        self.projectors = nn.ModuleList(
-            Projector(out_channels, token_channels, proj_channels, proj_groups, numerics=numerics) for _ in in_channels_list
-        )
+        self.tokenizers = nn.ModuleList(tokenizer(out_channels, token_channels, num_tokens) for _ in in_channels_list)
+        self.transformer = transformer(token_channels)
+        self.projectors = nn.ModuleList(projector(out_channels, token_channels) for _ in in_channels_list)
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """[C2..C5] -> [P2..P5], each with `out_channels` channels."""

@@ -6,7 +6,7 @@ weights metadata and timm keeps `default_cfgs` beside the builder. `build_model(
 checks every override against the factory's signature, so an override that does not apply to a
 model (a tokenizer on a plain ResNet) fails loudly with the list of what does apply.
 
-The registry never imports the variants: `models/__init__.py` imports `models.zoo`, whose decorators
+The registry never imports the variants: `models/__init__.py` imports `models.zoo`, whose registrations
 fill it, so importing `models` (or anything under it) always sees every variant.
 """
 

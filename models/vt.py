@@ -19,11 +19,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.factories import ProjectorFactory, TokenizerFactory, TransformerFactory
 from models.init import init_classifier
 from models.layers import DEFAULT_NUMERICS, is_scaled
 from models.projector import Projector
-from models.tokenizers import TOKENIZERS, Tokenizer, make_tokenizer
-from models.transformer import make_transformer
+from models.tokenizers import Tokenizer
 
 
 class VTModule(nn.Module):
@@ -100,40 +100,36 @@ def make_vt_stage(
     num_modules: int,
     num_tokens: int,
     token_channels: int,
-    tokenizer: str,
-    recurrent: bool,
-    transformer: str,
-    projector: bool,
+    tokenizer: TokenizerFactory,
+    later_tokenizer: TokenizerFactory | None,
+    transformer: TransformerFactory,
+    projector: ProjectorFactory | None,
     last_projector: bool,
-    transformer_kwargs: dict,
-    projector_kwargs: dict,
-    tokenizer_kwargs: dict,
-    numerics: str = DEFAULT_NUMERICS,
 ) -> VTStage:
-    """Build a VT stage; the first tokenizer is `tokenizer`, later ones recurrent if `recurrent`."""
+    """Build a VT stage of `num_modules` modules from the factories of its parts.
+
+    Args:
+        in_channels: channels C of the feature map the stage acts on.
+        num_modules: VT modules in the stage.
+        num_tokens: tokens L per module.
+        token_channels: token channels C_T.
+        tokenizer: the first module's tokenizer (`models.factories.tokenizer_factory`).
+        later_tokenizer: the later modules' tokenizer (the paper: recurrent), or None to repeat `tokenizer`.
+        transformer: each module's transformer (`models.factories.transformer_factory`).
+        projector: `projector(in_channels, token_channels) -> Projector`, or None for no projector.
+        last_projector: whether the last module has a projector too (its output map is read only
+            by a head that reads feature maps).
+    """
     if num_modules < 1:
         raise ValueError(f"num_modules must be >= 1, got {num_modules}")
-    if tokenizer not in TOKENIZERS or tokenizer == "recurrent":
-        raise ValueError(f"tokenizer must be one of filter, pooling, clustering; got {tokenizer!r}")
     blocks = []
     for i in range(num_modules):
-        kind = "recurrent" if (i > 0 and recurrent) else tokenizer
-        tok = make_tokenizer(kind, in_channels, token_channels, num_tokens, numerics=numerics,
-                             **_tokenizer_kwargs(kind, tokenizer_kwargs))
-        trf = make_transformer(transformer, token_channels, numerics=numerics, **transformer_kwargs)
-        keep = projector and (last_projector or i < num_modules - 1)
-        proj = Projector(in_channels, token_channels, numerics=numerics, **projector_kwargs) if keep else None
-        blocks.append(VTModule(tok, trf, proj))
+        make_tokenizer = later_tokenizer if (i > 0 and later_tokenizer is not None) else tokenizer
+        tok = make_tokenizer(in_channels, token_channels, num_tokens)
+        trf = transformer(token_channels)
+        keep = projector is not None and (last_projector or i < num_modules - 1)
+        blocks.append(VTModule(tok, trf, projector(in_channels, token_channels) if keep else None))
     return VTStage(blocks)
-
-
-def _tokenizer_kwargs(kind: str, kwargs: dict) -> dict:
-    """The subset of tokenizer options that applies to `kind`."""
-    if kind == "recurrent":
-        return {"refresh": kwargs.get("refresh", "all")}
-    if kind == "clustering":
-        return {"iters": kwargs.get("kmeans_iters", 3)}
-    return {}
 
 
 def token_attention(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:

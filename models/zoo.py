@@ -11,7 +11,9 @@ VT-R50 3.507 G / 21.68 M (Table 8: 3.412 / 21.4), VT-R101 7.219 G / 40.67 M (Tab
 
 Every choice the paper leaves open is an explicit option with a documented default; the defaults
 are the reading that lands on the paper's complexity tables (results/fidelity/ shows the arithmetic
-and what the alternatives give). VT-ResNet options:
+and what the alternatives give). Each family's options are one frozen dataclass below
+(`VTResNetOptions`, ...) whose fields are the keyword options; a variant is that config with the
+few fields it changes, registered with its facts. VT-ResNet options:
 
 - num_tokens (16), token_channels C_T (1024): section 5.1 and the appendix.
 - tokenizer: the first module's tokenizer (filter | pooling | clustering; default filter), or
@@ -49,13 +51,20 @@ and what the alternatives give). VT-ResNet options:
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass, fields, replace
 from functools import partial
+from typing import Callable
 
+from torch import nn
+
+from models.factories import (FIRST_TOKENIZERS, ProjectorFactory, TokenizerFactory, TransformerFactory,
+                              tokenizer_factory, transformer_factory)
 from models.fpn import FPN, VTFPN, SegmentationFPN
 from models.layers import DEFAULT_NUMERICS, check_numerics
+from models.projector import Projector
 from models.registry import Family, register_model
 from models.resnet import STEMS, ResNetClassifier, VTResNet
-from models.transformer import TRANSFORMERS
 from models.vt import TokenHead, make_vt_stage
 
 
@@ -68,139 +77,161 @@ FPN_SEG = Family("fpn", task="seg", stages=(*_TRUNK, "stage5", "fpn", "head"), r
 VT_FPN_SEG = Family("vt_fpn", task="seg", stages=(*_TRUNK, "stage5", "fpn", "head"), replaced="fpn")
 
 
-def _resnet(depth: int, num_classes: int, stem: str, zero_init_residual: bool, width: float) -> ResNetClassifier:
-    if stem not in STEMS:
-        raise ValueError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
-    return ResNetClassifier(depth, num_classes=num_classes, stem=stem, zero_init_residual=zero_init_residual,
-                            width=width)
+# Each family's options, as frozen configs whose defaults its variants share; a variant is its
+# family's config with the few fields it changes (`dataclasses.replace`). The fields, in order, are
+# the variant's keyword options (`build_model` overrides; `model_options` lists them).
+@dataclass(frozen=True)
+class ResNetOptions:
+    """Options of a (baseline) ResNet classifier."""
+
+    num_classes: int = 1000
+    stem: str = "imagenet"
+    zero_init_residual: bool = True
+    width: float = 1.0
 
 
-@register_model(family=RESNET, depth=18)
-def resnet18(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True,
-             width: float = 1.0):
-    """torchvision ResNet-18 with stage children."""
-    return _resnet(18, num_classes, stem, zero_init_residual, width)
+@dataclass(frozen=True)
+class VTResNetOptions:
+    """Options of a VT-ResNet (the module docstring says what each means and why its default)."""
+
+    num_classes: int = 1000
+    stem: str = "imagenet"
+    num_tokens: int = 16
+    token_channels: int = 1024
+    tokenizer: str = "filter"
+    recurrent: bool = True
+    transformer: str = "paper"
+    projector: bool = True
+    last_projector: bool = False
+    num_modules: int = 3
+    qk_channels: int | None = None
+    heads: int | None = None
+    kqv_groups: int | None = None
+    ff_channels: int | None = None
+    proj_channels: int | None = None
+    proj_groups: int = 1
+    refresh: str = "all"
+    kmeans_iters: int = 3
+    head_hidden: int | None = None
+    numerics: str = DEFAULT_NUMERICS
+    zero_init_residual: bool = True
+    width: float = 1.0
 
 
-@register_model(family=RESNET, depth=34)
-def resnet34(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True,
-             width: float = 1.0):
-    """torchvision ResNet-34 with stage children."""
-    return _resnet(34, num_classes, stem, zero_init_residual, width)
+@dataclass(frozen=True)
+class FPNOptions:
+    """Options of a semantic FPN."""
+
+    num_classes: int = 171
+    zero_init_residual: bool = True
 
 
-@register_model(family=RESNET, depth=50)
-def resnet50(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True,
-             width: float = 1.0):
-    """torchvision ResNet-50 with stage children."""
-    return _resnet(50, num_classes, stem, zero_init_residual, width)
+@dataclass(frozen=True)
+class VTFPNOptions:
+    """Options of a VT-FPN: 8 tokens x 1024 channels per level, one transformer (Tables 9-10)."""
+
+    num_classes: int = 171
+    num_tokens: int = 8
+    token_channels: int = 1024
+    tokenizer: str = "filter"
+    transformer: str = "paper"
+    qk_channels: int | None = None
+    heads: int | None = None
+    kqv_groups: int | None = None
+    ff_channels: int | None = None
+    proj_channels: int | None = None
+    proj_groups: int = 16
+    kmeans_iters: int = 3
+    numerics: str = DEFAULT_NUMERICS
+    zero_init_residual: bool = True
 
 
-@register_model(family=RESNET, depth=101)
-def resnet101(*, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True,
-             width: float = 1.0):
-    """torchvision ResNet-101 with stage children."""
-    return _resnet(101, num_classes, stem, zero_init_residual, width)
+# Section 5.1: two VT modules on ResNet-18, three on the others. R50/R101 (C = 1024): the projector's
+# query/key width 256 and a W_Q grouped 16 ways (the appendix), as on R18/R34 where C = 256.
+VT_R18 = replace(VTResNetOptions(), num_modules=2)
+VT_R_BOTTLENECK = replace(VTResNetOptions(), proj_channels=256, proj_groups=16)
 
 
-def _vt_resnet(depth: int, *, num_classes: int, stem: str, num_tokens: int, token_channels: int, tokenizer: str,
-               recurrent: bool, transformer: str, projector: bool, last_projector: bool, num_modules: int,
-               qk_channels, heads, kqv_groups, ff_channels, proj_channels, proj_groups: int, refresh: str,
-               kmeans_iters: int, head_hidden, numerics: str, zero_init_residual: bool, width: float) -> VTResNet:
+def _resnet(depth: int, o: ResNetOptions) -> ResNetClassifier:
+    """Validate the options and assemble a ResNet."""
+    _check_stem(o.stem)
+    return ResNetClassifier(depth, num_classes=o.num_classes, stem=o.stem, zero_init_residual=o.zero_init_residual,
+                            width=o.width)
+
+
+def _vt_resnet(depth: int, o: VTResNetOptions) -> VTResNet:
     """Validate the options and assemble a VT-ResNet."""
+    _check_stem(o.stem)
+    _check_positive(o, "num_tokens", "token_channels", "num_modules", "proj_groups")
+    check_numerics(o.numerics)
+    transformer = _transformer(o)
+    tokenizer, later_tokenizer = _vt_tokenizers(o)
+    vt = partial(
+        make_vt_stage, num_modules=o.num_modules, num_tokens=o.num_tokens, token_channels=o.token_channels,
+        tokenizer=tokenizer, later_tokenizer=later_tokenizer, transformer=transformer,
+        projector=_projector(o) if o.projector else None, last_projector=o.last_projector,
+    )
+    head = partial(TokenHead, o.token_channels, o.num_classes, o.head_hidden, o.numerics)
+    return VTResNet(depth, vt=vt, head=head, num_classes=o.num_classes, stem=o.stem,
+                    zero_init_residual=o.zero_init_residual, width=o.width)
+
+
+def _vt_tokenizers(o: VTResNetOptions) -> tuple[TokenizerFactory, TokenizerFactory | None]:
+    """The first module's tokenizer and the later modules' (None: the first one's again).
+
+    `tokenizer="recurrent"` (DESIGN.md's name for the paper's scheme) is the ICCV default spelled
+    out: a filter-based first module, recurrent tokenizers after it (section 3.1); it contradicts
+    `recurrent=False`.
+    """
+    first, recurrent = o.tokenizer, o.recurrent
+    if first == "recurrent":
+        if not recurrent:
+            raise ValueError("tokenizer='recurrent' (filter-based first, recurrent after) contradicts recurrent=False")
+        first = "filter"
+    make = partial(tokenizer_factory, refresh=o.refresh, kmeans_iters=o.kmeans_iters, numerics=o.numerics)
+    return make(first, choices=FIRST_TOKENIZERS), (make("recurrent") if recurrent else None)
+
+
+def _transformer(o: VTResNetOptions | VTFPNOptions) -> TransformerFactory:
+    """The transformer factory `transformer(C_T)` of a VT model's options."""
+    return transformer_factory(o.transformer, qk_channels=o.qk_channels, ff_channels=o.ff_channels, heads=o.heads,
+                               kqv_groups=o.kqv_groups, numerics=o.numerics)
+
+
+def _projector(o: VTResNetOptions | VTFPNOptions) -> ProjectorFactory:
+    """The projector factory `projector(C, C_T)` of a VT model's options."""
+    return partial(Projector, channels=o.proj_channels, groups=o.proj_groups, numerics=o.numerics)
+
+
+def _fpn(depth: int, o: FPNOptions) -> SegmentationFPN:
+    """Validate the options and assemble a semantic FPN."""
+    _check_seg(o.num_classes)
+    return SegmentationFPN(depth, FPN, o.num_classes, zero_init_residual=o.zero_init_residual)
+
+
+def _vt_fpn(depth: int, o: VTFPNOptions) -> SegmentationFPN:
+    """Validate the options and assemble a VT-FPN."""
+    _check_seg(o.num_classes)
+    _check_positive(o, "num_tokens", "token_channels", "proj_groups")
+    check_numerics(o.numerics)
+    transformer = _transformer(o)
+    tokenizer = tokenizer_factory(o.tokenizer, kmeans_iters=o.kmeans_iters, numerics=o.numerics,
+                                  choices=FIRST_TOKENIZERS)
+    fpn = partial(VTFPN, num_tokens=o.num_tokens, token_channels=o.token_channels, tokenizer=tokenizer,
+                  transformer=transformer, projector=_projector(o))
+    return SegmentationFPN(depth, fpn, o.num_classes, zero_init_residual=o.zero_init_residual)
+
+
+def _check_stem(stem: str) -> None:
     if stem not in STEMS:
         raise ValueError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
-    for name, value in (("num_tokens", num_tokens), ("token_channels", token_channels),
-                        ("num_modules", num_modules), ("proj_groups", proj_groups)):
+
+
+def _check_positive(o, *names: str) -> None:
+    for name in names:
+        value = getattr(o, name)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if transformer not in TRANSFORMERS:
-        raise ValueError(f"unknown transformer {transformer!r}; choose from {', '.join(TRANSFORMERS)}")
-    tokenizer, recurrent = _tokenization(tokenizer, recurrent)
-    transformer_kwargs = _transformer_kwargs(transformer, qk_channels, heads, kqv_groups, ff_channels)
-    vt = partial(
-        make_vt_stage, num_modules=num_modules, num_tokens=num_tokens, token_channels=token_channels,
-        tokenizer=tokenizer, recurrent=recurrent, transformer=transformer, projector=projector,
-        last_projector=last_projector, transformer_kwargs=transformer_kwargs,
-        projector_kwargs={"channels": proj_channels, "groups": proj_groups},
-        tokenizer_kwargs={"refresh": refresh, "kmeans_iters": kmeans_iters}, numerics=check_numerics(numerics),
-    )
-    head = partial(TokenHead, token_channels, num_classes, head_hidden, numerics)
-    return VTResNet(depth, vt=vt, head=head, num_classes=num_classes, stem=stem, zero_init_residual=zero_init_residual,
-                    width=width)
-
-
-def _tokenization(tokenizer: str, recurrent: bool) -> tuple[str, bool]:
-    """Map `tokenizer="recurrent"` (DESIGN.md's name for the paper's scheme) onto its two options.
-
-    "recurrent" is the ICCV default spelled out: a filter-based first module, recurrent tokenizers
-    after it (section 3.1); it contradicts `recurrent=False`.
-    """
-    if tokenizer != "recurrent":
-        return tokenizer, recurrent
-    if not recurrent:
-        raise ValueError("tokenizer='recurrent' (filter-based first, recurrent after) contradicts recurrent=False")
-    return "filter", True
-
-
-def _transformer_kwargs(kind: str, qk_channels, heads, kqv_groups, ff_channels) -> dict:
-    """Options of the chosen transformer; an mhsa-only option on another transformer is an error."""
-    if kind == "mhsa":
-        return {"qk_channels": qk_channels, "heads": heads or 16, "groups": kqv_groups or 8,
-                "ff_channels": ff_channels}
-    if heads is not None or kqv_groups is not None:
-        raise ValueError(f"heads and kqv_groups apply only to transformer='mhsa', not {kind!r}")
-    if kind == "paper":
-        return {"qk_channels": qk_channels, "ff_channels": ff_channels}
-    return {}
-
-
-@register_model(family=VT_RESNET, depth=18, baseline="resnet18")
-def vt_resnet18(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: int = 16,
-                token_channels: int = 1024, tokenizer: str = "filter", recurrent: bool = True,
-                transformer: str = "paper", projector: bool = True, last_projector: bool = False,
-                num_modules: int = 2, qk_channels: int | None = None, heads: int | None = None,
-                kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
-                proj_groups: int = 1, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None,
-                numerics: str = DEFAULT_NUMERICS, zero_init_residual: bool = True, width: float = 1.0):
-    """VT-ResNet-18: stage 5 -> 2 VT modules at 14x14, C = 256 (Tables 2 and 8)."""
-    return _vt_resnet(18, **locals())
-
-
-@register_model(family=VT_RESNET, depth=34, baseline="resnet34")
-def vt_resnet34(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: int = 16,
-                token_channels: int = 1024, tokenizer: str = "filter", recurrent: bool = True,
-                transformer: str = "paper", projector: bool = True, last_projector: bool = False,
-                num_modules: int = 3, qk_channels: int | None = None, heads: int | None = None,
-                kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
-                proj_groups: int = 1, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None,
-                numerics: str = DEFAULT_NUMERICS, zero_init_residual: bool = True, width: float = 1.0):
-    """VT-ResNet-34: stage 5 -> 3 VT modules at 14x14, C = 256 (Tables 2 and 8)."""
-    return _vt_resnet(34, **locals())
-
-
-@register_model(family=VT_RESNET, depth=50, baseline="resnet50")
-def vt_resnet50(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: int = 16,
-                token_channels: int = 1024, tokenizer: str = "filter", recurrent: bool = True,
-                transformer: str = "paper", projector: bool = True, last_projector: bool = False,
-                num_modules: int = 3, qk_channels: int | None = None, heads: int | None = None,
-                kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = 256,
-                proj_groups: int = 16, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None,
-                numerics: str = DEFAULT_NUMERICS, zero_init_residual: bool = True, width: float = 1.0):
-    """VT-ResNet-50: stage 5 -> 3 VT modules at 14x14, C = 1024 (Table 8)."""
-    return _vt_resnet(50, **locals())
-
-
-@register_model(family=VT_RESNET, depth=101, baseline="resnet101")
-def vt_resnet101(*, num_classes: int = 1000, stem: str = "imagenet", num_tokens: int = 16,
-                 token_channels: int = 1024, tokenizer: str = "filter", recurrent: bool = True,
-                 transformer: str = "paper", projector: bool = True, last_projector: bool = False,
-                 num_modules: int = 3, qk_channels: int | None = None, heads: int | None = None,
-                 kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = 256,
-                 proj_groups: int = 16, refresh: str = "all", kmeans_iters: int = 3, head_hidden: int | None = None,
-                numerics: str = DEFAULT_NUMERICS, zero_init_residual: bool = True, width: float = 1.0):
-    """VT-ResNet-101: stage 5 -> 3 VT modules at 14x14, C = 1024 (Table 8)."""
-    return _vt_resnet(101, **locals())
 
 
 def _check_seg(num_classes: int) -> None:
@@ -208,54 +239,50 @@ def _check_seg(num_classes: int) -> None:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
 
 
-@register_model(family=FPN_SEG, depth=50)
-def fpn_r50(*, num_classes: int = 171, zero_init_residual: bool = True):
-    """Semantic FPN on ResNet-50 (torchvision FPN + Detectron2 head; Tables 9-10)."""
-    _check_seg(num_classes)
-    return SegmentationFPN(50, partial(FPN), num_classes, zero_init_residual=zero_init_residual)
+def _variant(name: str, build: Callable[[int, object], nn.Module], options, *, family: Family, depth: int,
+             baseline: str | None = None, doc: str) -> None:
+    """Register `name`: `build(depth, options)`, each keyword override replacing one field of `options`.
+
+    The factory's signature is the options' fields with this variant's values as defaults, so the
+    registry reads its defaults (`model_options`) and checks overrides from it as from any factory.
+    """
+
+    def factory(**overrides) -> nn.Module:
+        return build(depth, replace(options, **overrides))
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    factory.__signature__ = inspect.Signature([
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=getattr(options, f.name), annotation=f.type)
+        for f in fields(options)
+    ])
+    register_model(factory, family=family, depth=depth, baseline=baseline)
 
 
-@register_model(family=FPN_SEG, depth=101)
-def fpn_r101(*, num_classes: int = 171, zero_init_residual: bool = True):
-    """Semantic FPN on ResNet-101 (torchvision FPN + Detectron2 head; Tables 9-10)."""
-    _check_seg(num_classes)
-    return SegmentationFPN(101, partial(FPN), num_classes, zero_init_residual=zero_init_residual)
+_variant("resnet18", _resnet, ResNetOptions(), family=RESNET, depth=18,
+         doc="torchvision ResNet-18 with stage children.")
+_variant("resnet34", _resnet, ResNetOptions(), family=RESNET, depth=34,
+         doc="torchvision ResNet-34 with stage children.")
+_variant("resnet50", _resnet, ResNetOptions(), family=RESNET, depth=50,
+         doc="torchvision ResNet-50 with stage children.")
+_variant("resnet101", _resnet, ResNetOptions(), family=RESNET, depth=101,
+         doc="torchvision ResNet-101 with stage children.")
 
+_variant("vt_resnet18", _vt_resnet, VT_R18, family=VT_RESNET, depth=18, baseline="resnet18",
+         doc="VT-ResNet-18: stage 5 -> 2 VT modules at 14x14, C = 256 (Tables 2 and 8).")
+_variant("vt_resnet34", _vt_resnet, VTResNetOptions(), family=VT_RESNET, depth=34, baseline="resnet34",
+         doc="VT-ResNet-34: stage 5 -> 3 VT modules at 14x14, C = 256 (Tables 2 and 8).")
+_variant("vt_resnet50", _vt_resnet, VT_R_BOTTLENECK, family=VT_RESNET, depth=50, baseline="resnet50",
+         doc="VT-ResNet-50: stage 5 -> 3 VT modules at 14x14, C = 1024 (Table 8).")
+_variant("vt_resnet101", _vt_resnet, VT_R_BOTTLENECK, family=VT_RESNET, depth=101, baseline="resnet101",
+         doc="VT-ResNet-101: stage 5 -> 3 VT modules at 14x14, C = 1024 (Table 8).")
 
-def _vt_fpn(depth: int, *, num_classes: int, num_tokens: int, token_channels: int, tokenizer: str,
-            transformer: str, qk_channels, heads, kqv_groups, ff_channels, proj_channels, proj_groups: int,
-            kmeans_iters: int, numerics: str, zero_init_residual: bool) -> SegmentationFPN:
-    """Validate the options and assemble a VT-FPN."""
-    _check_seg(num_classes)
-    for name, value in (("num_tokens", num_tokens), ("token_channels", token_channels), ("proj_groups", proj_groups)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if transformer not in TRANSFORMERS:
-        raise ValueError(f"unknown transformer {transformer!r}; choose from {', '.join(TRANSFORMERS)}")
-    fpn = partial(
-        VTFPN, num_tokens=num_tokens, token_channels=token_channels, tokenizer=tokenizer, transformer=transformer,
-        transformer_kwargs=_transformer_kwargs(transformer, qk_channels, heads, kqv_groups, ff_channels),
-        proj_channels=proj_channels, proj_groups=proj_groups, kmeans_iters=kmeans_iters,
-        numerics=check_numerics(numerics),
-    )
-    return SegmentationFPN(depth, fpn, num_classes, zero_init_residual=zero_init_residual)
+_variant("fpn_r50", _fpn, FPNOptions(), family=FPN_SEG, depth=50,
+         doc="Semantic FPN on ResNet-50 (torchvision FPN + Detectron2 head; Tables 9-10).")
+_variant("fpn_r101", _fpn, FPNOptions(), family=FPN_SEG, depth=101,
+         doc="Semantic FPN on ResNet-101 (torchvision FPN + Detectron2 head; Tables 9-10).")
 
-
-@register_model(family=VT_FPN_SEG, depth=50, baseline="fpn_r50")
-def vt_fpn_r50(*, num_classes: int = 171, num_tokens: int = 8, token_channels: int = 1024, tokenizer: str = "filter",
-               transformer: str = "paper", qk_channels: int | None = None, heads: int | None = None,
-               kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
-               proj_groups: int = 16, kmeans_iters: int = 3, numerics: str = DEFAULT_NUMERICS,
-               zero_init_residual: bool = True):
-    """VT-FPN on ResNet-50: 8 tokens x 1024 channels per level, one transformer (Tables 9-10)."""
-    return _vt_fpn(50, **locals())
-
-
-@register_model(family=VT_FPN_SEG, depth=101, baseline="fpn_r101")
-def vt_fpn_r101(*, num_classes: int = 171, num_tokens: int = 8, token_channels: int = 1024, tokenizer: str = "filter",
-                transformer: str = "paper", qk_channels: int | None = None, heads: int | None = None,
-                kqv_groups: int | None = None, ff_channels: int | None = None, proj_channels: int | None = None,
-                proj_groups: int = 16, kmeans_iters: int = 3, numerics: str = DEFAULT_NUMERICS,
-               zero_init_residual: bool = True):
-    """VT-FPN on ResNet-101: 8 tokens x 1024 channels per level, one transformer (Tables 9-10)."""
-    return _vt_fpn(101, **locals())
+_variant("vt_fpn_r50", _vt_fpn, VTFPNOptions(), family=VT_FPN_SEG, depth=50, baseline="fpn_r50",
+         doc="VT-FPN on ResNet-50: 8 tokens x 1024 channels per level, one transformer (Tables 9-10).")
+_variant("vt_fpn_r101", _vt_fpn, VTFPNOptions(), family=VT_FPN_SEG, depth=101, baseline="fpn_r101",
+         doc="VT-FPN on ResNet-101: 8 tokens x 1024 channels per level, one transformer (Tables 9-10).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -236,7 +237,8 @@ def test_projector_with_value_map_is_residual():
 
 
 def test_vt_fpn_mixes_levels_through_one_transformer():
-    fpn = VTFPN([4, 8], out_channels=32, num_tokens=2, token_channels=32, proj_groups=1).eval()
+    fpn = VTFPN([4, 8], out_channels=32, num_tokens=2, token_channels=32,
+                projector=partial(Projector, groups=1)).eval()
     feats = [torch.randn(1, 4, 8, 8), torch.randn(1, 8, 4, 4)]
     base = fpn(feats)
     changed = fpn([feats[0], feats[1] + 1.0])
