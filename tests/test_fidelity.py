@@ -14,6 +14,20 @@ from models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
+# This test's own tolerances, not bench.fidelity's TOL_* (with which the fidelity report marks its
+# rows): a change to that module cannot loosen what the models are held to here. Relative errors.
+# torchvision's ResNets are the paper's baselines: they land within 0.01 % of Table 8 (its rounding);
+# 0.5 % is the counting agreement the complexity module allows between two counters.
+RESNET_GMACS_TOL = 0.005
+# The paper leaves the VT widths open; the defaults land 1.3-2.8 % from Tables 2 and 8 (VT-R50 +2.8 %,
+# results/fidelity/fidelity.md), so 3 % holds them there and catches a default that drifts.
+VT_GMACS_TOL = 0.03
+# Parameters: the defaults land 1.3-3.1 % from the tables (VT-R34 -3.1 %, its Table 2 figure).
+VT_PARAMS_TOL = 0.05
+# The VT-FPN module: the model-zoo issue's 15 %, for a module the paper gives to two digits
+# (8.5 G and 2.0 G; measured 8.59 G, +1.1 %, and 2.11 G, +5.5 %).
+VT_FPN_MODULE_TOL = 0.15
+
 
 @functools.lru_cache(maxsize=None)
 def _measure(name: str):
@@ -24,7 +38,7 @@ def _measure(name: str):
 def test_resnet_macs_match_table8(depth):
     result = _measure(f"resnet{depth}")
     paper = fidelity.paper_value(f"resnet{depth}", "gmacs", "T8", (224, 224))
-    assert abs(result.gmacs - paper) / paper < fidelity.TOL_RESNET_GMACS
+    assert abs(result.gmacs - paper) / paper < RESNET_GMACS_TOL
     torchvision_params = {18: 11.690, 34: 21.798, 50: 25.557, 101: 44.549}[depth]
     assert result.params_m == pytest.approx(torchvision_params, abs=1e-3)
 
@@ -35,8 +49,8 @@ def test_vt_resnet_defaults_within_tolerance(name):
     table = fidelity.VT_TABLE[name]
     paper_g = fidelity.paper_value(name, "gmacs", table, (224, 224))
     paper_p = fidelity.paper_value(name, "params_m", table, (224, 224))
-    assert abs(result.gmacs - paper_g) / paper_g < fidelity.TOL_VT_GMACS, (result.gmacs, paper_g)
-    assert abs(result.params_m - paper_p) / paper_p < fidelity.TOL_VT_PARAMS, (result.params_m, paper_p)
+    assert abs(result.gmacs - paper_g) / paper_g < VT_GMACS_TOL, (result.gmacs, paper_g)
+    assert abs(result.params_m - paper_p) / paper_p < VT_PARAMS_TOL, (result.params_m, paper_p)
     assert result.unsupported_ops == {}
 
 
@@ -63,7 +77,7 @@ def test_vt_fpn_module_within_15_percent(size):
     measured = fidelity.measure_fpn_module("vt_fpn_r50", size)
     table = "T9" if size == (800, 1216) else "T10"
     paper = fidelity.paper_value("vt_fpn_r50", "gmacs_fpn", table, size)
-    assert abs(measured - paper) / paper < fidelity.TOL_FPN_MODULE["vt_fpn"], (measured, paper)
+    assert abs(measured - paper) / paper < VT_FPN_MODULE_TOL, (measured, paper)
 
 
 @pytest.mark.slow
