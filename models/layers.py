@@ -6,12 +6,82 @@ per-sample GEMMs of L columns, 81 % of the VT stage's CPU time (results/speed_cp
 
 State dicts saved with that earlier layout still load: a 1x1 `Conv1d` weight (C_out, C_in, 1)
 becomes the `nn.Linear` weight (C_out, C_in), a grouped one the `GroupedLinear` blocks.
+
+CPU fast paths (issue 15; same parameters, state-dict keys, MACs and outputs, only another kernel
+order): `TokenLinear` computes a few token rows as W x^T, and `PixelConv` runs a grouped 1x1
+convolution as one batched matmul over its groups. `plain_kernels()` turns both off, for the tests
+that compare the two forms and for before/after timings.
 """
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+SMALL_ROWS_MAX = 128
+"""Token rows (B * L) up to which `TokenLinear` runs W x^T on CPU. Measured here (2 threads, fp32,
+torch 2.14.1, AMD EPYC): for 16 rows, W x^T takes 0.59-0.66x the time of `F.linear`'s x W^T for
+1024x1024, 1024x512, 1024x256 and 2048x1024 weights (1.0x for 256 -> 1024 with the result
+transposed back); at 128 rows 0.67-0.90x; at 512 rows 0.92-1.09x, so larger batches keep F.linear."""
+
+_fast_paths = True
+
+
+@contextlib.contextmanager
+def plain_kernels() -> Iterator[None]:
+    """Run `TokenLinear` and `PixelConv` as plain `F.linear` / `F.conv2d` inside this block."""
+    global _fast_paths
+    before, _fast_paths = _fast_paths, False
+    try:
+        yield
+    finally:
+        _fast_paths = before
+
+
+class TokenLinear(nn.Linear):
+    """`nn.Linear` on token rows (..., C_in) that computes few rows on CPU as (W x^T)^T.
+
+    With B * L = 16 rows (batch 1) the product is a skinny GEMM bound by streaming the weight;
+    oneDNN/MKL's kernel for W x^T (weight as the left operand) runs it in about 0.6x the time of
+    x W^T (`SMALL_ROWS_MAX` gives the measurements). The result is returned as a transposed view
+    (no copy); every consumer here takes strided tensors. Same weight, same MACs (one mm of
+    rows x C_in x C_out), the same outputs up to float summation order.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[:-1].numel()  # an int, also under torch.jit.trace (x.numel() is traced)
+        if not (_fast_paths and self.bias is None and x.device.type == "cpu" and rows <= SMALL_ROWS_MAX):
+            return F.linear(x, self.weight, self.bias)
+        out = torch.mm(self.weight, x.reshape(rows, self.in_features).t()).t()  # (rows, C_out) view
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+class PixelConv(nn.Conv2d):
+    """A grouped 1x1 convolution on an NCHW map, run on CPU as one batched matmul over the groups.
+
+    oneDNN's grouped 1x1 convolution is slow for these shapes: the projector's W_Q of VT-ResNet-50
+    (1024 -> 256 channels, 16 groups, 14x14 map) took 0.114 ms as a convolution and 0.048 ms as a
+    bmm at batch 1, 3.8 vs 2.4 ms at batch 32 (measured here, 2 threads). The weight stays a
+    `Conv2d` weight (d, C / g, 1, 1), so parameters, state dicts and MACs are those of the
+    convolution; a map that is not contiguous NCHW (channels_last) takes the convolution.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int):
+        super().__init__(in_channels, out_channels, 1, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (_fast_paths and self.groups > 1 and x.device.type == "cpu" and x.is_contiguous()):
+            return super().forward(x)
+        b, c, h, w = x.shape
+        g = self.groups
+        weight = self.weight.view(1, g, self.out_channels // g, c // g).expand(b, -1, -1, -1)
+        out = torch.bmm(weight.reshape(b * g, self.out_channels // g, c // g),  # (B g, d/g, C/g)
+                        x.view(b * g, c // g, h * w))  # (B g, C/g, HW): group j of every sample
+        return out.view(b, self.out_channels, h, w)
 
 class GroupedLinear(nn.Module):
     """A grouped per-token projection: the appendix's grouped 1x1 convolution on token rows.
@@ -60,7 +130,7 @@ def token_linear(in_features: int, out_features: int, groups: int = 1, bias: boo
         if bias:
             raise ValueError("grouped token projections have no bias")
         return GroupedLinear(in_features, out_features, groups)
-    layer = nn.Linear(in_features, out_features, bias=bias)
+    layer = TokenLinear(in_features, out_features, bias=bias)
     layer._register_load_state_dict_pre_hook(_from_conv1d_weight)
     return layer
 
@@ -88,7 +158,7 @@ two parameter-free centering steps of vtbench's own are on. The default is `cent
   paper, chosen here for those two measured collapses; neither has a parameter or a MAC:
   1. the recurrent tokenizer builds its filters from each incoming token's deviation from the
      tokens' mean, scaled to unit RMS per token (`token_deviations`): W_R = dev(T_in) W_{T->R},
-     and dots them with the pixels scaled to unit RMS (`unit_rms_pixels`; the values averaged
+     and dots them with the pixels scaled to unit RMS (`inverse_pixel_rms`; the values averaged
      are the pixels as they are). The tokens' shared part gives every new token the same filter,
      and so the same attention (a per-pixel bias the softmax over HW does not cancel); a pixel of
      large norm gets the largest logits of many filters at once, and so several tokens. Both
@@ -139,6 +209,10 @@ def token_deviations(tokens: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return deviations * torch.rsqrt(deviations.pow(2).mean(dim=-1, keepdim=True) + eps)
 
 
-def unit_rms_pixels(x_flat: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Each pixel of (B, C, HW) scaled to unit RMS over its C channels (`centered` step 1's keys)."""
-    return x_flat * torch.rsqrt(x_flat.pow(2).mean(dim=1, keepdim=True) + eps)
+def inverse_pixel_rms(x_flat: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """1 / RMS over the C channels of each pixel of (B, C, HW), as (B, 1, HW) (`centered` step 1's keys).
+
+    Dotting a filter with the pixel at unit RMS is the plain dot product times this factor, so the
+    recurrent tokenizer scales its (B, L, HW) logits by it instead of the (B, C, HW) map: L
+    multiplications per pixel instead of C (16 vs 1024 in VT-ResNet-50), the same bmm."""
+    return torch.rsqrt(x_flat.pow(2).mean(dim=1, keepdim=True) + eps)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from models.init import VALUE_GAIN, init_projection
-from models.layers import DEFAULT_NUMERICS, check_numerics, is_scaled, logit_scale, token_linear
+from models.layers import DEFAULT_NUMERICS, PixelConv, check_numerics, is_scaled, logit_scale, token_linear
 
 
 class Projector(nn.Module):
@@ -40,7 +40,7 @@ class Projector(nn.Module):
         d = channels or in_channels
         if in_channels % groups or d % groups:
             raise ValueError(f"projector groups={groups} must divide C={in_channels} and d={d}")
-        self.w_q = nn.Conv2d(in_channels, d, 1, groups=groups, bias=False)  # W_Q
+        self.w_q = PixelConv(in_channels, d, groups)  # W_Q, a (grouped) 1x1 convolution
         self.w_k = token_linear(token_channels, d)  # W_K, per token
         self.w_v = token_linear(token_channels, in_channels) if token_channels != in_channels else None
         self.scale = logit_scale(d, check_numerics(numerics))

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.init import ADAPTER_GAIN, CENTERED_RECURRENT_GAIN, RECURRENT_GAIN, init_projection, init_query_vectors
-from models.layers import (DEFAULT_NUMERICS, check_numerics, is_scaled, logit_scale, token_deviations, token_linear,
-                           unit_rms_pixels)
+from models.layers import (DEFAULT_NUMERICS, check_numerics, inverse_pixel_rms, is_scaled, logit_scale,
+                           token_deviations, token_linear)
 
 TOKENIZERS = ("filter", "recurrent", "pooling", "clustering")
 
@@ -98,7 +98,7 @@ class RecurrentTokenizer(Tokenizer):
             half of the incoming tokens drive the new ones, the second half is kept as is).
         numerics: `centered` (the default: filters from the incoming tokens' deviations from their
             mean at unit RMS, `models.layers.token_deviations`, dotted with the pixels at unit RMS,
-            `models.layers.unit_rms_pixels`: a QK-normalised attention whose temperature is W_{T->R}'s
+            `models.layers.inverse_pixel_rms`: a QK-normalised attention whose temperature is W_{T->R}'s
             scale, `CENTERED_RECURRENT_GAIN` at init; logits / sqrt(C)), `appendix`
             (logits / sqrt(C), W_{T->R} of gain `RECURRENT_GAIN` on the tokens as they come) or
             `iccv` (eq. 2 as printed); see `models.layers.NUMERICS`.
@@ -131,8 +131,9 @@ class RecurrentTokenizer(Tokenizer):
         drivers = token_deviations(tokens_in) if centered else tokens_in
         w_r = self.w_tr(drivers)  # (B, L', C) = T_in W_{T->R}: one filter per token, from the tokens
         x_flat = x.flatten(2)
-        keys = unit_rms_pixels(x_flat) if centered else x_flat  # values stay the pixels as they are
-        logits = torch.bmm(w_r, keys) * self.scale  # (B, L', HW) = (X W_R)^T
+        logits = torch.bmm(w_r, x_flat) * self.scale  # (B, L', HW) = (X W_R)^T
+        if centered:  # keys are the pixels at unit RMS; the values averaged stay the pixels as they are
+            logits = logits * inverse_pixel_rms(x_flat)
         tokens, attention = self._aggregate(x_flat, logits)
         if kept is not None:
             tokens = torch.cat([kept, tokens], dim=1)
