@@ -1,6 +1,6 @@
 """Regenerate the committed fidelity table: the paper's complexity numbers beside vtbench's models.
 
-    python -m bench.fidelity [--out results/fidelity] [--skip-seg] [--threads N]
+    vtbench fidelity [--out results/fidelity] [--skip-seg] [--threads N]
 
 Writes `fidelity.md` (machine and date named), `fidelity.csv` (the twelve models, per-stage
 breakdown) and `alternatives.csv` (the other readings of the paper's open choices, and the
@@ -17,13 +17,6 @@ it on every row; the report states on how many rows they agree and lists those w
 """
 
 from __future__ import annotations
-
-if __name__ == "__main__":  # `python -m bench.fidelity` is `vtbench fidelity`: hand over before the imports below,
-    import sys              # so that the command line's entry silences their known noise first
-
-    from bench.cli import main as _cli_main
-
-    sys.exit(_cli_main(["fidelity", *sys.argv[1:]]))
 
 import datetime as dt
 import logging
@@ -418,20 +411,10 @@ def _logged(fn, reading: Reading) -> dict:
     return fn(reading)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m bench.fidelity ARGS` is `vtbench fidelity ARGS` (kept: the README and notes cite it)."""
-    import sys
-
-    from bench.cli import main as cli_main
-
-    return cli_main(["fidelity", *(sys.argv[1:] if argv is None else argv)])
-
-
-
 FIDELITY_MD = """# Fidelity: the paper's complexity numbers beside vtbench's models
 
 Measured {env}.
-Regenerate with `python -m bench.fidelity` (about 4 minutes on one thread of a 2-core VM; `--skip-seg` leaves
+Regenerate with `vtbench fidelity` (about 4 minutes on one thread of a 2-core VM; `--skip-seg` leaves
 out the FPN rows). Machine-readable: `fidelity.csv` (the twelve models, every stage),
 `alternatives.csv` (other readings and the ablations) and `budget.csv` (the VT stage against the
 budget and Table 1, with verdicts).

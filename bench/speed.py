@@ -5,7 +5,7 @@
                                                 #   -> results/speed_gpu
     vtbench speed --profile                     # also torch.profiler op tables of each model
 
-(`python -m bench.speed ...` is `vtbench speed ...`; the command's flags are in bench/commands/speed.py.)
+(The command's flags are in bench/commands/speed.py.)
 
 All models are built once (ImageNet stem, 1000 classes, seed 0) and timed in ONE process. The runs
 are interleaved: in each round every model is measured once at the batch size, and the order
@@ -21,13 +21,6 @@ and with --profile `profile_<model>_b<batch>.txt`.
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # `python -m bench.speed` is `vtbench speed`: hand over before the imports below,
-    import sys              # so that the command line's entry silences their known noise first
-
-    from bench.cli import main as _cli_main
-
-    sys.exit(_cli_main(["speed", *sys.argv[1:]]))
-
 import argparse
 import contextlib
 import csv
@@ -36,7 +29,6 @@ import datetime as _dt
 import logging
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -571,11 +563,3 @@ def _stage_key_parts(key: str) -> tuple[str, int]:
     """The inverse of `_stage_key` (the key is ours, not a model name being parsed)."""
     name, batch = key.rsplit(", b", 1)
     return name, int(batch)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m bench.speed ARGS` is `vtbench speed ARGS` (kept: committed notes cite it)."""
-    from bench.cli import main as cli_main
-
-    return cli_main(["speed", *(sys.argv[1:] if argv is None else argv)])
-

@@ -11,7 +11,7 @@
 # tool returns what is under $OUT, also after a time-out):
 #   env        nvidia-smi, torch/CUDA/cuDNN versions                          -> env.txt
 #   tests      pytest -m gpu (tests/test_gpu.py, the gpu tests of test_latency.py) -> tests.log, junit.xml
-#   speed      bench.speed --gpu: R18/R50 pairs, bf16, batch 1/64/256, eager and CUDA graphs, with
+#   speed      vtbench speed --gpu: R18/R50 pairs, bf16, batch 1/64/256, eager and CUDA graphs, with
 #              the card's measured GEMM and copy ceilings                     -> speed_gpu/
 #   fpn        FPN-R50 vs VT-FPN-R50 at 473x473, batch 1 and 8                -> speed_gpu_fpn/
 #   compile_*  torch.compile (inductor), R18 then R50 pair, batch 1/64/256    -> speed_gpu_compile_r18/, _r50/
@@ -66,7 +66,7 @@ phase() {  # phase NAME LIMIT_S COMMAND...: run it into NAME.log, record rc and 
 }
 
 : >"$dest/phases.txt"
-speed=(python3 -m bench.speed --gpu --channels-last --quick --not-shared)
+speed=(python3 -m bench speed --gpu --channels-last --quick --not-shared)
 phase env 60 bash -c 'nvidia-smi; python3 -c "import torch, torchvision, sys; print(sys.version); \
 print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version(), \
 \"torchvision\", torchvision.__version__); print(torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))"'

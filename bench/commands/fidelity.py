@@ -7,7 +7,7 @@ Writes fidelity.md, fidelity.csv, alternatives.csv and budget.csv into --out, th
 fidelity.md (`--format table`), or the twelve-model table (fidelity.csv) as JSON lines (one row
 each) or CSV.
 MACs are counted, not timed: the timing flags of `speed`/`profile` do not apply here.
-`python -m bench.fidelity` is this command. Exit status 0; 2 on bad input.
+Exit status 0; 2 on bad input.
 """
 
 from __future__ import annotations

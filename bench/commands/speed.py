@@ -7,8 +7,7 @@
 
 Writes speed.md, speed.csv and speed.json (and with --profile the profiler tables) into --out,
 then prints speed.md (`--format table`), the pair rows as JSON lines (`json`) or speed.csv (`csv`).
-The study itself is bench/speed.py. `python -m bench.speed` is this command; its old
-`--batch-sizes` still works. Exit status 0; 1 when a pair has no measurement (out of memory);
+The study itself is bench/speed.py. Its old `--batch-sizes` still works. Exit status 0; 1 when a pair has no measurement (out of memory);
 2 on bad input.
 """
 
