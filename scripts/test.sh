@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test,tensorboard,timm]'
 
 # Fashion-MNIST, the real data set of the accuracy study and its tests: Debian's package, the
-# original IDX files (bench/data.py reads them from /usr/share/datasets/fashion-mnist).
+# original IDX files (bench/measure/data.py reads them from /usr/share/datasets/fashion-mnist).
 if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.checkpoint import save_checkpoint
-from bench.records import make_record, write_json_atomic, write_record
+from bench.measure.checkpoint import save_checkpoint
+from bench.core.records import make_record, write_json_atomic, write_record
 
 ENV = {"host": "fixture-host", "device_name": "Fixture CPU", "threads": 1}
 TOKENS = 8
@@ -37,7 +37,7 @@ def _run(tmp_path, name: str, with_checkpoint: bool):
 
 
 def _figure(run):
-    from bench import report
+    from bench.analysis import report
 
     return report._attention(report.load_runs([run]))
 
@@ -48,7 +48,7 @@ def _token_panels(fig):
 
 def test_trained_checkpoint_on_real_test_images(tmp_path):
     import models
-    from bench.plots import attention_images
+    from bench.analysis.plots import attention_images
 
     run, cell_id = _run(tmp_path, "trained", with_checkpoint=True)
     fig = _figure(run)
@@ -78,7 +78,7 @@ def test_untrained_weights_only_without_a_trained_cell_and_the_title_says_so(tmp
 
 
 def test_a_trained_cell_is_chosen_over_an_untrained_one(tmp_path):
-    from bench import report
+    from bench.analysis import report
 
     run, cell_id = _run(tmp_path, "both", with_checkpoint=True)
     other = dict(CONFIG, model_args=dict(CONFIG["model_args"], num_tokens=4))
@@ -89,7 +89,7 @@ def test_a_trained_cell_is_chosen_over_an_untrained_one(tmp_path):
 
 
 def test_every_token_is_drawn_or_the_title_counts_the_missing_ones():
-    from bench.plots import MAX_TOKEN_PANELS, attention_figure
+    from bench.analysis.plots import MAX_TOKEN_PANELS, attention_figure
 
     def draw(images, tokens):
         attn = np.random.default_rng(0).random((images, tokens, 4, 4))
@@ -105,7 +105,7 @@ def test_every_token_is_drawn_or_the_title_counts_the_missing_ones():
 
 
 def _buildable_classification_sets():
-    from bench.data import build_dataset, dataset_spec, list_datasets
+    from bench.measure.data import build_dataset, dataset_spec, list_datasets
 
     names = []
     for name in list_datasets():
@@ -122,7 +122,7 @@ def _buildable_classification_sets():
 
 @pytest.mark.parametrize("name", _buildable_classification_sets())
 def test_any_registered_classification_set_gives_real_images(name):
-    from bench.plots import attention_images
+    from bench.analysis.plots import attention_images
 
     config = {"train": {"dataset": name}}
     shown = attention_images(config, (16, 16), "cls")
@@ -132,7 +132,7 @@ def test_any_registered_classification_set_gives_real_images(name):
 
 
 def test_an_unreadable_data_set_falls_back_to_a_synthetic_image_and_says_why():
-    from bench.plots import attention_images
+    from bench.analysis.plots import attention_images
 
     shown = attention_images({"train": {"dataset": "imagenet"}}, (16, 16), "cls")
     assert shown.source.startswith("synthetic image (data set 'imagenet' not readable here")
@@ -141,8 +141,8 @@ def test_an_unreadable_data_set_falls_back_to_a_synthetic_image_and_says_why():
 
 @pytest.mark.slow
 def test_a_really_trained_cell_is_drawn_from_its_checkpoint(tmp_path):
-    """One epoch of VT-ResNet-18 on digits at 16x16 through bench.train, into RUN/cells/ID (about 40 s)."""
-    from bench.train import TrainConfig, train
+    """One epoch of VT-ResNet-18 on digits at 16x16 through bench.measure.train, into RUN/cells/ID (about 40 s)."""
+    from bench.measure.train import TrainConfig, train
 
     run = tmp_path / "real"
     record = make_record(CONFIG, metrics={}, env=ENV, run="real")
@@ -159,7 +159,7 @@ def test_a_long_title_is_wrapped_inside_the_figure():
     """The trained cell's title (model, options, module, checkpoint) once ran off both edges."""
     import matplotlib.pyplot as plt
 
-    from bench.plots import attention_figure
+    from bench.analysis.plots import attention_figure
 
     attn = np.random.default_rng(0).random((2, 4, 12, 12))
     display = [np.zeros((12, 12))] * 2

@@ -21,11 +21,11 @@ import pytest
 import yaml
 
 from bench.cli import main as cli_main
-from bench.grid import load_grid
-from bench.launch import launch, read_jobs
-from bench.liveness import process_alive, process_start_ticks
-from bench.runner import CellPaths, run_cell
-from bench.status import run_status
+from bench.pipeline.grid import load_grid
+from bench.pipeline.launch import launch, read_jobs
+from bench.pipeline.liveness import process_alive, process_start_ticks
+from bench.pipeline.runner import CellPaths, run_cell
+from bench.pipeline.status import run_status
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "tests.test_launch:tiny_net"
@@ -314,8 +314,8 @@ def test_a_signal_to_a_waiting_launcher_cancels_its_jobs(tmp_path, signum):
 def test_a_signal_while_submitting_is_held_until_the_submission_is_recorded():
     """A SIGTERM in the middle of a submission would leave started jobs out of jobs.json (and so
     out of the cancel): it takes effect once the held block (submit and record) is done."""
-    from bench.errors import Interrupted
-    from bench.launch import _Signals
+    from bench.core.errors import Interrupted
+    from bench.pipeline.launch import _Signals
 
     signals, steps = _Signals(), []
     with pytest.raises(Interrupted) as caught:

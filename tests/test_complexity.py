@@ -1,4 +1,4 @@
-"""Trust checks of bench.complexity: torchvision ResNets and tiny modules with hand-derived counts."""
+"""Trust checks of bench.measure.complexity: torchvision ResNets and tiny modules with hand-derived counts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from bench.complexity import AGREE_TOL_PCT, count_executed, measure_complexity
+from bench.measure.complexity import AGREE_TOL_PCT, count_executed, measure_complexity
 from models import build_model
 
 
@@ -152,7 +152,7 @@ class DeadBranch(nn.Module):
 
 
 def test_counter_disagreement_is_reported(caplog):
-    with caplog.at_level("WARNING", logger="bench.complexity"):
+    with caplog.at_level("WARNING", logger="bench.measure.complexity"):
         result = measure_complexity(DeadBranch(), 2)
     conv = 4 * 3 * 4  # 4 pixels x 3 -> 4 channels
     assert result.gmacs * 1e9 == pytest.approx(2 * conv)  # executed: both convs

@@ -25,11 +25,11 @@ import pytest
 import yaml
 from torch import nn
 
-from bench.grid import load_grid
-from bench.launch import LaunchResult, Plan, cells_in_flight, launch, read_jobs, record_submission, write_run_files
-from bench.records import read_record
-from bench.runner import CellPaths, JobContext, _cell_lock, _run_locked, run_cell
-from bench.status import run_status
+from bench.pipeline.grid import load_grid
+from bench.pipeline.launch import LaunchResult, Plan, cells_in_flight, launch, read_jobs, record_submission, write_run_files
+from bench.core.records import read_record
+from bench.pipeline.runner import CellPaths, JobContext, _cell_lock, _run_locked, run_cell
+from bench.pipeline.status import run_status
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "tests.test_concurrency:tiny_net"
@@ -52,9 +52,9 @@ def importable_tests(monkeypatch):
 
 @pytest.fixture
 def launch_log(caplog):
-    """`wait_for(text, launcher)`: True once bench.launch logged a line holding `text` (from any
+    """`wait_for(text, launcher)`: True once bench.pipeline.launch logged a line holding `text` (from any
     thread); False if the launcher thread ended first, or after a timeout."""
-    caplog.set_level(logging.INFO, logger="bench.launch")
+    caplog.set_level(logging.INFO, logger="bench.pipeline.launch")
 
     def wait_for(text: str, launcher: threading.Thread, timeout: float = WAIT_S) -> bool:
         deadline = time.monotonic() + timeout
@@ -109,7 +109,7 @@ class InBackground(threading.Thread):
 
 
 def start_ticks(pid: int) -> int:
-    """Field 22 of /proc/PID/stat, read here independently of bench.liveness."""
+    """Field 22 of /proc/PID/stat, read here independently of bench.pipeline.liveness."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat[stat.rindex(")") + 2:].split()[19])
 
@@ -117,7 +117,7 @@ def start_ticks(pid: int) -> int:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from bench.runner import CellPaths, JobContext, _cell_lock
+from bench.pipeline.runner import CellPaths, JobContext, _cell_lock
 paths = CellPaths(Path(sys.argv[1]), sys.argv[2])
 paths.work.mkdir(parents=True, exist_ok=True)
 with _cell_lock(paths, JobContext()) as got:

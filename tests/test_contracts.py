@@ -1,4 +1,4 @@
-"""The typed contracts (bench/contracts.py): cells and records, and the committed runs they must keep."""
+"""The typed contracts (bench/core/contracts.py): cells and records, and the committed runs they must keep."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.contracts import (SCHEMA, CellConfig, LatencyOptions, Record, TrainOptions, ValidationError,
+from bench.core.contracts import (SCHEMA, CellConfig, LatencyOptions, Record, TrainOptions, ValidationError,
                              problems_of)
-from bench.data import IGNORE_INDEX
-from bench.grid import load_grid
-from bench.records import CorruptRecord, make_record, read_record, write_record
+from bench.measure.data import IGNORE_INDEX
+from bench.pipeline.grid import load_grid
+from bench.core.records import CorruptRecord, make_record, read_record, write_record
 from models import model_facts
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ The slow test counts every torchvision classification model whose default weight
 (80 in torchvision 0.29) at its weights' crop size and holds `gmacs` within 1.5 % of the published
 figure. Measured on the 2-core VM with one thread, under load: 241 s for all 80, the slowest
 vit_h_14 at 518x518 (65 s) and regnet_y_128gf at 384 (30 s), so no model is skipped.
-`python -m bench.counting_check` measures the same models with plain fvcore beside (README, "Counting").
+`python -m bench.measure.counting_check` measures the same models with plain fvcore beside (README, "Counting").
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.counting_check import TOLERANCE_PCT, build_for_weights, check, published_models
+from bench.measure.counting_check import TOLERANCE_PCT, build_for_weights, check, published_models
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench import data
-from bench.errors import UsageError
+from bench.measure import data
+from bench.core.errors import UsageError
 
 
 def test_registry_lists_tasks_and_classes():

@@ -11,8 +11,8 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from bench import distributed as bdist
-from bench.train import TrainConfig, train
+from bench.measure import distributed as bdist
+from bench.measure.train import TrainConfig, train
 
 TINY = f"{__name__}:tiny_bn_cnn"
 

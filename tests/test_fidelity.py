@@ -7,14 +7,14 @@ import functools
 import pytest
 import torch
 
-from bench import fidelity
-from bench.complexity import measure_complexity
+from bench.analysis import fidelity
+from bench.measure.complexity import measure_complexity
 from models import build_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-# This test's own tolerances, not bench.fidelity's TOL_* (with which the fidelity report marks its
+# This test's own tolerances, not bench.analysis.fidelity's TOL_* (with which the fidelity report marks its
 # rows): a change to that module cannot loosen what the models are held to here. Relative errors.
 # torchvision's ResNets are the paper's baselines: they land within 0.01 % of Table 8 (its rounding);
 # 0.5 % is the counting agreement the complexity module allows between two counters.

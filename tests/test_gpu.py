@@ -71,7 +71,7 @@ def test_bf16_autocast_stays_close_to_fp32(no_tf32, name):
 
 @pytest.mark.parametrize("name", ["resnet18", "vt_resnet18", "vt_resnet50", "vt_fpn_r50"])
 def test_counting_on_cuda_gives_the_cpu_count(name):
-    from bench.complexity import measure_complexity
+    from bench.measure.complexity import measure_complexity
 
     size = 224 if name != "vt_fpn_r50" else 128
     cpu = measure_complexity(_seeded(name), size, batch_size=1)
@@ -81,7 +81,7 @@ def test_counting_on_cuda_gives_the_cpu_count(name):
 
 
 def test_cuda_graph_replay_computes_the_eager_forward():
-    from bench.latency import _capture_cuda_graph, _inference_step
+    from bench.measure.latency import _capture_cuda_graph, _inference_step
 
     model = _seeded("vt_resnet18").to("cuda")
     x = torch.randn(8, 3, 64, 64, device="cuda")
@@ -99,7 +99,7 @@ def test_cuda_graph_replay_computes_the_eager_forward():
 
 def test_cuda_event_latency_agrees_with_a_host_clock_around_a_synchronised_loop():
     """Two independent timers on one workload: CUDA events (vtbench) and perf_counter with sync."""
-    from bench.latency import measure_latency
+    from bench.measure.latency import measure_latency
 
     class Gemm(nn.Module):
         def __init__(self):
@@ -131,9 +131,9 @@ def test_cuda_event_latency_agrees_with_a_host_clock_around_a_synchronised_loop(
 def test_no_forward_outruns_the_cards_own_gemm_peak():
     """A model's achieved TFLOP/s (from its counted MACs) below the measured GEMM ceiling: a
     count too high or a timer too short would break this bound."""
-    from bench.complexity import measure_complexity
-    from bench.latency import measure_latency
-    from bench.roofline import achieved, measure_peak
+    from bench.measure.complexity import measure_complexity
+    from bench.measure.latency import measure_latency
+    from bench.measure.roofline import achieved, measure_peak
 
     peak = measure_peak("cuda", "bf16", gemm_n=8192, copy_mb=1024, reps=5)
     assert peak["gemm_tflops"] > 10 and peak["copy_gb_s"] > 100, peak
@@ -146,7 +146,7 @@ def test_no_forward_outruns_the_cards_own_gemm_peak():
 
 
 def test_amp_training_on_cuda_learns_digits(tmp_path):
-    from bench.train import TrainConfig, train
+    from bench.measure.train import TrainConfig, train
 
     cfg = TrainConfig(dataset="digits", input_size=16, epochs=3, device="cuda", threads=2)
     metrics = train("vt_resnet18", {"num_classes": 10, "stem": "cifar", "width": 0.5}, cfg, tmp_path,
@@ -158,7 +158,7 @@ def test_amp_training_on_cuda_learns_digits(tmp_path):
 
 def test_profile_cli_on_cuda_writes_a_judged_record(tmp_path, capsys):
     import bench.cli
-    from bench.records import read_record
+    from bench.core.records import read_record
 
     path = tmp_path / "r.json"
     rc = bench.cli.main(["profile", "vt_resnet18", "--device", "cuda", "--dtype", "bf16", "--batch-size", "1,32",

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import latency, runner
-from bench.contracts import LatencyOptions
-from bench.errors import UsageError
-from bench.grid import DEFAULT_LATENCY, EXTRA_LATENCY_KEYS, build_grid, load_grid
-from bench.records import cell_id_of
+from bench.measure import latency
+from bench.pipeline import runner
+from bench.core.contracts import LatencyOptions
+from bench.core.errors import UsageError
+from bench.pipeline.grid import DEFAULT_LATENCY, EXTRA_LATENCY_KEYS, build_grid, load_grid
+from bench.core.records import cell_id_of
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 

@@ -1,4 +1,4 @@
-"""`vtbench launch GRID --set KEY=VALUE`: a grid changed from the command line (bench.grid.apply_overrides)."""
+"""`vtbench launch GRID --set KEY=VALUE`: a grid changed from the command line (bench.pipeline.grid.apply_overrides)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from bench.cli import main as cli_main
-from bench.errors import UsageError
-from bench.grid import apply_overrides, load_grid
+from bench.core.errors import UsageError
+from bench.pipeline.grid import apply_overrides, load_grid
 
 RAW = {
     "name": "g",

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from bench.cli import main as cli_main
-from bench.errors import UsageError
-from bench.records import CorruptRecord, iter_records, make_record, read_record, write_json_atomic, write_record
+from bench.core.errors import UsageError
+from bench.core.records import CorruptRecord, iter_records, make_record, read_record, write_json_atomic, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {"host": "fixture-host", "device_name": "Fixture CPU", "threads": 1}
@@ -77,7 +77,7 @@ def test_a_record_whose_cell_id_differs_from_its_file_name_is_corrupt(tmp_path):
 
 
 def test_interleave_does_not_write_outside_the_run(tmp_path, monkeypatch):
-    import bench.interleave as inter
+    import bench.pipeline.interleave as inter
 
     config = {**COMPLEXITY, "measure": ["latency"], "latency": {"device": "cpu", "batch_size": 1}}
     record = make_record(config, metrics={"latency_ms_p50": 1.0}, env=ENV)
@@ -96,7 +96,7 @@ def test_interleave_does_not_write_outside_the_run(tmp_path, monkeypatch):
 
 
 def test_names_used_in_paths_are_single_safe_components():
-    from bench.records import check_path_name
+    from bench.core.records import check_path_name
 
     for bad in ("..", "../x", "a/b", ".hidden", "", "a\\b", None):
         with pytest.raises(UsageError):
@@ -119,7 +119,7 @@ def test_dry_run_never_calls_an_import_path_model(tmp_path, capsys):
 
 
 def test_registered_models_are_still_checked_on_the_meta_device():
-    from bench.grid import build_grid
+    from bench.pipeline.grid import build_grid
 
     raw = {"name": "g", "base": {"model": "vt_resnet18", "model_args": {"tokenizer": "nope"}, "input_size": 32}}
     with pytest.raises(UsageError, match="tokenizer"):
@@ -129,7 +129,7 @@ def test_registered_models_are_still_checked_on_the_meta_device():
 # ------------------------------------------------------------------ 3. escaping and file modes
 
 def test_report_md_escapes_html_from_record_fields(tmp_path):
-    from bench.report import write_report
+    from bench.analysis.report import write_report
 
     config = {**COMPLEXITY, "model_args": {**COMPLEXITY["model_args"], "note": "<img src=x onerror=alert(2)>"}}
     try:
@@ -149,8 +149,8 @@ def test_report_md_escapes_html_from_record_fields(tmp_path):
 def test_written_files_follow_the_umask_not_mkstemp(tmp_path, umask, mode):
     import torch
 
-    from bench.checkpoint import save_checkpoint
-    from bench.report import write_report
+    from bench.measure.checkpoint import save_checkpoint
+    from bench.analysis.report import write_report
 
     old = os.umask(umask)
     try:
@@ -219,8 +219,8 @@ class _Payload:
 @pytest.mark.parametrize("content", [b"not a checkpoint at all", pickle.dumps(_Payload(), protocol=2)],
                          ids=["garbage", "pickled-code"])
 def test_a_bad_checkpoint_skips_the_attention_plot_not_the_report(tmp_path, monkeypatch, caplog, content):
-    import bench.checkpoint as checkpoint
-    from bench.report import write_report
+    import bench.measure.checkpoint as checkpoint
+    from bench.analysis.report import write_report
 
     monkeypatch.chdir(tmp_path)
     record = make_record(VT_CELL, metrics={"top1": 50.0}, env=ENV)
@@ -233,7 +233,7 @@ def test_a_bad_checkpoint_skips_the_attention_plot_not_the_report(tmp_path, monk
     monkeypatch.setattr(checkpoint, "read_checkpoint_file", lambda path: loads.append(path) or real(path))
 
     report = write_report([run], formats=["md"])
-    assert loads == [bad], "the attention plot must load checkpoints through bench.checkpoint"
+    assert loads == [bad], "the attention plot must load checkpoints through bench.measure.checkpoint"
     reason = dict(report.skipped_plots)["token_attention"]
     assert str(bad) in reason and "corrupt or unreadable" in reason
     assert "corrupt or unreadable" in caplog.text
@@ -273,7 +273,7 @@ def test_train_refuses_an_out_that_is_a_file(tmp_path, capsys):
 
 
 def test_grid_train_sections_check_dataset_args():
-    from bench.grid import build_grid
+    from bench.pipeline.grid import build_grid
 
     raw = {"name": "g", "base": {"model": "resnet18", "input_size": 32, "measure": ["train"],
                                  "train": {"dataset": "digits", "dataset_args": {"augmnet": True}}}}
@@ -284,7 +284,7 @@ def test_grid_train_sections_check_dataset_args():
 # ------------------------------------------------------------------ 7. duplicate keys, atomic reports
 
 def test_duplicate_yaml_keys_are_refused_with_key_and_line(tmp_path):
-    from bench.grid import load_grid
+    from bench.pipeline.grid import load_grid
 
     path = tmp_path / "dup.yaml"
     path.write_text(textwrap.dedent("""\
@@ -303,7 +303,7 @@ def test_duplicate_yaml_keys_are_refused_with_key_and_line(tmp_path):
 
 
 def test_merge_keys_may_still_be_overridden():
-    from bench.grid import UniqueKeyLoader
+    from bench.pipeline.grid import UniqueKeyLoader
 
     assert yaml.load("a: &x {k: 1, j: 2}\nb: {<<: *x, k: 3}\n", Loader=UniqueKeyLoader) == \
         {"a": {"k": 1, "j": 2}, "b": {"k": 3, "j": 2}}
@@ -315,8 +315,8 @@ def test_a_failing_plot_write_leaves_the_former_plot_whole(tmp_path, monkeypatch
     import matplotlib.figure
     import matplotlib.pyplot as plt
 
-    from bench import report as report_module
-    from bench.report import write_report
+    from bench.analysis import report as report_module
+    from bench.analysis.report import write_report
 
     run = _run(tmp_path, [make_record(VT_CELL, metrics={"top1": 50.0}, env=ENV)])
     plots = run / "report" / "plots"
@@ -350,7 +350,7 @@ def test_a_full_disk_leaves_the_former_report_files_whole(tmp_path):
         (out / name).write_text("the good one")
     script = textwrap.dedent(f"""\
         import resource, signal
-        from bench.report import write_report
+        from bench.analysis.report import write_report
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write with EFBIG instead of a signal
         resource.setrlimit(resource.RLIMIT_FSIZE, (10, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
         for formats in (["md"], ["html"], ["csv"]):

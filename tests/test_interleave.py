@@ -14,11 +14,11 @@ import torch
 import yaml
 from torch import nn
 
-import bench.interleave as inter
+import bench.pipeline.interleave as inter
 from bench.cli import main as cli_main
-from bench.errors import UsageError
-from bench.launch import launch
-from bench.records import read_record
+from bench.core.errors import UsageError
+from bench.pipeline.launch import launch
+from bench.core.records import read_record
 
 REPO = Path(__file__).resolve().parents[1]
 SLEEPY = "tests.test_interleave:sleepy_net"
@@ -167,7 +167,7 @@ def test_each_cell_keeps_its_own_memory_figure(tmp_path, monkeypatch):
 
 
 def test_cli_marks_noisy_cells(run_dir, monkeypatch, caplog, capsys):
-    import bench.latency as latency
+    import bench.measure.latency as latency
 
     monkeypatch.setattr(latency, "_loadavg_1min", lambda: 40.0)  # a machine far busier than 1 thread
     with caplog.at_level("INFO"):

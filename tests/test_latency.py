@@ -1,4 +1,4 @@
-"""Trust checks of bench.latency: a known delay is measured as such, OOM backs off, state is restored."""
+"""Trust checks of bench.measure.latency: a known delay is measured as such, OOM backs off, state is restored."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.errors import UsageError
-from bench.latency import OutOfMemory, is_oom, latency_env, measure_latency, summarize
+from bench.core.errors import UsageError
+from bench.measure.latency import OutOfMemory, is_oom, latency_env, measure_latency, summarize
 
 FAST = dict(min_time_s=0.2, min_iters=5, warmup_max_iters=10)  # threads=1 where given: the CI box is shared
 NO_CUDA = "CUDA is not available on this machine"
@@ -155,7 +155,7 @@ def test_cpu_memory_is_what_the_measurement_added_beside_the_process_peak():
 
 
 def test_peak_rss_falls_back_to_a_sampling_thread(monkeypatch):
-    import bench.latency as latency
+    import bench.measure.latency as latency
 
     monkeypatch.setattr(latency, "_reset_peak_rss", lambda: False)
     result = measure_latency(Allocates(64, hold_s=0.02), input_size=4, batch_size=1, threads=1, **FAST)
@@ -182,7 +182,7 @@ ROW = dict(latency_ms_p20=10.0, latency_ms_p50=10.5, latency_ms_p80=11.0, warmup
     (dict(latency_round_p50_ms=[10.0, 10.2, 14.0, 10.1, 13.5]), "rounds' p50 spread"),
 ])
 def test_verdict_names_each_reason_for_noise(change, reason):
-    from bench.latency import judge_latency
+    from bench.measure.latency import judge_latency
 
     verdict = judge_latency({**ROW, **change})
     assert verdict["latency_spread_p80_p20"] == pytest.approx(({**ROW, **change})["latency_ms_p80"] / 10.0)
@@ -194,7 +194,7 @@ def test_verdict_names_each_reason_for_noise(change, reason):
 
 
 def test_verdict_thresholds_are_inclusive_and_missing_figures_do_not_count():
-    from bench.latency import NOISE_LOAD_MARGIN, NOISE_SPREAD_MAX, judge_latency
+    from bench.measure.latency import NOISE_LOAD_MARGIN, NOISE_SPREAD_MAX, judge_latency
 
     at_limits = {**ROW, "latency_ms_p80": 10.0 * NOISE_SPREAD_MAX, "loadavg_after": 2 + NOISE_LOAD_MARGIN, "steal_pct": 2.0}
     assert judge_latency(at_limits)["latency_verdict"] == "ok"
@@ -205,7 +205,7 @@ def test_verdict_thresholds_are_inclusive_and_missing_figures_do_not_count():
 
 
 def test_a_measurement_carries_its_verdict_and_machine_figures(monkeypatch):
-    import bench.latency as latency
+    import bench.measure.latency as latency
 
     monkeypatch.setattr(latency, "_loadavg_1min", lambda: 0.1)
     quiet = measure_latency(tiny_cnn(), input_size=8, batch_size=1, threads=1, **FAST)
@@ -225,7 +225,7 @@ def test_a_measurement_carries_its_verdict_and_machine_figures(monkeypatch):
 
 
 def test_latency_notes_explain_memory_and_flag_noisy_rows():
-    from bench.latency import latency_notes
+    from bench.measure.latency import latency_notes
 
     rows = [{"batch_size_requested": 1, "peak_mem_kind": "rss_added", "latency_verdict": "ok", "latency_noise_reasons": []},
             {"batch_size_requested": 8, "peak_mem_kind": "rss_added", "latency_verdict": "noisy",

@@ -21,10 +21,10 @@ import yaml
 from torch import nn
 
 from bench.cli import main as cli_main
-from bench.launch import launch, read_jobs
-from bench.records import CorruptRecord, iter_records, read_record
-from bench.runner import CellPaths, CellRunner, run_cell
-from bench.status import run_status
+from bench.pipeline.launch import launch, read_jobs
+from bench.core.records import CorruptRecord, iter_records, read_record
+from bench.pipeline.runner import CellPaths, CellRunner, run_cell
+from bench.pipeline.status import run_status
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "tests.test_launch:tiny_net"
@@ -207,7 +207,7 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys):
 
 def test_a_piped_local_launch_returns_once_submitted(tmp_path):
     """`vtbench launch GRID | cat` ends when the launcher does, not when the local jobs do: they do
-    not hold its stdout (bench.launch.controllers_off_our_stdio). The cell still runs to its record."""
+    not hold its stdout (bench.pipeline.launch.controllers_off_our_stdio). The cell still runs to its record."""
     run_dir = tmp_path / "run"
     # One training cell that sleeps 2 s a step (the digits set is 6 steps of 256): it outlives the launcher.
     grid = tmp_path / "piped.yaml"
@@ -247,7 +247,7 @@ def test_status_of_a_missing_run_is_a_usage_error(tmp_path, capsys):
 def test_runner_skips_a_cell_with_an_ok_record_and_one_locked_elsewhere(tmp_path):
     config = {"model": TINY, "model_args": {"num_classes": 10}, "measure": ["complexity"], "input_size": 8,
               "seed": 0, "complexity": {}, "latency": {}, "train": {}}
-    from bench.records import cell_id_of
+    from bench.core.records import cell_id_of
 
     cell = {"cell_id": cell_id_of(config), "config": config}
     first = run_cell(tmp_path, cell, run_name="t")

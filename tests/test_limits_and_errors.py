@@ -9,9 +9,10 @@ import textwrap
 import pytest
 import yaml
 
-from bench import cli, grid
-from bench.errors import UsageError
-from bench.modelref import ModelRef
+from bench import cli
+from bench.pipeline import grid
+from bench.core.errors import UsageError
+from bench.core.modelref import ModelRef
 
 
 def _write_grid(path, axes, include=None, name="limits"):
@@ -84,7 +85,7 @@ def test_meta_builds_are_capped_when_configs_are_many(tmp_path, monkeypatch, cou
     """Past MAX_META_BUILDS distinct configurations the rest are checked by option names only."""
     monkeypatch.setattr(grid, "MAX_META_BUILDS", 3)
     path = _write_grid(tmp_path / "g.yaml", {"num_tokens": list(range(1, 21))})
-    with caplog.at_level("WARNING", logger="bench.grid"):
+    with caplog.at_level("WARNING", logger="bench.pipeline.grid"):
         assert len(grid.load_grid(path).cells) == 20
     assert len(count_builds) == 3
     assert "17 more are checked by option names only" in caplog.text
@@ -156,14 +157,14 @@ def _small_grid(tmp_path):
 
 
 def test_enospc_is_one_line_with_path_exit_1(tmp_path, monkeypatch, capsys):
-    import bench.launch
+    import bench.pipeline.launch
 
     target = tmp_path / "run" / "cells.json"
 
     def full_disk(run_dir, grid_):
         raise OSError(errno.ENOSPC, "No space left on device", str(target))
 
-    monkeypatch.setattr(bench.launch, "write_run_files", full_disk)
+    monkeypatch.setattr(bench.pipeline.launch, "write_run_files", full_disk)
     assert cli.main(["launch", _small_grid(tmp_path), "--run-dir", str(tmp_path / "run")]) == 1
     assert _one_line(capsys.readouterr().err).endswith(f"{target}: No space left on device")
 
@@ -176,23 +177,23 @@ def test_enotdir_on_user_run_dir_is_bad_input(tmp_path, capsys):
 
 
 def test_refused_submission_shows_sbatch_last_line(tmp_path, monkeypatch, capsys):
-    import bench.launch
+    import bench.pipeline.launch
     from submitit.core.utils import FailedJobError
 
     def refused(*args, **kwargs):
         raise FailedJobError("sbatch: warning: something\nsbatch: error: Unable to contact slurm controller")
 
-    monkeypatch.setattr(bench.launch, "submit", refused)
+    monkeypatch.setattr(bench.pipeline.launch, "submit", refused)
     assert cli.main(["launch", _small_grid(tmp_path), "--run-dir", str(tmp_path / "run")]) == 1
     assert _one_line(capsys.readouterr().err).endswith("sbatch: error: Unable to contact slurm controller")
 
 
 def test_a_vtbench_bug_keeps_its_traceback(tmp_path, monkeypatch):
     """An error raised only in vtbench's own frames is a bug: it is not dressed up as one line."""
-    import bench.launch
+    import bench.pipeline.launch
 
     # A bench function with the wrong contract (it cannot iterate a Path), so launch fails inside
     # bench/ (a stand-in defined in this test file would count as user code).
-    monkeypatch.setattr(bench.launch, "plan_cells", grid._get)
+    monkeypatch.setattr(bench.pipeline.launch, "plan_cells", grid._get)
     with pytest.raises(TypeError):
         cli.main(["launch", _small_grid(tmp_path), "--dry-run", "--run-dir", str(tmp_path / "run")])

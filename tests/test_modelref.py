@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import bench.cli
-from bench.errors import UsageError
-from bench.modelref import TIMM_EXTRA, resolve_model_ref
+from bench.core.errors import UsageError
+from bench.core.modelref import TIMM_EXTRA, resolve_model_ref
 
 HAS_TIMM = importlib.util.find_spec("timm") is not None
 needs_timm = pytest.mark.skipif(not HAS_TIMM, reason="timm is an optional extra, not installed here: "
@@ -113,7 +113,7 @@ def test_a_folder_of_its_own_models_does_not_shadow_vtbench_models(tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "__init__.py").write_text("raise ImportError('the folder shadowed vtbench models')\n")
     code = ("import sys\nsys.path = [p for p in sys.path if p not in ('', '.')]\n"
-            "from bench.modelref import resolve_model_ref\nresolve_model_ref('mynets:small')\n"
+            "from bench.core.modelref import resolve_model_ref\nresolve_model_ref('mynets:small')\n"
             "from models import build_model\nprint(build_model('resnet18').num_classes)")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,

@@ -18,7 +18,7 @@ def tiny_net(**_):
 @pytest.fixture
 def vtbench(monkeypatch, capsys):
     """Run `vtbench ARGS...` in-process with only `profile` loaded; return (rc, stdout, stderr)."""
-    monkeypatch.setattr(bench.cli, "COMMAND_MODULES", ("bench.commands.profile",))
+    monkeypatch.setattr(bench.cli, "COMMAND_MODULES", ("bench.cli.commands.profile",))
 
     def call(*argv: str):
         rc = bench.cli.main(list(argv))
@@ -29,7 +29,7 @@ def vtbench(monkeypatch, capsys):
 
 
 def test_profile_marks_a_noisy_row_and_says_why(vtbench, monkeypatch):
-    import bench.latency as latency
+    import bench.measure.latency as latency
 
     monkeypatch.setattr(latency, "_loadavg_1min", lambda: 50.0)  # a machine far busier than one thread
     rc, out, _ = vtbench("profile", "test_noisy_latency:tiny_net", "--batch-size", "1,2", *QUICK)
@@ -45,7 +45,7 @@ def test_profile_marks_a_noisy_row_and_says_why(vtbench, monkeypatch):
 
 
 def test_profile_render_of_a_clean_row_has_no_noisy_line():
-    from bench.commands.profile import render
+    from bench.cli.commands.profile import render
 
     config = {"model": "m", "model_args": {}, "input_size": 8,
               "latency": {"device": "cpu", "dtype": "fp32", "channels_last": False, "compile": None,
@@ -66,8 +66,8 @@ def test_report_command_warns_about_noisy_rows_and_marks_the_ratio(tmp_path, cap
 
     from mdtable import md_rows
 
-    from bench.commands import report as cmd
-    from bench.records import make_record, write_record
+    from bench.cli.commands import report as cmd
+    from bench.core.records import make_record, write_record
 
     def config(model):
         return {"model": model, "model_args": {"num_classes": 10, "stem": "cifar"}, "measure": ["latency"],

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 import bench.cli
-from bench.commands.common import parse_overrides
-from bench.commands.profile import parse_batch_sizes, parse_input_size
-from bench.errors import UsageError
-from bench.records import read_record
+from bench.cli.commands.common import parse_overrides
+from bench.cli.commands.profile import parse_batch_sizes, parse_input_size
+from bench.core.errors import UsageError
+from bench.core.records import read_record
 
 QUICK = ["--min-time", "0.05", "--threads", "1"]
 
@@ -20,7 +20,7 @@ QUICK = ["--min-time", "0.05", "--threads", "1"]
 @pytest.fixture
 def vtbench(monkeypatch, capsys):
     """Run `vtbench ARGS...` in-process with only this module's commands loaded; return (rc, out, err)."""
-    monkeypatch.setattr(bench.cli, "COMMAND_MODULES", ("bench.commands.models", "bench.commands.profile"))
+    monkeypatch.setattr(bench.cli, "COMMAND_MODULES", ("bench.cli.commands.models", "bench.cli.commands.profile"))
 
     def call(*argv: str):
         try:

@@ -86,7 +86,7 @@ def test_the_registry_does_not_import_the_zoo():
 
 
 def test_unregistered_models_are_other_without_guessing_from_the_name():
-    from bench.modelfacts import facts_of
+    from bench.core.modelfacts import facts_of
 
     for name in ("timm:resnet18", "resnet_like:build", "torchvision.models:resnet50", "vt_resnet18_old"):
         facts = facts_of(name)

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.errors import UsageError
-from bench.records import make_record, write_json_atomic, write_record
+from bench.core.errors import UsageError
+from bench.core.records import make_record, write_json_atomic, write_record
 
 ENV = {"host": "fixture-host", "device_name": "Fixture CPU", "torch": "2.x", "threads": 2}
 LATENCY = {"device": "cpu", "batch_size": 1, "dtype": "fp32", "threads": 2}
@@ -99,7 +99,7 @@ def run_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def report(run_dir):
     """The report of the fixture run, written once for all tests (plots included)."""
-    from bench.report import write_report
+    from bench.analysis.report import write_report
 
     return write_report([run_dir])
 
@@ -215,9 +215,9 @@ def test_attention_plot_uses_models_token_attention(report):
 
 
 def test_complexity_only_run_skips_accuracy_plot(tmp_path, monkeypatch):
-    from bench import report as report_module
-    from bench.plots import PlotSkipped
-    from bench.report import write_report
+    from bench.analysis import report as report_module
+    from bench.analysis.plots import PlotSkipped
+    from bench.analysis.report import write_report
 
     def no_attention(data):  # drawn by the fixture report already; a 224x224 build is slow on 2 cores
         raise PlotSkipped("not drawn in this test")
@@ -240,9 +240,9 @@ def test_complexity_only_run_skips_accuracy_plot(tmp_path, monkeypatch):
 
 def test_segmentation_only_run_plots_miou(tmp_path, monkeypatch):
     """A run of segmentation cells alone (no top1 column anywhere) still gets its accuracy plots."""
-    from bench import report as report_module
-    from bench.plots import PlotSkipped
-    from bench.report import write_report
+    from bench.analysis import report as report_module
+    from bench.analysis.plots import PlotSkipped
+    from bench.analysis.report import write_report
 
     def no_attention(data):
         raise PlotSkipped("not drawn in this test")
@@ -260,7 +260,7 @@ def test_segmentation_only_run_plots_miou(tmp_path, monkeypatch):
 
 
 def test_command_rejects_bad_runs(tmp_path):
-    from bench.commands import report as cmd
+    from bench.cli.commands import report as cmd
 
     parser = argparse.ArgumentParser()
     cmd.add_arguments(parser)
@@ -274,7 +274,7 @@ def test_command_rejects_bad_runs(tmp_path):
 
 
 def test_command_writes_report(run_dir, tmp_path):
-    from bench.commands import report as cmd
+    from bench.cli.commands import report as cmd
 
     parser = argparse.ArgumentParser()
     cmd.add_arguments(parser)
@@ -283,7 +283,7 @@ def test_command_writes_report(run_dir, tmp_path):
 
 
 def test_reference_ships_and_names_tables():
-    from bench.reference import CSV_PATH, load_paper_csv, load_reference
+    from bench.analysis.reference import CSV_PATH, load_paper_csv, load_reference
 
     assert CSV_PATH.exists()
     ref = load_reference()
@@ -300,7 +300,7 @@ def test_paper_defaults_are_the_registry_defaults_with_the_papers_readings():
     """The paper's default variant (section 5.1) is read from the registry, not kept beside it: L = 16
     tokens for VT-ResNet, 8 per level for VT-FPN, a filter tokenizer, recurrence and projector on; the
     transformer is either reading of the paper's equations; baselines and unknown models have none."""
-    from bench.reference import paper_defaults
+    from bench.analysis.reference import paper_defaults
 
     for name in ("vt_resnet18", "vt_resnet34", "vt_resnet50", "vt_resnet101"):
         assert paper_defaults(name) == {"tokenizer": "filter", "num_tokens": 16, "projector": True,
@@ -312,7 +312,7 @@ def test_paper_defaults_are_the_registry_defaults_with_the_papers_readings():
 
 
 def test_several_runs_combine_and_need_out(run_dir, tmp_path):
-    from bench.report import write_report
+    from bench.analysis.report import write_report
 
     other = tmp_path / "other"
     for config, metrics in PAPER_GRID:
@@ -325,10 +325,10 @@ def test_several_runs_combine_and_need_out(run_dir, tmp_path):
 
 
 def test_load_weights_reads_trainer_checkpoints(tmp_path):
-    """bench.train saves {'model': state_dict, 'epoch': ...}; the attention plot loads it, or says untrained."""
+    """bench.measure.train saves {'model': state_dict, 'epoch': ...}; the attention plot loads it, or says untrained."""
     import torch
 
-    from bench.plots import PlotSkipped, load_weights
+    from bench.analysis.plots import PlotSkipped, load_weights
 
     net = torch.nn.Linear(3, 2)
     assert load_weights(net, None) == "untrained weights"
@@ -346,7 +346,7 @@ def test_tokenization_label_separates_recurrent_from_repeated_tokenizers():
     """The latency-vs-tokens plot draws one line per tokenization: filter+recurrent is not filter."""
     import pandas as pd
 
-    from bench.plots import tokenization_label
+    from bench.analysis.plots import tokenization_label
 
     def label(**row):
         return tokenization_label(pd.Series(row))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.records import make_record, write_record
+from bench.core.records import make_record, write_record
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -43,8 +43,8 @@ def _config(model, input_size=224, num_classes=1000):
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory) -> Path:
     """report.html of a small run with two plots: stage 5 and FPN vs VT-FPN."""
-    from bench import report as report_module
-    from bench.plots import PlotSkipped
+    from bench.analysis import report as report_module
+    from bench.analysis.plots import PlotSkipped
 
     run = tmp_path_factory.mktemp("browser") / "run"
     for config, metrics in [(_config("resnet18"), {"gmacs": 1.814, "params_m": 11.69, "gmacs_stage5": 0.41}),

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from mdtable import md_alignment, md_rows
 
-from bench.records import make_record, write_json_atomic, write_record
+from bench.core.records import make_record, write_json_atomic, write_record
 
 ENV = {"host": "fixture-host", "device_name": "Fixture CPU", "torch": "2.x", "threads": 1}
 
@@ -48,7 +48,7 @@ ORDER = [("resnet18", ""), ("vt_resnet18", "default (filter)"), ("vt_resnet18", 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """A complexity run of every family and depth, one record per cell (so every n is 1)."""
-    from bench import report as report_module
+    from bench.analysis import report as report_module
 
     run = tmp_path_factory.mktemp("presentation") / "run"
     cells = []
@@ -61,7 +61,7 @@ def report(tmp_path_factory):
     original = report_module._attention
 
     def no_attention(data):  # drawn by its own tests; a 224x224 VT build is slow on 2 cores
-        from bench.plots import PlotSkipped
+        from bench.analysis.plots import PlotSkipped
 
         raise PlotSkipped("not drawn in this test")
 
@@ -152,7 +152,7 @@ def test_html_headers_align_with_their_columns(report):
 
 
 def test_stage5_annotation_says_same_or_gives_the_ratio(report):
-    from bench.plots import plot_stage5, reduction_label
+    from bench.analysis.plots import plot_stage5, reduction_label
 
     assert reduction_label(0.46 / 0.20) == "2.3x fewer"
     assert reduction_label(0.809 / 0.80) == "same"
@@ -171,7 +171,7 @@ def _tick_boxes(fig, ax):
 
 
 def test_fpn_plot_title_promises_only_what_it_draws(report):
-    from bench.plots import fpn_title, plot_fpn
+    from bench.analysis.plots import fpn_title, plot_fpn
 
     assert fpn_title(report.table) == "FPN vs VT-FPN: GMACs"
     assert [p.title for p in report.plots if p.name == "fpn_vs_vt_fpn"] == ["FPN vs VT-FPN: GMACs"]
@@ -186,7 +186,7 @@ def test_fpn_plot_title_promises_only_what_it_draws(report):
 
 
 def test_fpn_plot_labels_do_not_overlap_and_panels_share_their_order(report):
-    from bench.plots import plot_fpn
+    from bench.analysis.plots import plot_fpn
 
     fig = plot_fpn(report.table)
     orders = []
@@ -199,7 +199,7 @@ def test_fpn_plot_labels_do_not_overlap_and_panels_share_their_order(report):
 
 
 def test_tables_module_alignment_rules():
-    from bench.tables import html_table, is_numeric_column, markdown_table
+    from bench.core.tables import html_table, is_numeric_column, markdown_table
 
     assert is_numeric_column(["1.814", "", "baseline", "0.69x (noisy)", "+1.50 [-0.30, +3.30]", "default (16)"])
     assert is_numeric_column(["94.25 ± 1.77 (n=2)", "224x224", "-0.5%"])
@@ -214,8 +214,8 @@ def test_tables_module_alignment_rules():
 
 
 def test_fidelity_and_profile_tables_use_the_same_alignment():
-    from bench.commands.profile import format_table
-    from bench.fidelity import _md_table
+    from bench.cli.commands.profile import format_table
+    from bench.analysis.fidelity import _md_table
 
     md = _md_table(pd.DataFrame({"model": ["resnet18"], "measured GMACs": ["1.814"], "Δ MACs": ["+0.00%"],
                                  "verdict": ["ok"]}))
@@ -242,7 +242,7 @@ def test_an_untrained_attention_figure_is_the_same_at_every_regeneration():
     import numpy as np
     import torch
 
-    from bench.plots import plot_attention
+    from bench.analysis.plots import plot_attention
 
     config = {"model": "vt_resnet18", "model_args": {"num_classes": 10, "stem": "cifar", "token_channels": 64},
               "input_size": 16, "seed": 0}

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bench.records import make_record, write_json_atomic, write_record
+from bench.core.records import make_record, write_json_atomic, write_record
 from mdtable import md_rows
 
 ENV = {"host": "fixture-host", "device_name": "Fixture CPU", "torch": "2.x", "threads": 1}
@@ -54,7 +54,7 @@ def _write(records_dir, config, metrics, remeasured=False):
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from bench import report as report_module
+    from bench.analysis import report as report_module
 
     run = tmp_path_factory.mktemp("stats") / "stats"
     records, cells = run / "records", []
@@ -76,7 +76,7 @@ def report(tmp_path_factory):
     original = report_module._attention
 
     def no_attention(data):  # drawn by its own tests
-        from bench.plots import PlotSkipped
+        from bench.analysis.plots import PlotSkipped
 
         raise PlotSkipped("not drawn in this test")
 
@@ -102,7 +102,7 @@ def _lat(table, model, tokens=None):
 
 
 def test_welch_interval_matches_scipy():
-    from bench.report import welch_ci
+    from bench.analysis.report import welch_ci
 
     a, b = TOP1[16], BASE_TOP1
     ours = welch_ci(np.mean(a), np.std(a, ddof=1), len(a), np.mean(b), np.std(b, ddof=1), len(b))
@@ -161,7 +161,7 @@ def test_latency_ratio_over_rounds_is_paired_and_resolved_when_clear(report):
 
 
 def test_unaligned_rounds_fall_back_to_welch_on_logs():
-    from bench.report import ratio_ci_over_rounds
+    from bench.analysis.report import ratio_ci_over_rounds
 
     paired = ratio_ci_over_rounds(FAST_ROUNDS, BASE_ROUNDS, paired=True)
     unpaired = ratio_ci_over_rounds(FAST_ROUNDS, BASE_ROUNDS, paired=False)
@@ -180,7 +180,7 @@ def test_a_noisy_row_marks_its_ratios(report):
 
 
 def test_accuracy_plot_bars_are_95_percent_intervals(report):
-    from bench.plots import plot_accuracy_vs_gmacs
+    from bench.analysis.plots import plot_accuracy_vs_gmacs
 
     vt8 = _acc(report.table, 8)
     assert vt8["top1_ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3))
@@ -202,7 +202,7 @@ def test_counter_disagreement_is_flagged(report):
 
 
 def test_counters_column_is_absent_without_the_keys():
-    from bench.report import complexity_table
+    from bench.analysis.report import complexity_table
 
     table = pd.DataFrame({"model": ["resnet18"], "gmacs": [1.8], "params_m": [11.7], "stage_gmacs": [0.4],
                           "family": ["resnet"]})

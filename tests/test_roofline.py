@@ -1,12 +1,12 @@
-"""bench.roofline: the measured ceilings and the achieved rate, checked against plain arithmetic."""
+"""bench.measure.roofline: the measured ceilings and the achieved rate, checked against plain arithmetic."""
 
 import math
 
 import pytest
 import torch
 
-from bench.roofline import achieved, measure_peak
-from bench.speed import pair_summary
+from bench.measure.roofline import achieved, measure_peak
+from bench.analysis.speed import pair_summary
 
 
 def test_achieved_is_two_flops_per_mac_over_the_latency():
@@ -46,7 +46,7 @@ def test_pair_summary_reports_each_sides_rate_and_fraction():
 
 
 def test_the_ceiling_is_the_higher_of_start_and_end_and_an_exceeded_one_is_flagged():
-    from bench.speed import ceiling_exceeded, combined_ceiling
+    from bench.analysis.speed import ceiling_exceeded, combined_ceiling
 
     start = {"gemm_tflops": 0.1, "copy_gb_s": 20.0, "gemm_n": 8}
     end = {"gemm_tflops": 0.2, "copy_gb_s": 10.0, "gemm_n": 8}
@@ -62,7 +62,7 @@ def test_the_ceiling_is_the_higher_of_start_and_end_and_an_exceeded_one_is_flagg
 
 
 def test_target_verdict_needs_every_round_and_names_noisy_measurements():
-    from bench.speed import target_verdict
+    from bench.analysis.speed import target_verdict
 
     base = {"macs_ratio": 0.85, "rounds": 3}
     assert target_verdict({**base, "latency_ratio_min": 0.7, "latency_ratio_max": 0.84}) == "met"
@@ -74,11 +74,11 @@ def test_target_verdict_needs_every_round_and_names_noisy_measurements():
 
 @pytest.mark.parametrize("study", ["eager_cuda_graphs", "fpn_473", "compile_r18", "compile_r50"])
 def test_committed_gpu_studies_regenerate_from_their_json(tmp_path, study):
-    """Each committed results/speed_gpu report is what `bench.speed --render` makes of its JSON."""
+    """Each committed results/speed_gpu report is what `bench.analysis.speed --render` makes of its JSON."""
     import shutil
     from pathlib import Path
 
-    from bench.speed import render
+    from bench.analysis.speed import render
 
     source = Path(__file__).resolve().parents[1] / "results" / "speed_gpu" / study
     shutil.copy(source / "speed.json", tmp_path / "speed.json")
@@ -90,10 +90,10 @@ def test_committed_gpu_studies_regenerate_from_their_json(tmp_path, study):
 # ------------------------------------------------------------ operator costs and bounds --------
 
 def test_operator_flops_add_up_to_the_executed_count_on_cpu_and_meta(one_thread):
-    """The cost model's FLOPs come from its own dispatch recorder: they must equal bench.complexity's
+    """The cost model's FLOPs come from its own dispatch recorder: they must equal bench.measure.complexity's
     executed count, on real tensors and on the meta device alike."""
-    from bench.complexity import measure_complexity
-    from bench.roofline import operator_costs
+    from bench.measure.complexity import measure_complexity
+    from bench.measure.roofline import operator_costs
     from models import build_model
 
     for name in ("resnet18", "vt_resnet18"):
@@ -108,7 +108,7 @@ def test_operator_flops_add_up_to_the_executed_count_on_cpu_and_meta(one_thread)
 
 
 def test_stage_bounds_by_hand():
-    from bench.roofline import OpCost, stage_bounds
+    from bench.measure.roofline import OpCost, stage_bounds
 
     ops = [OpCost("a", "mm", 2e12, 1e9), OpCost("a", "relu", 0.0, 4e9), OpCost("b", "add", 0.0, 1e6)]
     bounds = stage_bounds(ops, {"a": 2e9}, tflops=1.0, tb_s=1.0, launch_us=5.0)
@@ -120,7 +120,7 @@ def test_stage_bounds_by_hand():
 
 
 def test_fused_bytes_skip_an_input_the_stage_never_reads():
-    from bench.roofline import operator_costs
+    from bench.measure.roofline import operator_costs
 
     class PassAlong(torch.nn.Module):
         def forward(self, x):
@@ -149,7 +149,7 @@ def test_committed_h200_measurements_never_beat_their_bounds():
     import csv
     from pathlib import Path
 
-    from bench.roofline import violations
+    from bench.measure.roofline import violations
 
     path = Path(__file__).resolve().parents[1] / "results" / "roofline" / "roofline.csv"
     rows = []
@@ -163,7 +163,7 @@ def test_committed_h200_measurements_never_beat_their_bounds():
 
 def test_an_error_row_of_the_speed_table_keeps_every_column():
     """The ratio table used to print an error row with 10 cells under 12 headers."""
-    from bench.speed import _summary_cells
+    from bench.analysis.speed import _summary_cells
 
     ok = {"batch": 1, "mode": "eager", "baseline": "a", "vt_model": "b", "base_ms_p50": 2.0, "base_ms_p20": 1.0,
           "base_ms_p80": 3.0, "vt_ms_p50": 1.0, "vt_ms_p20": 0.5, "vt_ms_p80": 1.5, "latency_ratio": 0.5,

@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from bench.cli import main as cli_main
-from bench.launch import launch, read_jobs
-from bench.records import CorruptRecord, iter_records, read_record
-from bench.status import run_status
+from bench.pipeline.launch import launch, read_jobs
+from bench.core.records import CorruptRecord, iter_records, read_record
+from bench.pipeline.status import run_status
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "tests.test_launch:tiny_net"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-import bench.fidelity
-import bench.speed
+import bench.analysis.fidelity
+import bench.analysis.speed
 from bench.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,10 +56,10 @@ def captured_speed(monkeypatch, tmp_path):
 
     def fake_run(opts):
         seen["opts"] = opts
-        bench.speed.write_outputs(Path(opts.out), [], {"args": vars(opts)}, "# speed\n")
+        bench.analysis.speed.write_outputs(Path(opts.out), [], {"args": vars(opts)}, "# speed\n")
         return []
 
-    monkeypatch.setattr(bench.speed, "run", fake_run)
+    monkeypatch.setattr(bench.analysis.speed, "run", fake_run)
     return seen
 
 
@@ -89,9 +89,9 @@ def test_speed_old_spelling_is_hidden_and_bad_values_exit_2(captured_speed, tmp_
 
 
 def test_min_time_s_replaces_the_timed_seconds_per_round():
-    assert bench.speed.timing_options(1, "cpu", quick=False)["min_time_s"] == 2.0
-    assert bench.speed.timing_options(1, "cpu", quick=False, min_time_s=0.3)["min_time_s"] == 0.3
-    assert bench.speed.timing_options(64, "cuda", quick=True, min_time_s=3.0)["min_time_s"] == 3.0
+    assert bench.analysis.speed.timing_options(1, "cpu", quick=False)["min_time_s"] == 2.0
+    assert bench.analysis.speed.timing_options(1, "cpu", quick=False, min_time_s=0.3)["min_time_s"] == 0.3
+    assert bench.analysis.speed.timing_options(64, "cuda", quick=True, min_time_s=3.0)["min_time_s"] == 3.0
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def fake_fidelity(monkeypatch):
         (out_dir / "fidelity.csv").write_text("model,gmacs,paper_gmacs\nresnet18,1.814,1.814\nfpn_r50,164.5,\n")
         (out_dir / "fidelity.md").write_text("# Fidelity\n")
 
-    monkeypatch.setattr(bench.fidelity, "run", fake_run)
+    monkeypatch.setattr(bench.analysis.fidelity, "run", fake_run)
     return seen
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from bench import checkpoint as ckpt
-from bench.errors import UsageError
-from bench.train import (TrainConfig, confusion_matrix, segmentation_metrics, topk_correct, train)
+from bench.measure import checkpoint as ckpt
+from bench.core.errors import UsageError
+from bench.measure.train import (TrainConfig, confusion_matrix, segmentation_metrics, topk_correct, train)
 
 TINY = f"{__name__}:tiny_cnn"
 
@@ -110,7 +110,7 @@ def test_corrupt_or_foreign_checkpoint_is_a_clear_error_and_keeps_the_last_good(
 
 
 def test_divergence_is_reported_and_clipping_is_applied(tmp_path):
-    from bench.train import TrainingDiverged
+    from bench.measure.train import TrainingDiverged
 
     with pytest.raises(TrainingDiverged, match="clip_grad_norm"):
         train(TINY, {}, _config(epochs=1, lr=1e12, dataset_args={}), tmp_path / "a", progress=False)
@@ -210,7 +210,7 @@ def test_digits_resnet18_and_vt_resnet18_reach_95_percent(tmp_path, model):
 def _cli_args(*argv: str):
     import argparse
 
-    from bench.commands import train as command
+    from bench.cli.commands import train as command
 
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
@@ -245,7 +245,7 @@ def test_cli_bad_input_is_a_usage_error(tmp_path, argv, message):
 
 
 def test_lr_factor_warms_up_linearly_then_follows_the_schedule():
-    from bench.train import lr_factor
+    from bench.measure.train import lr_factor
 
     cfg = TrainConfig(epochs=4, warmup_epochs=1, warmup_start=0.1)
     steps = 10

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import checkpoint as ckpt
-from bench.errors import UsageError
-from bench.train import TrainConfig, config_fingerprint, lr_factor, train
+from bench.measure import checkpoint as ckpt
+from bench.core.errors import UsageError
+from bench.measure.train import TrainConfig, config_fingerprint, lr_factor, train
 from tests.test_train import TINY, _config, _Killed, _kill_after
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def test_new_options_leave_fingerprints_and_cell_ids_unchanged():
 
 @pytest.mark.parametrize("run", ["fashion_ablation", "shapes_seg"])
 def test_committed_grids_expand_to_their_committed_cell_ids(run):
-    from bench.grid import load_grid
+    from bench.pipeline.grid import load_grid
 
     grid = load_grid(REPO / "results" / run / "grid.yaml")
     committed = json.loads((REPO / "results" / run / "cells.json").read_text())
@@ -137,7 +137,7 @@ def test_committed_grids_expand_to_their_committed_cell_ids(run):
 def test_a_grid_may_set_the_logger_and_keep_checkpoints(tmp_path):
     import yaml
 
-    from bench.grid import load_grid
+    from bench.pipeline.grid import load_grid
 
     grid = {"name": "logs", "description": "loggers in a grid",
             "base": {"model": TINY, "model_args": {"num_classes": 10}, "measure": ["train"], "input_size": 8,
@@ -162,7 +162,7 @@ def test_resume_with_more_epochs_extends_a_finished_run_over_the_new_schedule(tm
     assert done["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ended
 
     longer = _config(epochs=4)
-    with caplog.at_level("WARNING", logger="bench.train"):
+    with caplog.at_level("WARNING", logger="bench.measure.train"):
         extended = train(TINY, {}, longer, tmp_path, progress=False)
     assert extended["resumed_from_epoch"] == 2 and extended["epochs"] == 4
     assert extended["extended_from_epoch"] == 2 and extended["extended_from_epochs"] == 2
@@ -310,7 +310,7 @@ def test_cli_record_has_the_cell_id_of_the_equivalent_grid_cell(tmp_path):
     """`vtbench train` and a grid naming the same training give the same cell (and cell id)."""
     import yaml
 
-    from bench.grid import load_grid
+    from bench.pipeline.grid import load_grid
 
     command, args = _cli(tmp_path / "out", "--epochs", "1", "--seed", "3", "--set", "weight_decay=0.0001",
                          "--set", "dataset_args.augment=true", "--logger", "csv")

@@ -1,4 +1,4 @@
-"""bench.util: the one input-size normaliser, canonical hash, atomic writer and rank reader."""
+"""bench.core.util: the one input-size normaliser, canonical hash, atomic writer and rank reader."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from bench.errors import UsageError
-from bench.util import atomic_write, canonical_hash, image_hw, launcher_ranks
+from bench.core.errors import UsageError
+from bench.core.util import atomic_write, canonical_hash, image_hw, launcher_ranks
 
 
 def test_image_hw():

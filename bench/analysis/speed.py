@@ -1,0 +1,565 @@
+"""Do the VT models' MAC savings become latency savings? ResNet vs VT-ResNet, side by side.
+
+    vtbench speed                               # CPU, fp32 inference, batch 1 and 32 -> results/speed_cpu
+    vtbench speed --gpu                         # CUDA, bf16, batch 1/64/256, eager/compile/CUDA graphs
+                                                #   -> results/speed_gpu
+    vtbench speed --profile                     # also torch.profiler op tables of each model
+
+(The command's flags are in bench/cli/commands/speed.py.)
+
+All models are built once (ImageNet stem, 1000 classes, seed 0) and timed in ONE process. The runs
+are interleaved: in each round every model is measured once at the batch size, and the order
+alternates between rounds (A B C D, then D C B A, ...), so slow drifts of a shared machine hit both
+sides of a pair alike. Each round gives a latency ratio VT / baseline from two measurements taken
+next to each other; the reported ratio is the median over rounds, with the min and max beside it.
+The target (issue 3): the latency ratio is no worse than the MACs ratio.
+
+Outputs in --out: `speed.md` (machine, tables, per-stage breakdown), `speed.csv` (one row per pair,
+batch and mode), `speed.json` (the same plus every round's raw measurement and the environment),
+and with --profile `profile_<model>_b<batch>.txt`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import datetime as _dt
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from bench.core.errors import UsageError
+from bench.measure.roofline import achieved, measure_peak
+from bench.core.tables import markdown_table
+from models import build_model, model_facts, stage_order
+
+log = logging.getLogger(__name__)
+
+# The study's pairs (`--pairs`): a VT model each, timed beside the baseline the registry names for it.
+PAIRS = {"r18": "vt_resnet18", "r50": "vt_resnet50", "fpn": "vt_fpn_r50"}
+INPUT_SIZE = 224
+SEG_INPUT_SIZE = 473  # the paper's semantic-segmentation size (Table 6), for every segmentation model
+CPU_DEFAULTS = dict(batch_sizes=[1, 32], modes=["eager"], dtype="fp32", device="cpu", out="results/speed_cpu")
+GPU_DEFAULTS = dict(batch_sizes=[1, 64, 256], modes=["eager", "compile", "cuda_graphs"], dtype="bf16",
+                    device="cuda", out="results/speed_gpu")
+DEFAULT_PAIRS = ("r18", "r50")
+MODE_OPTIONS = {"eager": {}, "compile": {"compile_mode": "default"}, "cuda_graphs": {"cuda_graphs": True}}
+
+
+def input_size(name: str) -> int:
+    """The side of the square input a model of the study is timed at (by the registry's task)."""
+    return SEG_INPUT_SIZE if model_facts(name).task == "seg" else INPUT_SIZE
+
+
+def pair_models(key: str) -> tuple[str, str]:
+    """(baseline, VT model) of the pair `key`: r18 -> (resnet18, vt_resnet18)."""
+    vt = PAIRS[key]
+    return model_facts(vt).baseline, vt
+
+
+# ------------------------------------------------------------------------------ models ------
+
+def build_models(pairs: Sequence[str]) -> dict[str, nn.Module]:
+    """Build every model of the pairs once, in eval mode, with seed 0 weights."""
+    built = {}
+    for key in pairs:
+        for name in pair_models(key):
+            torch.manual_seed(0)
+            built[name] = build_model(name).eval()
+    return built
+
+
+def complexity(models: dict[str, nn.Module]) -> dict[str, dict[str, Any]]:
+    """Paper-convention MACs and parameters of each model at its input size (bench.measure.complexity)."""
+    from bench.measure.complexity import measure_complexity
+
+    return {name: measure_complexity(model, input_size(name), batch_size=1).to_metrics()
+            for name, model in models.items()}
+
+
+# ------------------------------------------------------------------------------ timing ------
+
+def timing_options(batch: int, device: str, quick: bool, min_time_s: float | None = None) -> dict[str, Any]:
+    """Warm-up and iteration limits: short per round, since the rounds themselves repeat.
+    `min_time_s` (`--min-time-s`), when given, replaces the timed seconds per model and round."""
+    if device == "cpu":
+        heavy = batch > 8
+        options = dict(warmup_min_iters=1 if heavy else 3, warmup_max_s=2.0 if heavy else 3.0,
+                       min_iters=3 if heavy else 10, min_time_s=0.5 if quick else (1.0 if heavy else 2.0),
+                       max_time_s=60.0)
+    else:
+        options = dict(warmup_min_iters=10, warmup_max_s=10.0, min_iters=20, min_time_s=0.5 if quick else 1.0)
+    if min_time_s is not None:
+        options["min_time_s"] = min_time_s
+        if "max_time_s" in options:
+            options["max_time_s"] = max(options["max_time_s"], min_time_s)
+    return options
+
+
+def interleaved(models: dict[str, nn.Module], *, batch: int, rounds: int, device: str, dtype: str, mode: str,
+                threads: int | None, channels_last: bool, quick: bool,
+                min_time_s: float | None = None) -> dict[str, list[dict[str, Any]]]:
+    """`rounds` rounds of one measurement per model, alternating the order; rows per model."""
+    from bench.measure.latency import OutOfMemory, measure_latency
+
+    names = list(models)
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    failed: set[str] = set()
+    if mode == "compile":
+        torch._dynamo.reset()  # a fresh cache per batch size: each model sees one static shape
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            if name in failed:
+                continue
+            log.info("round %d/%d: %s batch %d %s %s", r + 1, rounds, name, batch, dtype, mode)
+            try:
+                row = measure_latency(models[name], input_size=input_size(name), batch_size=batch, device=device,
+                                      dtype=dtype, threads=threads, channels_last=channels_last, oom_retry=False,
+                                      **MODE_OPTIONS[mode], **timing_options(batch, device, quick, min_time_s))
+            except OutOfMemory as exc:
+                log.error("%s at batch %d: %s", name, batch, exc)
+                failed.add(name)
+                row = {"error": f"OutOfMemory: {exc}"}
+            rows[name].append({"round": r, **row})
+    return rows
+
+
+def pair_summary(base: str, vt: str, rows: dict[str, list[dict[str, Any]]],
+                 macs: dict[str, dict[str, Any]], *, batch: int = 1,
+                 peak: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Median latencies and the per-round latency ratio of one pair, beside the MACs ratio, and
+    each side's achieved TFLOP/s (2 FLOPs per MAC) with its fraction of the measured GEMM peak."""
+    ok_b = {r["round"]: r for r in rows[base] if "error" not in r}
+    ok_v = {r["round"]: r for r in rows[vt] if "error" not in r}
+    rounds = sorted(set(ok_b) & set(ok_v))
+    out: dict[str, Any] = {"baseline": base, "vt_model": vt, "rounds": len(rounds),
+                           "macs_ratio": macs[vt]["gmacs"] / macs[base]["gmacs"],
+                           "params_ratio": macs[vt]["params_m"] / macs[base]["params_m"],
+                           "base_gmacs": macs[base]["gmacs"], "vt_gmacs": macs[vt]["gmacs"]}
+    if not rounds:
+        out["error"] = "; ".join(r["error"] for r in rows[base] + rows[vt] if "error" in r) or "no rounds"
+        return out
+    ratios = [ok_v[i]["latency_ms_p50"] / ok_b[i]["latency_ms_p50"] for i in rounds]
+    for side, ok in (("base", ok_b), ("vt", ok_v)):
+        for q in ("p50", "p20", "p80"):
+            out[f"{side}_ms_{q}"] = statistics.median(ok[i][f"latency_ms_{q}"] for i in rounds)
+        out[f"{side}_img_s"] = statistics.median(ok[i]["throughput_img_s"] for i in rounds)
+        out[f"{side}_peak_mem_mb"] = max(ok[i]["peak_mem_mb"] for i in rounds)
+        rate = achieved(macs[base if side == "base" else vt]["gmacs"], batch, out[f"{side}_ms_p50"], peak)
+        out[f"{side}_tflops"] = rate["achieved_tflops"]
+        out[f"{side}_fraction_of_peak"] = rate.get("fraction_of_peak")  # or later, by add_fractions
+        # Round 0's first call holds torch.compile's compile time (later rounds reuse the graph).
+        out[f"{side}_first_call_s"] = max(ok[i].get("first_iter_ms", 0.0) for i in rounds) / 1000.0
+        out[f"{side}_noisy_rounds"] = sum(ok[i].get("latency_verdict") == "noisy" for i in rounds)
+    out.update(latency_ratio=statistics.median(ratios), latency_ratio_min=min(ratios),
+               latency_ratio_max=max(ratios), round_ratios=ratios)
+    out["meets_target"] = out["latency_ratio"] <= out["macs_ratio"]
+    out["target_verdict"] = target_verdict(out)
+    return out
+
+
+def target_verdict(summary: dict[str, Any]) -> str:
+    """'met' when every round's ratio is at or below the MACs ratio, 'missed' when every round's is
+    above it, else 'not resolved' (the MACs ratio lies inside the rounds' spread); a verdict from
+    rounds that a noisy measurement entered says so."""
+    macs = summary["macs_ratio"]
+    if summary["latency_ratio_max"] <= macs:
+        verdict = "met"
+    elif summary["latency_ratio_min"] > macs:
+        verdict = "missed"
+    else:
+        verdict = "not resolved"
+    noisy = summary.get("base_noisy_rounds", 0) + summary.get("vt_noisy_rounds", 0)
+    return f"{verdict} (noisy: {noisy} of {2 * summary['rounds']} measurements)" if noisy else verdict
+
+
+def stage_times(model: nn.Module, batch: int, iters: int, threads: int | None, size: int = INPUT_SIZE, *,
+                device: str = "cpu", dtype: str = "fp32", channels_last: bool = False) -> dict[str, float]:
+    """Median time (ms) of each top-level stage over `iters` forward passes, from forward hooks.
+
+    CPU: perf_counter at each stage's entry and exit. CUDA: an event at each entry and exit, read
+    after one synchronisation per pass, so the stages are timed as they run on the device (the
+    pass itself is not serialised more than a plain forward is).
+    """
+    from bench.measure.latency import DTYPES, fixed_threads
+
+    cuda = device.startswith("cuda")
+    marks: dict[str, list] = {name: [] for name, _ in model.named_children()}
+    clock = (lambda: _recorded_event()) if cuda else time.perf_counter
+
+    def mark(name: str, at: int) -> Callable:
+        def hook(*_):
+            if at == 0:
+                marks[name].append([clock(), None])
+            else:
+                marks[name][-1][1] = clock()
+        return hook
+
+    handles = []
+    for name, child in model.named_children():
+        handles += [child.register_forward_pre_hook(mark(name, 0)), child.register_forward_hook(mark(name, 1))]
+    x = torch.randn(batch, 3, size, size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    torch_dtype = DTYPES[dtype]
+    autocast = torch.autocast(device.split(":")[0], dtype=torch_dtype) if torch_dtype is not torch.float32 \
+        else contextlib.nullcontext()
+    times: dict[str, list[float]] = {name: [] for name in marks}
+    try:
+        with fixed_threads(threads or torch.get_num_threads()), torch.inference_mode(), autocast:
+            for i in range(iters + 1):  # pass 0 warms up and is not recorded
+                for values in marks.values():
+                    values.clear()
+                model(x)
+                if cuda:
+                    torch.cuda.synchronize()
+                if i == 0:
+                    continue
+                for name, pairs in marks.items():
+                    times[name] += [_elapsed_ms(start, end) for start, end in pairs if end is not None]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: statistics.median(values) for name, values in times.items() if values}
+
+
+def _recorded_event() -> "torch.cuda.Event":
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+def _elapsed_ms(start: Any, end: Any) -> float:
+    """Milliseconds between two marks: CUDA events or perf_counter readings."""
+    if isinstance(start, float):
+        return 1000 * (end - start)
+    return start.elapsed_time(end)
+
+
+def profile_ops(model: nn.Module, batch: int, iters: int, threads: int | None, path: Path,
+                size: int = INPUT_SIZE) -> str:
+    """torch.profiler table (top ops by self CPU time) of `iters` forward passes, written to `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench.measure.latency import fixed_threads
+
+    x = torch.randn(batch, 3, size, size)
+    with fixed_threads(threads or torch.get_num_threads()), torch.inference_mode():
+        model(x)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(iters):
+                model(x)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    shapes = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=25)
+    path.write_text(f"{model.__class__.__name__} batch {batch}, {iters} forward passes\n\n{table}\n\n"
+                    f"grouped by input shape\n\n{shapes}\n")
+    return table
+
+
+# ------------------------------------------------------------------------------ output ------
+
+def machine(device: str, threads: int | None) -> dict[str, Any]:
+    """The environment of the run, with the load average (the machine may be shared)."""
+    from bench.measure.latency import latency_env
+
+    env = latency_env(device=device, threads=threads)
+    env["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    env["loadavg"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return env
+
+
+CSV_KEYS = ("device", "dtype", "mode", "batch", "baseline", "vt_model", "base_ms_p50", "base_ms_p20", "base_ms_p80",
+            "vt_ms_p50", "vt_ms_p20", "vt_ms_p80", "latency_ratio", "latency_ratio_min", "latency_ratio_max",
+            "macs_ratio", "base_gmacs", "vt_gmacs", "params_ratio", "meets_target", "rounds", "base_img_s",
+            "vt_img_s", "base_peak_mem_mb", "vt_peak_mem_mb", "base_tflops", "vt_tflops", "base_fraction_of_peak",
+            "vt_fraction_of_peak", "target_verdict", "base_noisy_rounds", "vt_noisy_rounds", "base_first_call_s",
+            "vt_first_call_s", "error")
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec) if isinstance(value, float) else str(value)
+
+
+def _summary_cells(s: dict[str, Any]) -> dict[str, str]:
+    """One row of the ratio table, as text (an error row keeps every column)."""
+    ok = "error" not in s
+    return {
+        "batch": str(s["batch"]), "mode": s["mode"], "baseline": s["baseline"], "VT model": s["vt_model"],
+        "baseline p50 ms [p20-p80]": f"{s['base_ms_p50']:.2f} [{s['base_ms_p20']:.2f}-{s['base_ms_p80']:.2f}]"
+        if ok else f"error: {s['error']}",
+        "VT p50 ms [p20-p80]": f"{s['vt_ms_p50']:.2f} [{s['vt_ms_p20']:.2f}-{s['vt_ms_p80']:.2f}]" if ok else "-",
+        "latency ratio [min-max]": f"**{s['latency_ratio']:.3f}** [{s['latency_ratio_min']:.3f}-"
+                                   f"{s['latency_ratio_max']:.3f}]" if ok else "-",
+        "MACs ratio": f"{s['macs_ratio']:.3f}", "params ratio": f"{s['params_ratio']:.3f}",
+        "target": (s.get("target_verdict") or target_verdict(s)) if ok else "-",
+        "TFLOP/s base / VT (% of peak)": f"{_rate(s, 'base')} / {_rate(s, 'vt')}",
+        "first call s, base / VT": f"{_fmt(s.get('base_first_call_s'), '.2f')} / {_fmt(s.get('vt_first_call_s'), '.2f')}",
+    }
+
+
+def _rate(summary: dict[str, Any], side: str) -> str:
+    """'12.3 (4.5 %)': achieved TFLOP/s and its fraction of the measured peak, where known."""
+    tflops, fraction = summary.get(f"{side}_tflops"), summary.get(f"{side}_fraction_of_peak")
+    if tflops is None:
+        return "-"
+    return f"{tflops:.3g}" + (f" ({100 * fraction:.1f} %)" if fraction is not None else "")
+
+
+def markdown(summaries: list[dict[str, Any]], stages: dict[str, dict[str, float]], env_start: dict[str, Any],
+             env_end: dict[str, Any], args: argparse.Namespace, peak: dict[str, Any] | None = None,
+             stage_rates: dict[str, dict[str, dict[str, float]]] | None = None) -> str:
+    """The committed report: machine, ratio table, per-stage breakdown."""
+    dev = env_start["device_name"]
+    lines = [
+        f"# VT-ResNet vs ResNet latency on {dev}",
+        "",
+        f"- machine: {dev} ({env_start['cpu_count']} logical CPUs), host `{env_start['host']}`, {env_start['platform']}",
+        f"- torch {env_start['torch']} (CUDA {env_start['cuda']}, cuDNN {env_start['cudnn']}), "
+        f"torchvision {env_start['torchvision']}, Python {env_start['python']}",
+        f"- device `{args.device}`, dtype {args.dtype}, threads {env_start['threads']}, input 224x224 "
+        f"(473x473 for the FPN pair), inference (eval, inference_mode){', channels_last' if args.channels_last else ''}",
+        f"- date {env_start['date']} -> {env_end['date']}; git {env_start['git_commit']}",
+        f"- load average at start {_fmt(env_start['loadavg'])}, at end {_fmt(env_end['loadavg'])}"
+        + (". **The machine was shared with other jobs during the run**: absolute times are noisy; the ratios "
+           "come from adjacent measurements in alternating order and are the figures to read." if args.shared else ""),
+        f"- {args.rounds} interleaved rounds per batch size{_timed_note(args)}; ratio = median over rounds of "
+        "VT p50 / baseline p50 "
+        "(min-max over rounds in brackets). Target: latency ratio <= MACs ratio; 'met' or 'missed' when every "
+        "round agrees, else 'not resolved'. A round whose measurement judged itself noisy (bench.measure.latency: "
+        "warm-up not settled or p80/p20 spread wide) is counted beside the verdict.",
+        "",
+    ]
+    if peak:
+        lines[-1:-1] = [f"- measured ceilings ({peak['dtype']}, same device and threads): GEMM {peak['gemm_n']}^3 "
+                        f"{peak['gemm_tflops']:.3g} TFLOP/s, copy {peak['copy_mib']} MiB {peak['copy_gb_s']:.4g} GB/s "
+                        f"(read + write); ridge {peak['ridge_flop_per_byte']:.3g} FLOP/byte{_start_end(peak)}. "
+                        "Achieved TFLOP/s = 2 x MACs x batch / p50."]
+    lines.append(markdown_table(pd.DataFrame([_summary_cells(s) for s in summaries])).rstrip("\n"))
+    if stages:
+        seen = list(dict.fromkeys(st for times in stages.values() for st in times))
+        order = stage_order()
+        all_stages = [st for st in order if st in seen] + [st for st in seen if st not in order]
+        shares = [{"model, batch": key, **{st: f"{times[st]:.2f} ({100 * times[st] / sum(times.values()):.0f}%)"
+                                           if st in times else "-" for st in all_stages}}
+                  for key, times in stages.items()]
+        lines += ["", "## Where the time goes: median time per stage (ms, forward hooks, same process; CUDA events "
+                  "on a GPU)", "", markdown_table(pd.DataFrame(shares)).rstrip("\n")]
+        if stage_rates:
+            rates = [{"model, batch": key, **{st: _stage_rate(stage_rates.get(key, {}).get(st)) for st in all_stages}}
+                     for key in stages]
+            lines += ["", "Achieved TFLOP/s per stage (2 x the stage's executed MACs x batch / its median time)"
+                      + (", with the fraction of the measured GEMM ceiling" if peak else "") + ":", "",
+                      markdown_table(pd.DataFrame(rates)).rstrip("\n")]
+    over = ceiling_exceeded(summaries, stage_rates or {})
+    if over:
+        lines += ["", f"**WARNING: {len(over)} figure(s) above 100 % of the measured GEMM ceiling** ({', '.join(over[:6])}"
+                  f"{', ...' if len(over) > 6 else ''}): the ceiling was measured while the machine was busier than "
+                  "during those timings, or torch.mm is not this machine's fastest kernel (oneDNN convolutions can "
+                  "beat it on a CPU). Read the fractions as relative to each other, not as absolute efficiency."]
+    return "\n".join(lines) + "\n"
+
+
+def _timed_note(args: argparse.Namespace) -> str:
+    """', N s timed per model and round' when --min-time-s set it (older studies' JSON has no key)."""
+    seconds = getattr(args, "min_time_s", None)
+    return f", {seconds:g} s timed per model and round" if seconds is not None else ""
+
+
+def ceiling_exceeded(summaries: list[dict[str, Any]], stage_rates: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """Every model or stage figure above the measured ceiling (a ceiling that cannot be one)."""
+    model_of = {"base": "baseline", "vt": "vt_model"}
+    over = [f"{s[model_of[side]]} b{s['batch']} {s['mode']}" for s in summaries for side in model_of
+            if (s.get(f"{side}_fraction_of_peak") or 0) > 1]
+    over += [f"{key} {stage}" for key, rates in stage_rates.items() for stage, rate in rates.items()
+             if (rate.get("fraction_of_peak") or 0) > 1]
+    return over
+
+
+def _start_end(peak: dict[str, Any]) -> str:
+    """' (GEMM 0.16 / 0.15 TFLOP/s before / after the study)' where both were measured."""
+    both = peak.get("gemm_tflops_start_end")
+    return f"; the higher of GEMM {both[0]:.3g} / {both[1]:.3g} TFLOP/s before / after the study" if both else ""
+
+
+def _stage_rate(rate: dict[str, float] | None) -> str:
+    if not rate:
+        return "-"
+    fraction = rate.get("fraction_of_peak")
+    return f"{rate['achieved_tflops']:.3g}" + (f" ({100 * fraction:.1f} %)" if fraction is not None else "")
+
+
+def write_outputs(out: Path, summaries: list[dict[str, Any]], raw: dict[str, Any], md: str) -> None:
+    """speed.md, speed.csv and speed.json under `out` (JSON atomically)."""
+    from bench.core.records import write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed.md").write_text(md)
+    with open(out / "speed.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_KEYS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(summaries)
+    write_json_atomic(out / "speed.json", raw)
+
+
+# ------------------------------------------------------------------------------ main --------
+
+def study_options(*, gpu: bool = False, out: str | None = None, pairs: Sequence[str] | None = None,
+                  batch_sizes: Sequence[int] | None = None, modes: Sequence[str] | None = None,
+                  dtype: str | None = None, rounds: int = 4, threads: int | None = None,
+                  channels_last: bool = False, no_stages: bool = False, profile: bool = False,
+                  quick: bool = False, peak: bool = True, shared: bool = True,
+                  min_time_s: float | None = None) -> argparse.Namespace:
+    """The study's resolved options (what speed.json keeps as `args`): `gpu` picks the CUDA
+    defaults, anything not given takes them; UsageError on a bad value."""
+    defaults = GPU_DEFAULTS if gpu else CPU_DEFAULTS
+    opts = argparse.Namespace(
+        gpu=gpu, out=out or defaults["out"], pairs=list(pairs or DEFAULT_PAIRS),
+        batch_sizes=list(batch_sizes) if batch_sizes else list(defaults["batch_sizes"]),
+        modes=list(modes) if modes else list(defaults["modes"]), dtype=dtype or defaults["dtype"],
+        rounds=rounds, threads=threads or (os.cpu_count() if not gpu else None), channels_last=channels_last,
+        no_stages=no_stages, profile=profile, quick=quick, peak=peak, shared=shared, min_time_s=min_time_s,
+        device=defaults["device"])
+    bad = [m for m in opts.modes if m not in MODE_OPTIONS] + [k for k in opts.pairs if k not in PAIRS]
+    if bad:
+        raise UsageError(f"unknown mode or pair {', '.join(map(repr, bad))}: modes are {', '.join(MODE_OPTIONS)}, "
+                         f"pairs {', '.join(PAIRS)}")
+    if rounds < 1:
+        raise UsageError(f"--rounds must be at least 1, got {rounds}")
+    if opts.dtype not in ("fp32", "bf16", "fp16"):
+        raise UsageError(f"--dtype must be fp32, bf16 or fp16, got {opts.dtype!r}")
+    if gpu and not torch.cuda.is_available():
+        raise UsageError("--gpu needs CUDA, which is not available on this machine")
+    return opts
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Build, measure complexity, time interleaved, break down by stage; write the outputs."""
+    out = Path(args.out)
+    env_start = machine(args.device, args.threads)
+    peak_start = _measure_ceilings(args, "start")
+    models = build_models(args.pairs)
+    macs = complexity(models)
+    summaries, raw_rows = [], {}
+    for batch in args.batch_sizes:
+        for mode in args.modes:
+            rows = interleaved(models, batch=batch, rounds=args.rounds, device=args.device, dtype=args.dtype,
+                               mode=mode, threads=args.threads, channels_last=args.channels_last, quick=args.quick,
+                               min_time_s=getattr(args, "min_time_s", None))
+            raw_rows[f"{mode}_b{batch}"] = rows
+            for key in args.pairs:
+                s = pair_summary(*pair_models(key), rows, macs, batch=batch)
+                summaries.append({"device": args.device, "dtype": args.dtype, "mode": mode, "batch": batch, **s})
+                log.info("batch %d %s %s: latency ratio %s, MACs ratio %.3f", batch, mode, key,
+                         _fmt(s.get("latency_ratio")), s["macs_ratio"])
+    stages = {} if args.no_stages else all_stage_times(models, args)
+    if args.profile and args.device == "cpu":
+        out.mkdir(parents=True, exist_ok=True)
+        for batch in args.batch_sizes:
+            for name, model in models.items():
+                profile_ops(model, batch, 5 if batch <= 8 else 2, args.threads, out / f"profile_{name}_b{batch}.txt",
+                            size=input_size(name))
+    peak = combined_ceiling(peak_start, _measure_ceilings(args, "end"))
+    add_fractions(summaries, peak)
+    stage_rates = rates_of_stages(stages, macs, peak)
+    env_end = machine(args.device, args.threads)
+    md = markdown(summaries, stages, env_start, env_end, args, peak, stage_rates)
+    raw = {"env": env_start, "env_end": env_end, "peak": peak, "stage_rates": stage_rates,
+           "args": {k: v for k, v in vars(args).items()}, "complexity": macs, "summaries": summaries,
+           "stages_ms": stages, "rounds": raw_rows}
+    write_outputs(out, summaries, raw, md)
+    return summaries
+
+
+def render(out: Path) -> list[dict[str, Any]]:
+    """Rebuild speed.md and speed.csv of a finished study from its speed.json alone (after a change
+    of the summary or the report; nothing is measured again)."""
+    raw = json.loads((out / "speed.json").read_text())
+    args = argparse.Namespace(**raw["args"])
+    macs, peak = raw["complexity"], raw.get("peak")
+    summaries = []
+    for key, rows in raw["rounds"].items():
+        mode, batch = key.rsplit("_b", 1)
+        for pair in args.pairs:
+            summary = pair_summary(*pair_models(pair), rows, macs, batch=int(batch))
+            summaries.append({"device": args.device, "dtype": args.dtype, "mode": mode, "batch": int(batch), **summary})
+    add_fractions(summaries, peak)
+    stages = raw.get("stages_ms") or {}
+    stage_rates = rates_of_stages(stages, macs, peak)
+    raw.update(summaries=summaries, stage_rates=stage_rates)
+    write_outputs(out, summaries, raw, markdown(summaries, stages, raw["env"], raw["env_end"], args, peak, stage_rates))
+    return summaries
+
+
+def _measure_ceilings(args: argparse.Namespace, when: str) -> dict[str, Any] | None:
+    """The GEMM and copy ceilings now (or None with --no-peak), logged."""
+    if not args.peak:
+        return None
+    peak = measure_peak(args.device, args.dtype, threads=args.threads)
+    log.info("ceilings at %s: GEMM %.3g TFLOP/s, copy %.4g GB/s", when, peak["gemm_tflops"], peak["copy_gb_s"])
+    return peak
+
+
+def combined_ceiling(start: dict[str, Any] | None, end: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The higher of the ceilings measured before and after the study (a shared machine may have
+    been busy at one of the two), with both kept and their gap stated."""
+    if not start or not end:
+        return start or end
+    peak = dict(max(start, end, key=lambda p: p["gemm_tflops"]))
+    peak["copy_gb_s"] = max(start["copy_gb_s"], end["copy_gb_s"])
+    peak["ridge_flop_per_byte"] = peak["gemm_tflops"] * 1e12 / (peak["copy_gb_s"] * 1e9)
+    peak["gemm_tflops_start_end"] = [start["gemm_tflops"], end["gemm_tflops"]]
+    peak["copy_gb_s_start_end"] = [start["copy_gb_s"], end["copy_gb_s"]]
+    return peak
+
+
+def add_fractions(summaries: list[dict[str, Any]], peak: dict[str, Any] | None) -> None:
+    """Each side's fraction of the ceiling, once the ceiling is known."""
+    for summary in summaries:
+        for side in ("base", "vt"):
+            if peak and summary.get(f"{side}_tflops") is not None:
+                summary[f"{side}_fraction_of_peak"] = summary[f"{side}_tflops"] / peak["gemm_tflops"]
+
+
+def all_stage_times(models: dict[str, nn.Module], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Per-stage times of every model at every batch size, keyed 'model, bN'."""
+    cuda = args.device.startswith("cuda")
+    stages = {}
+    for batch in args.batch_sizes:
+        for name, model in models.items():
+            iters = 20 if cuda else (5 if batch <= 8 else 2)
+            stages[_stage_key(name, batch)] = stage_times(
+                model, batch, iters=iters, threads=args.threads, size=input_size(name), device=args.device,
+                dtype=args.dtype, channels_last=args.channels_last)
+    return stages
+
+
+def rates_of_stages(stages: dict[str, dict[str, float]], macs: dict[str, dict[str, Any]],
+                    peak: dict[str, Any] | None) -> dict[str, dict[str, dict[str, float]]]:
+    """Achieved TFLOP/s (and fraction of `peak`) of every timed stage, from its executed MACs."""
+    rates = {}
+    for key, times in stages.items():
+        name, batch = _stage_key_parts(key)
+        rates[key] = {stage: achieved(macs[name][f"gmacs_{stage}"], batch, ms, peak)
+                      for stage, ms in times.items() if f"gmacs_{stage}" in macs[name]}
+    return rates
+
+
+def _stage_key(name: str, batch: int) -> str:
+    return f"{name}, b{batch}"
+
+
+def _stage_key_parts(key: str) -> tuple[str, int]:
+    """The inverse of `_stage_key` (the key is ours, not a model name being parsed)."""
+    name, batch = key.rsplit(", b", 1)
+    return name, int(batch)

@@ -1,0 +1,218 @@
+"""`vtbench train MODEL --dataset NAME`: train and evaluate one model, write one record.
+
+    vtbench train resnet18 --dataset digits --set stem=cifar --epochs 15 --out runs/train/r18
+    vtbench train vt_fpn_r50 --dataset shapes --input-size 64 --epochs 5 --batch-size 16
+    vtbench train resnet50 --dataset imagenet --data-root /data/imagenet --device cuda
+    vtbench train resnet18 --dataset digits --logger csv --logger tensorboard --out runs/r18
+    vtbench train resnet18 --dataset digits --epochs 30 --out runs/r18 --resume   # extend to 30
+
+OUT (default `runs/train/MODEL-DATASET`) receives `checkpoint.pt` (every epoch, atomic; only the
+latest unless `--keep-checkpoints N`), the per-epoch logs of `--logger` (`metrics.jsonl` by
+default, `metrics.csv`, `tensorboard/`) and `records/CELL_ID.json`, a record in DESIGN.md's
+shape whose `config` is the cell a grid gives the same training (`bench.pipeline.grid.resolve_cell`), so
+the record has that grid cell's id: `model`, `model_args` (with `num_classes` filled in),
+`measure: [train]`, `input_size` and `seed` (the data set's side and 0 unless given), and in
+`train` only the training options given here, as a grid's `train:` section holds only those it
+sets (the checkpoint keeps every option, defaults included). `--resume` with a larger `--epochs`
+than the checkpoint's extends the run (the schedule then spans the new total; the record's
+metrics say `extended_from_epoch`); any other difference from the checkpoint's config is
+refused, naming each differing option.
+`--set KEY=VALUE` (YAML value, repeatable) sets a training option when KEY is a TrainConfig field
+(`weight_decay`, `schedule`, `label_smoothing`, ...), a data-set option as `dataset_args.KEY`, and
+a model option otherwise (`num_tokens`, `stem`, ...); `train.KEY` and `model_args.KEY` force
+either side. `num_classes` defaults to the data set's.
+Several processes (`torchrun --nproc-per-node 2 -m bench train ...`, or a multi-task SLURM job)
+train data-parallel; only rank 0 writes. Bad input exits 2 with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from bench.cli.commands import common
+from bench.core.errors import UsageError
+from bench.measure.loggers import LOGGERS
+
+if TYPE_CHECKING:
+    from bench.measure.train import TrainConfig
+
+NAME = "train"
+HELP = "Train and evaluate one model on a data set (classification or segmentation); write a record."
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `vtbench train`."""
+    parser.add_argument("model", metavar="MODEL", help="a registered model (`vtbench models`) or package.module:callable")
+    parser.add_argument("--dataset", required=True, metavar="NAME",
+                        help="digits, shapes, cifar10, cifar100, imagenet or segfolder")
+    parser.add_argument("--data-root", default=None, metavar="DIR", help="local data folder (never downloaded)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 15)")
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default 64)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default 0.05; --set optimizer=adamw for AdamW)")
+    parser.add_argument("--input-size", type=int, default=None, help="square image side (default: the data set's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="training, data-set (dataset_args.KEY) or model option; repeatable")
+    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/train/MODEL-DATASET)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/checkpoint.pt (a larger --epochs extends a finished run)")
+    parser.add_argument("--logger", action="append", default=None, choices=list(LOGGERS),
+                        help="per-epoch log: jsonl (OUT/metrics.jsonl, the default), csv (OUT/metrics.csv) "
+                             "or tensorboard (OUT/tensorboard/, needs pip install 'vtbench[tensorboard]'); "
+                             "repeatable")
+    parser.add_argument("--keep-checkpoints", type=int, default=None, metavar="N",
+                        help="keep the last N epoch checkpoints (default 1: OUT/checkpoint.pt only)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: all allowed)")
+    parser.add_argument("--seed", type=int, default=None, help="seed (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def split_overrides(pairs: list[tuple[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Route each --set pair to the training options or the model arguments (see module doc)."""
+    from bench.core.contracts import TrainOptions
+
+    fields = set(TrainOptions.model_fields)
+    train_opts: dict[str, Any] = {"dataset_args": {}}
+    model_args: dict[str, Any] = {}
+    for key, value in pairs:
+        if key.startswith("dataset_args."):
+            train_opts["dataset_args"][key.split(".", 1)[1]] = value
+        elif key.startswith("train."):
+            train_opts[key.split(".", 1)[1]] = value
+        elif key.startswith(("model_args.", "model.")):
+            model_args[key.split(".", 1)[1]] = value
+        elif key in fields:
+            train_opts[key] = value
+        else:
+            model_args[key] = value
+    return train_opts, model_args
+
+
+def build_config(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """TrainConfig options and model arguments from the command line (flags win over --set)."""
+    train_opts, model_args = split_overrides(common.parse_overrides(args.overrides))
+    flags = {"dataset": args.dataset, "data_root": args.data_root, "epochs": args.epochs,
+             "batch_size": args.batch_size, "lr": args.lr, "input_size": args.input_size,
+             "device": args.device, "threads": args.threads, "seed": args.seed,
+             "logger": args.logger, "keep_checkpoints": args.keep_checkpoints}
+    train_opts.update({k: v for k, v in flags.items() if v is not None})
+    return train_opts, model_args
+
+
+def resolve_defaults(model: str, train_opts: dict[str, Any], model_args: dict[str, Any]) -> str:
+    """Fill `num_classes` and `input_size` from the data set, so the config is fully resolved.
+
+    Returns the task the model is trained for.
+    """
+    from bench.measure.data import dataset_spec, resolve_task
+
+    spec = dataset_spec(train_opts["dataset"])
+    task = spec.tasks[0] if len(spec.tasks) == 1 else _model_task(model, model_args)
+    task = resolve_task(spec.name, task)
+    classes = spec.num_classes[task]
+    if "num_classes" not in model_args and classes is not None and _accepts(model, "num_classes"):
+        model_args["num_classes"] = classes
+    train_opts.setdefault("input_size", spec.default_input_size[task])
+    return task
+
+
+def cell_config(model: str, model_args: dict[str, Any], cfg: TrainConfig, given: Iterable[str]) -> dict[str, Any]:
+    """The grid cell of this training (`bench.pipeline.grid.resolve_cell`): `input_size` and `seed` at the top,
+    and in `train` the options `given`, valued as `cfg` holds them (an empty `dataset_args` is none)."""
+    from bench.core.contracts import CellConfig
+    from bench.pipeline.grid import resolve_cell
+
+    values = cfg.to_dict()
+    train = {k: values[k] for k in given
+             if k not in ("input_size", "seed") and not (k == "dataset_args" and not values[k])}
+    cell = resolve_cell({"model": model, "model_args": model_args, "measure": ["train"],
+                         "input_size": cfg.input_size, "seed": cfg.seed, "train": train})
+    return CellConfig.model_validate(cell).to_config()
+
+
+def _model_task(model: str, model_args: dict[str, Any]) -> str:
+    """The `task` attribute of the model (built once, for data sets that serve several tasks)."""
+    from bench.core.modelref import build_from_ref
+
+    return getattr(build_from_ref(model, model_args), "task", "cls")
+
+
+def _accepts(model: str, option: str) -> bool:
+    import inspect
+
+    from bench.core.modelref import resolve_model_ref
+
+    ref = resolve_model_ref(model)
+    if ref.kind == "registry":
+        from models import model_options
+
+        return option in model_options(model)
+    params = inspect.signature(ref.factory).parameters
+    return option in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def output_dir(out: str | None, model: str, dataset: str) -> Path:
+    """--out, or runs/train/MODEL-DATASET; UsageError when it cannot be a folder.
+
+    The default is built from the model and data-set names, so that name is checked to be one
+    safe path component (a model name cannot lead the output out of runs/train/).
+    """
+    from bench.core.records import check_path_name
+
+    if out is None:
+        name = check_path_name(f"{model.replace(':', '.')}-{dataset}", "default output folder name")
+        return Path("runs") / "train" / name
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out} is an existing file, not a folder; choose another --out")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"--out {out}: {parent} is a file, so the folder cannot be made there")
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, then write OUT/records/CELL_ID.json (rank 0); an error is recorded and re-raised."""
+    from bench.measure.distributed import current_env
+    from bench.core.records import capture_env, make_record, now_iso, write_record
+    from bench.measure.train import TrainConfig, train
+
+    train_opts, model_args = build_config(args)
+    resolve_defaults(args.model, train_opts, model_args)
+    cfg = TrainConfig.from_dict(train_opts)
+    out = output_dir(args.out, args.model, cfg.dataset)
+    if (out / "checkpoint.pt").exists() and not args.resume:
+        raise UsageError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose another --out")
+    config = cell_config(args.model, model_args, cfg, given=train_opts)
+    started, tic = now_iso(), time.perf_counter()
+    try:
+        metrics = train(args.model, model_args, cfg, out, resume=args.resume, progress=not args.no_progress)
+    except UsageError:
+        raise
+    except Exception as exc:
+        if current_env().is_main:
+            write_record(out / "records", make_record(config, error=exc, env=capture_env(cfg.device),
+                                                      started_at=started, duration_s=time.perf_counter() - tic))
+        raise
+    if current_env().is_main:
+        record = make_record(config, metrics=metrics, env=capture_env(cfg.device), started_at=started,
+                             duration_s=time.perf_counter() - tic)
+        path = write_record(out / "records", record)
+        log.info("%s", _result_line(metrics))
+        log.info("record written to %s", path)
+    return 0
+
+
+def _result_line(metrics: dict[str, Any]) -> str:
+    keys = ("top1", "top5", "best_top1", "miou", "pixel_acc", "best_miou", "epochs", "epoch_time_s")
+    line = "final: " + ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
+    if "extended_from_epoch" in metrics:
+        line += (f" (extended: epochs 1-{metrics['extended_from_epoch']} followed a "
+                 f"{metrics['extended_from_epochs']}-epoch schedule)")
+    return line

@@ -1,0 +1,219 @@
+"""Re-measure the latency cells of a run side by side, in interleaved rounds, in one process.
+
+    vtbench interleave RUN [--rounds 5] [--cells ID ...]
+
+Why: a grid runs its cells one after another, minutes apart. On a shared machine (a VM with noisy
+neighbours, a node running other jobs) each cell then sees a different load, and a curve across
+cells, such as latency against the number of tokens, inherits the drift: neighbouring points can
+differ by 30 % for no reason of their own. Measuring every cell in each of several short rounds,
+with the order reversed every other round (A B C, then C B A, ...), spreads a slow drift over all
+cells alike, as `bench.analysis.speed` does for its pairs.
+
+What it writes: each selected cell's record (which must already be `ok`, from `vtbench launch`)
+gets its latency metrics replaced, atomically, by the combination of its rounds:
+
+- `latency_ms_p50`, `latency_ms_p20`, `latency_ms_p80`, `latency_ms_mean`: the median over rounds
+  of that round's figure; `latency_ms_min`: the minimum over rounds;
+- `latency_iters`: timed iterations over all rounds; `throughput_img_s` from the combined p50;
+- `peak_mem_mb` and `process_peak_rss_mb`: the largest of the cell's OWN rounds (on CPU, what each
+  of its measurements added to the RSS, and the process peak beside it; see `bench.measure.latency`), so
+  every cell keeps its own memory figure although all cells share one process;
+- `latency_round_p50_ms`: every round's p50, in round order (the spread a reader can check);
+- the verdict, judged again over the rounds (`bench.measure.latency.judge_latency`): `warmup_settled` only
+  when every round settled (`warmup_unsettled_rounds` counts the others), `loadavg_before`,
+  `loadavg_after` and `steal_pct` the worst round's, and the rounds' own p50 spread counts too;
+  `latency_round_verdicts` keeps each round's verdict;
+- `latency_protocol`: `"interleaved"`, with `latency_rounds` and `latency_cells_interleaved`;
+- `latency_single_pass`: the cell's previous latency metrics, kept for comparison.
+
+The record's `env` is refreshed (this process's machine and commit) and `remeasured_at` is added
+(when, how, and the env it replaced), so a record always says how and when its latency was taken. Complexity and training metrics are
+left as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from bench.core.errors import UsageError
+from bench.measure.latency import judge_latency
+from bench.core.modelref import resolve_model_ref
+from bench.core.records import CorruptRecord, capture_env, now_iso, read_record, record_path, write_record
+from bench.pipeline.runner import measure_cell_latency
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "interleaved"
+MEDIAN_KEYS = ("latency_ms_p50", "latency_ms_p20", "latency_ms_p80", "latency_ms_mean")
+# Keys of a single-pass measurement that the combined metrics replace (kept under latency_single_pass).
+LATENCY_KEYS = MEDIAN_KEYS + ("latency_ms_min", "latency_iters", "throughput_img_s", "peak_mem_mb",
+                              "process_peak_rss_mb", "first_iter_ms", "warmup_settled", "latency_verdict",
+                              "latency_noise_reasons")
+# Machine figures of a round: the combined row takes the worst (largest) round's.
+WORST_KEYS = ("peak_mem_mb", "process_peak_rss_mb", "loadavg_before", "loadavg_after", "steal_pct")
+
+
+def round_orders(n_cells: int, rounds: int) -> list[list[int]]:
+    """Cell indices per round: forward in even rounds, reversed in odd ones (drift hits all alike)."""
+    forward = list(range(n_cells))
+    return [forward if r % 2 == 0 else forward[::-1] for r in range(rounds)]
+
+
+def combine_rounds(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One cell's metrics from its rounds (see the module docstring for each key)."""
+    if not rounds:
+        raise ValueError("no rounds to combine")
+    combined = dict(rounds[-1])  # descriptive fields: device, dtype, batch_size_used, threads, ...
+    for key in MEDIAN_KEYS:
+        values = [r[key] for r in rounds if r.get(key) is not None]
+        if values:
+            combined[key] = statistics.median(values)
+    combined["latency_ms_min"] = min(r["latency_ms_min"] for r in rounds)
+    combined["latency_iters"] = sum(int(r.get("latency_iters") or 0) for r in rounds)
+    batch = combined.get("batch_size_used") or combined.get("batch_size_requested") or 1
+    p50 = combined["latency_ms_p50"]
+    combined["throughput_img_s"] = batch / (p50 / 1000.0) if p50 > 0 else float("inf")
+    for key in WORST_KEYS:
+        values = [r[key] for r in rounds if r.get(key) is not None]
+        if values:
+            combined[key] = max(values)
+    combined["latency_round_p50_ms"] = [r["latency_ms_p50"] for r in rounds]
+    combined["latency_protocol"] = PROTOCOL
+    combined["latency_rounds"] = len(rounds)
+    combined.update(_combined_verdict(rounds, combined))
+    return combined
+
+
+def _combined_verdict(rounds: Sequence[dict[str, Any]], combined: dict[str, Any]) -> dict[str, Any]:
+    """The verdict of the combined row: every round must have settled, and the combined figures judged."""
+    unsettled = sum(1 for r in rounds if r.get("warmup_settled") is False)
+    out: dict[str, Any] = {"latency_round_verdicts": [r.get("latency_verdict") for r in rounds]}
+    if any("warmup_settled" in r for r in rounds):
+        out["warmup_settled"] = unsettled == 0
+        out["warmup_unsettled_rounds"] = unsettled
+    out.update(judge_latency({**combined, **out}))
+    return out
+
+
+def latency_cells(run_dir: Path, only: Sequence[str] | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """(record path, ok record) of every cell of the run that measures latency, in cells.json order.
+
+    Raises UsageError when the run has no such cell, when a selected cell has no ok record (run
+    `vtbench launch` first), or when the cells span several devices.
+    """
+    cells_file = run_dir / "cells.json"
+    if not cells_file.is_file():
+        raise UsageError(f"{run_dir} is not a run folder (no cells.json); make one with `vtbench launch GRID`")
+    cells = json.loads(cells_file.read_text())
+    cells = cells["cells"] if isinstance(cells, dict) else cells
+    wanted = [c for c in cells if "latency" in (c.get("config", c).get("measure") or [])]
+    if only:
+        unknown = sorted(set(only) - {c["cell_id"] for c in wanted})
+        if unknown:
+            raise UsageError(f"not latency cells of {run_dir}: {', '.join(unknown)}")
+        wanted = [c for c in wanted if c["cell_id"] in set(only)]
+    if not wanted:
+        raise UsageError(f"{run_dir} has no cell that measures latency")
+    selected, missing = [], []
+    for cell in wanted:
+        # cells.json is data: its ids are validated before they name a file (record_path).
+        path = record_path(run_dir / "records", cell["cell_id"])
+        try:
+            record = read_record(path) if path.is_file() else None
+        except CorruptRecord:
+            record = None
+        if record is None or record["status"] != "ok":
+            missing.append(cell["cell_id"])
+        else:
+            selected.append((path, record))
+    if missing:
+        raise UsageError(f"{len(missing)} latency cell(s) of {run_dir} have no ok record "
+                         f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); "
+                         f"finish the run with `vtbench launch` first")
+    devices = {str((r["config"].get("latency") or {}).get("device", "cpu")) for _, r in selected}
+    if len(devices) > 1:
+        raise UsageError(f"the latency cells of {run_dir} use several devices ({', '.join(sorted(devices))}); "
+                         f"select one device's cells with --cells")
+    return selected
+
+
+def _build(config: dict[str, Any]):
+    """The cell's model, built as the runner builds it (seeded, eval mode)."""
+    torch.manual_seed(int(config.get("seed", 0)))
+    return resolve_model_ref(config["model"]).build(**dict(config.get("model_args") or {})).eval()
+
+
+def _measure(model, config: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
+    """One round of one cell: measured exactly as the runner measures it."""
+    return measure_cell_latency(model, config, timing)
+
+
+def interleave(run_dir: str | Path, *, rounds: int = 5, only: Sequence[str] | None = None,
+               timing: dict[str, Any] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+    """Measure the run's latency cells in `rounds` interleaved rounds and update their records.
+
+    Args:
+        run_dir: a run folder whose latency cells all have ok records.
+        rounds: rounds (at least 2; odd numbers give a true median).
+        only: cell ids to measure (default: every latency cell of the run).
+        timing: overrides of `bench.measure.latency.DEFAULT_TIMING` for every round (e.g. `min_time_s`).
+        progress: called with (measurements done, measurements in total) after each one.
+
+    Returns:
+        The updated records, in cells.json order. Nothing is written until every round is done,
+        so an interrupted run leaves the records as they were.
+    """
+    run_dir = Path(run_dir)
+    if rounds < 2:
+        raise UsageError(f"--rounds must be at least 2 to interleave (got {rounds})")
+    selected = latency_cells(run_dir, only)
+    configs = [record["config"] for _, record in selected]
+    log.info("building %d models", len(configs))
+    models = [_build(config) for config in configs]
+    measured: list[list[dict[str, Any]]] = [[] for _ in configs]
+    total, done = rounds * len(configs), 0
+    started = now_iso()
+    for number, order in enumerate(round_orders(len(configs), rounds), start=1):
+        log.info("round %d of %d", number, rounds)
+        for index in order:
+            measured[index].append(_measure(models[index], configs[index], dict(timing or {})))
+            done += 1
+            if progress:
+                progress(done, total)
+    device = str((configs[0].get("latency") or {}).get("device", "cpu"))
+    env = capture_env(device)
+    updated = []
+    for (path, record), cell_rounds in zip(selected, measured):
+        updated.append(_updated_record(record, cell_rounds, env=env, cells=len(configs), started=started))
+    for (path, _), record in zip(selected, updated):
+        # The record's own cell_id names the file written: read_record has checked it matches `path`.
+        write_record(path.parent, record)
+    return updated
+
+
+def _updated_record(record: dict[str, Any], cell_rounds: list[dict[str, Any]], *, env: dict[str, Any],
+                    cells: int, started: str) -> dict[str, Any]:
+    metrics = dict(record.get("metrics") or {})
+    previous = metrics.pop("latency_single_pass", None)
+    if previous is None and metrics.get("latency_protocol") != PROTOCOL:
+        previous = {k: metrics[k] for k in LATENCY_KEYS if k in metrics}
+    combined = combine_rounds(cell_rounds)
+    combined["latency_cells_interleaved"] = cells
+    metrics.update(combined)
+    if previous:
+        metrics["latency_single_pass"] = previous
+    out = dict(record)
+    out["metrics"] = metrics
+    out["env"] = env
+    # The env now describes where the latency was taken; the one it replaces (where a training or
+    # complexity measurement of the same record ran) is kept beside it.
+    out["remeasured_at"] = {"started_at": started, "finished_at": now_iso(), "protocol": PROTOCOL,
+                            "previous_env": record.get("env")}
+    return out

@@ -1,0 +1,448 @@
+"""What one job of a grid's array runs: one cell, measured, written as ONE record.
+
+`CellRunner` is the callable submitit pickles (`executor.map_array(runner, cells)`). For its cell it
+builds the model, runs the measurements the cell lists (complexity, latency, train) and writes
+`RUN_DIR/records/CELL_ID.json` atomically (`bench.core.records.write_record`). Guarantees:
+
+- an exception becomes an `error` record with the traceback and the metrics measured before it;
+  an out-of-memory (`bench.measure.latency.OutOfMemory`) is such an error row, never a crash;
+- never two records, never half of one: a cell that already has an `ok` record is not run again,
+  a per-cell lock keeps two processes from running the same cell at once, and the record is
+  written by rank 0 only (multi-task jobs train distributed and give one record);
+- preemption and time-outs: `CellRunner` is a `submitit.helpers.Checkpointable`; submitit calls
+  `checkpoint()` on SLURM's signal and requeues the same cell, whose training resumes from the
+  last epoch checkpoint in `RUN_DIR/cells/CELL_ID/` (`bench.measure.train.train(..., resume=True)`).
+  A job requeued or cancelled by hand (`scontrol requeue`, `scancel` then `vtbench launch`)
+  resumes from that checkpoint too.
+
+Local jobs: `CellSequence` is one local worker: it runs its share of the cells one after the other,
+so a launch starts at most `local_parallelism` worker processes (the local executor starts every
+job it is given at once: one job per cell was a process per cell, each waiting for a slot).
+
+Cancelling (`vtbench cancel`, bench/pipeline/cancel.py): a cancelled cell has `cancelled.json` in its work
+folder and no record. A job skips such a cell. A worker running it when it is cancelled, with
+other cells still to run, gets submitit's preemption signal: `CellSequence.checkpoint` requeues it
+in a fresh process with the cells it has left (a fresh process: a signal's exception may have
+left any library, or a half-done import, in a broken state).
+
+Per-cell work lives in `RUN_DIR/cells/CELL_ID/`: `checkpoint.pt` and `metrics.jsonl` (training),
+`log` (this cell's log lines), `state.json` (running/done, job id, host, pid and the pid's start
+time: read by `vtbench status` without asking any cluster), `lock` (whose text names its holder
+the same way, so a launch whose job found the cell locked can follow the holder to its end) and,
+once cancelled, `cancelled.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import submitit
+
+from bench.core.contracts import LatencyOptions, ValidationError
+from bench.pipeline.liveness import this_process
+from bench.core.records import (CorruptRecord, capture_env, make_record, now_iso, read_record,
+                           write_json_atomic, write_record)
+from bench.core.util import image_hw, launcher_ranks
+
+# torch and the measuring modules (bench.measure.latency, bench.measure.complexity,
+# bench.measure.train, bench.core.modelref) are imported inside the functions that run a cell: `vtbench status` and `vtbench cancel` import this
+# module (CellPaths, cancel marks) and never measure, and torch alone takes 1.3 s to import.
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CellPaths:
+    """Where one cell's files live inside a run folder."""
+
+    run_dir: Path
+    cell_id: str
+
+    @property
+    def records_dir(self) -> Path:
+        return self.run_dir / "records"
+
+    @property
+    def record(self) -> Path:
+        return self.records_dir / f"{self.cell_id}.json"
+
+    @property
+    def work(self) -> Path:
+        return self.run_dir / "cells" / self.cell_id
+
+    @property
+    def state(self) -> Path:
+        return self.work / "state.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.work / "lock"
+
+    @property
+    def log(self) -> Path:
+        return self.work / "log"
+
+    @property
+    def cancelled(self) -> Path:
+        return self.work / "cancelled.json"
+
+
+class CellRunner(submitit.helpers.Checkpointable):
+    """Run one grid cell per call and write its record (the callable of the job array).
+
+    Args:
+        run_dir: the run folder (absolute once constructed).
+        run_name: the grid's name, stored in each record's `run`.
+        local_parallelism: on the local executor, how many cells may run at once: a launch starts
+            that many workers, and workers of other launches of the run wait for a slot.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, run_name: str | None = None, local_parallelism: int = 1):
+        self.run_dir = str(Path(run_dir).resolve())
+        self.run_name = run_name
+        self.local_parallelism = int(local_parallelism)
+
+    def __call__(self, cell: dict[str, Any]) -> dict[str, Any]:
+        """Run `cell` ({"cell_id", "config"}); returns a small summary (the record is the result)."""
+        return run_cell(Path(self.run_dir), cell, run_name=self.run_name,
+                        local_parallelism=self.local_parallelism)
+
+    def checkpoint(self, cell: dict[str, Any]) -> submitit.helpers.DelayedSubmission:
+        """Requeue the same cell; its training resumes from the last epoch checkpoint on disk."""
+        log.warning("cell %s: preempted or timed out; requeueing it (training resumes from %s)",
+                    cell.get("cell_id"), CellPaths(Path(self.run_dir), cell.get("cell_id", "?")).work)
+        fresh = CellRunner(self.run_dir, self.run_name, self.local_parallelism)
+        return submitit.helpers.DelayedSubmission(fresh, cell)
+
+
+class CellSequence(submitit.helpers.Checkpointable):
+    """One local worker: run a list of cells one after the other (see the module doc).
+
+    Args:
+        runner: what runs each cell.
+    """
+
+    def __init__(self, runner: CellRunner):
+        self.runner = runner
+
+    def __call__(self, cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run each cell in turn; returns their summaries."""
+        return [self.runner(cell) for cell in cells]
+
+    def checkpoint(self, cells: list[dict[str, Any]]) -> submitit.helpers.DelayedSubmission:
+        """Requeue the cells whose work is not over (no record, not cancelled); training resumes.
+
+        Called on SIGUSR2: a preemption, a time-out, or `vtbench cancel` of the cell this worker
+        runs while it has other cells left. Requeued even with none left: returning None would
+        make submitit raise inside the running cell, which would record that as the cell's error.
+        """
+        paths = {cell["cell_id"]: CellPaths(Path(self.runner.run_dir), cell["cell_id"]) for cell in cells}
+        unrecorded = [cell for cell in cells if not paths[cell["cell_id"]].record.exists()]
+        cancelled = [cell["cell_id"] for cell in unrecorded if cancel_mark(paths[cell["cell_id"]]) is not None]
+        for cell_id in cancelled:
+            log.warning("cell %s cancelled (vtbench cancel): stopped; no record is written", cell_id)
+        left = [cell for cell in unrecorded if cell["cell_id"] not in cancelled]
+        log.warning("worker %s; requeueing it with its %d unfinished cell(s) (training resumes)",
+                    "stopped by a cancel" if cancelled else "preempted or timed out", len(left))
+        fresh = CellRunner(self.runner.run_dir, self.runner.run_name, self.runner.local_parallelism)
+        return submitit.helpers.DelayedSubmission(CellSequence(fresh), left)
+
+
+# ------------------------------------------------------------------------------------ job context
+@dataclasses.dataclass(frozen=True)
+class JobContext:
+    """Where this process stands: cluster, job id, array index, rank."""
+
+    cluster: str | None = None
+    job_id: str | None = None
+    array_index: int | None = None
+    rank: int = 0
+    num_tasks: int = 1
+
+    def as_record(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "array_index": self.array_index, "cluster": self.cluster,
+                "num_tasks": self.num_tasks}
+
+
+def job_context() -> JobContext:
+    """Read the submitit job environment; outside a submitit job, the rank a torchrun launch or SLURM step gives."""
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:  # not inside a submitit job (a direct call, e.g. from a test)
+        ranks = launcher_ranks()
+        return JobContext(rank=ranks.rank if ranks else 0, job_id=os.environ.get("SLURM_JOB_ID"))
+    array_index = env.array_task_id
+    return JobContext(cluster=env.cluster, job_id=str(env.job_id),
+                      array_index=int(array_index) if array_index not in (None, "") else None,
+                      rank=env.global_rank, num_tasks=env.num_tasks)
+
+
+def _export_torch_distributed(ctx: JobContext) -> None:
+    """In a multi-task job, export MASTER_ADDR/PORT, RANK, WORLD_SIZE for torch.distributed.
+
+    The same for every executor (SLURM or local), with a port drawn from the job id, so two array
+    tasks on one node do not collide (submitit's TorchDistributedEnvironment, as DeiT does).
+    """
+    if ctx.num_tasks <= 1 or "WORLD_SIZE" in os.environ:
+        return
+    denv = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    log.info("distributed: rank %d of %d, master %s:%d", denv.rank, denv.world_size,
+             denv.master_addr, denv.master_port)
+
+
+# -------------------------------------------------------------------------------------- the cell
+def run_cell(run_dir: Path, cell: dict[str, Any], *, run_name: str | None = None,
+             local_parallelism: int = 1) -> dict[str, Any]:
+    """Measure one cell and write its record (rank 0); see the module doc for the guarantees."""
+    _ensure_logging()
+    cell_id, config = cell["cell_id"], cell["config"]
+    paths = CellPaths(Path(run_dir), cell_id)
+    ctx = job_context()
+    summary = {"cell_id": cell_id, "rank": ctx.rank, "status": None, "record": None}
+    if ctx.rank == 0 and _has_ok_record(paths.record):
+        log.info("cell %s already has an ok record; nothing to do", cell_id)
+        return {**summary, "status": "ok", "skipped": True}
+    if cancel_mark(paths) is not None:
+        log.info("cell %s was cancelled (vtbench cancel); skipping it", cell_id)
+        return {**summary, "status": "cancelled"}
+    paths.work.mkdir(parents=True, exist_ok=True)
+    _export_torch_distributed(ctx)
+    slot = _local_slot(paths.run_dir / "submitit" / "slots", local_parallelism) \
+        if ctx.cluster == "local" and ctx.rank == 0 else contextlib.nullcontext()
+    with slot, _cell_lock(paths, ctx) as got_lock:
+        if not got_lock:
+            return {**summary, "status": "busy"}
+        return _run_locked(paths, config, ctx, run_name, summary)
+
+
+def _run_locked(paths: CellPaths, config: dict, ctx: JobContext, run_name: str | None,
+                summary: dict[str, Any]) -> dict[str, Any]:
+    if ctx.rank == 0:
+        if _has_ok_record(paths.record):  # finished while we waited for a slot
+            return {**summary, "status": "ok", "skipped": True}
+        if cancel_mark(paths) is not None:  # cancelled while we waited for a slot
+            return {**summary, "status": "cancelled"}
+        _write_state(paths, "running", ctx)
+    started_at, t0 = now_iso(), time.perf_counter()
+    with _cell_log(paths.log):
+        log.info("cell %s (%s) starting: %s", paths.cell_id, config.get("model"), ctx)
+        metrics, error = measure_cell(config, paths.work, ctx.rank)
+    if ctx.rank != 0:
+        return {**summary, "status": "error" if error else "ok"}
+    facts = {"env": capture_env(_device_of(config)), "run": run_name, "started_at": started_at,
+             "duration_s": round(time.perf_counter() - t0, 3), "job": ctx.as_record()}
+    try:
+        record = make_record(config, metrics=metrics, error=error, **facts)
+    except ValidationError as exc:  # a measurement gave what the record contract refuses: an error row
+        log.error("cell %s: its record breaks the contract: %s", paths.cell_id, exc)
+        record = make_record(config, error=exc, **facts)
+    if record["cell_id"] != paths.cell_id:
+        # The config travelled through pickle/JSON; the launcher's id names the file.
+        log.warning("cell id %s recomputed as %s; keeping the launcher's id", paths.cell_id, record["cell_id"])
+        record["cell_id"] = paths.cell_id
+    path = write_record(paths.records_dir, record)
+    _write_state(paths, "done", ctx, status=record["status"])
+    log.info("cell %s: %s record written to %s", paths.cell_id, record["status"], path)
+    return {**summary, "status": record["status"], "record": str(path)}
+
+
+def measure_cell(config: dict[str, Any], work_dir: Path, rank: int = 0) -> tuple[dict[str, Any], BaseException | None]:
+    """Run the cell's measurements; returns (metrics so far, the exception that stopped it or None).
+
+    Complexity and latency run on rank 0 only; training runs on every rank (distributed).
+    """
+    metrics: dict[str, Any] = {}
+    measure = list(config.get("measure") or [])
+    out_of_memory: tuple[type[BaseException], ...] = ()  # known once torch is imported
+    try:
+        import torch  # here, not at the top: see the note under the imports
+
+        from bench.measure.latency import OutOfMemory
+
+        out_of_memory = (OutOfMemory, torch.OutOfMemoryError)
+        torch.manual_seed(int(config.get("seed", 0)))
+        if rank == 0 and ("complexity" in measure or "latency" in measure):
+            metrics.update(_measure_model(config, measure))
+        if "train" in measure:
+            metrics.update(_train(config, work_dir))
+    except Exception as exc:  # noqa: BLE001 - becomes an error record with its traceback
+        kind = "out of memory" if isinstance(exc, out_of_memory) else type(exc).__name__
+        log.error("cell failed (%s): %s", kind, exc, exc_info=True)
+        return metrics, exc
+    return metrics, None
+
+
+def _measure_model(config: dict[str, Any], measure: list[str]) -> dict[str, Any]:
+    """Complexity and/or latency of the cell's model, built once."""
+    from bench.core.modelref import resolve_model_ref
+
+    metrics: dict[str, Any] = {}
+    model = resolve_model_ref(config["model"]).build(**dict(config.get("model_args") or {}))
+    # Measured as deployed: eval mode (latency switches to train mode itself for train steps).
+    model.eval()
+    size = image_hw(config["input_size"])
+    if "complexity" in measure:
+        from bench.measure.complexity import measure_complexity
+
+        batch = int((config.get("complexity") or {}).get("batch_size", 1))
+        metrics.update(measure_complexity(model, size, batch_size=batch).to_metrics())
+        log.info("complexity: %.3f GMACs, %.2f M params", metrics.get("gmacs", float("nan")),
+                 metrics.get("params_m", float("nan")))
+    if "latency" in measure:
+        metrics.update(measure_cell_latency(model, config))
+        log.info("latency: %.2f ms (p50)", metrics.get("latency_ms_p50", float("nan")))
+    return metrics
+
+
+def measure_cell_latency(model: Any, config: dict[str, Any], timing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`bench.measure.latency.measure_latency` with the cell's `latency` options (and timing overrides).
+
+    The section is read through `LatencyOptions`, which maps the cell's `compile` to `compile_mode`.
+    """
+    from bench.measure.latency import measure_latency
+
+    section = LatencyOptions.model_validate(config.get("latency") or {})
+    opts = {**section.measure_kwargs(), **(timing or {})}
+    return measure_latency(model, input_size=image_hw(config["input_size"]), batch_size=section.batch_size, **opts)
+
+
+def _train(config: dict[str, Any], work_dir: Path) -> dict[str, Any]:
+    """Train the cell's model (resuming from work_dir/checkpoint.pt when there is one)."""
+    from bench.measure.train import TrainConfig, train
+
+    options = dict(config.get("train") or {})
+    # The cell's seed and input size hold for every measurement unless training overrides them.
+    options.setdefault("seed", config.get("seed", 0))
+    options.setdefault("input_size", config.get("input_size"))
+    cfg = TrainConfig.from_dict(options)
+    return train(config["model"], dict(config.get("model_args") or {}), cfg, work_dir,
+                 resume=True, progress=False)
+
+
+def _device_of(config: dict[str, Any]) -> str:
+    measure = config.get("measure") or []
+    if "latency" in measure:
+        return str((config.get("latency") or {}).get("device", "cpu"))
+    if "train" in measure:
+        return str((config.get("train") or {}).get("device", "cpu"))
+    return "cpu"
+
+
+# ------------------------------------------------------------------------------ files and locks
+def _has_ok_record(path: Path) -> bool:
+    if not path.exists():
+        return False
+    try:
+        return read_record(path)["status"] == "ok"
+    except CorruptRecord as exc:
+        log.warning("%s; the cell runs again", exc)
+        return False
+
+
+def _write_state(paths: CellPaths, state: str, ctx: JobContext, **extra: Any) -> None:
+    """RUN_DIR/cells/ID/state.json: what `vtbench status` reads to tell running cells apart."""
+    # host + pid + pid start time: a bare pid may name another process once this one is gone.
+    write_json_atomic(paths.state, {"state": state, "job_id": ctx.job_id, "cluster": ctx.cluster,
+                                    **this_process(), "updated_at": now_iso(), **extra})
+
+
+@contextlib.contextmanager
+def _cell_lock(paths: CellPaths, ctx: JobContext) -> Iterator[bool]:
+    """Exclusive per-cell lock for rank 0 (other ranks follow their rank 0); False if held elsewhere."""
+    if ctx.rank != 0:
+        yield True
+        return
+    handle = open(paths.lock, "a+")  # noqa: SIM115 - closed below
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            got = True
+        except BlockingIOError:
+            got = False
+            log.warning("cell %s is being run by another process right now; this job leaves it alone",
+                        paths.cell_id)
+        if got:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({**this_process(), "job_id": ctx.job_id}) + "\n")
+            handle.flush()
+        yield got
+    finally:
+        handle.close()  # releases the lock
+
+
+def cancel_mark(paths: CellPaths) -> dict[str, Any] | None:
+    """What `vtbench cancel` left in the cell's `cancelled.json`, or None when it is not cancelled."""
+    try:
+        mark = json.loads(paths.cancelled.read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError):  # only cancel writes the file (atomically): it is cancelled all the same
+        return {}
+    return mark if isinstance(mark, dict) else {}
+
+
+def lock_holder(paths: CellPaths) -> dict[str, Any] | None:
+    """Who took the cell's lock last ({host, pid, pid_start, job_id}), or None if unknown.
+
+    The text stays after the holder ends; `bench.pipeline.liveness.process_alive` tells whether it still runs.
+    """
+    try:
+        holder = json.loads(paths.lock.read_text() or "null")
+    except (OSError, json.JSONDecodeError):  # no lock yet, or one written before holders were JSON
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+@contextlib.contextmanager
+def _local_slot(slots_dir: Path, n_slots: int, poll_s: float = 0.5) -> Iterator[int]:
+    """Hold one of `n_slots` file locks: caps how many local jobs measure at once."""
+    slots_dir.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        for index in range(max(1, n_slots)):
+            handle = open(slots_dir / f"slot{index}.lock", "a")  # noqa: SIM115 - closed below
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            try:
+                yield index
+            finally:
+                handle.close()
+            return
+        if not waited:
+            log.info("waiting for one of %d local slot(s)", n_slots)
+            waited = True
+        time.sleep(poll_s)
+
+
+@contextlib.contextmanager
+def _cell_log(path: Path) -> Iterator[None]:
+    """Copy this process's log lines to the cell's own log file while the cell runs."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _ensure_logging() -> None:
+    """Inside a job nothing configured logging yet: send INFO lines to stderr (submitit's log)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
