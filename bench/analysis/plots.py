@@ -26,6 +26,7 @@ from matplotlib.colors import to_rgb  # noqa: E402
 
 from bench.core.modelfacts import facts_of  # noqa: E402
 from bench.analysis.reference import paper_defaults  # noqa: E402
+from bench.analysis.stats import mean_ci_halfwidth  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,6 @@ def ci_halfwidths(rows: pd.DataFrame, metric: str) -> np.ndarray:
     """95 % t half-widths of each row's mean over seeds (`METRIC_ci95` from the report; 0 for one seed)."""
     if f"{metric}_ci95" in rows.columns:
         return rows[f"{metric}_ci95"].astype(float).fillna(0).to_numpy()
-    from bench.analysis.report import mean_ci_halfwidth
-
     return np.array([mean_ci_halfwidth(s, n) for s, n in zip(_col(rows, f"{metric}_std"), _col(rows, f"{metric}_n"))],
                     dtype=float).clip(min=0) if len(rows) else np.zeros(0)
 

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from bench.analysis.stats import CONFIDENCE, mean_ci_halfwidth
 from bench.core import tables as text_tables
 from bench.core.errors import UsageError
 from bench.core.records import CorruptRecord, atomic_write, iter_records, write_text_atomic
@@ -457,7 +458,6 @@ def _add_latency_noise(agg: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- statistics
 
-CONFIDENCE = 0.95
 STAT_METRICS = (("top1", "top-1"), ("miou", "mIoU"))  # differences to the baseline, with a CI over seeds
 
 
@@ -484,15 +484,6 @@ def welch_ci(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float,
     half = float(stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(var_a + var_b)
     out.update(lo=diff - half, hi=diff + half, df=df, resolved=bool(diff - half > 0 or diff + half < 0))
     return out
-
-
-def mean_ci_halfwidth(std: Any, n: Any, confidence: float = CONFIDENCE) -> float:
-    """Half-width of the t confidence interval of a mean over n seeds (NaN for fewer than 2)."""
-    from scipy import stats
-
-    if n is None or pd.isna(n) or n < 2 or std is None or pd.isna(std):
-        return np.nan
-    return float(stats.t.ppf(0.5 + confidence / 2, int(n) - 1)) * float(std) / math.sqrt(int(n))
 
 
 def add_statistics(agg: pd.DataFrame) -> pd.DataFrame:
