@@ -30,7 +30,6 @@ from models.init import ADAPTER_GAIN, CENTERED_RECURRENT_GAIN, RECURRENT_GAIN, i
 from models.layers import (DEFAULT_NUMERICS, check_numerics, inverse_pixel_rms, is_scaled, logit_scale,
                            token_deviations, token_linear)
 
-TOKENIZERS = ("filter", "recurrent", "pooling", "clustering")
 
 
 class Tokenizer(nn.Module):
@@ -225,16 +224,3 @@ def kmeans_centroids(x_flat: torch.Tensor, k: int, iters: int) -> torch.Tensor:
         updated = F.normalize(sums, dim=-1)
         centroids = torch.where(counts > 0, updated, centroids)
     return centroids
-
-
-def make_tokenizer(kind: str, in_channels: int, token_channels: int, num_tokens: int, **kwargs) -> Tokenizer:
-    """Build a tokenizer by name (`filter`, `recurrent`, `pooling`, `clustering`)."""
-    classes = {
-        "filter": FilterTokenizer,
-        "recurrent": RecurrentTokenizer,
-        "pooling": PoolingTokenizer,
-        "clustering": ClusteringTokenizer,
-    }
-    if kind not in classes:
-        raise ValueError(f"unknown tokenizer {kind!r}; choose from {', '.join(TOKENIZERS)}")
-    return classes[kind](in_channels, token_channels, num_tokens, **kwargs)

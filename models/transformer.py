@@ -33,7 +33,6 @@ from torch import nn
 from models.layers import DEFAULT_NUMERICS, check_numerics, is_scaled, logit_scale, token_linear
 from models.init import init_projection
 
-TRANSFORMERS = ("paper", "mhsa", "none")
 
 
 class PaperTransformer(nn.Module):
@@ -121,15 +120,3 @@ class MHSATransformer(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)  # (B, h, L, d_v), scaled by 1/sqrt(d_qk / h)
         tokens = tokens + out.transpose(1, 2).reshape(b, n, c)
         return tokens + self.ff(tokens)
-
-
-def make_transformer(kind: str, channels: int, **kwargs) -> nn.Module:
-    """Build a token-space transformer by name (`paper`, `mhsa`, `none`)."""
-    if kind == "paper":
-        return PaperTransformer(channels, qk_channels=kwargs.get("qk_channels"), ff_channels=kwargs.get("ff_channels"),
-                                numerics=kwargs.get("numerics", DEFAULT_NUMERICS))
-    if kind == "mhsa":  # always scaled (SDPA) and default-initialised: the appendix reading
-        return MHSATransformer(channels, **{k: v for k, v in kwargs.items() if k != "numerics"})
-    if kind == "none":
-        return nn.Identity()  # Table 5: no token-space operation
-    raise ValueError(f"unknown transformer {kind!r}; choose from {', '.join(TRANSFORMERS)}")

@@ -17,10 +17,10 @@ from models.tokenizers import (
     PoolingTokenizer,
     RecurrentTokenizer,
     kmeans_centroids,
-    make_tokenizer,
 )
+from models.factories import tokenizer_factory, transformer_factory
 from models.layers import GroupedLinear
-from models.transformer import MHSATransformer, PaperTransformer, make_transformer
+from models.transformer import MHSATransformer, PaperTransformer
 
 B, C, H, W, L, CT = 2, 8, 5, 6, 4, 12
 
@@ -194,7 +194,7 @@ def test_mhsa_transformer_matches_plain_multihead():
 
 def test_none_transformer_is_identity():
     t = torch.randn(B, L, CT)
-    assert torch.equal(make_transformer("none", CT)(t), t)
+    assert torch.equal(transformer_factory("none")(CT)(t), t)
 
 
 @NUMERICS
@@ -260,16 +260,16 @@ def test_vt_fpn_token_attention_per_level():
     assert [tuple(m.shape) for m in maps] == [(1, 8, 16, 16), (1, 8, 8, 8), (1, 8, 4, 4), (1, 8, 2, 2)]
 
 
-def test_make_tokenizer_rejects_bad_values():
+def test_tokenizer_factory_rejects_bad_values():
     with pytest.raises(ValueError):
-        make_tokenizer("nope", C, C, L)
+        tokenizer_factory("nope")
     with pytest.raises(ValueError):
-        make_tokenizer("filter", C, C, 0)
+        tokenizer_factory("filter")(C, C, 0)
 
 
 @pytest.mark.parametrize("kind", ["filter", "recurrent", "pooling", "clustering"])
 def test_tokenizers_are_batch_independent_and_deterministic(kind):
-    tok = make_tokenizer(kind, C, CT, L).eval()
+    tok = tokenizer_factory(kind)(C, CT, L).eval()
     x, t_in = torch.randn(3, C, H, W), torch.randn(3, L, CT)
     tokens, attn = tok(x, t_in)
     alone, alone_attn = tok(x[1:2], t_in[1:2])
