@@ -172,3 +172,28 @@ def test_an_error_row_of_the_speed_table_keeps_every_column():
              "error": "OutOfMemory: x"}
     assert list(_summary_cells(ok)) == list(_summary_cells(error))
     assert _summary_cells(ok)["target"] == "met" and _summary_cells(error)["baseline p50 ms [p20-p80]"].startswith("error")
+
+
+def test_a_cpu_study_gives_a_cpu_roofline_at_its_dtype_and_batches(tmp_path):
+    """Measured on a CPU: only the CPU's ceilings (no bf16 datasheets beside it), bytes at the study's
+    dtype (fp32: twice the bf16 bytes) and the batch sizes the study measured, its times beside them."""
+    import json
+
+    from bench.measure.roofline import main, operator_costs
+    from models import build_model
+
+    study = {"peak": {"device": "cpu", "device_name": "cpu", "dtype": "fp32", "gemm_tflops": 0.2, "copy_gb_s": 30.0},
+             "stages_ms": {"resnet18, b2": {"stage5": 500.0, "stem": 400.0}}}
+    (tmp_path / "speed.json").write_text(json.dumps(study))
+    assert main(["--out", str(tmp_path / "out"), "--measured", str(tmp_path / "speed.json")]) == 0
+    written = json.loads((tmp_path / "out" / "roofline.json").read_text())
+    assert list(written["devices"]) == ["cpu, measured ceilings"]
+    rows = written["rows"]
+    assert {(r["model"], r["batch"]) for r in rows} == {("resnet18", 2)}
+    stage5 = next(r for r in rows if r["stage"] == "stage5")
+    assert stage5["measured_ms"] == 500.0
+    bf16_ops, _ = operator_costs(build_model("resnet18").eval().to("meta"), 224, 2, float_bytes=2)
+    bf16_mb = sum(o.bytes for o in bf16_ops if o.stage == "stage5") / 1e6
+    assert stage5["mb"] == pytest.approx(2 * bf16_mb, rel=0.01)  # float tensors are all there is
+    assert "4 bytes per float (fp32)" in (tmp_path / "out" / "roofline.md").read_text()
+    assert (tmp_path / "out" / "roofline.png").stat().st_size > 0

@@ -228,15 +228,29 @@ STUDY_MODELS = {"resnet18": (224, (1, 64, 256)), "vt_resnet18": (224, (1, 64, 25
 batch sizes: those of the GPU studies in results/speed_gpu, so that measurements stand beside bounds."""
 
 
-def study_costs(float_bytes: int = 2) -> dict[tuple[str, int], tuple[list[OpCost], dict]]:
-    """Operator costs of every study model at every batch size: a forward on the meta device
-    (shapes only, instant; the FLOPs and bytes depend on shapes alone)."""
+FLOAT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def study_costs(float_bytes: int = 2, models: dict[str, tuple[int, tuple[int, ...]]] | None = None,
+                ) -> dict[tuple[str, int], tuple[list[OpCost], dict]]:
+    """Operator costs of every study model (`models`, default STUDY_MODELS: name -> (input side,
+    batch sizes)) at every batch size: a forward on the meta device (shapes only, instant; the FLOPs
+    and bytes depend on shapes alone)."""
     costs = {}
-    for name, (size, batches) in STUDY_MODELS.items():
+    for name, (size, batches) in (models or STUDY_MODELS).items():
         model = build_model(name).eval().to("meta")
         for batch in batches:
             costs[(name, batch)] = operator_costs(model, size, batch, float_bytes)
     return costs
+
+
+def measured_models(stages_ms: dict[str, dict[str, float]]) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """The models and batch sizes a speed study measured (its 'model, bN' keys), at STUDY_MODELS' sides."""
+    batches: dict[str, set[int]] = {}
+    for key in stages_ms:
+        name, batch = key.rsplit(", b", 1)
+        batches.setdefault(name, set()).add(int(batch))
+    return {name: (STUDY_MODELS[name][0], tuple(sorted(found))) for name, found in batches.items() if name in STUDY_MODELS}
 
 
 def bound_rows(costs: dict, devices: dict[str, tuple[float, float, str]],
@@ -277,23 +291,24 @@ KEY_STAGES = ("stage5", "vt", "fpn")
 
 
 def markdown(rows: list[dict[str, Any]], devices: dict[str, tuple[float, float, str]], measured_device: str | None,
-             measured_source: str | None) -> str:
+             measured_source: str | None, dtype: str = "bf16") -> str:
     """The committed report: devices, then per model and batch the replaced stages and the totals."""
     names = list(devices)
     lines = ["# Roofline bounds per stage: where a MAC saved can be a millisecond saved", "",
              "**A model, not a measurement** (bench.measure.roofline): each operator of a seed-0 forward (views "
              "excluded) with its FLOPs (FlopCounterMode, the executed count) and the bytes of its tensor "
-             "inputs and outputs at 2 bytes per float (bf16). Per stage, three lower bounds on its time: "
+             f"inputs and outputs at {FLOAT_BYTES[dtype]} bytes per float ({dtype}). Per stage, three lower bounds on its time: "
              "`fused` = max(FLOPs / peak, (weights + input + output) / bandwidth), one perfect kernel; "
              "`eager` = sum over operators of max(FLOPs / peak, bytes / bandwidth), each operator one kernel "
              f"at its roofline; `launch` = kernels x {LAUNCH_US:g} µs, the floor of eager launches. "
              "Times below are in µs.", ""]
     lines.append(markdown_table(pd.DataFrame([
-        {"device": name, "bf16 TFLOP/s": f"{tflops:.4g}", "TB/s": f"{tb_s:.4g}", "ridge FLOP/B": f"{tflops / tb_s:.0f}",
+        {"device": name, f"{dtype} TFLOP/s": f"{tflops:.4g}", "TB/s": f"{tb_s:.4g}", "ridge FLOP/B": f"{tflops / tb_s:.0f}",
          "source": source} for name, (tflops, tb_s, source) in devices.items()])).rstrip("\n"))
     if measured_device:
         lines += ["", f"Measured beside the bounds: `{measured_device}` rows carry the eager per-stage times of "
-                  f"`{measured_source}` (CUDA events at stage hooks), and the 'measured / eager bound' column."]
+                  f"`{measured_source}` (stage hooks: CUDA events on a GPU, the host clock on a CPU), and the "
+                  f"'measured / eager bound' column."]
     by_key: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in rows:
         by_key.setdefault((r["model"], r["batch"], r["stage"]), {})[r["device"]] = r
@@ -317,7 +332,8 @@ def markdown(rows: list[dict[str, Any]], devices: dict[str, tuple[float, float, 
     return "\n".join(lines) + "\n"
 
 
-def roofline_plot(rows: list[dict[str, Any]], tflops: float, tb_s: float, device: str, path) -> None:
+def roofline_plot(rows: list[dict[str, Any]], tflops: float, tb_s: float, device: str, path,
+                  dtype: str = "bf16") -> None:
     """Log-log roofline of `device`'s measured stages: achieved TFLOP/s against FLOP per byte (eager
     bytes), with the compute roof and the bandwidth slope; the replaced stages stand out."""
     import matplotlib  # here: 0.3 s to import, and the speed study imports this module for measure_peak
@@ -333,8 +349,8 @@ def roofline_plot(rows: list[dict[str, Any]], tflops: float, tb_s: float, device
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     ridge = tflops / tb_s
-    ax.plot([0.1, ridge, 1e4], [0.1 * tb_s, tflops, tflops], color="black", lw=1.5,
-            label=f"roof: {tflops:.0f} TFLOP/s, {tb_s:.2f} TB/s")
+    ax.plot([0.01, ridge, 1e4], [0.01 * tb_s, tflops, tflops], color="black", lw=1.5,
+            label=f"roof: {tflops:.3g} TFLOP/s, {tb_s:.3g} TB/s")
     styles = {True: dict(color="tab:red", marker="o"), False: dict(color="tab:blue", marker="s")}
     for key_stage in (False, True):
         group = [r for r in points if replaced(r) == key_stage]
@@ -346,10 +362,11 @@ def roofline_plot(rows: list[dict[str, Any]], tflops: float, tb_s: float, device
                             fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.scatter([], [], label="stage 5 / VT stage / FPN module" if key_stage else "other stages",
                    **styles[key_stage])
-    ax.set(xscale="log", yscale="log", xlabel="FLOP per byte (eager, bf16)", ylabel="achieved TFLOP/s",
-           title=f"{device}: stages against the roofline\n(eager, bf16; marker size: batch)")
+    ax.set(xscale="log", yscale="log", xlabel=f"FLOP per byte (eager, {dtype})", ylabel="achieved TFLOP/s",
+           title=f"{device}: stages against the roofline\n(eager, {dtype}; marker size: batch)")
     ax.set_xlim(0.3, 3e3)
-    ax.set_ylim(0.05, tflops * 2)
+    lowest = min((r["achieved_tflops"] for r in points), default=tflops / 20)
+    ax.set_ylim(min(0.05, lowest / 2), tflops * 2)
     ax.grid(True, which="both", lw=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -364,24 +381,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/roofline", help="output folder (default results/roofline)")
     p.add_argument("--measured", nargs="*", default=["results/speed_gpu/eager_cuda_graphs/speed.json",
                                                       "results/speed_gpu/fpn_473/speed.json"],
-                   help="GPU speed studies (`vtbench speed`, speed.json) of one device whose per-stage times are set "
-                        "beside the bounds; the first one's measured ceilings are that device's roof (none: no argument)")
+                   help="speed studies (`vtbench speed`, speed.json) of one device whose per-stage times are set "
+                        "beside the bounds; the first one's measured ceilings are that device's roof (none: no "
+                        "argument). A CPU study gives a CPU roofline: only its device, bytes at its dtype "
+                        "(fp32: 4), the batch sizes it measured")
     args = p.parse_args(argv)
     devices = dict(DEVICES)
-    measured_device, measured = None, {}
+    measured_device, measured, dtype, models = None, {}, "bf16", None
     studies = [json.loads(Path(path).read_text()) for path in args.measured or [] if Path(path).exists()]
     if studies:
         peak = studies[0]["peak"]
         measured_device = f"{peak['device_name']}, measured ceilings"
-        devices[measured_device] = (peak["gemm_tflops"], peak["copy_gb_s"] / 1000,
-                                    f"bench.measure.roofline.measure_peak in {args.measured[0]}")
         for study in studies:
             measured.update(study["stages_ms"])
-    costs = study_costs()
+        if peak["device"] == "cpu":  # the datasheets are bf16 GPU peaks: nothing to set beside a CPU
+            devices, dtype, models = {}, peak["dtype"], measured_models(measured)
+        devices[measured_device] = (peak["gemm_tflops"], peak["copy_gb_s"] / 1000,
+                                    f"bench.measure.roofline.measure_peak in {args.measured[0]}")
+    costs = study_costs(FLOAT_BYTES[dtype], models)
     rows = bound_rows(costs, devices, measured, measured_device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "roofline.md").write_text(markdown(rows, devices, measured_device, ", ".join(args.measured or [])))
+    (out / "roofline.md").write_text(markdown(rows, devices, measured_device, ", ".join(args.measured or []), dtype))
     with open(out / "roofline.csv", "w", newline="") as handle:
         keys = list(dict.fromkeys(k for r in rows for k in r))
         writer = csv.DictWriter(handle, fieldnames=keys)
@@ -391,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "models": STUDY_MODELS, "measured": args.measured, "rows": rows})
     if measured_device:
         tflops, tb_s, _ = devices[measured_device]
-        roofline_plot(rows, tflops, tb_s, measured_device, out / "roofline.png")
+        roofline_plot(rows, tflops, tb_s, measured_device, out / "roofline.png", dtype)
     bad = violations(rows)
     for line in bad:
         logging.getLogger("bench.measure.roofline").warning("BOUND VIOLATED: %s", line)
