@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from bench.core.errors import UsageError
-from bench.measure.roofline import achieved, measure_peak
+from bench.measure.roofline import achieved, measure_peak, stage_key, stage_key_parts
 from bench.core.tables import markdown_table
 from models import build_model, model_facts, stage_order
 
@@ -273,7 +273,7 @@ def machine(device: str, threads: int | None) -> dict[str, Any]:
 
     env = latency_env(device=device, threads=threads)
     env["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    env["loadavg"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    env["loadavg"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None  # as speed.json gives it back
     return env
 
 
@@ -538,7 +538,7 @@ def all_stage_times(models: dict[str, nn.Module], args: argparse.Namespace) -> d
     for batch in args.batch_sizes:
         for name, model in models.items():
             iters = 20 if cuda else (5 if batch <= 8 else 2)
-            stages[_stage_key(name, batch)] = stage_times(
+            stages[stage_key(name, batch)] = stage_times(
                 model, batch, iters=iters, threads=args.threads, size=input_size(name), device=args.device,
                 dtype=args.dtype, channels_last=args.channels_last)
     return stages
@@ -549,17 +549,7 @@ def rates_of_stages(stages: dict[str, dict[str, float]], macs: dict[str, dict[st
     """Achieved TFLOP/s (and fraction of `peak`) of every timed stage, from its executed MACs."""
     rates = {}
     for key, times in stages.items():
-        name, batch = _stage_key_parts(key)
+        name, batch = stage_key_parts(key)
         rates[key] = {stage: achieved(macs[name][f"gmacs_{stage}"], batch, ms, peak)
                       for stage, ms in times.items() if f"gmacs_{stage}" in macs[name]}
     return rates
-
-
-def _stage_key(name: str, batch: int) -> str:
-    return f"{name}, b{batch}"
-
-
-def _stage_key_parts(key: str) -> tuple[str, int]:
-    """The inverse of `_stage_key` (the key is ours, not a model name being parsed)."""
-    name, batch = key.rsplit(", b", 1)
-    return name, int(batch)

@@ -244,12 +244,23 @@ def study_costs(float_bytes: int = 2, models: dict[str, tuple[int, tuple[int, ..
     return costs
 
 
+def stage_key(name: str, batch: int) -> str:
+    """The key of a speed study's per-stage times (speed.json's `stages_ms`): 'model, bN'."""
+    return f"{name}, b{batch}"
+
+
+def stage_key_parts(key: str) -> tuple[str, int]:
+    """The inverse of `stage_key` (the key is ours, not a model name being parsed)."""
+    name, batch = key.rsplit(", b", 1)
+    return name, int(batch)
+
+
 def measured_models(stages_ms: dict[str, dict[str, float]]) -> dict[str, tuple[int, tuple[int, ...]]]:
     """The models and batch sizes a speed study measured (its 'model, bN' keys), at STUDY_MODELS' sides."""
     batches: dict[str, set[int]] = {}
     for key in stages_ms:
-        name, batch = key.rsplit(", b", 1)
-        batches.setdefault(name, set()).add(int(batch))
+        name, batch = stage_key_parts(key)
+        batches.setdefault(name, set()).add(batch)
     return {name: (STUDY_MODELS[name][0], tuple(sorted(found))) for name, found in batches.items() if name in STUDY_MODELS}
 
 
@@ -268,7 +279,7 @@ def bound_rows(costs: dict, devices: dict[str, tuple[float, float, str]],
                        "launch_ms": b["launch_ms"],
                        "bound": "compute" if b["flops"] / (tflops * 1e12) >= b["fused_bytes"] / (tb_s * 1e12)
                        else "memory"}
-                key = f"{name}, b{batch}"
+                key = stage_key(name, batch)
                 if device == measured_device and measured and stage in measured.get(key, {}):
                     row["measured_ms"] = measured[key][stage]
                     row["measured_over_unfused"] = row["measured_ms"] / row["unfused_ms"] if row["unfused_ms"] else None
