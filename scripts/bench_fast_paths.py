@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -26,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from bench.core.records import capture_env
 from models import build_model
 from models.layers import plain_kernels
 
@@ -93,7 +92,7 @@ def markdown(rows: list[dict], env: dict) -> str:
         "# CPU fast paths of models.layers: fast / plain, side by side",
         "",
         f"- {env['cpu']}, {env['threads']} threads, torch {env['torch']}, fp32, inference, 224x224; "
-        f"git {env['commit']}; {env['start']} -> {env['end']}",
+        f"git {env['git_commit']}; {env['start']} -> {env['end']}",
         f"- load average at start {env['load_start']}, at end {env['load_end']}",
         "- ratio = fast / plain per round (median call time each), median [min-max] over rounds; "
         "the two alternate within each round. Outputs compared first (max |diff| / max |plain|).",
@@ -108,17 +107,6 @@ def markdown(rows: list[dict], env: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo, else the platform's machine type."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="vt_resnet18,vt_resnet50")
@@ -130,10 +118,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for fast_paths.json and fast_paths.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "models"], capture_output=True, text=True).stdout.strip()
-    env = {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
-           "commit": commit + ("-dirty" if dirty else ""), "load_start": os.getloadavg(),
+    env = {**capture_env("cpu"), "load_start": os.getloadavg(),
            "start": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     rows = []
     for batch in (int(b) for b in args.batch_size.split(",")):
