@@ -95,6 +95,66 @@ def test_interleave_does_not_write_outside_the_run(tmp_path, monkeypatch):
         inter.latency_cells(run)
 
 
+SESSION = {"id": "0123456789ab", "protocol": "interleaved", "started_at": "2025-01-01T00:00:00+00:00",
+           "finished_at": "2025-01-01T00:01:00+00:00", "rounds": 3, "cells": 1}
+
+
+def test_remeasurements_are_named_by_their_fields_and_never_overwrite(tmp_path):
+    from bench.core.records import make_remeasurement, read_remeasurement, write_remeasurement
+
+    record = make_record(COMPLEXITY, metrics={"gmacs": 1.0}, env=ENV)
+    records = tmp_path / "run" / "records"
+    remeasurement = make_remeasurement(record, {"latency_ms_p50": 2.0}, session=SESSION, env=ENV)
+    for bad in ("../../../x", "", None, "ABCDEF012345"):
+        with pytest.raises(UsageError, match="invalid cell id"):
+            write_remeasurement(records, {**remeasurement, "remeasures": bad})
+    assert not list(tmp_path.rglob("x*.json"))
+    folder = records / "remeasured"
+    folder.mkdir(parents=True)
+    (folder / f"{record['cell_id']}.1.json").write_text("not json")  # a damaged file keeps its number
+    path, written = write_remeasurement(records, remeasurement)
+    assert path == folder / f"{record['cell_id']}.2.json" and written["number"] == 2
+    assert read_remeasurement(path) == written
+    assert (folder / f"{record['cell_id']}.1.json").read_text() == "not json"
+
+
+def test_a_remeasurement_whose_fields_differ_from_its_file_name_is_corrupt(tmp_path):
+    from bench.core.records import iter_remeasurements, make_remeasurement, read_remeasurement, write_remeasurement
+
+    record = make_record(COMPLEXITY, metrics={"gmacs": 1.0}, env=ENV)
+    other = make_record({**COMPLEXITY, "seed": 1}, metrics={}, env=ENV)["cell_id"]
+    run = _run(tmp_path, [record])
+    path, written = write_remeasurement(run / "records", make_remeasurement(record, {"latency_ms_p50": 2.0},
+                                                                             session=SESSION, env=ENV))
+    folder = path.parent
+    (folder / f"{other}.1.json").write_text(json.dumps(written))  # a valid id, but another cell's
+    (folder / f"{record['cell_id']}.7.json").write_text(json.dumps(written))  # number 1 inside
+    (folder / "notes.json").write_text(json.dumps(written))
+    (folder / f"{record['cell_id']}.2.json").write_text(json.dumps({**written, "number": 2, "remeasures": "../x"}))
+    found = dict(iter_remeasurements(run / "records"))
+    assert found[path] == written
+    assert "differs from its file name" in str(found[folder / f"{other}.1.json"])
+    assert "number 1 differs from its file name's 7" in str(found[folder / f"{record['cell_id']}.7.json"])
+    assert "not a re-measurement's" in str(found[folder / "notes.json"])
+    assert "remeasures: '../x' is not 12 lowercase hex digits" in str(found[folder / f"{record['cell_id']}.2.json"])
+    with pytest.raises(CorruptRecord):
+        read_remeasurement(folder / f"{other}.1.json")
+
+
+def test_remeasurements_are_not_written_through_a_planted_symlink(tmp_path):
+    from bench.core.records import make_remeasurement, write_remeasurement
+
+    record = make_record(COMPLEXITY, metrics={"gmacs": 1.0}, env=ENV)
+    run = _run(tmp_path / "top", [record])
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (run / "records" / "remeasured").symlink_to(outside)
+    with pytest.raises(UsageError, match="resolves outside"):
+        write_remeasurement(run / "records", make_remeasurement(record, {"latency_ms_p50": 2.0}, session=SESSION,
+                                                                env=ENV))
+    assert not list(outside.iterdir())
+
+
 def test_names_used_in_paths_are_single_safe_components():
     from bench.core.records import check_path_name
 

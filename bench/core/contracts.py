@@ -11,6 +11,12 @@ and every problem of a value is collected at once):
   (`ModelBlock`). `vtbench.record/1` records, which have no `model` block, are read as they are
   (their `model` stays None: a block filled in at read time would state today's registry as
   though it were the one the record was measured under).
+- `Remeasurement` (`vtbench.remeasurement/1`): a later latency measurement of a cell, written by
+  `vtbench interleave` beside the cell's record, never over it: `remeasures` (the cell id of the
+  record it re-measures), `number`, `run`, `session` (`RemeasureSession`: the interleave
+  invocation's `id`, `protocol`, `started_at`, `finished_at`, `rounds`, `cells`),
+  `record_finished_at` (the re-measured record's `finished_at`, as read), its own `env` and the
+  latency `metrics`.
 
 A cell's config is kept as given: validating it changes no value and adds no key
 (`CellConfig.to_config()` gives back the dict it was validated from), because the cell id is the
@@ -32,12 +38,14 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Str
                       ValidationError, ValidationInfo, WrapValidator, field_validator)
 
 __all__ = ["CellConfig", "ComplexityOptions", "LatencyOptions", "TrainOptions", "Resources", "Record",
-           "ModelBlock", "RecordError", "RecordConfig", "SCHEMA", "READABLE_SCHEMAS", "MEASUREMENTS",
+           "ModelBlock", "RecordError", "RecordConfig", "Remeasurement", "RemeasureSession", "SCHEMA",
+           "READABLE_SCHEMAS", "REMEASUREMENT_SCHEMA", "MEASUREMENTS",
            "DTYPES", "COMPILE_MODES", "DEFAULT_LATENCY", "EXTRA_LATENCY_KEYS", "COMPLEXITY_KEYS",
            "problems_of", "did_you_mean", "model_block", "ValidationError"]
 
 SCHEMA = "vtbench.record/2"
 READABLE_SCHEMAS = ("vtbench.record/1", SCHEMA)
+REMEASUREMENT_SCHEMA = "vtbench.remeasurement/1"
 MEASUREMENTS = ("complexity", "latency", "train")
 DTYPES = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -306,18 +314,58 @@ class Record(Contract):
     finished_at: StrictStr | None = None
     duration_s: Finite | None = None
     job: dict[str, Any] | None = None
-    remeasured_at: dict[str, Any] | None = None  # `vtbench interleave`
+    # Written in place by `vtbench interleave` before re-measurements had their own files
+    # (`Remeasurement`); still read, and what `bench.core.records.with_remeasurement` fills in.
+    remeasured_at: dict[str, Any] | None = None
 
     @field_validator("metrics")
     @classmethod
     def _typed_metrics(cls, metrics: dict[str, Any] | None) -> dict[str, Any] | None:
-        for key in NUMERIC_METRICS:
-            value = (metrics or {}).get(key)
-            ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                   and math.isfinite(value))
-            if not ok:
-                raise ValueError(f"metric {key} must be a finite number or null, not {_short(value)}")
-        return metrics
+        return _numeric_metrics_checked(metrics)
+
+
+def _numeric_metrics_checked(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`metrics` if each of NUMERIC_METRICS it holds is a finite number or null; else ValueError."""
+    for key in NUMERIC_METRICS:
+        value = (metrics or {}).get(key)
+        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                               and math.isfinite(value))
+        if not ok:
+            raise ValueError(f"metric {key} must be a finite number or null, not {_short(value)}")
+    return metrics
+
+
+class RemeasureSession(Contract):
+    """The `vtbench interleave` invocation that took a re-measurement (one id for all its cells)."""
+
+    id: _described(Annotated[StrictStr, Field(pattern=CELL_ID_PATTERN)], "12 lowercase hex digits")
+    protocol: _described(Literal["interleaved"], "interleaved")
+    started_at: StrictStr
+    finished_at: StrictStr
+    rounds: _described(PosInt, "a positive integer")
+    cells: _described(PosInt, "a positive integer")
+
+
+class Remeasurement(Contract):
+    """A later latency measurement of a cell: RUN/records/remeasured/ID.N.json (bench/core/records.py).
+
+    The cell's record (RUN/records/ID.json) is left as it was; readers take the latency from the
+    newest re-measurement (highest `number`) and everything else from the record.
+    """
+
+    schema_: _described(Literal[REMEASUREMENT_SCHEMA], REMEASUREMENT_SCHEMA) = Field(alias="schema")
+    remeasures: _described(Annotated[StrictStr, Field(pattern=CELL_ID_PATTERN)], "12 lowercase hex digits")
+    number: _described(PosInt, "a positive integer")
+    run: StrictStr | None = None
+    session: RemeasureSession
+    record_finished_at: StrictStr | None = None
+    env: dict[str, Any]
+    metrics: dict[str, Any]
+
+    @field_validator("metrics")
+    @classmethod
+    def _typed_metrics(cls, metrics: dict[str, Any]) -> dict[str, Any]:
+        return _numeric_metrics_checked(metrics)
 
 
 # ---------------------------------------------------------------------------------------- errors

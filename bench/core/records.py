@@ -25,6 +25,16 @@ anyone may have edited or copied: `read_record` checks them against the schema
 file name) and raises CorruptRecord, and no path is ever built from a cell id that is not 12
 lowercase hex digits. `vtbench.record/1` records (no `model` block) are read as they are, their
 `model` left None: the registry's facts of today are not those the record was measured under.
+
+Re-measurements. `vtbench interleave` never rewrites a record: it writes a re-measurement
+(`bench.core.contracts.Remeasurement`, `vtbench.remeasurement/1`) beside it, one per cell and
+invocation, as RECORDS_DIR/remeasured/ID.N.json (N = 1, 2, ...: the next free number, taken with
+an exclusive create, so two writers never share a file). Each file has one path, made from its
+own fields (`remeasures` and `number`), and a file whose fields do not match its name is corrupt,
+as a record is. `latest_remeasurements` gives each cell's newest (highest N), and
+`with_remeasurement` the record as readers use it: latency from the re-measurement, the rest from
+the record. Records rewritten in place by the interleave of earlier checkouts (`remeasured_at`,
+no remeasured/ file) are read as they are.
 """
 
 from __future__ import annotations
@@ -37,13 +47,16 @@ import platform
 import re
 import socket
 import subprocess
+import tempfile
 import traceback as _traceback
 from pathlib import Path
 from typing import Any, Iterator
 
-from bench.core.contracts import READABLE_SCHEMAS, SCHEMA, Record, ValidationError, model_block, problems_of  # noqa: F401
+from bench.core.contracts import (READABLE_SCHEMAS, REMEASUREMENT_SCHEMA, SCHEMA, Record,  # noqa: F401
+                                  Remeasurement, ValidationError, model_block, problems_of)
 from bench.core.errors import UsageError
-from bench.core.util import atomic_write, canonical_hash, write_text_atomic  # noqa: F401  (write_text_atomic: re-exported)
+from bench.core.util import (atomic_write, canonical_hash, fsync_dir, shared_file_mode,  # noqa: F401
+                             write_text_atomic)  # write_text_atomic: re-exported
 
 STATUSES = ("ok", "error")
 
@@ -54,6 +67,9 @@ CELL_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 # Any other name vtbench derives a path from (a run, a model in a default output folder): one
 # path component, no separator, not "." or "..", nothing hidden.
 PATH_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Re-measurements: RECORDS_DIR/remeasured/ID.N.json (the cell id, then a number from 1 up).
+REMEASURED_DIR = "remeasured"
+REMEASUREMENT_NAME_RE = re.compile(r"^([0-9a-f]{12})\.([1-9][0-9]{0,8})\.json$")
 
 
 def cell_id_of(config: dict[str, Any]) -> str:
@@ -92,6 +108,14 @@ def path_inside(folder: str | os.PathLike, name: str) -> Path:
 def record_path(records_dir: str | os.PathLike, cell_id: Any) -> Path:
     """RECORDS_DIR/CELL_ID.json for a validated cell id."""
     return path_inside(records_dir, f"{check_cell_id(cell_id)}.json")
+
+
+def remeasurement_path(records_dir: str | os.PathLike, cell_id: Any, number: Any) -> Path:
+    """RECORDS_DIR/remeasured/CELL_ID.NUMBER.json for a validated cell id and a number >= 1."""
+    if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number < 10**9:
+        raise UsageError(f"invalid re-measurement number {number!r}: expected an integer from 1")
+    folder = path_inside(records_dir, REMEASURED_DIR)
+    return path_inside(folder, f"{check_cell_id(cell_id)}.{number}.json")
 
 
 def now_iso() -> str:
@@ -310,3 +334,159 @@ def iter_records(records_dir: str | os.PathLike) -> Iterator[tuple[Path, dict[st
             yield path, read_record(path, cell_id=path.stem)
         except CorruptRecord as exc:
             yield path, exc
+
+
+# ------------------------------------------------------------------------------ re-measurements
+# A record's latency metrics as one pass of the runner measured them: what `with_remeasurement`
+# keeps under `latency_single_pass` when a re-measurement replaces them.
+LATENCY_SINGLE_PASS_KEYS = ("latency_ms_p50", "latency_ms_p20", "latency_ms_p80", "latency_ms_mean",
+                            "latency_ms_min", "latency_iters", "throughput_img_s", "peak_mem_mb",
+                            "process_peak_rss_mb", "first_iter_ms", "warmup_settled", "latency_verdict",
+                            "latency_noise_reasons")
+
+
+def make_remeasurement(record: dict[str, Any], metrics: dict[str, Any], *, session: dict[str, Any],
+                       env: dict[str, Any]) -> dict[str, Any]:
+    """A re-measurement of `record` (an ok record as read), without its `number` (`write_remeasurement`
+    gives it). `session`: `RemeasureSession`'s fields; `metrics`: the new latency metrics."""
+    return {"schema": REMEASUREMENT_SCHEMA, "remeasures": record["cell_id"], "number": None,
+            "run": record.get("run"), "session": dict(session), "record_finished_at": record.get("finished_at"),
+            "env": env, "metrics": dict(metrics)}
+
+
+def write_remeasurement(records_dir: str | os.PathLike, remeasurement: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """Write `remeasurement` as RECORDS_DIR/remeasured/ID.N.json with the next free N; never over a file.
+
+    The file is written whole to a temp file, then linked to its name, which fails if the name is
+    taken (a re-measurement written meanwhile): the next number is tried. Returns (path, the
+    re-measurement as written, with its `number`).
+    """
+    cell_id = check_cell_id(remeasurement.get("remeasures"))
+    folder = path_inside(records_dir, REMEASURED_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    number = 1 + max((n for n, _ in _remeasurement_files(folder, cell_id)), default=0)
+    while True:
+        payload = _with_finite_metrics({**remeasurement, "number": number})
+        Remeasurement.model_validate(json.loads(json_text(payload)))  # as it will be read back
+        path = remeasurement_path(records_dir, cell_id, number)
+        if _create_new(path, json_text(payload)):
+            return path, payload
+        number += 1
+
+
+def _create_new(path: Path, text: str) -> bool:
+    """Write `text` to `path` whole (temp file, fsync, hard link); False if `path` exists already."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, shared_file_mode())
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: rename, checking first (a narrow race)
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return True
+
+
+def _remeasurement_files(folder: Path, cell_id: str | None = None) -> list[tuple[int, Path]]:
+    """(number, path) of the files in `folder` named as re-measurements (of `cell_id`, if given)."""
+    out = []
+    for path in folder.glob("*.json"):
+        match = REMEASUREMENT_NAME_RE.match(path.name)
+        if match and (cell_id is None or match.group(1) == cell_id):
+            out.append((int(match.group(2)), path))
+    return sorted(out)
+
+
+def read_remeasurement(path: str | os.PathLike) -> dict[str, Any]:
+    """Read one re-measurement and check it (schema, and `remeasures` and `number` against its
+    file name ID.N.json); raise CorruptRecord if it is unusable."""
+    path = Path(path)
+    match = REMEASUREMENT_NAME_RE.match(path.name)
+    if not match:
+        raise CorruptRecord(f"{path}: file name is not a re-measurement's (ID.N.json: 12 lowercase hex "
+                            f"digits, a number from 1)")
+    try:
+        remeasurement = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CorruptRecord(f"{path}: unreadable re-measurement ({exc})") from exc
+    if not isinstance(remeasurement, dict):
+        raise CorruptRecord(f"{path}: not a vtbench re-measurement (a JSON {type(remeasurement).__name__}, "
+                            f"not an object)")
+    try:
+        Remeasurement.model_validate(remeasurement)
+    except ValidationError as exc:
+        raise CorruptRecord(f"{path}: {'; '.join(problems_of(exc, Remeasurement, remeasurement))}") from exc
+    cell_id, number = match.group(1), int(match.group(2))
+    if remeasurement["remeasures"] != cell_id:
+        raise CorruptRecord(f"{path}: its remeasures {remeasurement['remeasures']!r} differs from its "
+                            f"file name {cell_id!r}")
+    if remeasurement["number"] != number:
+        raise CorruptRecord(f"{path}: its number {remeasurement['number']!r} differs from its file name's {number}")
+    problem = _non_finite_problem(remeasurement["metrics"])
+    if problem:
+        raise CorruptRecord(f"{path}: {problem}")
+    return remeasurement
+
+
+def iter_remeasurements(records_dir: str | os.PathLike) -> Iterator[tuple[Path, dict[str, Any] | CorruptRecord]]:
+    """Yield (path, re-measurement) for every *.json in RECORDS_DIR/remeasured (none if there is no
+    such folder); a corrupt or wrongly named file yields its CorruptRecord."""
+    folder = Path(records_dir) / REMEASURED_DIR
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.json")):
+        try:
+            yield path, read_remeasurement(path)
+        except CorruptRecord as exc:
+            yield path, exc
+
+
+def latest_remeasurements(records_dir: str | os.PathLike) -> tuple[dict[str, tuple[Path, dict[str, Any]]],
+                                                                   list[tuple[Path, CorruptRecord]]]:
+    """({cell id: (path, its newest usable re-measurement)}, [(path, CorruptRecord) of the corrupt ones])."""
+    latest: dict[str, tuple[Path, dict[str, Any]]] = {}
+    corrupt: list[tuple[Path, CorruptRecord]] = []
+    for path, found in iter_remeasurements(records_dir):
+        if isinstance(found, CorruptRecord):
+            corrupt.append((path, found))
+        elif found["remeasures"] not in latest or found["number"] > latest[found["remeasures"]][1]["number"]:
+            latest[found["remeasures"]] = (path, found)
+    return latest, corrupt
+
+
+def with_remeasurement(record: dict[str, Any], remeasurement: dict[str, Any]) -> dict[str, Any]:
+    """`record` as readers use it once `remeasurement` re-measured it (neither is changed).
+
+    The same shape an in-place interleave gave (so the report reads both alike): the metrics of
+    the re-measurement over the record's (the record's `LATENCY_SINGLE_PASS_KEYS` dropped first,
+    so none is left where the re-measurement has no figure), the record's single pass kept under
+    `latency_single_pass`, the re-measurement's `env` (where the latency was taken), and
+    `remeasured_at` with the session's times, the env replaced (`previous_env`) and where the
+    re-measurement is (`file`, relative to the records folder), its `number`, `session` and `rounds`.
+    """
+    metrics = dict(record.get("metrics") or {})
+    single_pass = metrics.pop("latency_single_pass", None)  # a record an earlier interleave rewrote
+    if single_pass is None and metrics.get("latency_protocol") != "interleaved":
+        single_pass = {k: metrics[k] for k in LATENCY_SINGLE_PASS_KEYS if k in metrics}
+    for key in LATENCY_SINGLE_PASS_KEYS:  # none of the record's own survives beside the new figures
+        metrics.pop(key, None)
+    metrics.update(remeasurement["metrics"])
+    if single_pass:
+        metrics["latency_single_pass"] = single_pass
+    session = remeasurement["session"]
+    return {**record, "metrics": metrics, "env": remeasurement["env"],
+            "remeasured_at": {"started_at": session["started_at"], "finished_at": session["finished_at"],
+                              "protocol": session["protocol"], "previous_env": record.get("env"),
+                              "file": f"{REMEASURED_DIR}/{remeasurement['remeasures']}.{remeasurement['number']}.json",
+                              "number": remeasurement["number"], "session": session["id"],
+                              "rounds": session["rounds"]}}
