@@ -1,4 +1,5 @@
-"""`vtbench interleave`: a run's latency cells re-measured in alternating rounds, records updated."""
+"""`vtbench interleave`: a run's latency cells re-measured in alternating rounds, each into a new
+re-measurement file (records/remeasured/ID.N.json) beside its record, which is left as it was."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import bench.pipeline.interleave as inter
 from bench.cli import main as cli_main
 from bench.core.errors import UsageError
 from bench.pipeline.launch import launch
-from bench.core.records import read_record
+from bench.core.contracts import Remeasurement
+from bench.core.records import latest_remeasurements, read_record, read_remeasurement, with_remeasurement
+from bench.pipeline.status import run_status
 
 REPO = Path(__file__).resolve().parents[1]
 SLEEPY = "tests.test_interleave:sleepy_net"
@@ -74,6 +77,18 @@ def _records(run: Path) -> dict[float, dict]:
     return out
 
 
+def _seen(run: Path) -> dict[float, dict]:
+    """The records as readers see them: each with its newest re-measurement applied."""
+    latest, corrupt = latest_remeasurements(run / "records")
+    assert not corrupt
+    return {k: with_remeasurement(r, latest[r["cell_id"]][1]) if r["cell_id"] in latest else r
+            for k, r in _records(run).items()}
+
+
+def _record_bytes(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (run / "records").glob("*.json")}
+
+
 def _cell_ids(run: Path) -> list[str]:
     return [r["cell_id"] for r in _records(run).values() if "latency" in r["config"]["measure"]]
 
@@ -84,7 +99,7 @@ def test_cli_rows_hold_the_updated_records_values(run_dir, capsys, fmt):
     out = capsys.readouterr().out
     rows = [json.loads(line) for line in out.splitlines()] if fmt == "json" else \
         list(csv.DictReader(io.StringIO(out)))
-    records = {r["cell_id"]: r for r in _records(run_dir).values()}
+    records = {r["cell_id"]: r for r in _seen(run_dir).values()}
     assert sorted(row["cell_id"] for row in rows) == sorted(_cell_ids(run_dir))
     for row in rows:
         m = records[row["cell_id"]]["metrics"]
@@ -102,7 +117,7 @@ def test_cli_rows_hold_the_updated_records_values(run_dir, capsys, fmt):
 def test_cli_table_shows_each_cells_p50_and_rounds(run_dir, capsys):
     assert cli_main(["interleave", str(run_dir), "--rounds", "2", "--min-time-s", "0.02"]) == 0
     table = capsys.readouterr().out
-    for record in _records(run_dir).values():
+    for record in _seen(run_dir).values():
         if "latency" in record["config"]["measure"]:
             m = record["metrics"]
             (line,) = [line for line in table.splitlines() if line.startswith(record["cell_id"])]
@@ -177,7 +192,7 @@ def test_cli_marks_noisy_cells(run_dir, monkeypatch, caplog, capsys):
     cells = [line for line in table if line.startswith(tuple(_cell_ids(run_dir)))]
     assert len(cells) == 2 and all("NOISY: " in line and "load 40.00 before > 1 threads + 1" in line for line in cells)
     assert any("2 of 2 cell(s) are noisy" in line for line in lines)
-    records = [r for r in _records(run_dir).values() if "latency" in r["config"]["measure"]]
+    records = [r for r in _seen(run_dir).values() if "latency" in r["config"]["measure"]]
     assert all(r["metrics"]["latency_verdict"] == "noisy" for r in records)
 
 
@@ -194,7 +209,7 @@ def test_interleave_measures_in_alternating_order_and_updates_only_latency(run_d
     updated = inter.interleave(run_dir, rounds=3)
     assert order == [2.0, 8.0, 8.0, 2.0, 2.0, 8.0]  # the complexity-only cell is not a latency cell
     assert len(updated) == 2
-    after = _records(run_dir)
+    after = _seen(run_dir)
     assert after[0.0] == before[0.0]  # untouched
     for sleep_ms in (2.0, 8.0):
         m, old = after[sleep_ms]["metrics"], before[sleep_ms]["metrics"]
@@ -206,11 +221,117 @@ def test_interleave_measures_in_alternating_order_and_updates_only_latency(run_d
         assert m["gmacs"] == old["gmacs"] and m["params_m"] == old["params_m"]
         assert after[sleep_ms]["remeasured_at"]["previous_env"] == before[sleep_ms]["env"]
     assert after[8.0]["metrics"]["latency_ms_p50"] > after[2.0]["metrics"]["latency_ms_p50"] + 3
+    assert [r["metrics"] for r in updated] == [after[2.0]["metrics"], after[8.0]["metrics"]]
     # A second pass keeps the ORIGINAL single-pass figures, not the first interleaved ones.
     inter.interleave(run_dir, rounds=2)
-    again = _records(run_dir)[2.0]["metrics"]
+    again = _seen(run_dir)[2.0]["metrics"]
     assert again["latency_rounds"] == 2
     assert again["latency_single_pass"]["latency_ms_p50"] == before[2.0]["metrics"]["latency_ms_p50"]
+
+
+def _fake_rounds(monkeypatch, p50: float) -> None:
+    """Every round of every cell measures `p50` ms (latency_ms_p50; the other figures around it)."""
+    def measure(model, config, timing):
+        return {"latency_ms_p50": p50, "latency_ms_p20": p50 * 0.99, "latency_ms_p80": p50 * 1.01,
+                "latency_ms_mean": p50, "latency_ms_min": p50 * 0.98, "latency_iters": 5, "batch_size_used": 1,
+                "peak_mem_mb": 1.5, "warmup_settled": True, "threads": 1, "mode": "inference"}
+
+    monkeypatch.setattr(inter, "_measure", measure)
+
+
+def test_interleave_leaves_each_record_byte_identical(run_dir, monkeypatch):
+    before = _record_bytes(run_dir)
+    _fake_rounds(monkeypatch, 100.0)
+    inter.interleave(run_dir, rounds=2)
+    assert _record_bytes(run_dir) == before  # same files, same bytes: nothing rewritten, nothing added
+
+
+def test_interleave_writes_a_remeasurement_that_points_to_the_record(run_dir, monkeypatch):
+    records = {r["cell_id"]: r for r in _records(run_dir).values()}
+    _fake_rounds(monkeypatch, 100.0)
+    inter.interleave(run_dir, rounds=3)
+    files = sorted((run_dir / "records" / "remeasured").glob("*.json"))
+    assert sorted(p.name for p in files) == sorted(f"{c}.1.json" for c in _cell_ids(run_dir))
+    sessions = set()
+    for path in files:
+        remeasurement = read_remeasurement(path)
+        Remeasurement.model_validate(json.loads(path.read_text()))
+        record = records[remeasurement["remeasures"]]
+        assert path.name == f"{record['cell_id']}.1.json" and remeasurement["number"] == 1
+        assert remeasurement["schema"] == "vtbench.remeasurement/1"
+        assert remeasurement["record_finished_at"] == record["finished_at"] and remeasurement["run"] == record["run"]
+        session = remeasurement["session"]
+        assert session["rounds"] == 3 and session["cells"] == 2 and session["protocol"] == "interleaved"
+        assert session["started_at"] <= session["finished_at"]
+        assert remeasurement["env"]["host"] and remeasurement["env"]["device"] == "cpu"
+        assert remeasurement["metrics"]["latency_ms_p50"] == 100.0
+        assert remeasurement["metrics"]["latency_round_p50_ms"] == [100.0] * 3
+        assert "gmacs" not in remeasurement["metrics"]  # latency only: the rest stays the record's
+        sessions.add(session["id"])
+    assert len(sessions) == 1  # one invocation, one session for every cell
+
+
+def _table_row(run: Path, cell_id: str) -> dict:
+    with open(run / "report" / "table.csv", newline="") as handle:
+        (row,) = [r for r in csv.DictReader(handle) if r["cell_ids"] == cell_id]
+    return row
+
+
+def test_report_takes_latency_from_the_newest_remeasurement_and_the_rest_from_the_record(run_dir, monkeypatch):
+    records = {r["cell_id"]: r for r in _records(run_dir).values() if "latency" in r["config"]["measure"]}
+    _fake_rounds(monkeypatch, 100.0)
+    inter.interleave(run_dir, rounds=2)
+    _fake_rounds(monkeypatch, 300.0)
+    inter.interleave(run_dir, rounds=3)
+    folder = run_dir / "records" / "remeasured"
+    assert sorted(p.name for p in folder.glob("*.json")) == sorted(f"{c}.{n}.json" for c in records for n in (1, 2))
+    assert cli_main(["report", str(run_dir), "--format", "csv,md"]) == 0
+    for cell_id, record in records.items():
+        row = _table_row(run_dir, cell_id)
+        assert float(row["latency_ms_p50"]) == 300.0 and float(row["latency_rounds"]) == 3  # the newer one
+        assert float(row["gmacs"]) == record["metrics"]["gmacs"]  # complexity: the record's
+        assert row["latency_from"].startswith("interleaved re-measurement ") and row["latency_from"].endswith(", 3 rounds")
+        single = json.loads(row["latency_single_pass"])
+        assert single["latency_ms_p50"] == record["metrics"]["latency_ms_p50"]
+        # A figure the re-measurement lacks is empty, not the record's single-pass one.
+        assert record["metrics"]["process_peak_rss_mb"] and not row.get("process_peak_rss_mb")
+    md = (run_dir / "report" / "report.md").read_text()
+    assert "latency from" in md and "interleaved re-measurement" in md and ", 3 rounds" in md
+    assert "records/remeasured/ID.N.json" in md and "0 corrupt" in md
+
+
+def test_status_counts_a_remeasured_cell_once(run_dir, monkeypatch, capsys):
+    _fake_rounds(monkeypatch, 100.0)
+    inter.interleave(run_dir, rounds=2)
+    inter.interleave(run_dir, rounds=2)
+    assert len(list((run_dir / "records" / "remeasured").glob("*.json"))) == 4  # two per latency cell
+    status = run_status(run_dir)
+    assert len(status.cells) == 3 and status.counts["ok"] == 3
+    assert status.corrupt == {} and status.stray_records == 0
+    assert cli_main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "3 cells: 3 ok" in out and "corrupt" not in out and "no longer in the grid" not in out
+
+
+def test_a_remeasurement_named_for_another_cell_is_corrupt_and_not_used(run_dir, monkeypatch, capsys):
+    first, second = sorted(_cell_ids(run_dir))
+    records = {r["cell_id"]: r for r in _records(run_dir).values()}
+    _fake_rounds(monkeypatch, 100.0)
+    inter.interleave(run_dir, rounds=2, only=[first])
+    folder = run_dir / "records" / "remeasured"
+    planted = folder / f"{second}.1.json"
+    planted.write_bytes((folder / f"{first}.1.json").read_bytes())  # `remeasures` says `first`
+    with pytest.raises(Exception, match="differs from its file name"):
+        read_remeasurement(planted)
+    assert cli_main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"corrupt record remeasured/{second}.1.json" in out and "3 cells: 3 ok" in out
+    assert cli_main(["report", str(run_dir), "--format", "csv,md"]) == 0
+    assert float(_table_row(run_dir, first)["latency_ms_p50"]) == 100.0
+    # `second` keeps its record's own latency; the planted file is listed, not used.
+    assert float(_table_row(run_dir, second)["latency_ms_p50"]) == records[second]["metrics"]["latency_ms_p50"]
+    md = (run_dir / "report" / "report.md").read_text()
+    assert "### Corrupt record files (1)" in md and f"{second}.1.json" in md
 
 
 def test_interleave_refuses_unfinished_runs_and_bad_options(run_dir, tmp_path):
@@ -229,11 +350,11 @@ def test_interleave_refuses_unfinished_runs_and_bad_options(run_dir, tmp_path):
 
 def test_cli_updates_records_and_rejects_a_non_run(run_dir, tmp_path, capsys):
     assert cli_main(["interleave", str(run_dir), "--rounds", "2", "--min-time-s", "0.02"]) == 0
-    assert all(r["metrics"].get("latency_rounds") == 2 for r in _records(run_dir).values()
+    assert all(r["metrics"].get("latency_rounds") == 2 for r in _seen(run_dir).values()
                if "latency" in r["config"]["measure"])
-    assert cli_main(["report", str(run_dir)]) == 0  # the updated records still make a report
+    assert cli_main(["report", str(run_dir)]) == 0  # the re-measured cells make a report
     table = (run_dir / "report" / "table.csv").read_text()
-    assert "latency_protocol" in table and "interleaved" in table
+    assert "latency_protocol" in table and "interleaved" in table and "latency_from" in table
     assert cli_main(["interleave", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a run folder" in err[0]

@@ -1,6 +1,7 @@
 """Reports from run records: one pandas DataFrame, tables beside the paper's numbers, and plots.
 
-Data flow (DESIGN.md): RUN_DIR/records/*.json (+ RUN_DIR/cells.json for the pending cells) ->
+Data flow (DESIGN.md): RUN_DIR/records/*.json (+ RUN_DIR/records/remeasured/*.json, whose newest per
+cell gives the cell's latency, and RUN_DIR/cells.json for the pending cells) ->
 `load_runs` (a row per record, config and metrics flattened) -> `aggregate` (a row per configuration,
 seeds collapsed into mean, sample standard deviation with ddof=1, and count) -> `add_derived`
 (stage GMACs, reductions and latency ratios against the baseline model) -> tables and plots.
@@ -28,7 +29,8 @@ import pandas as pd
 from bench.analysis.stats import CONFIDENCE, mean_ci_halfwidth
 from bench.core import tables as text_tables
 from bench.core.errors import UsageError
-from bench.core.records import CorruptRecord, atomic_write, iter_records, write_text_atomic
+from bench.core.records import (CorruptRecord, atomic_write, iter_records, latest_remeasurements, with_remeasurement,
+                                write_text_atomic)
 from bench.core.modelfacts import facts_of, family_of, family_order, is_baseline
 from bench.core.tables import md_text
 
@@ -143,6 +145,8 @@ def latency_quality(record: dict[str, Any]) -> dict[str, Any]:
       peak; older CPU records hold only the process peak (in `peak_mem_mb`), so "added" stays empty.
     - `latency_session`: when the record's latency was re-timed by `vtbench interleave` (rounds of
       records with the same session were timed side by side and can be paired).
+    - `latency_from`: 'interleaved re-measurement TIME, N rounds' when the latency comes from a
+      re-measurement file (`bench.core.records.with_remeasurement`); absent for a record's own latency.
     """
     metrics = dict(record.get("metrics") or {})
     if metrics.get("latency_ms_p50") is None:
@@ -160,8 +164,20 @@ def latency_quality(record: dict[str, Any]) -> dict[str, Any]:
         if kind == "cuda_max_allocated":
             metrics["memory_cuda_peak_mb"] = metrics.get("peak_mem_mb")
     if metrics.get("latency_protocol") == "interleaved":
-        metrics["latency_session"] = (record.get("remeasured_at") or {}).get("started_at")
+        remeasured = record.get("remeasured_at") or {}
+        metrics["latency_session"] = remeasured.get("started_at")
+        if remeasured.get("file"):
+            metrics["latency_from"] = (f"interleaved re-measurement {_utc_minute(remeasured.get('finished_at'))}, "
+                                       f"{remeasured.get('rounds')} rounds")
     return metrics
+
+
+def _utc_minute(when: Any) -> str:
+    """'2025-06-01T10:00:07+00:00' -> '2025-06-01 10:00 UTC' (the text itself if it is no such time)."""
+    try:
+        return pd.Timestamp(when).tz_convert("UTC").strftime("%Y-%m-%d %H:%M UTC")
+    except (TypeError, ValueError):
+        return str(when)
 
 
 def _task(model: Any) -> str:
@@ -209,6 +225,10 @@ def load_runs(run_dirs: Iterable[str | Path]) -> RunData:
     for run_dir in dirs:
         run = run_dir.name
         seen: dict[str, str] = {}
+        remeasured, bad_remeasurements = latest_remeasurements(run_dir / "records")
+        for path, problem in bad_remeasurements:  # listed; the cell keeps its record's latency
+            log.warning("corrupt re-measurement: %s", problem)
+            corrupt.append({"run": run, "path": str(path), "reason": str(problem).removeprefix(f"{path}: ")})
         for path, record in iter_records(run_dir / "records"):
             if isinstance(record, CorruptRecord):
                 log.warning("corrupt record: %s", record)
@@ -220,6 +240,8 @@ def load_runs(run_dirs: Iterable[str | Path]) -> RunData:
             if record["status"] == "error":
                 errors.append(_error_row(record, run, path))
                 continue
+            if record["cell_id"] in remeasured:
+                record = with_remeasurement(record, remeasured[record["cell_id"]][1])
             row, opts, mets = flatten_record(record, run)
             rows.append(row)
             configs[record["cell_id"]] = record["config"]
@@ -227,6 +249,10 @@ def load_runs(run_dirs: Iterable[str | Path]) -> RunData:
             metric_names.update(dict.fromkeys(mets))
             missing += [{"run": run, "cell_id": record["cell_id"], "model": record["config"].get("model"),
                          "cell": _config_summary(record["config"]), "metric": m} for m in _missing_metrics(record)]
+        unused = sorted(set(remeasured) - {cell_id for cell_id, status in seen.items() if status == "ok"})
+        if unused:
+            notes.append(f"{run}: {len(unused)} re-measurement(s) of cells without an ok record not used "
+                         f"({', '.join(unused[:5])}{', ...' if len(unused) > 5 else ''})")
         pending += _pending_rows(run_dir, seen, notes)
     notes += _legacy_latency_notes(rows)
     cells = pd.DataFrame(rows)
@@ -732,12 +758,22 @@ def _latency_rows(group: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
         out["CUDA peak allocated (MB)"] = [fmt(v, 1) for v in col("memory_cuda_peak_mb")]
     out["batch used"] = [fmt(v, 0) for v in col("batch_size_used")]
     out["verdict"] = [verdict_text(v, r) for v, r in zip(col("latency_verdict"), col("latency_noise_reasons"))]
+    if col("latency_from").notna().any():
+        out["latency from"] = [latency_from_text(v, p) for v, p in zip(col("latency_from"), col("latency_protocol"))]
     is_base = group["model"].map(is_baseline).values
     out["p50 / baseline"] = [_noisy_ratio(v, b, n) for v, b, n in
                              zip(col("latency_ratio_x"), is_base, col("latency_ratio_noisy"))]
     if col("latency_ratio_ci_ratio").notna().any():
         out["ratio over rounds (95 % CI)"] = [_rounds_ci_text(row) for _, row in group.iterrows()]
     return out
+
+
+def latency_from_text(source: Any, protocol: Any) -> str:
+    """Where a row's latency comes from: a re-measurement ('interleaved re-measurement TIME, N rounds'),
+    the record rewritten by an earlier interleave, or the record's single pass."""
+    if isinstance(source, str) and source:
+        return source
+    return "record (interleaved in place)" if protocol == "interleaved" else "record (single pass)"
 
 
 def verdict_text(verdict: Any, reasons: Any) -> str:
@@ -1012,6 +1048,11 @@ def _method_lines(table: pd.DataFrame) -> list[str]:
                      f" side) is marked '(noisy)'")
         lines.append("- memory: 'memory added' is the peak RSS during the measurement minus the RSS just before it"
                      " (CPU); 'process peak RSS' is the whole process's peak beside it")
+    if "latency_from" in table.columns and table["latency_from"].notna().any():
+        lines.append("- latency from: a row marked 'interleaved re-measurement TIME, N rounds' takes its latency"
+                     " columns (p50, throughput, memory, verdict, ratios) from the newest re-measurement of its"
+                     " cell (records/remeasured/ID.N.json, written by `vtbench interleave` at TIME over N rounds),"
+                     " and every other column (complexity, accuracy) from the cell's record (records/ID.json)")
     if "latency_ratio_ci_ratio" in table.columns and table["latency_ratio_ci_ratio"].notna().any():
         lines.append("- latency ratio over rounds (`vtbench interleave`): geometric mean of VT / baseline with a"
                      " 95 % t interval on log latencies, paired by round when both cells were timed in the same"

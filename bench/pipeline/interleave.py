@@ -9,8 +9,12 @@ differ by 30 % for no reason of their own. Measuring every cell in each of sever
 with the order reversed every other round (A B C, then C B A, ...), spreads a slow drift over all
 cells alike, as `bench.analysis.speed` does for its pairs.
 
-What it writes: each selected cell's record (which must already be `ok`, from `vtbench launch`)
-gets its latency metrics replaced, atomically, by the combination of its rounds:
+What it writes: the cell's record (which must already be `ok`, from `vtbench launch`) is left as
+it is; each selected cell gets a NEW re-measurement, RUN/records/remeasured/ID.N.json (one per
+cell and invocation, N the next free number; `bench.core.records.write_remeasurement`,
+`bench.core.contracts.Remeasurement`), which names the record it re-measures (`remeasures`, the
+cell id), the invocation (`session`: an id shared by all its cells, `started_at`, `finished_at`,
+`rounds`, `cells`), this process's `env` (machine and commit), and the combination of its rounds:
 
 - `latency_ms_p50`, `latency_ms_p20`, `latency_ms_p80`, `latency_ms_mean`: the median over rounds
   of that round's figure; `latency_ms_min`: the minimum over rounds;
@@ -23,18 +27,19 @@ gets its latency metrics replaced, atomically, by the combination of its rounds:
   when every round settled (`warmup_unsettled_rounds` counts the others), `loadavg_before`,
   `loadavg_after` and `steal_pct` the worst round's, and the rounds' own p50 spread counts too;
   `latency_round_verdicts` keeps each round's verdict;
-- `latency_protocol`: `"interleaved"`, with `latency_rounds` and `latency_cells_interleaved`;
-- `latency_single_pass`: the cell's previous latency metrics, kept for comparison.
+- `latency_protocol`: `"interleaved"`, with `latency_rounds` and `latency_cells_interleaved`.
 
-The record's `env` is refreshed (this process's machine and commit) and `remeasured_at` is added
-(when, how, and the env it replaced), so a record always says how and when its latency was taken. Complexity and training metrics are
-left as they are.
+Readers (`vtbench report`) take a cell's latency from its newest re-measurement and everything else
+(complexity, training, the single-pass latency as `latency_single_pass`) from its record
+(`bench.core.records.with_remeasurement`). Records that an earlier checkout's interleave rewrote in
+place (`remeasured_at` in the record) are read as they are, and re-measured like any other.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -44,17 +49,14 @@ import torch
 from bench.core.errors import UsageError
 from bench.measure.latency import judge_latency
 from bench.core.modelref import resolve_model_ref
-from bench.core.records import CorruptRecord, capture_env, now_iso, read_record, record_path, write_record
+from bench.core.records import (CorruptRecord, capture_env, make_remeasurement, now_iso, read_record, record_path,
+                                with_remeasurement, write_remeasurement)
 from bench.pipeline.runner import measure_cell_latency
 
 log = logging.getLogger(__name__)
 
 PROTOCOL = "interleaved"
 MEDIAN_KEYS = ("latency_ms_p50", "latency_ms_p20", "latency_ms_p80", "latency_ms_mean")
-# Keys of a single-pass measurement that the combined metrics replace (kept under latency_single_pass).
-LATENCY_KEYS = MEDIAN_KEYS + ("latency_ms_min", "latency_iters", "throughput_img_s", "peak_mem_mb",
-                              "process_peak_rss_mb", "first_iter_ms", "warmup_settled", "latency_verdict",
-                              "latency_noise_reasons")
 # Machine figures of a round: the combined row takes the worst (largest) round's.
 WORST_KEYS = ("peak_mem_mb", "process_peak_rss_mb", "loadavg_before", "loadavg_after", "steal_pct")
 
@@ -157,7 +159,7 @@ def _measure(model, config: dict[str, Any], timing: dict[str, Any]) -> dict[str,
 def interleave(run_dir: str | Path, *, rounds: int = 5, only: Sequence[str] | None = None,
                timing: dict[str, Any] | None = None,
                progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
-    """Measure the run's latency cells in `rounds` interleaved rounds and update their records.
+    """Measure the run's latency cells in `rounds` interleaved rounds and write a re-measurement of each.
 
     Args:
         run_dir: a run folder whose latency cells all have ok records.
@@ -167,8 +169,10 @@ def interleave(run_dir: str | Path, *, rounds: int = 5, only: Sequence[str] | No
         progress: called with (measurements done, measurements in total) after each one.
 
     Returns:
-        The updated records, in cells.json order. Nothing is written until every round is done,
-        so an interrupted run leaves the records as they were.
+        The cells' records as readers now see them (`bench.core.records.with_remeasurement`: the
+        new latency over the record; `remeasured_at.file` names the re-measurement), in cells.json
+        order. Nothing is written until every round is done, so an interrupted run writes nothing;
+        the records themselves are never written.
     """
     run_dir = Path(run_dir)
     if rounds < 2:
@@ -189,31 +193,16 @@ def interleave(run_dir: str | Path, *, rounds: int = 5, only: Sequence[str] | No
                 progress(done, total)
     device = str((configs[0].get("latency") or {}).get("device", "cpu"))
     env = capture_env(device)
-    updated = []
-    for (path, record), cell_rounds in zip(selected, measured):
-        updated.append(_updated_record(record, cell_rounds, env=env, cells=len(configs), started=started))
-    for (path, _), record in zip(selected, updated):
-        # The record's own cell_id names the file written: read_record has checked it matches `path`.
-        write_record(path.parent, record)
-    return updated
-
-
-def _updated_record(record: dict[str, Any], cell_rounds: list[dict[str, Any]], *, env: dict[str, Any],
-                    cells: int, started: str) -> dict[str, Any]:
-    metrics = dict(record.get("metrics") or {})
-    previous = metrics.pop("latency_single_pass", None)
-    if previous is None and metrics.get("latency_protocol") != PROTOCOL:
-        previous = {k: metrics[k] for k in LATENCY_KEYS if k in metrics}
-    combined = combine_rounds(cell_rounds)
-    combined["latency_cells_interleaved"] = cells
-    metrics.update(combined)
-    if previous:
-        metrics["latency_single_pass"] = previous
-    out = dict(record)
-    out["metrics"] = metrics
-    out["env"] = env
-    # The env now describes where the latency was taken; the one it replaces (where a training or
-    # complexity measurement of the same record ran) is kept beside it.
-    out["remeasured_at"] = {"started_at": started, "finished_at": now_iso(), "protocol": PROTOCOL,
-                            "previous_env": record.get("env")}
-    return out
+    session = {"id": secrets.token_hex(6), "protocol": PROTOCOL, "started_at": started, "finished_at": now_iso(),
+               "rounds": rounds, "cells": len(configs)}
+    remeasurements = []
+    for (_, record), cell_rounds in zip(selected, measured):
+        combined = combine_rounds(cell_rounds)
+        combined["latency_cells_interleaved"] = len(configs)
+        remeasurements.append(make_remeasurement(record, combined, session=session, env=env))
+    seen = []
+    for (path, record), remeasurement in zip(selected, remeasurements):
+        # Named by the record's cell_id, which read_record has checked against `path`.
+        _, written = write_remeasurement(path.parent, remeasurement)
+        seen.append(with_remeasurement(record, written))
+    return seen

@@ -14,6 +14,9 @@ Reads `RUN_DIR/cells.json` (what the grid holds), `RUN_DIR/records/*.json` (what
 - `pending`: anything else (queued, never submitted, or with a corrupt record).
 
 Corrupt record files are listed, never fatal; `vtbench launch` runs their cells again.
+Re-measurements (`RUN_DIR/records/remeasured/ID.N.json`, from `vtbench interleave`) are not cells:
+a cell with several counts once, by its record; a corrupt one is listed (as `remeasured/NAME`) and
+changes no cell's state.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 from bench.core.errors import UsageError
 from bench.pipeline.liveness import process_alive
-from bench.core.records import CorruptRecord, iter_records
+from bench.core.records import REMEASURED_DIR, CorruptRecord, iter_records, iter_remeasurements
 
 STATES = ("ok", "error", "running", "pending", "stopped")
 ROW_FIELDS = ("cell_id", "model", "state", "error", "note", "job_id", "cluster")  # status_rows' keys
@@ -92,6 +95,9 @@ def _read_records(records_dir: Path) -> tuple[dict[str, dict], dict[str, str]]:
             corrupt[path.name] = str(record)
         else:
             records[path.stem] = record
+    for path, remeasurement in iter_remeasurements(records_dir):
+        if isinstance(remeasurement, CorruptRecord):
+            corrupt[f"{REMEASURED_DIR}/{path.name}"] = str(remeasurement)
     return records, corrupt
 
 

@@ -6,7 +6,8 @@ they mean the same thing (bench/cli/commands/common.py `TIMM_NAMES`: `model`, `i
 `infer_step_time` = the median over rounds of latency_ms_p50, `infer_batch_size`, `infer_img_size`;
 `train_*` for a train-step cell), then vtbench's `latency_ms_p20`, `latency_ms_p80`,
 `latency_ms_min`, `latency_round_p50_ms`, `latency_rounds`, `peak_mem_mb`, `latency_verdict` and
-`latency_noise_reasons`. The records keep vtbench's names (bench/pipeline/interleave.py).
+`latency_noise_reasons`. The re-measurements it writes (RUN/records/remeasured/ID.N.json; the
+cells' records are left as they are) keep vtbench's names (bench/pipeline/interleave.py).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from bench.cli.commands import common
 
 NAME = "interleave"
 HELP = ("Re-measure the latency cells of a finished run in interleaved rounds in one process (order "
-        "reversed every other round), so a shared machine's drift hits every cell alike; updates "
-        "their records (median over rounds, every round's p50 kept).")
+        "reversed every other round), so a shared machine's drift hits every cell alike; writes "
+        "a re-measurement beside each cell's record (median over rounds, every round's p50 kept), "
+        "which the report's latency columns then use.")
 
 log = logging.getLogger("vtbench.interleave")
 
@@ -36,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Measure and rewrite the records; bad input raises UsageError (exit 2 via bench.cli)."""
+    """Measure and write the re-measurements; bad input raises UsageError (exit 2 via bench.cli)."""
     from tqdm import tqdm
 
     from bench.pipeline.interleave import interleave
@@ -54,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     if noisy:
         log.warning("%d of %d cell(s) are noisy (see bench.measure.latency for the thresholds); their ratios are "
                     "marked in the report", len(noisy), len(updated))
-    log.info("updated %d record(s) in %s/records; `vtbench report %s` rebuilds the tables",
-             len(updated), args.run_dir, args.run_dir)
+    log.info("wrote %d re-measurement(s) to %s/records/remeasured (the records are unchanged); "
+             "`vtbench report %s` rebuilds the tables", len(updated), args.run_dir, args.run_dir)
     return 0
 
 
