@@ -171,7 +171,12 @@ def test_cancel_signals_only_a_live_job_whose_pid_start_matches(tmp_path, capsys
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "cells.json").write_text(json.dumps([{"cell_id": c, "config": {"model": "m"}} for c in ("a" * 12, "b" * 12)]))
-    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    # The child takes SIGINT's default action whatever it inherits: a test run started as a
+    # background job of a non-interactive shell (`nohup bash -c ... &`) passes SIGINT down ignored.
+    job = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, "
+                            "signal.default_int_handler); print('ready', flush=True); time.sleep(300)"],
+                           stdout=subprocess.PIPE, text=True)
+    assert job.stdout.readline().strip() == "ready"  # its handler is set before the signal comes
     try:
         me = os.getpid()
         (run_dir / "jobs.json").write_text(json.dumps([{
@@ -185,6 +190,7 @@ def test_cancel_signals_only_a_live_job_whose_pid_start_matches(tmp_path, capsys
         if job.poll() is None:
             job.kill()
             job.wait()
+        job.stdout.close()
     out = capsys.readouterr().out
     assert f"cancelled {'a' * 12}" in out and "b" * 12 not in out
     assert states(run_dir) == {"a" * 12: "stopped", "b" * 12: "pending"}
