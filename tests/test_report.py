@@ -357,3 +357,37 @@ def test_tokenization_label_separates_recurrent_from_repeated_tokenizers():
     assert label(family="vt_resnet", tokenizer="clustering", recurrent=True) == "clustering+recurrent"
     assert label(family="vt_resnet", tokenizer="recurrent") == "recurrent"
     assert label(family="vt_fpn", tokenizer="filter") == "filter"
+
+
+def test_a_study_section_is_shown_after_the_tables_and_written_as_csv(tmp_path, monkeypatch):
+    """bench/analysis/section.py: what a study's report_sections returns reaches report.md, the HTML
+    page and its CSV file; a run the study does not recognise gets none."""
+    from bench.analysis import report as report_module
+    from bench.analysis import speed_report
+    from bench.analysis.plots import PlotSkipped
+    from bench.analysis.section import StudySection
+    from bench.analysis.report import write_report
+
+    def no_attention(data):
+        raise PlotSkipped("not drawn in this test")
+
+    def sections(data, table):
+        seen = sorted(set(table["model"]))
+        return [StudySection("Side by side (test)", "Two *models* seen.",
+                             pd.DataFrame({"models": [", ".join(seen)]}), csv_name="side.csv",
+                             data=pd.DataFrame({"n_models": [len(seen)]}))]
+
+    monkeypatch.setattr(report_module, "_attention", no_attention)
+    monkeypatch.setattr(speed_report, "report_sections", sections)
+    records = tmp_path / "run" / "records"
+    for config, metrics in FPN[:2]:
+        write_record(records, make_record(config, metrics=metrics, env=ENV))
+    rep = write_report([tmp_path / "run"], formats=["md", "csv", "html"])
+    out = tmp_path / "run" / "report"
+    md = (out / "report.md").read_text()
+    assert "## Side by side (test)\n\nTwo *models* seen." in md
+    assert md.index("## Side by side (test)") > md.index("## Paper vs measured")
+    assert "fpn_r50, vt_fpn_r50" in md
+    assert "Side by side (test)" in (out / "report.html").read_text()
+    assert pd.read_csv(out / "side.csv")["n_models"].tolist() == [2]
+    assert rep.files["side.csv"] == out / "side.csv"

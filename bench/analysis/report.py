@@ -26,6 +26,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from bench.analysis import fidelity_report, speed_report
+from bench.analysis.section import StudySection
 from bench.analysis.stats import CONFIDENCE, mean_ci_halfwidth
 from bench.core import tables as text_tables
 from bench.core.errors import UsageError
@@ -893,6 +895,7 @@ class Report:
     table: pd.DataFrame                       # aggregated + derived: table.csv
     comparison: pd.DataFrame                  # paper vs measured (raw numbers)
     sections: list[tuple[str, Any]]           # (heading, markdown text or DataFrame) in order
+    studies: list[StudySection] = field(default_factory=list)  # the studies' own sections, after those
     plots: list[Any] = field(default_factory=list)
     skipped_plots: list[tuple[str, str]] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
@@ -933,7 +936,13 @@ def build_report(run_dirs: Iterable[str | Path]) -> Report:
     ]
     if not any(title.startswith("Latency") for title, _ in sections):
         sections.insert(1, ("Latency", pd.DataFrame()))
-    return Report(data=data, table=table, comparison=comparison, sections=sections)
+    return Report(data=data, table=table, comparison=comparison, sections=sections,
+                  studies=study_sections(data, table))
+
+
+def study_sections(data: RunData, table: pd.DataFrame) -> list[StudySection]:
+    """The sections of the studies the records support (bench/analysis/section.py), in this order."""
+    return [*speed_report.report_sections(data, table), *fidelity_report.report_sections(data, table)]
 
 
 def draw_plots(report: Report, out_dir: Path) -> None:
@@ -1075,6 +1084,9 @@ def render_markdown(report: Report, out_dir: Path) -> str:
     parts = [md_text(_header(report))]  # host and device names come from the records
     for title, df in report.sections:
         parts.append(f"## {title}\n\n{markdown_table(df)}")
+    for study in report.studies:
+        intro = f"{study.intro.strip()}\n\n" if study.intro.strip() else ""
+        parts.append(f"## {study.title}\n\n{intro}{markdown_table(study.table)}")
     parts.append("## Plots\n")
     for plot in report.plots:
         parts.append(f"### {plot.title}\n\n![{plot.title}]({plot.png.relative_to(out_dir).as_posix()}) "
@@ -1103,6 +1115,9 @@ def render_html(report: Report) -> str:
     body = [_header_html(report)]
     for title, df in report.sections:
         body.append(f"<h2>{html.escape(title)}</h2>" + _html_table(df))
+    for study in report.studies:  # the intro is markdown: shown as preformatted text
+        intro = f"<pre>{html.escape(study.intro.strip())}</pre>" if study.intro.strip() else ""
+        body.append(f"<h2>{html.escape(study.title)}</h2>{intro}" + _html_table(study.table))
     body.append("<h2>Plots</h2>")
     for plot in report.plots:
         data = base64.b64encode(plot.png.read_bytes()).decode()
@@ -1155,6 +1170,9 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
         report.files["table.csv"] = _write_csv(report.table, out_dir / "table.csv")
         report.files["cells.csv"] = _write_csv(report.data.cells, out_dir / "cells.csv")
         report.files["paper_vs_measured.csv"] = _write_csv(report.comparison, out_dir / "paper_vs_measured.csv")
+        for study in report.studies:
+            if study.csv_name:
+                report.files[study.csv_name] = _write_csv(study.csv_frame(), out_dir / study.csv_name)
     if "md" in formats or "html" in formats:
         draw_plots(report, out_dir)
     if "md" in formats:
