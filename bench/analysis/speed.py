@@ -22,16 +22,14 @@ and with --profile `profile_<model>_b<batch>.txt`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import datetime as _dt
 import logging
 import os
 import statistics
-import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import torch
@@ -39,6 +37,7 @@ from torch import nn
 
 from bench.core.errors import UsageError
 from bench.measure.roofline import achieved, measure_peak, stage_key, stage_key_parts
+from bench.measure.stages import stage_times
 from bench.core.tables import markdown_table
 from models import build_model, model_facts, stage_order
 
@@ -180,69 +179,6 @@ def target_verdict(summary: dict[str, Any]) -> str:
         verdict = "not resolved"
     noisy = summary.get("base_noisy_rounds", 0) + summary.get("vt_noisy_rounds", 0)
     return f"{verdict} (noisy: {noisy} of {2 * summary['rounds']} measurements)" if noisy else verdict
-
-
-def stage_times(model: nn.Module, batch: int, iters: int, threads: int | None, size: int = INPUT_SIZE, *,
-                device: str = "cpu", dtype: str = "fp32", channels_last: bool = False) -> dict[str, float]:
-    """Median time (ms) of each top-level stage over `iters` forward passes, from forward hooks.
-
-    CPU: perf_counter at each stage's entry and exit. CUDA: an event at each entry and exit, read
-    after one synchronisation per pass, so the stages are timed as they run on the device (the
-    pass itself is not serialised more than a plain forward is).
-    """
-    from bench.measure.latency import DTYPES, fixed_threads
-
-    cuda = device.startswith("cuda")
-    marks: dict[str, list] = {name: [] for name, _ in model.named_children()}
-    clock = (lambda: _recorded_event()) if cuda else time.perf_counter
-
-    def mark(name: str, at: int) -> Callable:
-        def hook(*_):
-            if at == 0:
-                marks[name].append([clock(), None])
-            else:
-                marks[name][-1][1] = clock()
-        return hook
-
-    handles = []
-    for name, child in model.named_children():
-        handles += [child.register_forward_pre_hook(mark(name, 0)), child.register_forward_hook(mark(name, 1))]
-    x = torch.randn(batch, 3, size, size, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    torch_dtype = DTYPES[dtype]
-    autocast = torch.autocast(device.split(":")[0], dtype=torch_dtype) if torch_dtype is not torch.float32 \
-        else contextlib.nullcontext()
-    times: dict[str, list[float]] = {name: [] for name in marks}
-    try:
-        with fixed_threads(threads or torch.get_num_threads()), torch.inference_mode(), autocast:
-            for i in range(iters + 1):  # pass 0 warms up and is not recorded
-                for values in marks.values():
-                    values.clear()
-                model(x)
-                if cuda:
-                    torch.cuda.synchronize()
-                if i == 0:
-                    continue
-                for name, pairs in marks.items():
-                    times[name] += [_elapsed_ms(start, end) for start, end in pairs if end is not None]
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: statistics.median(values) for name, values in times.items() if values}
-
-
-def _recorded_event() -> "torch.cuda.Event":
-    event = torch.cuda.Event(enable_timing=True)
-    event.record()
-    return event
-
-
-def _elapsed_ms(start: Any, end: Any) -> float:
-    """Milliseconds between two marks: CUDA events or perf_counter readings."""
-    if isinstance(start, float):
-        return 1000 * (end - start)
-    return start.elapsed_time(end)
 
 
 def profile_ops(model: nn.Module, batch: int, iters: int, threads: int | None, path: Path,
