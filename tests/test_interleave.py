@@ -358,3 +358,46 @@ def test_cli_updates_records_and_rejects_a_non_run(run_dir, tmp_path, capsys):
     assert cli_main(["interleave", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a run folder" in err[0]
+
+
+def test_combine_stages_takes_each_stages_median_over_rounds():
+    rounds = [{"stem": 1.0, "head": 4.0}, {"stem": 3.0, "head": 2.0}, {"stem": 2.0}]
+    assert inter.combine_stages(rounds) == {"stage_ms_stem": 2.0, "stage_ms_head": 3.0}
+
+
+def test_ceiling_metrics_keep_the_higher_of_start_and_end_and_both():
+    start = {"gemm_tflops": 0.5, "copy_gb_s": 9.0, "gemm_n": 2048, "copy_mib": 256, "dtype": "fp32"}
+    end = {**start, "gemm_tflops": 0.7, "copy_gb_s": 8.0}
+    m = inter.ceiling_metrics(start, end)
+    assert m["peak_gemm_tflops"] == 0.7 and m["peak_copy_gb_s"] == 9.0
+    assert (m["peak_gemm_tflops_start"], m["peak_gemm_tflops_end"]) == (0.5, 0.7)
+    assert (m["peak_copy_gb_s_start"], m["peak_copy_gb_s_end"]) == (9.0, 8.0)
+    assert m["peak_gemm_n"] == 2048 and m["peak_dtype"] == "fp32"
+
+
+def test_interleave_without_flags_adds_no_stage_or_ceiling_figures(run_dir, monkeypatch):
+    _fake_rounds(monkeypatch, 10.0)
+    for record in inter.interleave(run_dir, rounds=2):
+        assert not [k for k in record["metrics"] if k.startswith(("stage_ms_", "peak_gemm", "peak_copy"))]
+
+
+def test_interleave_stages_and_peak_land_in_each_remeasurement(run_dir, monkeypatch):
+    import bench.measure.roofline as roofline
+
+    _fake_rounds(monkeypatch, 10.0)
+    calls = []
+
+    def fake_peak(device, dtype, *, threads=None):
+        calls.append((device, dtype, threads))
+        return {"gemm_tflops": 0.1 * len(calls), "copy_gb_s": 5.0, "gemm_n": 64, "copy_mib": 1, "dtype": dtype}
+
+    monkeypatch.setattr(roofline, "measure_peak", fake_peak)
+    updated = inter.interleave(run_dir, rounds=2, stages=True, peak=True)
+    assert calls == [("cpu", "fp32", 1), ("cpu", "fp32", 1)]  # one setting: before and after the rounds
+    for record in updated:
+        m = record["metrics"]
+        assert m["stage_ms_stem"] > 0 and m["stage_iters"] == 5 and m["stage_timing"] == "forward_hooks_eager"
+        assert m["peak_gemm_tflops"] == 0.2 and m["peak_gemm_tflops_start"] == 0.1
+        assert m["peak_gemm_tflops_end"] == 0.2 and m["peak_copy_gb_s"] == 5.0
+    (path, remeasurement), *_ = latest_remeasurements(run_dir / "records")[0].values()
+    assert "stage_ms_stem" in remeasurement["metrics"] and "peak_gemm_tflops" in remeasurement["metrics"]

@@ -29,6 +29,17 @@ cell id), the invocation (`session`: an id shared by all its cells, `started_at`
   `latency_round_verdicts` keeps each round's verdict;
 - `latency_protocol`: `"interleaved"`, with `latency_rounds` and `latency_cells_interleaved`.
 
+With `--stages` (`stages=True`) each round also times each cell's stages (its top-level children,
+the registry's stage names; `bench.measure.stages.stage_times`, forward hooks on the eager model,
+CUDA events on a GPU) right after its latency, and the re-measurement keeps the median over rounds
+as `stage_ms_<stage>` (with `stage_iters`, the forward passes timed per round). With `--peak`
+(`peak=True`) the machine's GEMM and copy ceilings (`bench.measure.roofline.measure_peak`, at the
+cells' device, dtype and threads) are measured before the first round and after the last, and each
+cell keeps the ones of its own dtype and threads: `peak_gemm_tflops` and `peak_copy_gb_s` (the
+higher of start and end: a shared machine may have been busy at one of the two),
+`peak_gemm_tflops_start`, `peak_gemm_tflops_end`, `peak_copy_gb_s_start`, `peak_copy_gb_s_end`,
+`peak_gemm_n`, `peak_copy_mib` and `peak_dtype`. Both are off by default.
+
 Readers (`vtbench report`) take a cell's latency from its newest re-measurement and everything else
 (complexity, training, the single-pass latency as `latency_single_pass`) from its record
 (`bench.core.records.with_remeasurement`). Records that an earlier checkout's interleave rewrote in
@@ -156,9 +167,66 @@ def _measure(model, config: dict[str, Any], timing: dict[str, Any]) -> dict[str,
     return measure_cell_latency(model, config, timing)
 
 
+def _latency_section(config: dict[str, Any]):
+    """The cell's latency options (`LatencyOptions`), the defaults filled in."""
+    from bench.core.contracts import LatencyOptions
+
+    return LatencyOptions.model_validate(config.get("latency") or {})
+
+
+def stage_iters(device: str, batch: int) -> int:
+    """Forward passes timed per round for the stage breakdown: many on a GPU, few for a large CPU batch."""
+    return 20 if device.startswith("cuda") else (5 if batch <= 8 else 2)
+
+
+def _measure_stages(model, config: dict[str, Any]) -> dict[str, float]:
+    """One round's median time (ms) of each stage of the cell's model (eager, forward hooks)."""
+    from bench.measure.stages import stage_times
+
+    opts = _latency_section(config)
+    return stage_times(model, opts.batch_size, stage_iters(opts.device, opts.batch_size), opts.threads,
+                       size=config["input_size"], device=opts.device, dtype=opts.dtype,
+                       channels_last=opts.channels_last)
+
+
+def combine_stages(rounds: Sequence[dict[str, float]]) -> dict[str, float]:
+    """`stage_ms_<stage>`: the median over rounds of each stage's time, in the stages' own order."""
+    names = list(dict.fromkeys(name for times in rounds for name in times))
+    return {f"stage_ms_{name}": statistics.median(t[name] for t in rounds if name in t) for name in names}
+
+
+def _ceiling_key(config: dict[str, Any]) -> tuple[str, str, int | None]:
+    """(device, dtype, threads) of a cell: the settings its ceilings are measured at."""
+    opts = _latency_section(config)
+    return opts.device, opts.dtype, opts.threads
+
+
+def measure_ceilings(keys: Sequence[tuple[str, str, int | None]]) -> dict[tuple, dict[str, Any]]:
+    """The GEMM and copy ceilings (bench.measure.roofline.measure_peak) at each distinct setting."""
+    from bench.measure.roofline import measure_peak
+
+    out = {}
+    for key in dict.fromkeys(keys):
+        device, dtype, threads = key
+        out[key] = measure_peak(device, dtype, threads=threads)
+        log.info("ceilings %s %s threads %s: GEMM %.3g TFLOP/s, copy %.4g GB/s", device, dtype, threads,
+                 out[key]["gemm_tflops"], out[key]["copy_gb_s"])
+    return out
+
+
+def ceiling_metrics(start: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
+    """A cell's ceiling metrics from the ceilings measured before and after the rounds."""
+    return {"peak_gemm_tflops": max(start["gemm_tflops"], end["gemm_tflops"]),
+            "peak_copy_gb_s": max(start["copy_gb_s"], end["copy_gb_s"]),
+            "peak_gemm_tflops_start": start["gemm_tflops"], "peak_gemm_tflops_end": end["gemm_tflops"],
+            "peak_copy_gb_s_start": start["copy_gb_s"], "peak_copy_gb_s_end": end["copy_gb_s"],
+            "peak_gemm_n": start["gemm_n"], "peak_copy_mib": start["copy_mib"], "peak_dtype": start["dtype"]}
+
+
 def interleave(run_dir: str | Path, *, rounds: int = 5, only: Sequence[str] | None = None,
                timing: dict[str, Any] | None = None,
-               progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+               progress: Callable[[int, int], None] | None = None,
+               stages: bool = False, peak: bool = False) -> list[dict[str, Any]]:
     """Measure the run's latency cells in `rounds` interleaved rounds and write a re-measurement of each.
 
     Args:
@@ -167,6 +235,8 @@ def interleave(run_dir: str | Path, *, rounds: int = 5, only: Sequence[str] | No
         only: cell ids to measure (default: every latency cell of the run).
         timing: overrides of `bench.measure.latency.DEFAULT_TIMING` for every round (e.g. `min_time_s`).
         progress: called with (measurements done, measurements in total) after each one.
+        stages: also time each cell's stages in every round (`stage_ms_<stage>`, the median over rounds).
+        peak: also measure the GEMM and copy ceilings before the first round and after the last (`peak_*`).
 
     Returns:
         The cells' records as readers now see them (`bench.core.records.with_remeasurement`: the
@@ -182,23 +252,36 @@ def interleave(run_dir: str | Path, *, rounds: int = 5, only: Sequence[str] | No
     log.info("building %d models", len(configs))
     models = [_build(config) for config in configs]
     measured: list[list[dict[str, Any]]] = [[] for _ in configs]
+    staged: list[list[dict[str, float]]] = [[] for _ in configs]
     total, done = rounds * len(configs), 0
     started = now_iso()
+    ceiling_keys = [_ceiling_key(config) for config in configs]
+    ceilings_start = measure_ceilings(ceiling_keys) if peak else {}
     for number, order in enumerate(round_orders(len(configs), rounds), start=1):
         log.info("round %d of %d", number, rounds)
         for index in order:
             measured[index].append(_measure(models[index], configs[index], dict(timing or {})))
+            if stages:
+                staged[index].append(_measure_stages(models[index], configs[index]))
             done += 1
             if progress:
                 progress(done, total)
+    ceilings_end = measure_ceilings(ceiling_keys) if peak else {}
     device = str((configs[0].get("latency") or {}).get("device", "cpu"))
     env = capture_env(device)
     session = {"id": secrets.token_hex(6), "protocol": PROTOCOL, "started_at": started, "finished_at": now_iso(),
                "rounds": rounds, "cells": len(configs)}
     remeasurements = []
-    for (_, record), cell_rounds in zip(selected, measured):
+    for index, ((_, record), cell_rounds) in enumerate(zip(selected, measured)):
         combined = combine_rounds(cell_rounds)
         combined["latency_cells_interleaved"] = len(configs)
+        if stages:
+            batch = _latency_section(configs[index]).batch_size
+            combined.update(combine_stages(staged[index]), stage_timing="forward_hooks_eager",
+                            stage_iters=stage_iters(device, batch))
+        if peak:
+            key = ceiling_keys[index]
+            combined.update(ceiling_metrics(ceilings_start[key], ceilings_end[key]))
         remeasurements.append(make_remeasurement(record, combined, session=session, env=env))
     seen = []
     for (path, record), remeasurement in zip(selected, remeasurements):

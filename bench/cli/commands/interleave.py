@@ -6,7 +6,8 @@ they mean the same thing (bench/cli/commands/common.py `TIMM_NAMES`: `model`, `i
 `infer_step_time` = the median over rounds of latency_ms_p50, `infer_batch_size`, `infer_img_size`;
 `train_*` for a train-step cell), then vtbench's `latency_ms_p20`, `latency_ms_p80`,
 `latency_ms_min`, `latency_round_p50_ms`, `latency_rounds`, `peak_mem_mb`, `latency_verdict` and
-`latency_noise_reasons`. The re-measurements it writes (RUN/records/remeasured/ID.N.json; the
+`latency_noise_reasons`. `--stages` adds each cell's per-stage times and `--peak` the machine's
+GEMM and copy ceilings to its re-measurement (not to the rows). The re-measurements it writes (RUN/records/remeasured/ID.N.json; the
 cells' records are left as they are) keep vtbench's names (bench/pipeline/interleave.py).
 """
 
@@ -34,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cells", nargs="+", default=None, metavar="ID",
                         help="only these cell ids (default: every latency cell of the run)")
     common.add_min_time_s(parser, "timed seconds per cell and round (default: the cell's own setting)")
+    parser.add_argument("--stages", action="store_true",
+                        help="also time each cell's stages in every round (forward hooks, eager): "
+                             "stage_ms_<stage>, the median over rounds")
+    parser.add_argument("--peak", action="store_true",
+                        help="also measure the GEMM and copy ceilings (bench.measure.roofline) before the first "
+                             "round and after the last: peak_gemm_tflops, peak_copy_gb_s")
     common.add_format(parser, "one line per cell")
 
 
@@ -50,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         updated = interleave(args.run_dir, rounds=args.rounds, only=args.cells, timing=timing,
-                             progress=progress)
+                             progress=progress, stages=args.stages, peak=args.peak)
     common.emit_rows(args.format, [output_row(r) for r in updated], table=lambda _: cells_table(updated))
     noisy = [r for r in updated if r["metrics"].get("latency_verdict") == "noisy"]
     if noisy:
