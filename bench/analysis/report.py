@@ -63,6 +63,9 @@ class RunData:
     run_dirs: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)   # cell_id -> nested config
+    # Every ok record as readers use it (its newest re-measurement applied; `run` set to the run
+    # folder's name), unflattened: the studies' sections (bench/analysis/section.py) read these.
+    records: list[dict[str, Any]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- loading
@@ -221,6 +224,7 @@ def load_runs(run_dirs: Iterable[str | Path]) -> RunData:
     """Read every record (and cells.json) of the runs; corrupt, error, missing and pending are kept aside."""
     rows, errors, corrupt, pending, missing, notes = [], [], [], [], [], []
     configs: dict[str, dict[str, Any]] = {}
+    ok_records: list[dict[str, Any]] = []
     options: dict[str, None] = {}
     metric_names: dict[str, None] = {}
     dirs = [check_run_dir(d) for d in run_dirs]
@@ -246,6 +250,7 @@ def load_runs(run_dirs: Iterable[str | Path]) -> RunData:
                 record = with_remeasurement(record, remeasured[record["cell_id"]][1])
             row, opts, mets = flatten_record(record, run)
             rows.append(row)
+            ok_records.append({**record, "run": run})
             configs[record["cell_id"]] = record["config"]
             options.update(dict.fromkeys(opts))
             metric_names.update(dict.fromkeys(mets))
@@ -264,7 +269,7 @@ def load_runs(run_dirs: Iterable[str | Path]) -> RunData:
                    pending=_frame(pending, ["run", "cell_id", "model", "cell", "reason"]),
                    missing=_frame(missing, ["run", "cell_id", "model", "cell", "metric"]),
                    option_columns=list(options), metric_columns=list(metric_names), run_dirs=dirs, notes=notes,
-                   configs=configs)
+                   configs=configs, records=ok_records)
 
 
 def _legacy_latency_notes(rows: list[dict[str, Any]]) -> list[str]:

@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from bench.analysis.stats import target_verdict
 from bench.core.errors import UsageError
 from bench.measure.roofline import achieved, measure_peak, stage_key, stage_key_parts
 from bench.measure.stages import stage_times
@@ -164,21 +165,6 @@ def pair_summary(base: str, vt: str, rows: dict[str, list[dict[str, Any]]],
     out["meets_target"] = out["latency_ratio"] <= out["macs_ratio"]
     out["target_verdict"] = target_verdict(out)
     return out
-
-
-def target_verdict(summary: dict[str, Any]) -> str:
-    """'met' when every round's ratio is at or below the MACs ratio, 'missed' when every round's is
-    above it, else 'not resolved' (the MACs ratio lies inside the rounds' spread); a verdict from
-    rounds that a noisy measurement entered says so."""
-    macs = summary["macs_ratio"]
-    if summary["latency_ratio_max"] <= macs:
-        verdict = "met"
-    elif summary["latency_ratio_min"] > macs:
-        verdict = "missed"
-    else:
-        verdict = "not resolved"
-    noisy = summary.get("base_noisy_rounds", 0) + summary.get("vt_noisy_rounds", 0)
-    return f"{verdict} (noisy: {noisy} of {2 * summary['rounds']} measurements)" if noisy else verdict
 
 
 def profile_ops(model: nn.Module, batch: int, iters: int, threads: int | None, path: Path,
