@@ -142,7 +142,7 @@ def test_profile_logs_go_to_stderr_and_only_rows_to_stdout():
     (row,) = csv_rows(done.stdout)
     assert done.stdout.splitlines()[0].startswith("model,infer_samples_per_sec,infer_step_time,")
     assert row["model"] == "resnet18" and float(row["infer_step_time"]) > 0
-    assert "INFO bench.cli.commands.profile: timing resnet18 at batch 1" in done.stderr
+    assert "INFO bench.pipeline.runner: timing resnet18 at batch 1 on cpu (fp32)" in done.stderr
 
 
 def test_profile_train_step_rows_take_timms_train_prefix(vtbench):

@@ -15,6 +15,11 @@ builds the model, runs the measurements the cell lists (complexity, latency, tra
   A job requeued or cancelled by hand (`scontrol requeue`, `scancel` then `vtbench launch`)
   resumes from that checkpoint too.
 
+One path: `record_cell` (measure a cell, build its record) is what a grid's job runs, and what
+`vtbench profile` and `vtbench train` call for the cell their flags describe; they only write the
+record somewhere else (a --json file or stdout; OUT/records/ beside OUT/checkpoint.pt).
+`vtbench interleave` re-measures recorded cells with `measure_cell_latency`, the runner's own.
+
 Local jobs: `CellSequence` is one local worker: it runs its share of the cells one after the other,
 so a launch starts at most `local_parallelism` worker processes (the local executor starts every
 job it is given at once: one job per cell was a process per cell, each waiting for a slot).
@@ -48,6 +53,7 @@ from typing import Any, Iterator
 import submitit
 
 from bench.core.contracts import LatencyOptions, ValidationError
+from bench.core.errors import UsageError
 from bench.pipeline.liveness import this_process
 from bench.core.records import (CorruptRecord, capture_env, make_record, now_iso, read_record,
                            write_json_atomic, write_record)
@@ -231,19 +237,11 @@ def _run_locked(paths: CellPaths, config: dict, ctx: JobContext, run_name: str |
         if cancel_mark(paths) is not None:  # cancelled while we waited for a slot
             return {**summary, "status": "cancelled"}
         _write_state(paths, "running", ctx)
-    started_at, t0 = now_iso(), time.perf_counter()
     with _cell_log(paths.log):
         log.info("cell %s (%s) starting: %s", paths.cell_id, config.get("model"), ctx)
-        metrics, error = measure_cell(config, paths.work, ctx.rank)
-    if ctx.rank != 0:
+        record, error = record_cell(config, paths.work, rank=ctx.rank, run_name=run_name, job=ctx.as_record())
+    if record is None:  # not rank 0
         return {**summary, "status": "error" if error else "ok"}
-    facts = {"env": capture_env(_device_of(config)), "run": run_name, "started_at": started_at,
-             "duration_s": round(time.perf_counter() - t0, 3), "job": ctx.as_record()}
-    try:
-        record = make_record(config, metrics=metrics, error=error, **facts)
-    except ValidationError as exc:  # a measurement gave what the record contract refuses: an error row
-        log.error("cell %s: its record breaks the contract: %s", paths.cell_id, exc)
-        record = make_record(config, error=exc, **facts)
     if record["cell_id"] != paths.cell_id:
         # The config travelled through pickle/JSON; the launcher's id names the file.
         log.warning("cell id %s recomputed as %s; keeping the launcher's id", paths.cell_id, record["cell_id"])
@@ -254,7 +252,50 @@ def _run_locked(paths: CellPaths, config: dict, ctx: JobContext, run_name: str |
     return {**summary, "status": record["status"], "record": str(path)}
 
 
-def measure_cell(config: dict[str, Any], work_dir: Path, rank: int = 0) -> tuple[dict[str, Any], BaseException | None]:
+@dataclasses.dataclass(frozen=True)
+class MeasureOptions:
+    """How a command asks the runner to measure a cell (a grid's jobs use the defaults).
+
+    Args:
+        model: the cell's model, already built (`vtbench profile` builds it to read its default
+            input size); None: built from the config, after seeding with the cell's seed.
+        depth: also count MACs and params per module down to this depth (`modules` rows).
+        resume: training continues from WORK/checkpoint.pt when there is one.
+        progress: training shows a progress bar (on a terminal).
+    """
+
+    model: Any = None
+    depth: int | None = None
+    resume: bool = True
+    progress: bool = False
+
+
+def record_cell(config: dict[str, Any], work_dir: Path | None, *, rank: int = 0, run_name: str | None = None,
+                job: dict[str, Any] | None = None, options: MeasureOptions = MeasureOptions(),
+                ) -> tuple[dict[str, Any] | None, BaseException | None]:
+    """Measure one cell and build its record: the one path of the grid's jobs, `vtbench profile`
+    and `vtbench train` (the caller writes the record where it belongs).
+
+    Returns (the record, or None on a rank other than 0; the exception that stopped the
+    measurement, or None). A failure is an `error` record with the metrics measured before it.
+    """
+    started_at, t0 = now_iso(), time.perf_counter()
+    metrics, error = measure_cell(config, work_dir, rank, options)
+    if rank != 0:
+        return None, error
+    facts = {"env": cell_env(config, metrics), "run": run_name, "started_at": started_at,
+             "duration_s": round(time.perf_counter() - t0, 3), "job": job}
+    try:
+        record = make_record(config, metrics=metrics, error=error, **facts)
+    except ValidationError as exc:  # a measurement gave what the record contract refuses: an error row
+        log.error("cell %s: its record breaks the contract: %s", config.get("model"), exc)
+        record = make_record(config, error=exc, **facts)
+        error = exc
+    return record, error
+
+
+def measure_cell(config: dict[str, Any], work_dir: Path | None, rank: int = 0,
+                 options: MeasureOptions = MeasureOptions()) -> tuple[dict[str, Any], BaseException | None]:
     """Run the cell's measurements; returns (metrics so far, the exception that stopped it or None).
 
     Complexity and latency run on rank 0 only; training runs on every rank (distributed).
@@ -270,22 +311,27 @@ def measure_cell(config: dict[str, Any], work_dir: Path, rank: int = 0) -> tuple
         out_of_memory = (OutOfMemory, torch.OutOfMemoryError)
         torch.manual_seed(int(config.get("seed", 0)))
         if rank == 0 and ("complexity" in measure or "latency" in measure):
-            metrics.update(_measure_model(config, measure))
+            metrics.update(_measure_model(config, measure, options))
         if "train" in measure:
-            metrics.update(_train(config, work_dir))
+            if work_dir is None:
+                raise ValueError("a training cell needs a work folder")
+            metrics.update(_train(config, work_dir, options))
     except Exception as exc:  # noqa: BLE001 - becomes an error record with its traceback
         kind = "out of memory" if isinstance(exc, out_of_memory) else type(exc).__name__
-        log.error("cell failed (%s): %s", kind, exc, exc_info=True)
+        log.error("cell failed (%s): %s", kind, exc, exc_info=log.isEnabledFor(logging.DEBUG) or not
+                  isinstance(exc, UsageError))
         return metrics, exc
     return metrics, None
 
 
-def _measure_model(config: dict[str, Any], measure: list[str]) -> dict[str, Any]:
+def _measure_model(config: dict[str, Any], measure: list[str], options: MeasureOptions) -> dict[str, Any]:
     """Complexity and/or latency of the cell's model, built once."""
     from bench.core.modelref import resolve_model_ref
 
     metrics: dict[str, Any] = {}
-    model = resolve_model_ref(config["model"]).build(**dict(config.get("model_args") or {}))
+    model = options.model
+    if model is None:
+        model = resolve_model_ref(config["model"]).build(**dict(config.get("model_args") or {}))
     # Measured as deployed: eval mode (latency switches to train mode itself for train steps).
     model.eval()
     size = image_hw(config["input_size"])
@@ -293,12 +339,42 @@ def _measure_model(config: dict[str, Any], measure: list[str]) -> dict[str, Any]
         from bench.measure.complexity import measure_complexity
 
         batch = int((config.get("complexity") or {}).get("batch_size", 1))
-        metrics.update(measure_complexity(model, size, batch_size=batch).to_metrics())
+        result = measure_complexity(model, size, batch_size=batch)
+        metrics.update(result.to_metrics())
+        if options.depth is not None:
+            metrics["modules"] = result.module_rows(options.depth)
         log.info("complexity: %.3f GMACs, %.2f M params", metrics.get("gmacs", float("nan")),
                  metrics.get("params_m", float("nan")))
     if "latency" in measure:
-        metrics.update(measure_cell_latency(model, config))
-        log.info("latency: %.2f ms (p50)", metrics.get("latency_ms_p50", float("nan")))
+        batch_size = (config.get("latency") or {}).get("batch_size", 1)
+        if isinstance(batch_size, list):  # `vtbench profile --batch-size 1,32`: a row per batch size
+            rows = _latency_rows(model, config, batch_size)
+            metrics.update({k: v for k, v in rows.items() if k not in metrics})
+        else:
+            metrics.update(measure_cell_latency(model, config))
+            log.info("latency: %.2f ms (p50)", metrics.get("latency_ms_p50", float("nan")))
+    return metrics
+
+
+def _latency_rows(model: Any, config: dict[str, Any], batch_sizes: list[int]) -> dict[str, Any]:
+    """`latency`: one `measure_latency` row per batch size, an out-of-memory as an error row in its
+    place; with exactly one batch size its row is also copied to the top level, as a grid cell has it."""
+    from bench.measure.latency import OutOfMemory
+
+    rows = []
+    for batch in batch_sizes:
+        log.info("timing %s at batch %d on %s (%s)", config["model"], batch, config["latency"].get("device", "cpu"),
+                 config["latency"].get("dtype", "fp32"))
+        single = {**config, "latency": {**config["latency"], "batch_size": batch}}
+        try:
+            rows.append(measure_cell_latency(model, single))
+        except OutOfMemory as exc:
+            log.error("batch %d: %s", batch, exc)
+            rows.append({"batch_size_requested": batch, "batch_size_tried": exc.batch_size_tried,
+                         "error": f"OutOfMemory: {exc}"})
+    metrics: dict[str, Any] = {"latency": rows}
+    if len(rows) == 1 and "error" not in rows[0]:
+        metrics.update(rows[0])
     return metrics
 
 
@@ -314,17 +390,32 @@ def measure_cell_latency(model: Any, config: dict[str, Any], timing: dict[str, A
     return measure_latency(model, input_size=image_hw(config["input_size"]), batch_size=section.batch_size, **opts)
 
 
-def _train(config: dict[str, Any], work_dir: Path) -> dict[str, Any]:
-    """Train the cell's model (resuming from work_dir/checkpoint.pt when there is one)."""
+def _train(config: dict[str, Any], work_dir: Path, options: MeasureOptions) -> dict[str, Any]:
+    """Train the cell's model (resuming from work_dir/checkpoint.pt when there is one and `options.resume`)."""
     from bench.measure.train import TrainConfig, train
 
-    options = dict(config.get("train") or {})
+    section = dict(config.get("train") or {})
     # The cell's seed and input size hold for every measurement unless training overrides them.
-    options.setdefault("seed", config.get("seed", 0))
-    options.setdefault("input_size", config.get("input_size"))
-    cfg = TrainConfig.from_dict(options)
+    section.setdefault("seed", config.get("seed", 0))
+    section.setdefault("input_size", config.get("input_size"))
+    cfg = TrainConfig.from_dict(section)
     return train(config["model"], dict(config.get("model_args") or {}), cfg, work_dir,
-                 resume=True, progress=False)
+                 resume=options.resume, progress=options.progress)
+
+
+def cell_env(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """The record's `env`: the machine and software (`capture_env`), and for a latency cell the
+    measurement's settings as timed (dtype, batch sizes, input size, threads, cuDNN autotuning)."""
+    if "latency" not in (config.get("measure") or []):
+        return capture_env(_device_of(config))
+    from bench.measure.latency import latency_env
+
+    latency = config.get("latency") or {}
+    rows = [row for row in metrics.get("latency") or [metrics] if "threads" in row]
+    return latency_env(device=latency.get("device", "cpu"), dtype=latency.get("dtype", "fp32"),
+                       batch_size=latency.get("batch_size", 1), input_size=config.get("input_size"),
+                       threads=rows[0]["threads"] if rows else latency.get("threads"),
+                       cudnn_benchmark=rows[0].get("cudnn_benchmark") if rows else None)
 
 
 def _device_of(config: dict[str, Any]) -> str:

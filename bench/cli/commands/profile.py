@@ -42,7 +42,6 @@ import argparse
 import logging
 import re
 import sys
-import time
 from typing import Any, Sequence
 
 from bench.cli.commands import common
@@ -129,38 +128,6 @@ def _check_device_options(args: argparse.Namespace, batch_sizes: Sequence[int]) 
 
 # ----------------------------------------------------------------------------- measuring -----
 
-def complexity_metrics(model, input_size: int | list[int], depth: int | None = None) -> dict[str, Any]:
-    """Flat complexity metrics from `bench.measure.complexity` (imported when needed); `modules` rows with a depth."""
-    from bench.measure.complexity import measure_complexity
-
-    size = tuple(input_size) if isinstance(input_size, list) else input_size
-    result = measure_complexity(model, size, batch_size=1)
-    metrics = result.to_metrics()
-    if depth is not None:
-        metrics["modules"] = result.module_rows(depth)
-    return metrics
-
-
-def latency_rows(model, args: argparse.Namespace, input_size, batch_sizes: Sequence[int]) -> list[dict[str, Any]]:
-    """One `measure_latency` row per batch size; an out-of-memory becomes an error row."""
-    from bench.measure.latency import OutOfMemory, measure_latency
-
-    rows = []
-    for batch in batch_sizes:
-        log.info("timing %s at batch %d on %s (%s)", args.model, batch, args.device, args.dtype)
-        try:
-            rows.append(measure_latency(
-                model, input_size=input_size, batch_size=batch, device=args.device, dtype=args.dtype,
-                channels_last=args.channels_last, compile_mode=args.compile_mode, cuda_graphs=args.cuda_graphs,
-                train_step=args.train_step, threads=args.threads, oom_retry=not args.no_oom_retry,
-                min_time_s=min_time_s(args)))
-        except OutOfMemory as exc:
-            log.error("batch %d: %s", batch, exc)
-            rows.append({"batch_size_requested": batch, "batch_size_tried": exc.batch_size_tried,
-                         "error": f"OutOfMemory: {exc}"})
-    return rows
-
-
 def min_time_s(args: argparse.Namespace) -> float:
     """--min-time-s (or its old spelling --min-time), else the default."""
     return DEFAULT_MIN_TIME_S if args.min_time_s is None else args.min_time_s
@@ -179,15 +146,18 @@ def build_config(args: argparse.Namespace, overrides: dict[str, Any], input_size
         "latency": {"device": args.device, "batch_size": list(batch_sizes), "dtype": args.dtype,
                     "threads": args.threads, "channels_last": args.channels_last,
                     "compile": args.compile_mode, "cuda_graphs": args.cuda_graphs,
-                    "train_step": args.train_step},
+                    "train_step": args.train_step, "oom_retry": not args.no_oom_retry,
+                    "min_time_s": min_time_s(args)},
     }
 
 
-def profile(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Validate, build, measure; return (config, metrics)."""
+def profile(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Validate, build, measure through the runner (`bench.pipeline.runner.record_cell`, as a grid's
+    cell is); return (config, metrics, record). A failure other than an out-of-memory is raised."""
     import torch
 
     from bench.core.modelref import default_input_size, resolve_model_ref
+    from bench.pipeline.runner import MeasureOptions, record_cell
 
     batch_sizes = parse_batch_sizes(args.batch_size)
     input_size = parse_input_size(args.input_size)
@@ -203,15 +173,11 @@ def profile(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     model = ref.build(**overrides).eval()  # complexity traces inference; latency sets its own mode
     if input_size is None:
         input_size = default_input_size(model)
-    metrics: dict[str, Any] = {}
-    if not args.no_complexity:
-        metrics.update(complexity_metrics(model, input_size, args.depth))
-    if not args.no_latency:
-        rows = latency_rows(model, args, input_size, batch_sizes)
-        metrics["latency"] = rows
-        if len(rows) == 1 and "error" not in rows[0]:
-            metrics.update({k: v for k, v in rows[0].items() if k not in metrics})
-    return build_config(args, overrides, input_size, batch_sizes), metrics
+    config = build_config(args, overrides, input_size, batch_sizes)
+    record, error = record_cell(config, None, options=MeasureOptions(model=model, depth=args.depth))
+    if error is not None:
+        raise error
+    return config, record["metrics"], record
 
 
 # ------------------------------------------------------------------------------- output ------
@@ -304,27 +270,19 @@ def output_rows(config: dict[str, Any], metrics: dict[str, Any]) -> list[dict[st
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `vtbench profile`."""
-    from bench.measure.latency import latency_env
-    from bench.core.records import json_text, make_record, now_iso, write_json_atomic
+    from bench.core.records import json_text, write_json_atomic
 
     record_to_stdout = args.json_path == "-"
     if record_to_stdout and args.format != "table":
         raise UsageError(f"--json - writes the record to stdout, where --format {args.format} writes its rows: "
                          f"choose one (or --json PATH)")
-    started, t0 = now_iso(), time.perf_counter()
-    config, metrics = profile(args)
+    config, metrics, record = profile(args)
     if record_to_stdout:
         if not getattr(args, "quiet", False):
             print(render(config, metrics), file=sys.stderr)
     else:
         common.emit_rows(args.format, output_rows(config, metrics), table=lambda _: render(config, metrics))
     if args.json_path:
-        done = [r for r in metrics.get("latency", []) if "error" not in r]
-        env = latency_env(device=args.device, dtype=args.dtype, batch_size=config["latency"]["batch_size"],
-                          input_size=config["input_size"], threads=done[0]["threads"] if done else args.threads,
-                          cudnn_benchmark=done[0]["cudnn_benchmark"] if done else None)
-        record = make_record(config, metrics=metrics, env=env, started_at=started,
-                             duration_s=time.perf_counter() - t0)
         if record_to_stdout:
             common.write_stdout(json_text(record))
         else:

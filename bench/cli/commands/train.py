@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -178,10 +177,12 @@ def output_dir(out: str | None, model: str, dataset: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train, then write OUT/records/CELL_ID.json (rank 0); an error is recorded and re-raised."""
+    """Train through the runner (`bench.pipeline.runner.record_cell`, as a grid's cell is), then
+    write OUT/records/CELL_ID.json (rank 0); an error is recorded and re-raised, bad input is not recorded."""
+    from bench.core.records import write_record
     from bench.measure.distributed import current_env
-    from bench.core.records import capture_env, make_record, now_iso, write_record
-    from bench.measure.train import TrainConfig, train
+    from bench.measure.train import TrainConfig
+    from bench.pipeline.runner import MeasureOptions, record_cell
 
     train_opts, model_args = build_config(args)
     resolve_defaults(args.model, train_opts, model_args)
@@ -190,22 +191,17 @@ def run(args: argparse.Namespace) -> int:
     if (out / "checkpoint.pt").exists() and not args.resume:
         raise UsageError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose another --out")
     config = cell_config(args.model, model_args, cfg, given=train_opts)
-    started, tic = now_iso(), time.perf_counter()
-    try:
-        metrics = train(args.model, model_args, cfg, out, resume=args.resume, progress=not args.no_progress)
-    except UsageError:
-        raise
-    except Exception as exc:
-        if current_env().is_main:
-            write_record(out / "records", make_record(config, error=exc, env=capture_env(cfg.device),
-                                                      started_at=started, duration_s=time.perf_counter() - tic))
-        raise
-    if current_env().is_main:
-        record = make_record(config, metrics=metrics, env=capture_env(cfg.device), started_at=started,
-                             duration_s=time.perf_counter() - tic)
+    record, error = record_cell(config, out, rank=current_env().rank,
+                                options=MeasureOptions(resume=args.resume, progress=not args.no_progress))
+    if isinstance(error, UsageError):
+        raise error
+    if record is not None:
         path = write_record(out / "records", record)
-        log.info("%s", _result_line(metrics))
-        log.info("record written to %s", path)
+        if error is None:
+            log.info("%s", _result_line(record["metrics"]))
+        log.info("%s record written to %s", record["status"], path)
+    if error is not None:
+        raise error
     return 0
 
 
