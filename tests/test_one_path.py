@@ -76,19 +76,23 @@ def test_a_timed_profile_record_has_the_measurement_settings_a_timed_grid_cell_h
 TINY = "tests.test_launch:tiny_net"
 
 
-def test_train_records_an_error_through_the_runner_and_raises_it(tmp_path, monkeypatch):
-    """A failure while training is an error record in OUT/records (traceback kept), then raised."""
+def _train_failing_with(exc: Exception, tmp_path, monkeypatch) -> None:
+    """Run `vtbench train` on a tiny net with training replaced by a function raising `exc`."""
     from bench.cli.commands import train as command
     from bench.measure import train as train_module
 
-    def broken(*_, **__):
-        raise RuntimeError("the disk went away")
+    def failing(*_, **__):
+        raise exc
 
-    monkeypatch.setattr(train_module, "train", broken)
-    args = _parsed(command, TINY, "--dataset", "digits", "--epochs", "1", "--input-size", "8",
-                   "--out", str(tmp_path), "--no-progress")
+    monkeypatch.setattr(train_module, "train", failing)
+    command.run(_parsed(command, TINY, "--dataset", "digits", "--epochs", "1", "--input-size", "8",
+                        "--out", str(tmp_path), "--no-progress"))
+
+
+def test_train_records_an_error_through_the_runner_and_raises_it(tmp_path, monkeypatch):
+    """A failure while training is an error record in OUT/records (traceback kept), then raised."""
     with pytest.raises(RuntimeError, match="the disk went away"):
-        command.run(args)
+        _train_failing_with(RuntimeError("the disk went away"), tmp_path, monkeypatch)
     (path,) = (tmp_path / "records").glob("*.json")
     record = json.loads(path.read_text())
     assert record["status"] == "error" and "the disk went away" in record["error"]["traceback"]
@@ -97,15 +101,6 @@ def test_train_records_an_error_through_the_runner_and_raises_it(tmp_path, monke
 
 def test_train_bad_input_found_while_training_is_not_recorded(tmp_path, monkeypatch):
     """A UsageError (bad input) leaves no record behind, as before the runner took over."""
-    from bench.cli.commands import train as command
-    from bench.measure import train as train_module
-
-    def refuses(*_, **__):
-        raise UsageError("dataset_args.colour: unknown option")
-
-    monkeypatch.setattr(train_module, "train", refuses)
-    args = _parsed(command, TINY, "--dataset", "digits", "--epochs", "1", "--input-size", "8",
-                   "--out", str(tmp_path), "--no-progress")
     with pytest.raises(UsageError, match="colour"):
-        command.run(args)
+        _train_failing_with(UsageError("dataset_args.colour: unknown option"), tmp_path, monkeypatch)
     assert list((tmp_path / "records").glob("*.json")) == []

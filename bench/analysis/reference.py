@@ -231,3 +231,13 @@ def _comparison_row(ref: pd.Series, cell: pd.Series, measured: float) -> dict[st
             "n": None if _is_missing(count) else int(count), "delta": delta,
             "delta_pct": 100.0 * delta / float(ref["value"]) if ref["value"] else math.nan,
             "group_id": cell.get("group_id"), "note": ref["note"]}
+
+
+def paper_value(model: str, metric: str, table: str, input_size: tuple[int, int], variant: str = "") -> float | None:
+    """The paper's number for a model/metric/table at an input size (and ablation variant), or None."""
+    ref = _reference_cached()
+    size = f"{input_size[0]}x{input_size[1]}"
+    rows = ref[(ref.model == model) & (ref.metric == metric) & (ref.table == table) & (ref.input_size == size)]
+    if variant:
+        rows = rows[rows.variant == variant]
+    return float(rows.value.iloc[0]) if len(rows) else None
