@@ -7,9 +7,9 @@ results/paper_complexity/): each cell's `gmacs`, `params_m`, `gmacs_<stage>`, `p
 the fidelity table from the records alone and `vtbench fidelity` (bench/analysis/fidelity.py, which
 launches the grid and then writes fidelity.md from here) shares one implementation with it.
 
-`READINGS` says which cell stands for what: the twelve registered models at their defaults (each
-held to its paper table) and the other readings of the paper's open choices and the ablations of
-Tables 3-7 (the grid's `include` entries). A reading is matched to the record of the same model,
+The readings say which cell stands for what: `main_readings()`, the twelve registered models at their
+defaults (each held to its paper table), and `alternative_readings()`, the other readings of the
+paper's open choices and the ablations of Tables 3-7 (the grid's `include` entries). A reading is matched to the record of the same model,
 model options (other than `num_classes`), input size and number of classes.
 
 Tolerances (model zoo issue): ResNets within 0.5% of Table 8's MACs; VT-ResNets within 3% (MACs)
