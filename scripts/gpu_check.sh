@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every check that needs a GPU, in one call of under 8 minutes: the `gpu` tests and the GPU
+# Every check that needs a GPU, in one or two calls (the phases' limits add up to about 19 minutes;
+# GPU_CHECK_PHASES picks some): the `gpu` tests and the GPU
 # benchmarks, with every result in one folder.
 #
 #   bash scripts/gpu_check.sh [DIR]          results in DIR (default runs/gpu_check)
@@ -13,6 +14,9 @@
 #   tests      pytest -m gpu (tests/test_gpu.py, the gpu tests of test_latency.py) -> tests.log, junit.xml
 #   speed      vtbench speed --gpu: R18/R50 pairs, bf16, batch 1/64/256, eager and CUDA graphs, with
 #              the card's measured GEMM and copy ceilings                     -> speed_gpu/
+#              (each speed phase is a run folder: the grid's cells through the runner, then
+#              `vtbench interleave --stages --peak`, then the report: speed_gpu/report/report.md,
+#              its "Speed" sections, and report/speed.csv)
 #   fpn        FPN-R50 vs VT-FPN-R50 at 473x473, batch 1 and 8                -> speed_gpu_fpn/
 #   compile_*  torch.compile (inductor), R18 then R50 pair, batch 1/64/256    -> speed_gpu_compile_r18/, _r50/
 # phases.txt lists each phase's exit code and wall time. GPU_CHECK_PHASES="speed fpn" runs only the
@@ -73,11 +77,11 @@ print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"cudnn\", tor
 [ -f "$dest/env.log" ] && cp "$dest/env.log" "$dest/env.txt"
 phase tests 160 python3 -m pytest -m gpu -p no:cacheprovider -q -rs --junitxml="$dest/junit.xml" \
   tests/test_gpu.py tests/test_latency.py
-phase speed 120 "${speed[@]}" --modes eager,cuda_graphs --rounds 3 --out "$dest/speed_gpu"
-phase fpn 50 "${speed[@]}" --pairs fpn --batch-sizes 1,8 --modes eager,cuda_graphs --rounds 3 \
+phase speed 300 "${speed[@]}" --modes eager,cuda_graphs --rounds 3 --out "$dest/speed_gpu"
+phase fpn 120 "${speed[@]}" --pairs fpn --batch-sizes 1,8 --modes eager,cuda_graphs --rounds 3 \
   --out "$dest/speed_gpu_fpn"
 for pair in r18 r50; do
-  phase "compile_$pair" 150 "${speed[@]}" --pairs "$pair" --modes compile --batch-sizes 1,64,256 --rounds 3 \
+  phase "compile_$pair" 240 "${speed[@]}" --pairs "$pair" --modes compile --batch-sizes 1,64,256 --rounds 3 \
     --out "$dest/speed_gpu_compile_$pair"
 done
 echo "== done: $dest"

@@ -18,6 +18,7 @@ import pytest
 
 import bench.analysis.fidelity
 import bench.analysis.speed
+from bench.core.errors import UsageError
 from bench.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +57,10 @@ def captured_speed(monkeypatch, tmp_path):
 
     def fake_run(opts):
         seen["opts"] = opts
-        bench.analysis.speed.write_outputs(Path(opts.out), [], {"args": vars(opts)}, "# speed\n")
+        report = Path(opts.out) / "report"
+        report.mkdir(parents=True)
+        (report / "report.md").write_text("# report\n\n## Complexity\n\nx\n\n## Speed: pairs\n\nrow\n\n## Plots\n")
+        (report / "speed.csv").write_text("a,b\n1,2\n")
         return []
 
     monkeypatch.setattr(bench.analysis.speed, "run", fake_run)
@@ -69,7 +73,34 @@ def test_speed_shared_flags_and_the_old_spelling(captured_speed, tmp_path, capsy
     assert cli_main(["speed", "--out", str(out), flag, "1,8", "--min-time-s", "0.25", "--pairs", "r18"]) == 0
     opts = captured_speed["opts"]
     assert (opts.batch_sizes, opts.min_time_s, opts.pairs, opts.out) == ([1, 8], 0.25, ["r18"], str(out))
-    assert capsys.readouterr().out == "# speed\n"
+    assert capsys.readouterr().out == "## Speed: pairs\n\nrow\n"  # the report's speed section only
+    assert cli_main(["speed", "--out", str(tmp_path / "c"), "--format", "csv"]) == 0
+    assert capsys.readouterr().out == "a,b\n1,2\n"
+
+
+def test_speed_writes_the_study_as_a_grid_of_every_pair_batch_and_mode():
+    from bench.pipeline.grid import build_grid
+
+    opts = bench.analysis.speed.study_options(pairs=["r18", "fpn"], batch_sizes=[1, 32], modes=["eager", "compile"],
+                                              threads=2, min_time_s=0.5, out="unused")
+    grid = build_grid(bench.analysis.speed.study_grid(opts))
+    cells = [c.config for c in grid.cells]
+    assert len(cells) == 4 * 2 * 2 and grid.duplicates == 0  # 4 models x 2 batch sizes x 2 modes
+    key = {(c["model"], c["latency"]["batch_size"], c["latency"]["compile"]): c for c in cells}
+    fpn = key[("vt_fpn_r50", 32, "default")]
+    assert (fpn["input_size"], fpn["model_args"]["num_classes"]) == (473, 171)
+    r18 = key[("resnet18", 1, None)]
+    assert (r18["input_size"], r18["model_args"]["num_classes"], r18["seed"]) == (224, 1000, 0)
+    assert r18["measure"] == ["complexity", "latency"]
+    assert r18["latency"]["threads"] == 2 and r18["latency"]["min_time_s"] == 0.5
+    assert key[("resnet18", 32, None)]["latency"]["min_iters"] == 3  # batch 32: the heavy timing
+    assert key[("resnet18", 1, None)]["latency"]["min_iters"] == 10
+    assert grid.resources.local_parallelism == 1
+
+
+def test_speed_needs_two_rounds():
+    with pytest.raises(UsageError, match="at least 2"):
+        bench.analysis.speed.study_options(rounds=1)
 
 
 def test_speed_old_spelling_is_hidden_and_bad_values_exit_2(captured_speed, tmp_path, capsys):

@@ -3,20 +3,23 @@
     vtbench speed                               # CPU, fp32 inference, batch 1 and 32 -> results/speed_cpu
     vtbench speed --gpu                         # CUDA, bf16, batch 1/64/256, eager/compile/CUDA graphs
                                                 #   -> results/speed_gpu
-    vtbench speed --profile                     # also torch.profiler op tables of each model
+    vtbench speed --render DIR                  # a legacy study (DIR/speed.json): rebuild speed.md/csv
 
 (The command's flags are in bench/cli/commands/speed.py.)
 
-All models are built once (ImageNet stem, 1000 classes, seed 0) and timed in ONE process. The runs
-are interleaved: in each round every model is measured once at the batch size, and the order
-alternates between rounds (A B C D, then D C B A, ...), so slow drifts of a shared machine hit both
-sides of a pair alike. Each round gives a latency ratio VT / baseline from two measurements taken
-next to each other; the reported ratio is the median over rounds, with the min and max beside it.
-The target (issue 3): the latency ratio is no worse than the MACs ratio.
+The study is a grid plus interleaved rounds plus a report section, like any other run: `run` writes
+the grid of the chosen pairs, batch sizes and modes into OUT (`study_grid`; every model built with
+seed 0, ImageNet stem, 1000 classes at 224, segmentation models at 473), runs its cells through the
+runner on the local executor (`vtbench launch`), re-measures every latency cell in ONE process in
+alternating-order rounds (`vtbench interleave --stages --peak`: A B C D, then D C B A, ..., with
+per-stage times and the machine's GEMM/copy ceilings before and after), and writes the report into
+OUT/report, whose speed section (bench/analysis/speed_report.py) gives each pair's latency ratio
+per round against the MACs ratio. The target (issue 3): the latency ratio is no worse than the MACs
+ratio. The same study by hand: `vtbench launch experiments/speed_cpu.yaml --run-dir DIR`,
+`vtbench interleave DIR --rounds 4 --stages --peak`, `vtbench report DIR`.
 
-Outputs in --out: `speed.md` (machine, tables, per-stage breakdown), `speed.csv` (one row per pair,
-batch and mode), `speed.json` (the same plus every round's raw measurement and the environment),
-and with --profile `profile_<model>_b<batch>.txt`.
+Studies measured before that (results/**/speed.json, written by this module's former own loop)
+keep their renderer: `render` rebuilds their speed.md and speed.csv from speed.json alone.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import datetime as _dt
 import logging
 import os
 import statistics
@@ -37,8 +39,7 @@ from torch import nn
 
 from bench.analysis.stats import target_verdict
 from bench.core.errors import UsageError
-from bench.measure.roofline import achieved, measure_peak, stage_key, stage_key_parts
-from bench.measure.stages import stage_times
+from bench.measure.roofline import achieved, stage_key_parts
 from bench.core.tables import markdown_table
 from models import build_model, model_facts, stage_order
 
@@ -53,6 +54,8 @@ GPU_DEFAULTS = dict(batch_sizes=[1, 64, 256], modes=["eager", "compile", "cuda_g
                     device="cuda", out="results/speed_gpu")
 DEFAULT_PAIRS = ("r18", "r50")
 MODE_OPTIONS = {"eager": {}, "compile": {"compile_mode": "default"}, "cuda_graphs": {"cuda_graphs": True}}
+GRID_MODES = {"eager": {}, "compile": {"compile": "default"}, "cuda_graphs": {"cuda_graphs": True}}  # a cell's keys
+GRID_FILE = "speed_grid.yaml"
 
 
 def input_size(name: str) -> int:
@@ -64,26 +67,6 @@ def pair_models(key: str) -> tuple[str, str]:
     """(baseline, VT model) of the pair `key`: r18 -> (resnet18, vt_resnet18)."""
     vt = PAIRS[key]
     return model_facts(vt).baseline, vt
-
-
-# ------------------------------------------------------------------------------ models ------
-
-def build_models(pairs: Sequence[str]) -> dict[str, nn.Module]:
-    """Build every model of the pairs once, in eval mode, with seed 0 weights."""
-    built = {}
-    for key in pairs:
-        for name in pair_models(key):
-            torch.manual_seed(0)
-            built[name] = build_model(name).eval()
-    return built
-
-
-def complexity(models: dict[str, nn.Module]) -> dict[str, dict[str, Any]]:
-    """Paper-convention MACs and parameters of each model at its input size (bench.measure.complexity)."""
-    from bench.measure.complexity import measure_complexity
-
-    return {name: measure_complexity(model, input_size(name), batch_size=1).to_metrics()
-            for name, model in models.items()}
 
 
 # ------------------------------------------------------------------------------ timing ------
@@ -103,34 +86,6 @@ def timing_options(batch: int, device: str, quick: bool, min_time_s: float | Non
         if "max_time_s" in options:
             options["max_time_s"] = max(options["max_time_s"], min_time_s)
     return options
-
-
-def interleaved(models: dict[str, nn.Module], *, batch: int, rounds: int, device: str, dtype: str, mode: str,
-                threads: int | None, channels_last: bool, quick: bool,
-                min_time_s: float | None = None) -> dict[str, list[dict[str, Any]]]:
-    """`rounds` rounds of one measurement per model, alternating the order; rows per model."""
-    from bench.measure.latency import OutOfMemory, measure_latency
-
-    names = list(models)
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    failed: set[str] = set()
-    if mode == "compile":
-        torch._dynamo.reset()  # a fresh cache per batch size: each model sees one static shape
-    for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            if name in failed:
-                continue
-            log.info("round %d/%d: %s batch %d %s %s", r + 1, rounds, name, batch, dtype, mode)
-            try:
-                row = measure_latency(models[name], input_size=input_size(name), batch_size=batch, device=device,
-                                      dtype=dtype, threads=threads, channels_last=channels_last, oom_retry=False,
-                                      **MODE_OPTIONS[mode], **timing_options(batch, device, quick, min_time_s))
-            except OutOfMemory as exc:
-                log.error("%s at batch %d: %s", name, batch, exc)
-                failed.add(name)
-                row = {"error": f"OutOfMemory: {exc}"}
-            rows[name].append({"round": r, **row})
-    return rows
 
 
 def pair_summary(base: str, vt: str, rows: dict[str, list[dict[str, Any]]],
@@ -188,16 +143,6 @@ def profile_ops(model: nn.Module, batch: int, iters: int, threads: int | None, p
 
 
 # ------------------------------------------------------------------------------ output ------
-
-def machine(device: str, threads: int | None) -> dict[str, Any]:
-    """The environment of the run, with the load average (the machine may be shared)."""
-    from bench.measure.latency import latency_env
-
-    env = latency_env(device=device, threads=threads)
-    env["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    env["loadavg"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None  # as speed.json gives it back
-    return env
-
 
 CSV_KEYS = ("device", "dtype", "mode", "batch", "baseline", "vt_model", "base_ms_p50", "base_ms_p20", "base_ms_p80",
             "vt_ms_p50", "vt_ms_p20", "vt_ms_p80", "latency_ratio", "latency_ratio_min", "latency_ratio_max",
@@ -341,7 +286,7 @@ def study_options(*, gpu: bool = False, out: str | None = None, pairs: Sequence[
                   dtype: str | None = None, rounds: int = 4, threads: int | None = None,
                   channels_last: bool = False, no_stages: bool = False, profile: bool = False,
                   quick: bool = False, peak: bool = True, shared: bool = True,
-                  min_time_s: float | None = None) -> argparse.Namespace:
+                  min_time_s: float | None = None, cluster: str = "local") -> argparse.Namespace:
     """The study's resolved options (what speed.json keeps as `args`): `gpu` picks the CUDA
     defaults, anything not given takes them; UsageError on a bad value."""
     defaults = GPU_DEFAULTS if gpu else CPU_DEFAULTS
@@ -351,13 +296,13 @@ def study_options(*, gpu: bool = False, out: str | None = None, pairs: Sequence[
         modes=list(modes) if modes else list(defaults["modes"]), dtype=dtype or defaults["dtype"],
         rounds=rounds, threads=threads or (os.cpu_count() if not gpu else None), channels_last=channels_last,
         no_stages=no_stages, profile=profile, quick=quick, peak=peak, shared=shared, min_time_s=min_time_s,
-        device=defaults["device"])
+        device=defaults["device"], cluster=cluster)
     bad = [m for m in opts.modes if m not in MODE_OPTIONS] + [k for k in opts.pairs if k not in PAIRS]
     if bad:
         raise UsageError(f"unknown mode or pair {', '.join(map(repr, bad))}: modes are {', '.join(MODE_OPTIONS)}, "
                          f"pairs {', '.join(PAIRS)}")
-    if rounds < 1:
-        raise UsageError(f"--rounds must be at least 1, got {rounds}")
+    if rounds < 2:
+        raise UsageError(f"--rounds must be at least 2 to interleave, got {rounds}")
     if opts.dtype not in ("fp32", "bf16", "fp16"):
         raise UsageError(f"--dtype must be fp32, bf16 or fp16, got {opts.dtype!r}")
     if gpu and not torch.cuda.is_available():
@@ -365,42 +310,85 @@ def study_options(*, gpu: bool = False, out: str | None = None, pairs: Sequence[
     return opts
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Build, measure complexity, time interleaved, break down by stage; write the outputs."""
-    out = Path(args.out)
-    env_start = machine(args.device, args.threads)
-    peak_start = _measure_ceilings(args, "start")
-    models = build_models(args.pairs)
-    macs = complexity(models)
-    summaries, raw_rows = [], {}
-    for batch in args.batch_sizes:
-        for mode in args.modes:
-            rows = interleaved(models, batch=batch, rounds=args.rounds, device=args.device, dtype=args.dtype,
-                               mode=mode, threads=args.threads, channels_last=args.channels_last, quick=args.quick,
-                               min_time_s=getattr(args, "min_time_s", None))
-            raw_rows[f"{mode}_b{batch}"] = rows
-            for key in args.pairs:
-                s = pair_summary(*pair_models(key), rows, macs, batch=batch)
-                summaries.append({"device": args.device, "dtype": args.dtype, "mode": mode, "batch": batch, **s})
-                log.info("batch %d %s %s: latency ratio %s, MACs ratio %.3f", batch, mode, key,
-                         _fmt(s.get("latency_ratio")), s["macs_ratio"])
-    stages = {} if args.no_stages else all_stage_times(models, args)
-    if args.profile and args.device == "cpu":
-        out.mkdir(parents=True, exist_ok=True)
-        for batch in args.batch_sizes:
-            for name, model in models.items():
-                profile_ops(model, batch, 5 if batch <= 8 else 2, args.threads, out / f"profile_{name}_b{batch}.txt",
+def study_grid(opts: argparse.Namespace) -> dict[str, Any]:
+    """The study as a grid (experiments/*.yaml's format): every model of the pairs at every batch
+    size and mode, at the study's device, dtype, threads and memory format, each batch size with
+    its own warm-up and timing (`timing_options`); classification models at 224 with 1000 classes,
+    segmentation models at 473 with their default classes."""
+    groups: dict[tuple[int, int], list[str]] = {}
+    for key in opts.pairs:
+        for name in pair_models(key):
+            facts = model_facts(name)
+            classes = 1000 if facts.task == "cls" else int(facts.defaults["num_classes"])
+            groups.setdefault((input_size(name), classes), []).append(name)
+    blocks = []
+    for mode in opts.modes:
+        for batch in opts.batch_sizes:
+            latency = {"device": opts.device, "batch_size": batch, "dtype": opts.dtype, "threads": opts.threads,
+                       "channels_last": opts.channels_last, **GRID_MODES[mode],
+                       **timing_options(batch, opts.device, opts.quick, getattr(opts, "min_time_s", None))}
+            for (size, classes), models in groups.items():
+                blocks.append({"input_size": size, "model_args": {"num_classes": classes}, "latency": latency,
+                               "models": list(dict.fromkeys(models))})
+    first, rest = blocks[0], blocks[1:]
+    return {
+        "name": "speed",
+        "description": (f"vtbench speed: pairs {', '.join(opts.pairs)}, batch {', '.join(map(str, opts.batch_sizes))}, "
+                        f"modes {', '.join(opts.modes)}, {opts.device} {opts.dtype}"
+                        f"{', channels_last' if opts.channels_last else ''}; then vtbench interleave and report"),
+        "base": {"model": first["models"][0], "model_args": first["model_args"], "measure": ["complexity", "latency"],
+                 "input_size": first["input_size"], "seed": 0, "latency": first["latency"]},
+        "axes": {"model": first["models"]},
+        "include": [{"input_size": b["input_size"], "model_args.num_classes": b["model_args"]["num_classes"],
+                     **{f"latency.{k}": v for k, v in b["latency"].items()}, "axes": {"model": b["models"]}}
+                    for b in rest],
+        "resources": {"timeout_min": 240, "cpus_per_task": os.cpu_count() or 1, "gpus_per_node": 1 if opts.gpu else 0,
+                      "array_parallelism": 1, "local_parallelism": 1},
+    }
+
+
+def run(opts: argparse.Namespace) -> list[dict[str, Any]]:
+    """The study: write its grid into OUT, run the cells through the runner (the local executor, as
+    `vtbench launch`), re-measure them in interleaved rounds (`vtbench interleave`, with stage times
+    and ceilings unless turned off), then `vtbench report` into OUT/report. Returns the report's
+    speed pairs (speed_report's rows; `error` rows for cells that failed)."""
+    import yaml
+
+    from bench.analysis.report import write_report
+    from bench.core.records import iter_records
+    from bench.core.util import write_text_atomic
+    from bench.pipeline.interleave import interleave
+    from bench.pipeline.launch import launch
+
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    grid_path = out / GRID_FILE
+    write_text_atomic(grid_path, yaml.safe_dump(study_grid(opts), sort_keys=False))
+    result = launch(grid_path, cluster=getattr(opts, "cluster", "local"), run_dir=out, wait=True)
+    wanted = {cell.cell_id for cell in result.grid.cells}
+    ok = [r["cell_id"] for _, r in iter_records(out / "records")
+          if isinstance(r, dict) and r["cell_id"] in wanted and r["status"] == "ok"]
+    failed = sorted(wanted - set(ok))
+    if ok:
+        interleave(out, rounds=opts.rounds, only=ok, stages=not opts.no_stages, peak=opts.peak)
+    if opts.profile and opts.device == "cpu":
+        write_profiles(opts, out)
+    report = write_report([out])
+    rows = [row for study in report.studies if study.csv_name == "speed.csv"
+            for row in study.csv_frame().to_dict("records")]
+    return rows + [{"cell_id": cell, "error": f"no ok record (see {out / 'records'} and `vtbench status {out}`)"}
+                   for cell in failed]
+
+
+def write_profiles(opts: argparse.Namespace, out: Path) -> None:
+    """`--profile`: torch.profiler op tables of every model of the pairs at every batch size (CPU)."""
+    for key in opts.pairs:
+        for name in pair_models(key):
+            torch.manual_seed(0)
+            model = build_model(name).eval()
+            for batch in opts.batch_sizes:
+                profile_ops(model, batch, 5 if batch <= 8 else 2, opts.threads, out / f"profile_{name}_b{batch}.txt",
                             size=input_size(name))
-    peak = combined_ceiling(peak_start, _measure_ceilings(args, "end"))
-    add_fractions(summaries, peak)
-    stage_rates = rates_of_stages(stages, macs, peak)
-    env_end = machine(args.device, args.threads)
-    md = markdown(summaries, stages, env_start, env_end, args, peak, stage_rates)
-    raw = {"env": env_start, "env_end": env_end, "peak": peak, "stage_rates": stage_rates,
-           "args": {k: v for k, v in vars(args).items()}, "complexity": macs, "summaries": summaries,
-           "stages_ms": stages, "rounds": raw_rows}
-    write_outputs(out, summaries, raw, md)
-    return summaries
 
 
 def render(out: Path) -> list[dict[str, Any]]:
@@ -423,15 +411,6 @@ def render(out: Path) -> list[dict[str, Any]]:
     return summaries
 
 
-def _measure_ceilings(args: argparse.Namespace, when: str) -> dict[str, Any] | None:
-    """The GEMM and copy ceilings now (or None with --no-peak), logged."""
-    if not args.peak:
-        return None
-    peak = measure_peak(args.device, args.dtype, threads=args.threads)
-    log.info("ceilings at %s: GEMM %.3g TFLOP/s, copy %.4g GB/s", when, peak["gemm_tflops"], peak["copy_gb_s"])
-    return peak
-
-
 def combined_ceiling(start: dict[str, Any] | None, end: dict[str, Any] | None) -> dict[str, Any] | None:
     """The higher of the ceilings measured before and after the study (a shared machine may have
     been busy at one of the two), with both kept and their gap stated."""
@@ -451,19 +430,6 @@ def add_fractions(summaries: list[dict[str, Any]], peak: dict[str, Any] | None) 
         for side in ("base", "vt"):
             if peak and summary.get(f"{side}_tflops") is not None:
                 summary[f"{side}_fraction_of_peak"] = summary[f"{side}_tflops"] / peak["gemm_tflops"]
-
-
-def all_stage_times(models: dict[str, nn.Module], args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Per-stage times of every model at every batch size, keyed 'model, bN'."""
-    cuda = args.device.startswith("cuda")
-    stages = {}
-    for batch in args.batch_sizes:
-        for name, model in models.items():
-            iters = 20 if cuda else (5 if batch <= 8 else 2)
-            stages[stage_key(name, batch)] = stage_times(
-                model, batch, iters=iters, threads=args.threads, size=input_size(name), device=args.device,
-                dtype=args.dtype, channels_last=args.channels_last)
-    return stages
 
 
 def rates_of_stages(stages: dict[str, dict[str, float]], macs: dict[str, dict[str, Any]],

@@ -2,13 +2,18 @@
 
     vtbench speed --out results/speed_cpu               # CPU, fp32, batch 1 and 32, interleaved rounds
     vtbench speed --gpu --channels-last                 # CUDA, bf16, batch 1/64/256, eager/compile/CUDA graphs
-    vtbench speed --pairs r18 --batch-size 1 --min-time-s 0.5 --format json
-    vtbench speed --render results/speed_cpu --format csv   # measure nothing: rebuild from speed.json
+    vtbench speed --pairs r18 --batch-size 1 --rounds 2 --min-time-s 0.5 --format json
+    vtbench speed --render results/speed_cpu --format csv   # a legacy study: rebuild from its speed.json
 
-Writes speed.md, speed.csv and speed.json (and with --profile the profiler tables) into --out,
-then prints speed.md (`--format table`), the pair rows as JSON lines (`json`) or speed.csv (`csv`).
-The study itself is bench/analysis/speed.py. Its old `--batch-sizes` still works. Exit status 0;
-1 when a pair has no measurement (out of memory); 2 on bad input.
+A driver of the one flow every study takes (bench/analysis/speed.py `run`): it writes the grid of
+the chosen pairs, batch sizes and modes into --out (speed_grid.yaml), runs the cells through the
+runner on the local executor (`vtbench launch`), re-measures them in interleaved rounds with stage
+times and ceilings (`vtbench interleave --stages --peak`), and writes the report into OUT/report
+(the speed section and OUT/report/speed.csv). It prints that section (`--format table`), or its
+pair rows as JSON lines (`json`) or CSV (`csv`). `--render DIR` rebuilds a legacy study's speed.md
+and speed.csv from DIR/speed.json (measured by the former own loop) and prints them. The old
+`--batch-sizes` still works. Exit status 0; 1 when a cell has no ok record (e.g. out of memory);
+2 on bad input.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from bench.cli.commands import common
 from bench.core.errors import UsageError
 
 NAME = "speed"
-HELP = ("ResNet vs VT-ResNet latency side by side in interleaved rounds, per stage, against the measured "
-        "GEMM/copy ceilings; writes speed.md/csv/json.")
+HELP = ("ResNet vs VT-ResNet latency side by side: a grid run through the runner, re-measured in interleaved "
+        "rounds with per-stage times and the measured GEMM/copy ceilings, reported (OUT/report).")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", default="r18,r50", help="comma-separated of r18, r50, fpn (default r18,r50)")
     parser.add_argument("--modes", default=None, help="comma-separated of eager, compile, cuda_graphs")
     parser.add_argument("--dtype", default=None, help="fp32 (CPU default) or bf16 (GPU default) or fp16")
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per batch size (default 4)")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (default 4; at least 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all logical CPUs)")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     parser.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown")
@@ -45,7 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-peak", dest="peak", action="store_false",
                         help="skip measuring the GEMM and copy ceilings (bench.measure.roofline)")
     parser.add_argument("--not-shared", dest="shared", action="store_false",
-                        help="do not state in the report that the machine was shared")
+                        help=argparse.SUPPRESS)  # the legacy report's wording; accepted, no effect now
+    parser.add_argument("--cluster", choices=("local", "debug"), default="local",
+                        help="executor of the cells: local (default, as `vtbench launch`) or debug (in this process)")
     parser.add_argument("--render", metavar="DIR", default=None,
                         help="measure nothing: rebuild DIR/speed.md and speed.csv from DIR/speed.json")
 
@@ -61,13 +68,27 @@ def run(args: argparse.Namespace) -> int:
         if not (out / "speed.json").is_file():
             raise UsageError(f"--render {args.render}: no speed.json there")
         summaries = speed.render(out)
+        common.emit(args.format, table=(out / "speed.md").read_text(), rows=summaries,
+                    csv_text=(out / "speed.csv").read_text())
     else:
         opts = speed.study_options(**_study_kwargs(args))
         out = Path(opts.out)
         summaries = speed.run(opts)
-    common.emit(args.format, table=(out / "speed.md").read_text(), rows=summaries,
-                csv_text=(out / "speed.csv").read_text())
+        csv_path = out / "report" / "speed.csv"
+        common.emit(args.format, table=_section_text(out / "report" / "report.md"), rows=summaries,
+                    csv_text=csv_path.read_text() if csv_path.is_file() else "")
     return 0 if all("error" not in s for s in summaries) else 1
+
+
+def _section_text(report_md: Path) -> str:
+    """The speed sections of OUT/report/report.md (from their heading to the next section's)."""
+    lines, keep = [], False
+    for line in report_md.read_text().splitlines():
+        if line.startswith("## "):
+            keep = line.startswith("## Speed")
+        if keep:
+            lines.append(line)
+    return "\n".join(lines).rstrip("\n") + "\n" if lines else f"no speed pair in {report_md}\n"
 
 
 def _study_kwargs(args: argparse.Namespace) -> dict:
@@ -78,7 +99,7 @@ def _study_kwargs(args: argparse.Namespace) -> dict:
                 batch_sizes=parse_batch_sizes(args.batch_size) if args.batch_size else None,
                 dtype=args.dtype, rounds=args.rounds, threads=args.threads, channels_last=args.channels_last,
                 no_stages=args.no_stages, profile=args.profile, quick=args.quick, peak=args.peak,
-                shared=args.shared, min_time_s=args.min_time_s)
+                shared=args.shared, min_time_s=args.min_time_s, cluster=args.cluster)
 
 
 def _words(text: str | None) -> list[str] | None:
