@@ -212,3 +212,27 @@ def test_a_cpu_study_gives_a_cpu_roofline_at_its_dtype_and_batches(tmp_path):
     assert stage5["mb"] == pytest.approx(2 * bf16_mb, rel=0.01)  # float tensors are all there is
     assert "4 bytes per float (fp32)" in (tmp_path / "out" / "roofline.md").read_text()
     assert (tmp_path / "out" / "roofline.png").stat().st_size > 0
+
+
+def test_a_run_folder_reads_as_a_study_of_stage_times_and_ceilings(tmp_path):
+    """`--measured RUN`: a run re-measured by `vtbench interleave --stages --peak` in speed.json's shape."""
+    from bench.core.records import make_record, make_remeasurement, write_record, write_remeasurement
+    from bench.measure.roofline import study_of_run
+
+    records = tmp_path / "run" / "records"
+    session = {"id": "cccccccccccc", "protocol": "interleaved", "started_at": "2026-01-01T00:00:00+00:00",
+               "finished_at": "2026-01-01T00:01:00+00:00", "rounds": 2, "cells": 2}
+    for model, compile_mode, stem in (("resnet18", None, 2.0), ("resnet18", "default", 9.0)):
+        config = {"model": model, "model_args": {"num_classes": 1000}, "measure": ["latency"], "input_size": 224,
+                  "latency": {"device": "cpu", "batch_size": 1, "dtype": "fp32", "compile": compile_mode}}
+        record = make_record(config, metrics={"latency_ms_p50": 10.0}, env={"device_name": "cpu"}, run="run")
+        write_record(records, record)
+        metrics = {"latency_ms_p50": 10.0, "latency_round_p50_ms": [10.0, 10.0], "latency_protocol": "interleaved",
+                   "stage_ms_stem": stem, "stage_ms_head": 0.5, "peak_gemm_tflops": 0.2, "peak_copy_gb_s": 8.0,
+                   "peak_dtype": "fp32"}
+        write_remeasurement(records, make_remeasurement(record, metrics, session=session,
+                                                        env={"device_name": "Test CPU"}))
+    study = study_of_run(tmp_path / "run")
+    assert study["stages_ms"] == {"resnet18, b1": {"stem": 2.0, "head": 0.5}}  # the eager cell's
+    assert study["peak"] == {"device": "cpu", "device_name": "Test CPU", "dtype": "fp32", "gemm_tflops": 0.2,
+                             "copy_gb_s": 8.0}

@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.measure.complexity import _executed_handles, mha_fastpath_disabled
 from bench.measure.latency import DTYPES, _cuda_timer, _wall_timer, fixed_threads
-from bench.core.records import write_json_atomic
+from bench.core.records import iter_records, latest_remeasurements, with_remeasurement, write_json_atomic
 from bench.core.tables import markdown_table
 from models import build_model
 
@@ -385,6 +385,36 @@ def roofline_plot(rows: list[dict[str, Any]], tflops: float, tb_s: float, device
     plt.close(fig)
 
 
+def study_of_run(run_dir: str | Path) -> dict[str, Any] | None:
+    """A run folder re-measured by `vtbench interleave --stages --peak`, in a speed.json's shape: `peak`
+    (the ceilings of its first cell that has them) and `stages_ms` ('model, bN' -> stage -> ms, from
+    each cell's newest re-measurement; eager cells first, as the stage times are eager). None
+    when no re-measurement holds both."""
+    run_dir = Path(run_dir)
+    latest, _ = latest_remeasurements(run_dir / "records")
+    peak, stages = None, {}
+    records = [r for _, r in iter_records(run_dir / "records") if isinstance(r, dict) and r["cell_id"] in latest]
+    records.sort(key=lambda r: bool((r["config"].get("latency") or {}).get("compile")
+                                    or (r["config"].get("latency") or {}).get("cuda_graphs")))
+    for record in records:
+        seen = with_remeasurement(record, latest[record["cell_id"]][1])
+        metrics, latency = seen["metrics"], seen["config"].get("latency") or {}
+        times = {k[len("stage_ms_"):]: v for k, v in metrics.items() if k.startswith("stage_ms_")}
+        if not times or metrics.get("peak_gemm_tflops") is None:
+            continue
+        stages.setdefault(stage_key(seen["config"]["model"], int(latency.get("batch_size", 1))), times)
+        peak = peak or {"device": str(latency.get("device", "cpu")).split(":")[0],
+                        "device_name": (seen.get("env") or {}).get("device_name") or "unknown device",
+                        "dtype": metrics.get("peak_dtype") or latency.get("dtype", "fp32"),
+                        "gemm_tflops": metrics["peak_gemm_tflops"], "copy_gb_s": metrics["peak_copy_gb_s"]}
+    return {"peak": peak, "stages_ms": stages} if peak else None
+
+
+def _read_study(path: Path) -> dict[str, Any] | None:
+    """A speed study: a legacy speed.json, or a run folder (`study_of_run`)."""
+    return study_of_run(path) if path.is_dir() else json.loads(path.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m bench.measure.roofline [--out DIR] [--measured SPEED_JSON ...]`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -392,14 +422,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/roofline", help="output folder (default results/roofline)")
     p.add_argument("--measured", nargs="*", default=["results/speed_gpu/eager_cuda_graphs/speed.json",
                                                       "results/speed_gpu/fpn_473/speed.json"],
-                   help="speed studies (`vtbench speed`, speed.json) of one device whose per-stage times are set "
+                   help="speed studies of one device (a legacy speed.json, or a run folder re-measured by "
+                        "`vtbench interleave --stages --peak`, e.g. `vtbench speed`'s --out) whose per-stage times are set "
                         "beside the bounds; the first one's measured ceilings are that device's roof (none: no "
                         "argument). A CPU study gives a CPU roofline: only its device, bytes at its dtype "
                         "(fp32: 4), the batch sizes it measured")
     args = p.parse_args(argv)
     devices = dict(DEVICES)
     measured_device, measured, dtype, models = None, {}, "bf16", None
-    studies = [json.loads(Path(path).read_text()) for path in args.measured or [] if Path(path).exists()]
+    studies = [_read_study(Path(path)) for path in args.measured or [] if Path(path).exists()]
+    studies = [study for study in studies if study]
     if studies:
         peak = studies[0]["peak"]
         measured_device = f"{peak['device_name']}, measured ceilings"
