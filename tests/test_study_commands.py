@@ -168,3 +168,27 @@ def test_python_m_bench_speed_render(study):
     assert done.returncode == 0, done.stderr
     assert done.stdout == (STUDY / "speed.csv").read_text()
     assert "FutureWarning" not in done.stderr
+
+
+@pytest.mark.slow
+def test_speed_runs_the_grid_interleaves_and_reports(tmp_path, capsys):
+    """The whole flow at the smallest size: one pair, batch 1, eager, 2 rounds (about a minute on 2 cores)."""
+    import json
+
+    out = tmp_path / "speed"
+    rc = cli_main(["speed", "--pairs", "r18", "--batch-size", "1", "--modes", "eager", "--rounds", "2",
+                   "--min-time-s", "0.1", "--threads", "1", "--cluster", "debug", "--out", str(out), "--format", "json"])
+    assert rc == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (row["baseline"], row["vt_model"], row["rounds"], row["timing"]) == ("resnet18", "vt_resnet18", 2,
+                                                                                  "interleaved")
+    assert row["latency_ratio"] == pytest.approx(sorted(row["round_ratios"])[0] / 2 + sorted(row["round_ratios"])[1] / 2)
+    assert row["target_verdict"].split(" (")[0] in ("met", "missed", "not resolved")
+    assert row["base_tflops"] == pytest.approx(2 * row["base_gmacs"] / row["base_ms_p50"])
+    remeasured = sorted((out / "records" / "remeasured").glob("*.json"))
+    assert len(remeasured) == 2 and (out / GRID_NAME).is_file() and (out / "report" / "speed_stages.csv").is_file()
+    metrics = json.loads(remeasured[0].read_text())["metrics"]
+    assert metrics["peak_gemm_tflops"] > 0 and metrics["stage_ms_stem"] > 0
+
+
+GRID_NAME = "speed_grid.yaml"
