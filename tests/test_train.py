@@ -244,19 +244,69 @@ def test_cli_bad_input_is_a_usage_error(tmp_path, argv, message):
         command.run(args)
 
 
-def test_lr_factor_warms_up_linearly_then_follows_the_schedule():
-    from bench.measure.train import lr_factor
+def _documented_lr_factor(i: int, total: int, warm: int, start: float) -> float:
+    """docs/training.md's closed form: linear warm-up over `warm` steps, then a cosine to 0 over the rest."""
+    if i < warm:
+        return start + (1 - start) * i / warm
+    return 0.5 * (1 + math.cos(math.pi * (i - warm) / (total - warm)))
 
-    cfg = TrainConfig(epochs=4, warmup_epochs=1, warmup_start=0.1)
+
+def test_lr_factor_warms_up_to_the_nominal_lr_then_runs_the_cosine_over_the_rest():
+    from bench.measure.train import lr_factor, warmup_iterations
+
+    cfg = TrainConfig(epochs=20, warmup_epochs=1, warmup_start=0.1)  # 200 steps: one epoch = 5 % of the run
     steps = 10
-    assert lr_factor(0, steps, cfg) == pytest.approx(0.1 * 1.0)  # start of warm-up (cosine ~1)
-    assert lr_factor(5, steps, cfg) < lr_factor(9, steps, cfg)  # rising through warm-up
-    assert lr_factor(10, steps, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))  # cosine after
-    assert lr_factor(40, steps, cfg) == pytest.approx(0.0, abs=1e-12)  # end of the run
+    assert warmup_iterations(steps, cfg) == 10
+    factors = [lr_factor(i, steps, cfg) for i in range(200)]
+    assert factors == pytest.approx([_documented_lr_factor(i, 200, 10, 0.1) for i in range(200)])
+    assert factors[0] == pytest.approx(0.1) and factors[10] == 1.0 == max(factors)
+    assert factors[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 189 / 190)))  # ~0 at the last step
     flat = TrainConfig(epochs=4, warmup_epochs=0, schedule="constant")
-    assert lr_factor(0, steps, flat) == 1.0
+    assert warmup_iterations(steps, flat) == 0 and lr_factor(0, steps, flat) == 1.0
     with pytest.raises(UsageError, match="warmup"):
         TrainConfig(warmup_start=0)
+
+
+def test_warmup_is_capped_at_a_tenth_of_a_short_run():
+    from bench.measure.train import lr_factor, warmup_iterations
+
+    cfg = TrainConfig(epochs=3, warmup_epochs=1)  # 1 of 3 epochs would be a third of the run
+    assert warmup_iterations(100, cfg) == 30
+    assert lr_factor(30, 100, cfg) == 1.0 and lr_factor(29, 100, cfg) < 1.0
+    step = TrainConfig(epochs=30, warmup_epochs=1, schedule="step", step_size=10, gamma=0.5)
+    assert [lr_factor(i, 10, step) for i in (0, 10, 99, 100, 200)] == pytest.approx([0.1, 1.0, 1.0, 0.5, 0.25])
+
+
+def _record_lrs(monkeypatch) -> list[float]:
+    """The lr of every optimizer step the Trainer takes (read as the step uses it)."""
+    from bench.measure.train import Trainer
+
+    seen: list[float] = []
+    real_step = Trainer._train_step
+
+    def step(self, images, targets):
+        seen.append(self.optimizer.param_groups[0]["lr"])
+        return real_step(self, images, targets)
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    return seen
+
+
+def test_every_step_of_a_short_run_follows_the_documented_schedule_also_across_a_resume(tmp_path, monkeypatch):
+    """3 epochs x 4 steps (1,437 digits, batch 359): warm-up, peak at the nominal lr, cosine; resumed alike."""
+    cfg = _config(epochs=3, batch_size=359, lr=0.2, warmup_epochs=1, warmup_start=0.25, dataset_args={})
+    expected = [0.2 * _documented_lr_factor(i, 12, 1, 0.25) for i in range(12)]  # warm-up: 10 % of 12 steps
+    straight = _record_lrs(monkeypatch)
+    metrics = train(TINY, {}, cfg, tmp_path / "straight", progress=False)
+    assert metrics["iterations_per_epoch"] == 4 and metrics["warmup_iterations"] == 1
+    assert straight == pytest.approx(expected, rel=1e-12) and max(straight) == pytest.approx(0.2, rel=1e-12)
+    monkeypatch.undo()
+    resumed = _record_lrs(monkeypatch)
+    _kill_after(monkeypatch, 1)
+    with pytest.raises(_Killed):
+        train(TINY, {}, cfg, tmp_path / "resumed", progress=False)
+    train(TINY, {}, cfg, tmp_path / "resumed", progress=False)
+    assert resumed == pytest.approx(expected, rel=1e-12)
 
 
 def test_default_recipe_clips_and_warms_up():

@@ -5,12 +5,14 @@ registered model (or a factory given as `package.module:callable`) on a data set
 `bench.measure.data`, evaluates it after every epoch, and returns the final metrics
 (docs/architecture.md): `top1`, `top5`, `best_top1` (classification, %) or `miou`, `pixel_acc`,
 `best_miou` (segmentation, %), plus `train_time_s`, `epoch_time_s`, `epochs`,
-`resumed_from_epoch` and a few descriptive extras.
+`resumed_from_epoch`, `warmup_iterations`, `iterations_per_epoch` and a few descriptive extras.
 
 Recipe (the same defaults for baselines and VT models, so a comparison is fair): SGD with momentum
 0.9 and weight decay (or AdamW, `optimizer="adamw"`, which trains deep networks from scratch on small
-synthetic sets faster); a linear warm-up over `warmup_epochs` (default 1) from `warmup_start` x lr,
-then a cosine (default) or step schedule, both stepped per iteration (`lr_factor`); the global
+synthetic sets faster); a linear warm-up over `warmup_epochs` (default 1, at most a tenth of the
+run) from `warmup_start` x lr up to the nominal lr, then a cosine over the remaining iterations to
+zero (default), or a step schedule, all stepped per iteration (`lr_factor` gives the closed form;
+docs/training.md); the global
 gradient norm clipped to `clip_grad_norm` (default 1.0: VT-ResNets from scratch at lr 0.05 diverged
 without it); optional label smoothing; pixel cross-entropy with an ignore index for segmentation. Mixed
 precision (fp16 autocast + GradScaler) on CUDA only. The CPU thread count is set explicitly.
@@ -94,9 +96,11 @@ class TrainConfig(TrainOptions):
             weight decay; `momentum` is then unused).
         momentum: SGD momentum.
         weight_decay: weight decay on every parameter.
-        schedule: `cosine` (to zero over `epochs`), `step` (x `gamma` every `step_size`
-            epochs) or `constant`; applied per iteration, after the warm-up.
-        warmup_epochs: epochs (fractions allowed) of linear warm-up at the start (0 = none).
+        schedule: `cosine` (from the nominal lr at the end of the warm-up to zero at the end of
+            the run), `step` (x `gamma` every `step_size` epochs) or `constant`; per iteration.
+        warmup_epochs: epochs (fractions allowed) of linear warm-up at the start (0 = none),
+            capped at a tenth of the run's iterations (`WARMUP_MAX_FRACTION`); the record's
+            `warmup_iterations` says how many ran.
         warmup_start: lr factor of the first warm-up iteration.
         step_size: epochs between decays for `step` (default: a third of `epochs`).
         gamma: decay factor for `step`.
@@ -202,16 +206,35 @@ def _logger_names(value: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+WARMUP_MAX_FRACTION = 0.1
+"""The warm-up lasts `warmup_epochs` epochs but at most this fraction of the run's iterations: on a
+3-epoch run one epoch of warm-up would spend a third of the run below the nominal lr."""
+
+
+def warmup_iterations(steps_per_epoch: int, cfg: TrainConfig) -> int:
+    """Iterations of linear warm-up: `warmup_epochs` epochs, at most `WARMUP_MAX_FRACTION` of the run."""
+    total = steps_per_epoch * cfg.epochs
+    return min(round(cfg.warmup_epochs * steps_per_epoch), int(WARMUP_MAX_FRACTION * total))
+
+
 def lr_factor(iteration: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
-    """The lr multiplier at `iteration` (0-based): linear warm-up, then cosine / step / constant."""
-    epoch = iteration / steps_per_epoch  # fractional epochs done
-    warm_iters = cfg.warmup_epochs * steps_per_epoch
-    warm = 1.0 if iteration >= warm_iters else cfg.warmup_start + (1 - cfg.warmup_start) * iteration / warm_iters
+    """The lr multiplier of optimizer step `iteration` (0-based): linear warm-up, then cosine / step / constant.
+
+    With W = `warmup_iterations` and T = `epochs` x `steps_per_epoch`: steps 0..W-1 rise linearly
+    from `warmup_start` (step i: warmup_start + (1 - warmup_start) i / W); step W runs at the nominal
+    lr (factor 1, the peak); a cosine then decays over the remaining T - W steps, step i at
+    (1 + cos(pi (i - W) / (T - W))) / 2, reaching 0 one step after the last. `step` multiplies the
+    warm-up by `gamma` ** (epochs done // `step_size`); `constant` is the warm-up, then 1.
+    """
+    total = steps_per_epoch * cfg.epochs
+    warm_iters = warmup_iterations(steps_per_epoch, cfg)
+    ramp = 1.0 if iteration >= warm_iters else cfg.warmup_start + (1 - cfg.warmup_start) * iteration / warm_iters
     if cfg.schedule == "cosine":
-        return warm * 0.5 * (1 + math.cos(math.pi * min(epoch / cfg.epochs, 1.0)))
+        done = min(max(iteration - warm_iters, 0) / max(total - warm_iters, 1), 1.0)
+        return ramp * 0.5 * (1 + math.cos(math.pi * done))
     if cfg.schedule == "step":
-        return warm * cfg.gamma ** int(epoch // (cfg.step_size or max(1, cfg.epochs // 3)))
-    return warm
+        return ramp * cfg.gamma ** int(iteration / steps_per_epoch // (cfg.step_size or max(1, cfg.epochs // 3)))
+    return ramp
 
 
 class TrainingDiverged(RuntimeError):
@@ -648,6 +671,8 @@ class Trainer:
             images_per_s=float(np.mean([h["images_per_s"] for h in self.history])),
             world_size=self.denv.world_size, threads=self.threads,
             train_images=len(self.train_set), test_images=len(self.test_set),
+            warmup_iterations=warmup_iterations(max(1, len(self.train_loader)), self.cfg),
+            iterations_per_epoch=len(self.train_loader),
             input_size=self.train_set.input_size, task=self.task, num_classes=self.num_classes)
         return metrics
 
@@ -701,5 +726,5 @@ def _summary(record: dict[str, Any]) -> str:
     return ", ".join(f"{k} {record[k]:.4g}" for k in keys if k in record)
 
 
-__all__ = ["TrainConfig", "TrainingDiverged", "train", "Trainer", "config_fingerprint", "build_network",
+__all__ = ["TrainConfig", "TrainingDiverged", "train", "Trainer", "lr_factor", "warmup_iterations", "config_fingerprint", "build_network",
            "confusion_matrix", "segmentation_metrics", "topk_correct", "seed_everything"]
