@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from bench.core.errors import UsageError
+from bench.core.noise import judge_latency
 from bench.measure.latency import OutOfMemory, is_oom, latency_env, measure_latency, summarize
 
 FAST = dict(min_time_s=0.2, min_iters=5, warmup_max_iters=10)  # threads=1 where given: the CI box is shared
@@ -322,3 +323,85 @@ def test_cuda_compile():
     result = measure_latency(tiny_cnn(), input_size=32, batch_size=8, device="cuda", dtype="bf16",
                              compile_mode="default", **FAST)
     assert result["compile"] == "default" and result["first_iter_ms"] > result["latency_ms_p50"]
+
+
+# ------------------------------------------------------------------- the protocol: iterations as well as seconds
+
+class FakeForward:
+    """A forward that takes `seconds(i)` on a fake clock: calling it advances the clock and returns the time."""
+
+    def __init__(self, seconds):
+        self.now, self.calls, self.seconds = 0.0, 0, seconds
+
+    def clock(self) -> float:
+        return self.now
+
+    def __call__(self) -> float:
+        took = self.seconds(self.calls)
+        self.calls += 1
+        self.now += took
+        return took
+
+
+def _warm(forward: FakeForward, **limits):
+    from bench.measure.latency import DEFAULT_TIMING, warm_up
+    opts = {**DEFAULT_TIMING, **limits}
+    return warm_up(forward, min_iters=opts["warmup_min_iters"], max_iters=opts["warmup_max_iters"],
+                   max_s=opts["warmup_max_s"], tol=opts["settle_tol"], settle_iters=opts["warmup_settle_iters"],
+                   cap_s=opts["warmup_cap_s"], clock=forward.clock)
+
+
+def test_a_one_second_forward_settles_under_a_two_second_warm_up():
+    """The committed batch-32 CPU settings (warm-up 2 s, at least 1 iteration) cut a steady 0.85 s
+    forward at 3 iterations, before the 6 that two windows of 3 need; now it settles."""
+    steady = FakeForward(lambda i: 0.85)
+    done = _warm(steady, warmup_min_iters=1, warmup_max_s=2.0)
+    assert done.settled and done.stop == "settled"
+    assert len(done.times) == 6 and done.seconds == pytest.approx(6 * 0.85)
+
+
+def test_a_drifting_forward_gets_its_chances_then_says_it_did_not_settle():
+    drifting = FakeForward(lambda i: 1.0 + 0.2 * i)  # each iteration 20 % slower than the last: never settles
+    done = _warm(drifting, warmup_min_iters=1, warmup_max_s=2.0)
+    assert not done.settled and done.stop == "max_s" and len(done.times) == 8  # warmup_settle_iters
+    assert judge_latency({"warmup_settled": False, "warmup_iters": 8, "warmup_stop": "max_s"})[
+        "latency_noise_reasons"] == ["warm-up did not settle in 8 iterations"]
+
+
+def test_a_fast_forward_still_stops_on_seconds_and_iterations():
+    fast = FakeForward(lambda i: 0.001 * (1 + i % 2 * 0.5))  # alternating 1.0 / 1.5 ms: windows disagree
+    by_time = _warm(fast, warmup_max_s=0.02)
+    assert by_time.stop == "max_s" and by_time.seconds >= 0.02 and len(by_time.times) < 50
+    by_iters = _warm(FakeForward(lambda i: 0.001 * (1 + i % 2 * 0.5)), warmup_max_s=100.0, warmup_max_iters=12)
+    assert by_iters.stop == "max_iters" and len(by_iters.times) == 12
+
+
+def test_the_cap_stops_a_forward_of_minutes_and_the_verdict_blames_the_settings():
+    glacial = FakeForward(lambda i: 200.0)
+    done = _warm(glacial, warmup_cap_s=300.0)
+    assert done.stop == "cap_s" and len(done.times) == 2
+    reasons = judge_latency({"warmup_settled": False, "warmup_iters": 2, "warmup_stop": "cap_s"})[
+        "latency_noise_reasons"]
+    assert reasons == ["warm-up stopped by warmup_cap_s after 2 iterations, before it could settle (needs 6)"]
+
+
+def test_the_timed_part_gets_min_iters_samples_whatever_the_seconds():
+    from bench.measure.latency import _collect_cpu
+    calls = []
+    samples, per_sample = _collect_cpu(lambda: calls.append(time.sleep(0.03)), threads=1, estimate_s=0.03,
+                                       min_iters=6, min_time_s=0.0, max_time_s=0.05)
+    assert per_sample == 1 and len(samples) >= 6 and len(calls) >= 6
+
+
+def test_a_slow_steady_forward_settles_when_the_settings_give_it_no_seconds():
+    """End to end: warm-up limited to 0 s and 1 iteration, timed part to 0.01 s; the protocol still
+    gives the warm-up its 6 iterations and the timed part its 4 samples, and records what it used."""
+    model = Sleeper(0.03)
+    # settle_tol 0.5: a sleep's wake-up jitter on a loaded CI box must not decide a test of iteration counts
+    result = measure_latency(model, input_size=8, batch_size=1, threads=1, warmup_min_iters=1, warmup_max_s=0.0,
+                             settle_tol=0.5, min_iters=4, min_time_s=0.0, max_time_s=0.01)
+    assert result["warmup_settled"] is True and result["warmup_stop"] == "settled"
+    assert result["warmup_iters"] >= 6 and result["latency_samples"] >= 4
+    assert result["latency_protocol"]["warmup_max_s"] == 0.0
+    assert result["latency_protocol"]["warmup_settle_iters"] == 8 and result["timed_s"] > 0
+    assert "warm-up" not in " ".join(result["latency_noise_reasons"])

@@ -40,7 +40,8 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Str
 __all__ = ["CellConfig", "ComplexityOptions", "LatencyOptions", "TrainOptions", "Resources", "Record",
            "ModelBlock", "RecordError", "RecordConfig", "Remeasurement", "RemeasureSession", "SCHEMA",
            "READABLE_SCHEMAS", "REMEASUREMENT_SCHEMA", "MEASUREMENTS",
-           "DTYPES", "COMPILE_MODES", "DEFAULT_LATENCY", "EXTRA_LATENCY_KEYS", "COMPLEXITY_KEYS",
+           "DTYPES", "COMPILE_MODES", "DEFAULT_LATENCY", "EXTRA_LATENCY_KEYS", "COMPLEXITY_KEYS", "DEFAULT_TIMING",
+           "TIMING_KEYS",
            "problems_of", "did_you_mean", "model_block", "ValidationError"]
 
 SCHEMA = "vtbench.record/2"
@@ -135,14 +136,22 @@ class LatencyOptions(Contract):
         Field(None, alias="compile")
     cuda_graphs: _described(StrictBool, "true or false") = False
     train_step: _described(StrictBool, "true or false") = False
-    # Given only when a cell sets them (defaults: measure_latency's own, and bench.measure.latency.DEFAULT_TIMING).
+    # Given only when a cell sets them (defaults: measure_latency's own, and DEFAULT_TIMING below).
     oom_retry: _described(StrictBool, "true or false") = True
     min_batch_size: _described(PosInt, "a positive integer") = 1
     cudnn_benchmark: _described(StrictBool | None, "true, false or null") = True
     in_channels: _described(PosInt, "a positive integer") = 3
+    # The protocol (bench/measure/latency.py). Warm-up: until the medians of two consecutive windows
+    # of 3 iterations agree within `settle_tol`, at least `warmup_min_iters`; `warmup_max_s` ends an
+    # unsettled warm-up only once `warmup_settle_iters` ran (settling's first chance is the 6th
+    # iteration, so a slow forward is never cut before it could settle), `warmup_max_iters` and
+    # `warmup_cap_s` end it regardless. Timed part: at least `min_iters` samples whatever the seconds,
+    # and at least `min_time_s` seconds (CPU: as far as `max_time_s` allows).
     warmup_min_iters: _described(NonNegInt, "an integer >= 0") = 3
     warmup_max_iters: _described(NonNegInt, "an integer >= 0") = 50
     warmup_max_s: _described(Annotated[Finite, Field(ge=0)], "a number >= 0") = 20.0
+    warmup_settle_iters: _described(NonNegInt, "an integer >= 0") = 8
+    warmup_cap_s: _described(Annotated[Finite, Field(gt=0)], "a positive number") = 300.0
     settle_tol: _described(Annotated[Finite, Field(gt=0)], "a positive number") = 0.05
     min_iters: _described(PosInt, "a positive integer") = 10
     max_iters: _described(PosInt, "a positive integer") = 10_000
@@ -159,6 +168,10 @@ _FILLED_LATENCY = ("device", "batch_size", "dtype", "threads", "channels_last", 
 DEFAULT_LATENCY = {LatencyOptions.model_fields[n].alias or n: LatencyOptions.model_fields[n].default
                    for n in _FILLED_LATENCY}
 EXTRA_LATENCY_KEYS = tuple(n for n in LatencyOptions.model_fields if n not in _FILLED_LATENCY)
+TIMING_KEYS = ("warmup_min_iters", "warmup_max_iters", "warmup_max_s", "warmup_settle_iters", "warmup_cap_s",
+               "settle_tol", "min_iters", "max_iters", "min_time_s", "max_time_s")
+# The protocol's defaults (`measure_latency(**timing)` overrides them), from the one contract above.
+DEFAULT_TIMING = {n: LatencyOptions.model_fields[n].default for n in TIMING_KEYS}
 
 
 def _as_given(value: Any, handler: Any, info: ValidationInfo) -> Any:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-__all__ = ["NOISE_SPREAD_MAX", "NOISE_LOAD_MARGIN", "NOISE_STEAL_MAX_PCT", "MEMORY_KIND_TEXT", "percentile",
-           "spread_p80_p20", "round_spread", "judge_latency", "latency_notes"]
+__all__ = ["NOISE_SPREAD_MAX", "NOISE_LOAD_MARGIN", "NOISE_STEAL_MAX_PCT", "SETTLE_WINDOW", "SETTLE_ITERS",
+           "MEMORY_KIND_TEXT", "percentile", "spread_p80_p20", "round_spread", "unsettled_reason", "judge_latency",
+           "latency_notes"]
 
 # The thresholds of `judge_latency`, in one place (docs/architecture.md lists the record keys).
 # p80/p20 above 1.25: the middle 60 % of the samples span more than 25 %. Repeated forwards of
@@ -27,6 +28,12 @@ NOISE_LOAD_MARGIN = 1.0
 # Steal above 2 % of CPU time over the measurement (/proc/stat, VMs only): the hypervisor ran
 # someone else on our cores, which inflates the timings by about as much, unevenly.
 NOISE_STEAL_MAX_PCT = 2.0
+
+
+# Settling compares the medians of two consecutive windows of this many warm-up iterations, so a
+# warm-up can settle at its 2 x 3 = 6th iteration at the earliest (bench.measure.latency.warm_up).
+SETTLE_WINDOW = 3
+SETTLE_ITERS = 2 * SETTLE_WINDOW
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:
@@ -57,10 +64,25 @@ def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
+def unsettled_reason(metrics: dict[str, Any]) -> str:
+    """Why a row's warm-up counts against it: it did not settle, or (the settings' fault, not the
+    machine's) it was stopped before settling had its first chance, the 6th iteration."""
+    rounds = metrics.get("warmup_unsettled_rounds")
+    if rounds:
+        return f"warm-up did not settle ({rounds} of {metrics.get('latency_rounds')} rounds)"
+    iters = metrics.get("warmup_iters")
+    if not isinstance(iters, int):
+        return "warm-up did not settle"
+    if iters < SETTLE_ITERS:
+        stop = {"cap_s": " by warmup_cap_s", "max_iters": " by warmup_max_iters"}.get(metrics.get("warmup_stop"), "")
+        return f"warm-up stopped{stop} after {iters} iterations, before it could settle (needs {SETTLE_ITERS})"
+    return f"warm-up did not settle in {iters} iterations"
+
+
 def judge_latency(metrics: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
     """The quality verdict of one latency row, from what it recorded.
 
-    A row is noisy when the warm-up did not settle, when its spread p80/p20 (or, for an
+    A row is noisy when the warm-up did not settle (`unsettled_reason` says how), when its spread p80/p20 (or, for an
     interleaved row, the p80/p20 of its rounds' medians) exceeds `NOISE_SPREAD_MAX`, when the
     1-min load average before or after exceeds threads + `NOISE_LOAD_MARGIN`, or when steal time
     exceeds `NOISE_STEAL_MAX_PCT`. A figure the row lacks (an older record, a platform without
@@ -71,11 +93,8 @@ def judge_latency(metrics: dict[str, Any], threads: int | None = None) -> dict[s
         ok) and `latency_spread_p80_p20`.
     """
     reasons: list[str] = []
-    settled = metrics.get("warmup_settled")
-    if settled is False:
-        rounds = metrics.get("warmup_unsettled_rounds")
-        reasons.append("warm-up did not settle" + (f" ({rounds} of {metrics.get('latency_rounds')} rounds)"
-                                                   if rounds else ""))
+    if metrics.get("warmup_settled") is False:
+        reasons.append(unsettled_reason(metrics))
     spread = spread_p80_p20(metrics.get("latency_ms_p20"), metrics.get("latency_ms_p80"))
     if spread is not None and spread > NOISE_SPREAD_MAX:
         reasons.append(f"spread p80/p20 {spread:.2f} > {NOISE_SPREAD_MAX:.2f}")

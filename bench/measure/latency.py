@@ -5,10 +5,16 @@ How a measurement runs (timm's `benchmark.py` and pycls's timing, made stricter)
 1. Prepare: move the model to the device (in place), `channels_last` if asked, `eval()` for
    inference or `train()` for a training step, wrap in `torch.compile(mode=...)` if asked.
 2. Warm up until the timings settle: at least `warmup_min_iters` iterations, then more until the
-   median of the last 3 is within `settle_tol` of the median of the 3 before (or a cap is hit).
-   The first call is timed on its own (`first_iter_ms`): it holds compilation, cuDNN autotuning
-   and allocator growth, and never enters the statistics.
-3. Time: on CUDA, a pair of CUDA events around each iteration and a synchronisation after it (so
+   median of the last 3 is within `settle_tol` of the median of the 3 before. The limits are in
+   iterations as well as seconds, so that "did not settle" describes the machine, not the
+   settings: `warmup_max_s` ends an unsettled warm-up only after `warmup_settle_iters` (8: settling
+   can first happen at the 6th), so a 1 s forward gets its chances as a 1 ms one does;
+   `warmup_max_iters` and `warmup_cap_s` (a guard for forwards of minutes) end it regardless, and
+   the row records why it stopped (`warmup_stop`) and how long it took (`warmup_s`). The first
+   call is timed on its own (`first_iter_ms`): it holds compilation, cuDNN autotuning and
+   allocator growth, and never enters the statistics.
+3. Time at least `min_iters` samples whatever the seconds, and at least `min_time_s` seconds
+   (`timed_s` records what it took). On CUDA, a pair of CUDA events around each iteration and a synchronisation after it (so
    each sample is the latency of one step, launch overhead included); with `cuda_graphs` the
    forward is captured once on a side stream after the warm-up and each sample is a replay.
    On CPU, `torch.utils.benchmark.Timer.blocked_autorange` with a fixed thread count (restored
@@ -38,7 +44,8 @@ How a measurement runs (timm's `benchmark.py` and pycls's timing, made stricter)
    1-min load average before or after (`loadavg_before`, `loadavg_after`) exceeds the threads in
    use + `NOISE_LOAD_MARGIN` (1.0), or the steal time over the measurement (`steal_pct`, from
    /proc/stat on VMs) exceeds `NOISE_STEAL_MAX_PCT` (2 %); else "ok". The thresholds and why are
-   given where they are defined.
+   given where they are defined (bench/core/noise.py, torch-free). The options the row was timed
+   with travel in it (`latency_protocol`), defaults filled in.
 
 Inference runs under `model.eval()` and `torch.inference_mode()`; a training step is forward,
 cross-entropy against fixed random labels, backward and an SGD step (`lr=0`, so the weights keep
@@ -55,6 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import gc
 import logging
@@ -69,9 +77,11 @@ import torch
 from torch import nn
 from torch.utils.benchmark import Timer
 
+from bench.core.contracts import DEFAULT_TIMING, TIMING_KEYS
 from bench.core.errors import UsageError
 from bench.core.noise import (MEMORY_KIND_TEXT, NOISE_LOAD_MARGIN, NOISE_SPREAD_MAX,  # noqa: F401 - re-exported
-                               NOISE_STEAL_MAX_PCT, judge_latency, latency_notes, percentile, spread_p80_p20)
+                               NOISE_STEAL_MAX_PCT, SETTLE_WINDOW, judge_latency, latency_notes, percentile,
+                               spread_p80_p20)
 from bench.core.records import capture_env
 from bench.core.util import image_hw
 
@@ -530,18 +540,43 @@ def _settled(times: list[float], window: int, tol: float) -> bool:
     return abs(recent - before) <= tol * before
 
 
-def warm_up(run_once: Callable[[], float], *, min_iters: int, max_iters: int, max_s: float,
-            tol: float, window: int = 3) -> tuple[list[float], bool]:
-    """Run until the timings settle (at least `min_iters`); return the times and whether they settled."""
+@dataclasses.dataclass(frozen=True)
+class WarmUp:
+    """What a warm-up did: its iteration times, whether they settled, why it stopped, how long it took.
+
+    `stop` is "settled", "max_s" (unsettled after `warmup_max_s` and `warmup_settle_iters`),
+    "max_iters" (`warmup_max_iters`) or "cap_s" (`warmup_cap_s`, whatever the iterations).
+    """
+
+    times: list[float]
+    settled: bool
+    stop: str
+    seconds: float
+
+
+def warm_up(run_once: Callable[[], float], *, min_iters: int, max_iters: int, max_s: float, tol: float,
+            settle_iters: int = 2 * SETTLE_WINDOW + 2, cap_s: float = math.inf, window: int = SETTLE_WINDOW,
+            clock: Callable[[], float] = time.perf_counter) -> WarmUp:
+    """Run until the timings settle, at least `min_iters` times.
+
+    Seconds alone never end a warm-up before settling had its chances: `max_s` stops an unsettled
+    warm-up only once `settle_iters` iterations ran, so a forward of a second gets the 6 iterations
+    two windows of 3 need as surely as one of a millisecond. `max_iters` and `cap_s` stop it
+    regardless (a forward so slow that the cap cuts it before the 6th iteration is recorded as such).
+    """
     times: list[float] = []
-    deadline = time.perf_counter() + max_s
-    settled = False
-    while len(times) < max_iters:
+    start = clock()
+    while True:
         times.append(run_once())
-        settled = len(times) >= min_iters and _settled(times, window, tol)
-        if settled or (len(times) >= min_iters and time.perf_counter() > deadline):
-            break
-    return times, settled
+        elapsed = clock() - start
+        if len(times) >= min_iters and _settled(times, window, tol):
+            return WarmUp(times, True, "settled", elapsed)
+        if len(times) >= max(max_iters, 1):
+            return WarmUp(times, False, "max_iters", elapsed)
+        if elapsed >= cap_s:
+            return WarmUp(times, False, "cap_s", elapsed)
+        if len(times) >= max(min_iters, settle_iters) and elapsed >= max_s:
+            return WarmUp(times, False, "max_s", elapsed)
 
 
 def _collect_cuda(run_once: Callable[[], float], *, min_iters: int, max_iters: int,
@@ -558,16 +593,17 @@ def _collect_cpu(step: Callable[[], Any], *, threads: int, estimate_s: float, mi
                  min_time_s: float, max_time_s: float) -> tuple[list[float], int]:
     """`Timer.blocked_autorange` samples (seconds per iteration) and the iterations per sample.
 
-    `blocked_autorange` picks a block size that makes its timer overhead negligible (fast steps
-    are timed in blocks of 10 or 100), so it may return fewer samples than `min_iters`; more
-    blocks of the same size are then added with `Timer.timeit` until `min_iters` samples exist
-    or `max_time_s` has passed.
+    `blocked_autorange` runs for `min_time_s`, or for the time `min_iters` iterations take by the
+    warm-up's estimate, whichever is longer, up to `max_time_s`. It picks a block size that makes
+    its timer overhead negligible (fast steps are timed in blocks of 10 or 100), so it may return
+    fewer samples than `min_iters`; more blocks of the same size are then added with
+    `Timer.timeit` until `min_iters` samples exist, whatever the seconds: `max_time_s` caps the
+    time asked for, never the samples a spread needs.
     """
-    start = time.perf_counter()
     timer = Timer(stmt="step()", globals={"step": step}, num_threads=threads)
     measurement = timer.blocked_autorange(min_run_time=min(max(min_time_s, min_iters * estimate_s), max_time_s))
     samples, per_sample = list(measurement.times), int(measurement.number_per_run)
-    while len(samples) < min_iters and time.perf_counter() - start < max_time_s:
+    while len(samples) < min_iters:
         samples.extend(timer.timeit(per_sample).times)
     return samples, per_sample
 
@@ -645,10 +681,14 @@ def _time_step(runnable: nn.Module, *, batch_size: int, hw: tuple[int, int], in_
     if cuda_graphs:
         step = _capture_cuda_graph(step, device)
     run_once = _cuda_timer(step, device) if cuda else _wall_timer(step)
-    warm, settled = warm_up(run_once, min_iters=opts["warmup_min_iters"], max_iters=opts["warmup_max_iters"],
-                            max_s=opts["warmup_max_s"], tol=opts["settle_tol"])
-    if not settled:
-        log.info("warm-up did not settle within %d iterations; timing anyway", len(warm))
+    warmed = warm_up(run_once, min_iters=opts["warmup_min_iters"], max_iters=opts["warmup_max_iters"],
+                     max_s=opts["warmup_max_s"], tol=opts["settle_tol"], settle_iters=opts["warmup_settle_iters"],
+                     cap_s=opts["warmup_cap_s"])
+    warm = warmed.times
+    if not warmed.settled:
+        log.info("warm-up did not settle within %d iterations (%.1f s, stopped by %s); timing anyway",
+                 len(warm), warmed.seconds, warmed.stop)
+    timed_start = time.perf_counter()
     if cuda:
         samples = _collect_cuda(run_once, min_iters=opts["min_iters"], max_iters=opts["max_iters"],
                                 min_time_s=opts["min_time_s"])
@@ -659,21 +699,10 @@ def _time_step(runnable: nn.Module, *, batch_size: int, hw: tuple[int, int], in_
                                            min_time_s=opts["min_time_s"], max_time_s=opts["max_time_s"])
         timer_name = "torch.utils.benchmark.Timer.blocked_autorange"
     stats = summarize(samples, batch_size, per_sample)
-    stats.update(first_iter_ms=1000.0 * first_s, warmup_iters=len(warm), warmup_settled=settled,
+    stats.update(first_iter_ms=1000.0 * first_s, warmup_iters=len(warm), warmup_settled=warmed.settled,
+                 warmup_stop=warmed.stop, warmup_s=warmed.seconds, timed_s=time.perf_counter() - timed_start,
                  iters_per_sample=per_sample, timer=timer_name)
     return stats
-
-
-DEFAULT_TIMING = {
-    "warmup_min_iters": 3,      # never fewer warm-up iterations than this
-    "warmup_max_iters": 50,
-    "warmup_max_s": 20.0,       # stop warming up after this long (once the minimum is done)
-    "settle_tol": 0.05,         # medians of consecutive windows of 3 within 5%: settled
-    "min_iters": 10,            # timed samples, at least (CPU: one sample is a block of iterations)
-    "max_iters": 10_000,        # CUDA only
-    "min_time_s": 1.0,          # timed seconds, at least
-    "max_time_s": 30.0,         # CPU: cap on the time min_iters may ask for
-}
 
 
 def measure_latency(model: nn.Module, *, input_size: int | Sequence[int], batch_size: int,
@@ -699,14 +728,16 @@ def measure_latency(model: nn.Module, *, input_size: int | Sequence[int], batch_
         min_batch_size: the smallest batch a retry may use.
         cudnn_benchmark: `torch.backends.cudnn.benchmark` during the measurement (None: leave it).
         in_channels: channels of the input images.
-        **timing: overrides of `DEFAULT_TIMING` (warm-up and iteration limits).
+        **timing: overrides of `DEFAULT_TIMING` (warm-up and iteration limits; bench.core.contracts
+            documents each).
 
     Returns:
         Flat metrics: `latency_ms_p50/p20/p80/mean/min`, `latency_iters`, `throughput_img_s`,
         `peak_mem_mb` (CPU: RSS added; `process_peak_rss_mb` beside it), `batch_size_used`,
         `mode`, the verdict (`latency_verdict`, `latency_noise_reasons`,
-        `latency_spread_p80_p20`, `loadavg_before`, `loadavg_after`, `steal_pct`) and what was
-        measured (device, dtype, ...).
+        `latency_spread_p80_p20`, `loadavg_before`, `loadavg_after`, `steal_pct`), the warm-up
+        (`warmup_iters`, `warmup_settled`, `warmup_stop`, `warmup_s`), `timed_s`, the protocol
+        (`latency_protocol`) and what was measured (device, dtype, ...).
 
     Raises:
         UsageError: an option the device cannot run (see `check_options`).
@@ -737,6 +768,7 @@ def measure_latency(model: nn.Module, *, input_size: int | Sequence[int], batch_
                  mode="train_step" if train_step else "inference", device=str(dev), dtype=dtype,
                  input_size=list(hw), channels_last=channels_last, compile=compile_mode,
                  cuda_graphs=cuda_graphs, threads=n_threads, cudnn_benchmark=cudnn_flag)
+    stats["latency_protocol"] = {k: opts[k] for k in TIMING_KEYS}
     stats.update(judge_latency(stats))
     if stats["latency_verdict"] != "ok":
         log.info("latency at batch %d is noisy: %s", used, "; ".join(stats["latency_noise_reasons"]))
