@@ -70,7 +70,7 @@ phase() {  # phase NAME LIMIT_S COMMAND...: run it into NAME.log, record rc and 
 }
 
 : >"$dest/phases.txt"
-speed=(python3 -m bench speed --gpu --channels-last --quick --not-shared)
+speed=(python3 -m bench speed --gpu --channels-last --quick)
 phase env 60 bash -c 'nvidia-smi; python3 -c "import torch, torchvision, sys; print(sys.version); \
 print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version(), \
 \"torchvision\", torchvision.__version__); print(torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))"'

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 
 # Lowest first: a room may import itself and the rooms before it.
-ROOMS = ("core", "measure", "pipeline", "analysis", "cli")
+ROOMS = ("core", "measure", "pipeline", "analysis", "studies", "cli")
 RANK = {room: rank for rank, room in enumerate(ROOMS)}
 TOP_FILES = {"__init__.py", "__main__.py"}  # the only modules directly in bench/
 

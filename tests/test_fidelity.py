@@ -10,7 +10,8 @@ import functools
 import pytest
 import torch
 
-from bench.analysis import fidelity, fidelity_report
+from bench.analysis import fidelity_report
+from bench.studies import fidelity
 from bench.analysis.reference import paper_value
 from bench.measure.complexity import measure_complexity
 from models import build_model

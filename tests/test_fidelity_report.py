@@ -16,7 +16,8 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from bench.analysis import fidelity, fidelity_report
+from bench.analysis import fidelity_report
+from bench.studies import fidelity
 from bench.analysis.reference import paper_value
 from bench.analysis.report import build_report, load_runs
 from bench.pipeline.grid import load_grid
@@ -33,18 +34,18 @@ CLS = [f"{p}resnet{d}" for p in ("", "vt_") for d in (18, 34, 50, 101)]
 VT_TABLE = {"vt_resnet18": "T8", "vt_resnet34": "T2", "vt_resnet50": "T8", "vt_resnet101": "T8"}
 
 
-def _cell(model: str, gmacs: float, params: float, stages: dict[str, tuple[float, float]], cid: str,
-          **options) -> tuple[dict, dict]:
-    """A flattened ok complexity record (RunData.cells row) and its nested config."""
-    row = {"cell_id": cid, "model": model, "gmacs": gmacs, "params_m": params, "gmacs_traced": gmacs,
-           "counter_gap_pct": 0.0, "counter_agree": True, "gmacs_fvcore": gmacs * 1.003, "unsupported_ops": "{}",
-           "finished_at": "2026-12-05T12:00:00+00:00", "env.host": "h", "env.cpu": "cpu", "env.threads": 1,
-           "env.python": "3", "env.torch": "2", "env.git_commit": "abc"}
+def _record(model: str, gmacs: float, params: float, stages: dict[str, tuple[float, float]], cid: str,
+            **options) -> dict:
+    """An ok complexity record as RunData.records holds it (config, metrics, env)."""
+    metrics = {"gmacs": gmacs, "params_m": params, "gmacs_traced": gmacs, "counter_gap_pct": 0.0,
+               "counter_agree": True, "gmacs_fvcore": gmacs * 1.003, "unsupported_ops": {}}
     for stage, (g, p) in stages.items():
-        row[f"gmacs_{stage}"], row[f"params_m_{stage}"] = g, p
+        metrics[f"gmacs_{stage}"], metrics[f"params_m_{stage}"] = g, p
     config = {"model": model, "model_args": {"num_classes": 1000, **options}, "measure": ["complexity"],
               "input_size": 224, "seed": 0}
-    return row, config
+    return {"cell_id": cid, "status": "ok", "config": config, "metrics": metrics,
+            "finished_at": "2026-12-05T12:00:00+00:00",
+            "env": {"host": "h", "cpu": "cpu", "threads": 1, "python": "3", "torch": "2", "git_commit": "abc"}}
 
 
 def _hand_made(scale: dict[str, tuple[float, float]] | None = None) -> SimpleNamespace:
@@ -54,7 +55,7 @@ def _hand_made(scale: dict[str, tuple[float, float]] | None = None) -> SimpleNam
     its VT stage is the rest, so every VT stage is exactly what the paper's total leaves it.
     """
     scale = scale or {}
-    rows, configs, trunks = [], {}, {}
+    records, trunks = [], {}
     for i, model in enumerate(CLS):
         table = VT_TABLE.get(model, "T8")
         g = paper_value(model, "gmacs", table, (224, 224))
@@ -68,10 +69,8 @@ def _hand_made(scale: dict[str, tuple[float, float]] | None = None) -> SimpleNam
             trunks[model] = (0.8 * g, 0.8 * p)
             stages = {s: (0.2 * g, 0.2 * p) for s in ("stem", "stage2", "stage3", "stage4")}
             stages.update(stage5=(g * sg - 0.8 * g, p * sp - 0.8 * p), head=(0.0, 0.0))
-        row, config = _cell(model, g * sg, p * sp, stages, f"c{i}")
-        rows.append(row)
-        configs[row["cell_id"]] = config
-    return SimpleNamespace(cells=pd.DataFrame(rows), configs=configs)
+        records.append(_record(model, g * sg, p * sp, stages, f"c{i}"))
+    return SimpleNamespace(records=records)
 
 
 def _verdicts(data) -> dict[str, str]:
@@ -81,9 +80,9 @@ def _verdicts(data) -> dict[str, str]:
 
 def test_no_section_without_the_eight_classifiers():
     data = _hand_made()
-    data.cells = data.cells[data.cells.model != "resnet18"]
+    data.records = [r for r in data.records if r["config"]["model"] != "resnet18"]
     assert fidelity_report.report_sections(data, pd.DataFrame()) == []
-    empty = SimpleNamespace(cells=pd.DataFrame(), configs={})
+    empty = SimpleNamespace(records=[])
     assert fidelity_report.report_sections(empty, pd.DataFrame()) == []
 
 
@@ -118,8 +117,8 @@ def test_stage_budget_flips_though_the_total_does_not():
     """The VT stage is held to what the paper's total leaves it (15 %), whatever the total's verdict."""
     def stage_verdict(factor: float) -> tuple[str, str]:
         data = _hand_made()
-        vt50 = data.cells.model == "vt_resnet50"
-        data.cells.loc[vt50, "gmacs_vt"] = data.cells.loc[vt50, "gmacs_vt"] * factor  # the total is unchanged
+        vt50 = next(r["metrics"] for r in data.records if r["config"]["model"] == "vt_resnet50")
+        vt50["gmacs_vt"] *= factor  # the total is unchanged
         f = fidelity_report.fidelity_frames(data)
         budget = f.budget.set_index(["model", "table"]).loc[("vt_resnet50", "T8")]
         return budget.budget_verdict, dict(zip(f.main.model, f.main.verdict))["vt_resnet50"]

@@ -1,4 +1,5 @@
-"""bench.measure.roofline: the measured ceilings and the achieved rate, checked against plain arithmetic."""
+"""The roofline: measured ceilings and the achieved rate (bench.measure.roofline), the cost model and its
+bounds, the report (bench.analysis.roofline_report) and the study's driver (bench.studies.roofline)."""
 
 import math
 
@@ -6,7 +7,6 @@ import pytest
 import torch
 
 from bench.measure.roofline import achieved, measure_peak
-from bench.analysis.speed import pair_summary
 
 
 def test_achieved_is_two_flops_per_mac_over_the_latency():
@@ -30,76 +30,6 @@ def test_measure_peak_on_cpu_is_positive_and_self_consistent(one_thread):
 def test_measure_peak_rejects_an_unknown_dtype():
     with pytest.raises(KeyError):
         measure_peak("cpu", "int3")
-
-
-def test_pair_summary_reports_each_sides_rate_and_fraction():
-    rows = {"a": [{"round": 0, "latency_ms_p50": 10.0, "latency_ms_p20": 9.0, "latency_ms_p80": 11.0,
-                   "throughput_img_s": 100.0, "peak_mem_mb": 1.0}],
-            "b": [{"round": 0, "latency_ms_p50": 5.0, "latency_ms_p20": 4.0, "latency_ms_p80": 6.0,
-                   "throughput_img_s": 200.0, "peak_mem_mb": 1.0}]}
-    macs = {"a": {"gmacs": 1.0, "params_m": 1.0}, "b": {"gmacs": 0.8, "params_m": 1.0}}
-    s = pair_summary("a", "b", rows, macs, batch=2, peak={"gemm_tflops": 1.0})
-    assert math.isclose(s["base_tflops"], 2 * 1e9 * 2 / 0.010 / 1e12)
-    assert math.isclose(s["vt_tflops"], 2 * 0.8e9 * 2 / 0.005 / 1e12)
-    assert math.isclose(s["vt_fraction_of_peak"], s["vt_tflops"])
-    assert math.isclose(s["latency_ratio"], 0.5) and math.isclose(s["macs_ratio"], 0.8)
-
-
-def test_the_ceiling_is_the_higher_of_start_and_end_and_an_exceeded_one_is_flagged():
-    from bench.analysis.speed import ceiling_exceeded, combined_ceiling
-
-    start = {"gemm_tflops": 0.1, "copy_gb_s": 20.0, "gemm_n": 8}
-    end = {"gemm_tflops": 0.2, "copy_gb_s": 10.0, "gemm_n": 8}
-    peak = combined_ceiling(start, end)
-    assert peak["gemm_tflops"] == 0.2 and peak["copy_gb_s"] == 20.0
-    assert math.isclose(peak["ridge_flop_per_byte"], 0.2e12 / 20e9)
-    assert peak["gemm_tflops_start_end"] == [0.1, 0.2]
-    summaries = [{"baseline": "a", "vt_model": "b", "batch": 1, "mode": "eager",
-                  "base_fraction_of_peak": 0.5, "vt_fraction_of_peak": 1.2}]
-    rates = {"a, b1": {"stage4": {"achieved_tflops": 0.3, "fraction_of_peak": 1.5}}}
-    assert ceiling_exceeded(summaries, rates) == ["b b1 eager", "a, b1 stage4"]
-    assert ceiling_exceeded([], {}) == []
-
-
-def test_target_verdict_needs_every_round_and_names_noisy_measurements():
-    from bench.analysis.speed import target_verdict
-
-    base = {"macs_ratio": 0.85, "rounds": 3}
-    assert target_verdict({**base, "latency_ratio_min": 0.7, "latency_ratio_max": 0.84}) == "met"
-    assert target_verdict({**base, "latency_ratio_min": 0.9, "latency_ratio_max": 1.2}) == "missed"
-    assert target_verdict({**base, "latency_ratio_min": 0.8, "latency_ratio_max": 0.9}) == "not resolved"
-    assert target_verdict({**base, "latency_ratio_min": 0.9, "latency_ratio_max": 1.2, "vt_noisy_rounds": 2}) \
-        == "missed (noisy: 2 of 6 measurements)"
-
-
-def _committed_speed_studies() -> list[str]:
-    """Every folder under results/ with a speed.json, except results/speed_cpu, whose speed.json
-    predates the current form."""
-    from pathlib import Path
-    results = Path(__file__).resolve().parents[1] / "results"
-    found = sorted(str(p.parent.relative_to(results)) for p in results.rglob("speed.json"))
-    return [study for study in found if study != "speed_cpu"]
-
-
-def test_the_committed_speed_studies_are_found():
-    studies = _committed_speed_studies()
-    assert {"speed_cpu_fast", "speed_cpu_compiled", "speed_gpu/fpn_473"} <= set(studies), studies
-
-
-@pytest.mark.parametrize("study", _committed_speed_studies())
-def test_committed_speed_studies_regenerate_from_their_json(tmp_path, study):
-    """Each committed speed study (results/speed_cpu predates speed.json's current form) is what
-    `bench.analysis.speed --render` makes of its JSON."""
-    import shutil
-    from pathlib import Path
-
-    from bench.analysis.speed import render
-
-    source = Path(__file__).resolve().parents[1] / "results" / study
-    shutil.copy(source / "speed.json", tmp_path / "speed.json")
-    render(tmp_path)
-    assert (tmp_path / "speed.md").read_text() == (source / "speed.md").read_text()
-    assert (tmp_path / "speed.csv").read_text() == (source / "speed.csv").read_text()
 
 
 # ------------------------------------------------------------ operator costs and bounds --------
@@ -164,7 +94,7 @@ def test_committed_h200_measurements_never_beat_their_bounds():
     import csv
     from pathlib import Path
 
-    from bench.measure.roofline import violations
+    from bench.analysis.roofline_report import violations
 
     path = Path(__file__).resolve().parents[1] / "results" / "roofline" / "roofline.csv"
     rows = []
@@ -176,25 +106,13 @@ def test_committed_h200_measurements_never_beat_their_bounds():
     assert violations(rows) == []
 
 
-def test_an_error_row_of_the_speed_table_keeps_every_column():
-    """The ratio table used to print an error row with 10 cells under 12 headers."""
-    from bench.analysis.speed import _summary_cells
-
-    ok = {"batch": 1, "mode": "eager", "baseline": "a", "vt_model": "b", "base_ms_p50": 2.0, "base_ms_p20": 1.0,
-          "base_ms_p80": 3.0, "vt_ms_p50": 1.0, "vt_ms_p20": 0.5, "vt_ms_p80": 1.5, "latency_ratio": 0.5,
-          "latency_ratio_min": 0.4, "latency_ratio_max": 0.6, "macs_ratio": 0.8, "params_ratio": 1.0, "rounds": 3}
-    error = {"batch": 1, "mode": "eager", "baseline": "a", "vt_model": "b", "macs_ratio": 0.8, "params_ratio": 1.0,
-             "error": "OutOfMemory: x"}
-    assert list(_summary_cells(ok)) == list(_summary_cells(error))
-    assert _summary_cells(ok)["target"] == "met" and _summary_cells(error)["baseline p50 ms [p20-p80]"].startswith("error")
-
-
 def test_a_cpu_study_gives_a_cpu_roofline_at_its_dtype_and_batches(tmp_path):
     """Measured on a CPU: only the CPU's ceilings (no bf16 datasheets beside it), bytes at the study's
     dtype (fp32: twice the bf16 bytes) and the batch sizes the study measured, its times beside them."""
     import json
 
-    from bench.measure.roofline import main, operator_costs
+    from bench.measure.roofline import operator_costs
+    from bench.studies.roofline import main
     from models import build_model
 
     study = {"peak": {"device": "cpu", "device_name": "cpu", "dtype": "fp32", "gemm_tflops": 0.2, "copy_gb_s": 30.0},
@@ -217,7 +135,7 @@ def test_a_cpu_study_gives_a_cpu_roofline_at_its_dtype_and_batches(tmp_path):
 def test_a_run_folder_reads_as_a_study_of_stage_times_and_ceilings(tmp_path):
     """`--measured RUN`: a run re-measured by `vtbench interleave --stages --peak` in speed.json's shape."""
     from bench.core.records import make_record, make_remeasurement, write_record, write_remeasurement
-    from bench.measure.roofline import study_of_run
+    from bench.analysis.roofline_report import study_of_run
 
     records = tmp_path / "run" / "records"
     session = {"id": "cccccccccccc", "protocol": "interleaved", "started_at": "2026-01-01T00:00:00+00:00",
@@ -236,3 +154,28 @@ def test_a_run_folder_reads_as_a_study_of_stage_times_and_ceilings(tmp_path):
     assert study["stages_ms"] == {"resnet18, b1": {"stem": 2.0, "head": 0.5}}  # the eager cell's
     assert study["peak"] == {"device": "cpu", "device_name": "Test CPU", "dtype": "fp32", "gemm_tflops": 0.2,
                              "copy_gb_s": 8.0}
+
+
+def test_the_driver_writes_only_its_out_and_refuses_a_missing_study(tmp_path, monkeypatch, capsys):
+    """By default the study goes to runs/roofline (ignored by git), never the committed results/roofline;
+    a --measured path that is not there is bad input (exit 2), not a silently unmeasured table."""
+    from bench.studies import roofline as study
+
+    assert study.DEFAULT_OUT == "runs/roofline"
+    monkeypatch.chdir(tmp_path)
+    assert study.main(["--measured", str(tmp_path / "nothing.json")]) == 2
+    assert "nothing.json" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
+def test_bound_rows_and_the_measured_join_by_hand():
+    """The bounds of one stage on one device, then its measured time joined by 'model, bN'."""
+    from bench.analysis.roofline_report import attach_measured
+    from bench.measure.roofline import OpCost, bound_rows
+
+    costs = {("m", 2): ([OpCost("s", "mm", 4e12, 1e12)], {"s": 1e12})}
+    rows = bound_rows(costs, {"dev": (1.0, 1.0, "by hand")})
+    assert rows[0]["fused_ms"] == pytest.approx(4000.0) and rows[0]["bound"] == "compute"
+    (joined,) = attach_measured(rows, {"m, b2": {"s": 8000.0}}, "dev")
+    assert joined["measured_over_unfused"] == pytest.approx(2.0)
+    assert joined["achieved_tflops"] == pytest.approx(0.5)
+    assert "measured_ms" not in attach_measured(rows, {"m, b2": {"s": 1.0}}, "other device")[0]

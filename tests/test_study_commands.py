@@ -1,69 +1,48 @@
 """`vtbench speed` and `vtbench fidelity`: subcommands with the shared flags, also as `python -m bench NAME`.
 
-Nothing is timed or counted here: `speed --render` rebuilds a committed study from its JSON, and the
-measuring functions are replaced where the test is about the flags.
+Nothing is timed or counted here: the measuring functions are replaced where the test is about the
+flags, and `fidelity --no-measure` reads the committed run's records.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-import bench.analysis.fidelity
-import bench.analysis.speed
-from bench.core.errors import UsageError
+import bench.studies.fidelity
+import bench.studies.speed
+from bench.analysis.section import StudySection
 from bench.cli import main as cli_main
+from bench.core.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
-STUDY = REPO / "results" / "speed_gpu" / "eager_cuda_graphs"
-
-
-@pytest.fixture
-def study(tmp_path) -> Path:
-    """A copy of a committed GPU study's speed.json (re-rendered, never re-measured)."""
-    shutil.copy(STUDY / "speed.json", tmp_path / "speed.json")
-    return tmp_path
-
-
-@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
-def test_speed_render_prints_each_format(study, capsys, fmt):
-    assert cli_main(["speed", "--render", str(study), "--format", fmt]) == 0
-    out = capsys.readouterr().out
-    if fmt == "table":
-        assert out == (STUDY / "speed.md").read_text()
-    elif fmt == "csv":
-        assert out == (STUDY / "speed.csv").read_text()
-        assert next(csv.reader(io.StringIO(out)))[:4] == ["device", "dtype", "mode", "batch"]
-    else:
-        rows = [json.loads(line) for line in out.splitlines()]  # JSON lines, one pair row each
-        committed = list(csv.DictReader(io.StringIO((STUDY / "speed.csv").read_text())))
-        assert len(rows) == len(committed)
-        assert [(r["baseline"], r["batch"], r["mode"]) for r in rows] == \
-            [(r["baseline"], int(r["batch"]), r["mode"]) for r in committed]
-        assert rows[0]["latency_ratio"] == pytest.approx(float(committed[0]["latency_ratio"]))
 
 
 @pytest.fixture
 def captured_speed(monkeypatch, tmp_path):
-    """Replace the measuring study by one that records its options and writes empty outputs."""
+    """Replace the measuring study by one that records its options and returns one section object,
+    beside a report.md whose text differs from it (the command must print the object, not the file)."""
     seen = {}
 
     def fake_run(opts):
         seen["opts"] = opts
         report = Path(opts.out) / "report"
         report.mkdir(parents=True)
-        (report / "report.md").write_text("# report\n\n## Complexity\n\nx\n\n## Speed: pairs\n\nrow\n\n## Plots\n")
-        (report / "speed.csv").write_text("a,b\n1,2\n")
-        return []
+        (report / "report.md").write_text("# report\n\n## Speed: stale text\n\nold row\n")
+        section = StudySection("Speed: VT vs baseline latency", "Ratio per round.",
+                               pd.DataFrame({"pair": ["vt_resnet18 / resnet18"], "ratio": ["0.93"]}),
+                               csv_name="speed.csv", data=pd.DataFrame({"vt_model": ["vt_resnet18"],
+                                                                        "latency_ratio": [0.93]}))
+        return bench.studies.speed.StudyResult(sections=[section], rows=[{"vt_model": "vt_resnet18",
+                                                                          "latency_ratio": 0.93}])
 
-    monkeypatch.setattr(bench.analysis.speed, "run", fake_run)
+    monkeypatch.setattr(bench.studies.speed, "run", fake_run)
     return seen
 
 
@@ -72,18 +51,52 @@ def test_speed_shared_flags_and_the_old_spelling(captured_speed, tmp_path, capsy
     out = tmp_path / "s"
     assert cli_main(["speed", "--out", str(out), flag, "1,8", "--min-time-s", "0.25", "--pairs", "r18"]) == 0
     opts = captured_speed["opts"]
-    assert (opts.batch_sizes, opts.min_time_s, opts.pairs, opts.out) == ([1, 8], 0.25, ["r18"], str(out))
-    assert capsys.readouterr().out == "## Speed: pairs\n\nrow\n"  # the report's speed section only
+    assert (opts.batch_sizes, opts.min_time_s, opts.pairs, opts.out) == ((1, 8), 0.25, ("r18",), str(out))
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[:3] == ["## Speed: VT vs baseline latency", "", "Ratio per round."]
+    assert "vt_resnet18 / resnet18" in printed and "stale" not in printed  # the object, not report.md
     assert cli_main(["speed", "--out", str(tmp_path / "c"), "--format", "csv"]) == 0
-    assert capsys.readouterr().out == "a,b\n1,2\n"
+    assert capsys.readouterr().out == "vt_model,latency_ratio\nvt_resnet18,0.93\n"
+    assert cli_main(["speed", "--out", str(tmp_path / "j"), "--format", "json"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [
+        {"vt_model": "vt_resnet18", "latency_ratio": 0.93}]
+
+
+def test_speed_flags_reach_the_study(captured_speed, tmp_path):
+    """Every flag changes the options the study runs with (none is accepted and then ignored)."""
+    assert cli_main(["speed", "--out", str(tmp_path / "s")]) == 0
+    default = captured_speed["opts"]
+    flags = {"--no-stages": ("stages", False), "--no-peak": ("peak", False), "--quick": ("quick", True),
+             "--profile": ("profile", True), "--channels-last": ("channels_last", True),
+             "--cluster=debug": ("cluster", "debug"), "--threads=3": ("threads", 3), "--rounds=5": ("rounds", 5),
+             "--dtype=bf16": ("dtype", "bf16"), "--modes=compile": ("modes", ("compile",))}
+    for flag, (field, value) in flags.items():
+        out = tmp_path / flag.strip("-").replace("=", "_")
+        assert cli_main(["speed", "--out", str(out), flag]) == 0
+        assert getattr(captured_speed["opts"], field) == value != getattr(default, field), flag
+
+
+def test_speed_defaults_write_under_runs_not_results():
+    assert bench.studies.speed.study_options().out == "runs/speed_cpu"
+
+
+def test_retired_speed_flags_are_refused(captured_speed, tmp_path, capsys):
+    for flag in (["--not-shared"], ["--render", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exc:
+            cli_main(["speed", "--out", str(tmp_path / "s"), *flag])
+        assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["fidelity", "--threads", "2"])
+    assert exc.value.code == 2
+    assert "opts" not in captured_speed
 
 
 def test_speed_writes_the_study_as_a_grid_of_every_pair_batch_and_mode():
     from bench.pipeline.grid import build_grid
 
-    opts = bench.analysis.speed.study_options(pairs=["r18", "fpn"], batch_sizes=[1, 32], modes=["eager", "compile"],
+    opts = bench.studies.speed.study_options(pairs=["r18", "fpn"], batch_sizes=[1, 32], modes=["eager", "compile"],
                                               threads=2, min_time_s=0.5, out="unused")
-    grid = build_grid(bench.analysis.speed.study_grid(opts))
+    grid = build_grid(bench.studies.speed.study_grid(opts))
     cells = [c.config for c in grid.cells]
     assert len(cells) == 4 * 2 * 2 and grid.duplicates == 0  # 4 models x 2 batch sizes x 2 modes
     key = {(c["model"], c["latency"]["batch_size"], c["latency"]["compile"]): c for c in cells}
@@ -100,7 +113,7 @@ def test_speed_writes_the_study_as_a_grid_of_every_pair_batch_and_mode():
 
 def test_speed_needs_two_rounds():
     with pytest.raises(UsageError, match="at least 2"):
-        bench.analysis.speed.study_options(rounds=1)
+        bench.studies.speed.study_options(rounds=1)
 
 
 def test_speed_old_spelling_is_hidden_and_bad_values_exit_2(captured_speed, tmp_path, capsys):
@@ -109,9 +122,9 @@ def test_speed_old_spelling_is_hidden_and_bad_values_exit_2(captured_speed, tmp_
     help_text = capsys.readouterr().out
     assert "--batch-size" in help_text and "--batch-sizes" not in help_text and "--min-time-s" in help_text
     for bad in (["--batch-size", "0"], ["--pairs", "r19"], ["--min-time-s", "-1"], ["--format", "xml"],
-                ["--render", str(tmp_path / "nothing")]):
+                ["--profile", "--gpu"]):
         try:
-            rc = cli_main(["speed", "--out", str(tmp_path / "s"), *bad] if bad[0] != "--render" else ["speed", *bad])
+            rc = cli_main(["speed", "--out", str(tmp_path / "s"), *bad])
         except SystemExit as exc:  # argparse's own refusals
             rc = exc.code
         err = capsys.readouterr().err
@@ -120,9 +133,9 @@ def test_speed_old_spelling_is_hidden_and_bad_values_exit_2(captured_speed, tmp_
 
 
 def test_min_time_s_replaces_the_timed_seconds_per_round():
-    assert bench.analysis.speed.timing_options(1, "cpu", quick=False)["min_time_s"] == 2.0
-    assert bench.analysis.speed.timing_options(1, "cpu", quick=False, min_time_s=0.3)["min_time_s"] == 0.3
-    assert bench.analysis.speed.timing_options(64, "cuda", quick=True, min_time_s=3.0)["min_time_s"] == 3.0
+    assert bench.studies.speed.timing_options(1, "cpu", quick=False)["min_time_s"] == 2.0
+    assert bench.studies.speed.timing_options(1, "cpu", quick=False, min_time_s=0.3)["min_time_s"] == 0.3
+    assert bench.studies.speed.timing_options(64, "cuda", quick=True, min_time_s=3.0)["min_time_s"] == 3.0
 
 
 @pytest.fixture
@@ -130,13 +143,13 @@ def fake_fidelity(monkeypatch):
     """Replace the counting by a run that writes a two-row table (fidelity.run's file names)."""
     seen = {}
 
-    def fake_run(out_dir: Path, skip_seg: bool = False) -> None:
+    def fake_run(out_dir: Path, skip_seg: bool = False, **kwargs) -> None:
         seen["skip_seg"] = skip_seg
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "fidelity.csv").write_text("model,gmacs,paper_gmacs\nresnet18,1.814,1.814\nfpn_r50,164.5,\n")
         (out_dir / "fidelity.md").write_text("# Fidelity\n")
 
-    monkeypatch.setattr(bench.analysis.fidelity, "run", fake_run)
+    monkeypatch.setattr(bench.studies.fidelity, "run", fake_run)
     return seen
 
 
@@ -162,12 +175,31 @@ def test_python_m_bench_runs_the_subcommand(name, flag):
     assert done.stderr == ""  # no third-party warning before the command line's entry either
 
 
-def test_python_m_bench_speed_render(study):
-    done = subprocess.run([sys.executable, "-m", "bench", "speed", "--render", str(study), "--format", "csv"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == (STUDY / "speed.csv").read_text()
-    assert "FutureWarning" not in done.stderr
+def test_fidelity_no_measure_writes_only_its_out(tmp_path, capsys):
+    """`--no-measure --out X` on a copy of the committed run: X gets the study's files, the run folder
+    is left byte for byte as it was (its report is not rewritten)."""
+    run = tmp_path / "run"
+    shutil.copytree(REPO / "results" / "paper_complexity", run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert cli_main(["fidelity", "--no-measure", "--run-dir", str(run), "--out", str(tmp_path / "x"),
+                     "--format", "csv"]) == 0
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["fidelity.csv", "fidelity.md",
+                                                                 "fidelity_alternatives.csv", "fidelity_budget.csv"]
+    assert capsys.readouterr().out == (tmp_path / "x" / "fidelity.csv").read_text()
+
+
+def test_fidelity_on_a_complete_run_launches_nothing(tmp_path, monkeypatch):
+    """Measuring on a run whose every cell has its record changes nothing in it."""
+    import bench.pipeline.launch
+
+    run = tmp_path / "run"
+    shutil.copytree(REPO / "results" / "paper_complexity", run)
+    calls = []
+    real = bench.pipeline.launch.launch
+    monkeypatch.setattr(bench.pipeline.launch, "launch", lambda *a, **k: calls.append(k) or real(*a, **k))
+    assert bench.studies.fidelity.launch_cells(run) is False
+    assert [c.get("dry_run") for c in calls] == [True]
 
 
 @pytest.mark.slow

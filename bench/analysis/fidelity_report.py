@@ -149,11 +149,12 @@ def _missing(value: Any) -> bool:
 
 
 def records_by_key(data: Any) -> dict[tuple, dict[str, Any]]:
-    """The complexity metrics of each ok record of a RunData (bench.analysis.report), by reading key."""
+    """The complexity metrics of each ok record of a RunData (`data.records`, as read), by reading key,
+    with the record's `cell_id`, `finished_at` and scalar `env.*` beside them."""
     out: dict[tuple, dict[str, Any]] = {}
-    for row in data.cells.to_dict(orient="records"):
-        config = data.configs.get(row.get("cell_id")) or {}
-        if "complexity" not in (config.get("measure") or []) or _missing(row.get("gmacs")):
+    for record in getattr(data, "records", None) or []:
+        config, metrics = record.get("config") or {}, record.get("metrics") or {}
+        if "complexity" not in (config.get("measure") or []) or _missing(metrics.get("gmacs")):
             continue
         model = config.get("model")
         args = dict(config.get("model_args") or {})
@@ -164,7 +165,9 @@ def records_by_key(data: Any) -> dict[tuple, dict[str, Any]]:
             key = _cell_key(model, args, config.get("input_size"), classes)
         except (TypeError, ValueError):
             continue
-        out.setdefault(key, {k: (None if _missing(v) else v) for k, v in row.items()})
+        env = {f"env.{k}": v for k, v in (record.get("env") or {}).items() if not isinstance(v, (dict, list))}
+        out.setdefault(key, {**metrics, **env, "cell_id": record.get("cell_id"),
+                             "finished_at": record.get("finished_at")})
     return out
 
 

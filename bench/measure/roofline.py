@@ -11,21 +11,19 @@ the device and threads a benchmark uses:
 `achieved` turns a model's MACs and a latency into FLOP/s and a fraction of that ceiling. The
 ceilings are measurements of this run, not datasheet figures: a datasheet peak is a lead, and a
 shared or throttled machine reaches less of it.
+
+It also holds the cost model of the roofline study: every executed operator's FLOPs and bytes
+(`operator_costs`) and each stage's lower bounds on a device of given peaks (`stage_bounds`,
+`bound_rows`). The study's driver is bench/studies/roofline.py (`python -m bench.studies.roofline`);
+its tables and figure are bench/analysis/roofline_report.py's.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
-import logging
 import statistics
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
-import pandas as pd
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -34,9 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.measure.complexity import _executed_handles, mha_fastpath_disabled
 from bench.measure.latency import DTYPES, _cuda_timer, _wall_timer, fixed_threads
-from bench.core.records import iter_records, latest_remeasurements, with_remeasurement, write_json_atomic
-from bench.core.tables import markdown_table
 from models import build_model
+
 
 def _median_time(run_once: Callable[[], float], reps: int, warmups: int) -> float:
     """Median seconds of `run_once` (a bench.measure.latency timer) over `reps` runs, after `warmups`."""
@@ -227,7 +224,6 @@ STUDY_MODELS = {"resnet18": (224, (1, 64, 256)), "vt_resnet18": (224, (1, 64, 25
 """The models of the roofline study, their input sides (the FPN pair at the paper's 473x473) and
 batch sizes: those of the GPU studies in results/speed_gpu, so that measurements stand beside bounds."""
 
-
 FLOAT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
@@ -244,224 +240,17 @@ def study_costs(float_bytes: int = 2, models: dict[str, tuple[int, tuple[int, ..
     return costs
 
 
-def stage_key(name: str, batch: int) -> str:
-    """The key of a speed study's per-stage times (speed.json's `stages_ms`): 'model, bN'."""
-    return f"{name}, b{batch}"
-
-
-def stage_key_parts(key: str) -> tuple[str, int]:
-    """The inverse of `stage_key` (the key is ours, not a model name being parsed)."""
-    name, batch = key.rsplit(", b", 1)
-    return name, int(batch)
-
-
-def measured_models(stages_ms: dict[str, dict[str, float]]) -> dict[str, tuple[int, tuple[int, ...]]]:
-    """The models and batch sizes a speed study measured (its 'model, bN' keys), at STUDY_MODELS' sides."""
-    batches: dict[str, set[int]] = {}
-    for key in stages_ms:
-        name, batch = stage_key_parts(key)
-        batches.setdefault(name, set()).add(batch)
-    return {name: (STUDY_MODELS[name][0], tuple(sorted(found))) for name, found in batches.items() if name in STUDY_MODELS}
-
-
-def bound_rows(costs: dict, devices: dict[str, tuple[float, float, str]],
-               measured: dict[str, dict[str, float]] | None = None,
-               measured_device: str | None = None) -> list[dict[str, Any]]:
-    """One row per model, batch, stage and device: the stage's counts, its three bounds, and, for
-    `measured_device`, the measured time (`measured`: speed.json's stages_ms, 'model, bN' keys)."""
+def bound_rows(costs: dict, devices: dict[str, tuple[float, float, str]]) -> list[dict[str, Any]]:
+    """One row per model, batch, stage and device: the stage's counts and its three bounds
+    (`stage_bounds`), and whether its fused bound is set by compute or by memory."""
     rows = []
     for (name, batch), (ops, fused) in costs.items():
         for device, (tflops, tb_s, _source) in devices.items():
             for stage, b in stage_bounds(ops, fused, tflops, tb_s).items():
-                row = {"device": device, "model": name, "batch": batch, "stage": stage, "gflop": b["flops"] / 1e9,
-                       "mb": b["bytes"] / 1e6, "fused_mb": b["fused_bytes"] / 1e6, "kernels": b["kernels"],
-                       "intensity": b["intensity"], "fused_ms": b["fused_ms"], "unfused_ms": b["unfused_ms"],
-                       "launch_ms": b["launch_ms"],
-                       "bound": "compute" if b["flops"] / (tflops * 1e12) >= b["fused_bytes"] / (tb_s * 1e12)
-                       else "memory"}
-                key = stage_key(name, batch)
-                if device == measured_device and measured and stage in measured.get(key, {}):
-                    row["measured_ms"] = measured[key][stage]
-                    row["measured_over_unfused"] = row["measured_ms"] / row["unfused_ms"] if row["unfused_ms"] else None
-                    row["achieved_tflops"] = b["flops"] / (row["measured_ms"] / 1e3) / 1e12
-                rows.append(row)
+                rows.append({"device": device, "model": name, "batch": batch, "stage": stage,
+                             "gflop": b["flops"] / 1e9, "mb": b["bytes"] / 1e6, "fused_mb": b["fused_bytes"] / 1e6,
+                             "kernels": b["kernels"], "intensity": b["intensity"], "fused_ms": b["fused_ms"],
+                             "unfused_ms": b["unfused_ms"], "launch_ms": b["launch_ms"],
+                             "bound": "compute" if b["flops"] / (tflops * 1e12) >= b["fused_bytes"] / (tb_s * 1e12)
+                             else "memory"})
     return rows
-
-
-def violations(rows: list[dict[str, Any]], tolerance: float = 0.9) -> list[str]:
-    """Stages measured faster than `tolerance` x their fused bound: a bound that is no bound (a count
-    too high, a timer too short, or a datasheet figure too low)."""
-    return [f"{r['model']} b{r['batch']} {r['stage']}: measured {r['measured_ms']:.4f} ms < bound {r['fused_ms']:.4f} ms"
-            for r in rows if r.get("measured_ms") is not None and r["measured_ms"] < tolerance * r["fused_ms"]]
-
-
-# --------------------------------------------------------------------------- outputs ------------
-
-KEY_STAGES = ("stage5", "vt", "fpn")
-"""The stages VT replaces or adds: ResNet's stage 5 against the VT stage, and the FPN module."""
-
-
-def markdown(rows: list[dict[str, Any]], devices: dict[str, tuple[float, float, str]], measured_device: str | None,
-             measured_source: str | None, dtype: str = "bf16") -> str:
-    """The committed report: devices, then per model and batch the replaced stages and the totals."""
-    names = list(devices)
-    lines = ["# Roofline bounds per stage: where a MAC saved can be a millisecond saved", "",
-             "**A model, not a measurement** (bench.measure.roofline): each operator of a seed-0 forward (views "
-             "excluded) with its FLOPs (FlopCounterMode, the executed count) and the bytes of its tensor "
-             f"inputs and outputs at {FLOAT_BYTES[dtype]} bytes per float ({dtype}). Per stage, three lower bounds on its time: "
-             "`fused` = max(FLOPs / peak, (weights + input + output) / bandwidth), one perfect kernel; "
-             "`eager` = sum over operators of max(FLOPs / peak, bytes / bandwidth), each operator one kernel "
-             f"at its roofline; `launch` = kernels x {LAUNCH_US:g} µs, the floor of eager launches. "
-             "Times below are in µs.", ""]
-    lines.append(markdown_table(pd.DataFrame([
-        {"device": name, f"{dtype} TFLOP/s": f"{tflops:.4g}", "TB/s": f"{tb_s:.4g}", "ridge FLOP/B": f"{tflops / tb_s:.0f}",
-         "source": source} for name, (tflops, tb_s, source) in devices.items()])).rstrip("\n"))
-    if measured_device:
-        lines += ["", f"Measured beside the bounds: `{measured_device}` rows carry the eager per-stage times of "
-                  f"`{measured_source}` (stage hooks: CUDA events on a GPU, the host clock on a CPU), and the "
-                  f"'measured / eager bound' column."]
-    by_key: dict[tuple, dict[str, dict[str, Any]]] = {}
-    for r in rows:
-        by_key.setdefault((r["model"], r["batch"], r["stage"]), {})[r["device"]] = r
-    table = []
-    for (model, batch, stage), per_device in by_key.items():
-        if stage not in KEY_STAGES:
-            continue
-        first = next(iter(per_device.values()))
-        measured = per_device.get(measured_device, {}) if measured_device else {}
-        table.append({
-            "model": model, "batch": str(batch), "stage": stage, "GFLOP": f"{first['gflop']:.3g}",
-            "MB eager (fused)": f"{first['mb']:.3g} ({first['fused_mb']:.3g})", "kernels": str(first["kernels"]),
-            "FLOP/B": f"{first['intensity']:.3g}",
-            **{f"{d} eager (fused)": f"{1e3 * per_device[d]['unfused_ms']:.3g} ({1e3 * per_device[d]['fused_ms']:.3g})"
-               for d in names if d in per_device},
-            "launch": f"{1e3 * first['launch_ms']:.3g}",
-            "measured": f"{1e3 * measured['measured_ms']:.3g}" if measured.get("measured_ms") is not None else "-",
-            "measured / eager bound": f"{measured['measured_over_unfused']:.1f}x"
-            if measured.get("measured_ms") is not None else "-"})
-    lines += ["", markdown_table(pd.DataFrame(table)).rstrip("\n")]
-    return "\n".join(lines) + "\n"
-
-
-def roofline_plot(rows: list[dict[str, Any]], tflops: float, tb_s: float, device: str, path,
-                  dtype: str = "bf16") -> None:
-    """Log-log roofline of `device`'s measured stages: achieved TFLOP/s against FLOP per byte (eager
-    bytes), with the compute roof and the bandwidth slope; the replaced stages stand out."""
-    import matplotlib  # here: 0.3 s to import, and the speed study imports this module for measure_peak
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [r for r in rows if r["device"] == device and r.get("achieved_tflops") and r["gflop"] > 0]
-    with_fpn = {r["model"] for r in rows if r["stage"] == "fpn"}
-
-    def replaced(r: dict[str, Any]) -> bool:  # the FPN module, or stage 5 / the VT stage of a classifier
-        return r["stage"] == "fpn" or (r["stage"] in KEY_STAGES and r["model"] not in with_fpn)
-
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    ridge = tflops / tb_s
-    ax.plot([0.01, ridge, 1e4], [0.01 * tb_s, tflops, tflops], color="black", lw=1.5,
-            label=f"roof: {tflops:.3g} TFLOP/s, {tb_s:.3g} TB/s")
-    styles = {True: dict(color="tab:red", marker="o"), False: dict(color="tab:blue", marker="s")}
-    for key_stage in (False, True):
-        group = [r for r in points if replaced(r) == key_stage]
-        for r in group:
-            ax.scatter(r["intensity"], r["achieved_tflops"], s=12 + 3 * r["batch"] ** 0.5, alpha=0.8,
-                       **styles[key_stage])
-            if key_stage:
-                ax.annotate(f"{r['model']} {r['stage']} b{r['batch']}", (r["intensity"], r["achieved_tflops"]),
-                            fontsize=6, xytext=(3, 3), textcoords="offset points")
-        ax.scatter([], [], label="stage 5 / VT stage / FPN module" if key_stage else "other stages",
-                   **styles[key_stage])
-    ax.set(xscale="log", yscale="log", xlabel=f"FLOP per byte (eager, {dtype})", ylabel="achieved TFLOP/s",
-           title=f"{device}: stages against the roofline\n(eager, {dtype}; marker size: batch)")
-    ax.set_xlim(0.3, 3e3)
-    lowest = min((r["achieved_tflops"] for r in points), default=tflops / 20)
-    ax.set_ylim(min(0.05, lowest / 2), tflops * 2)
-    ax.grid(True, which="both", lw=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
-def study_of_run(run_dir: str | Path) -> dict[str, Any] | None:
-    """A run folder re-measured by `vtbench interleave --stages --peak`, in a speed.json's shape: `peak`
-    (the ceilings of its first cell that has them) and `stages_ms` ('model, bN' -> stage -> ms, from
-    each cell's newest re-measurement; eager cells first, as the stage times are eager). None
-    when no re-measurement holds both."""
-    run_dir = Path(run_dir)
-    latest, _ = latest_remeasurements(run_dir / "records")
-    peak, stages = None, {}
-    records = [r for _, r in iter_records(run_dir / "records") if isinstance(r, dict) and r["cell_id"] in latest]
-    records.sort(key=lambda r: bool((r["config"].get("latency") or {}).get("compile")
-                                    or (r["config"].get("latency") or {}).get("cuda_graphs")))
-    for record in records:
-        seen = with_remeasurement(record, latest[record["cell_id"]][1])
-        metrics, latency = seen["metrics"], seen["config"].get("latency") or {}
-        times = {k[len("stage_ms_"):]: v for k, v in metrics.items() if k.startswith("stage_ms_")}
-        if not times or metrics.get("peak_gemm_tflops") is None:
-            continue
-        stages.setdefault(stage_key(seen["config"]["model"], int(latency.get("batch_size", 1))), times)
-        peak = peak or {"device": str(latency.get("device", "cpu")).split(":")[0],
-                        "device_name": (seen.get("env") or {}).get("device_name") or "unknown device",
-                        "dtype": metrics.get("peak_dtype") or latency.get("dtype", "fp32"),
-                        "gemm_tflops": metrics["peak_gemm_tflops"], "copy_gb_s": metrics["peak_copy_gb_s"]}
-    return {"peak": peak, "stages_ms": stages} if peak else None
-
-
-def _read_study(path: Path) -> dict[str, Any] | None:
-    """A speed study: a legacy speed.json, or a run folder (`study_of_run`)."""
-    return study_of_run(path) if path.is_dir() else json.loads(path.read_text())
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m bench.measure.roofline [--out DIR] [--measured SPEED_JSON ...]`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    p = argparse.ArgumentParser(prog="python -m bench.measure.roofline", description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="results/roofline", help="output folder (default results/roofline)")
-    p.add_argument("--measured", nargs="*", default=["results/speed_gpu/eager_cuda_graphs/speed.json",
-                                                      "results/speed_gpu/fpn_473/speed.json"],
-                   help="speed studies of one device (a legacy speed.json, or a run folder re-measured by "
-                        "`vtbench interleave --stages --peak`, e.g. `vtbench speed`'s --out) whose per-stage times are set "
-                        "beside the bounds; the first one's measured ceilings are that device's roof (none: no "
-                        "argument). A CPU study gives a CPU roofline: only its device, bytes at its dtype "
-                        "(fp32: 4), the batch sizes it measured")
-    args = p.parse_args(argv)
-    devices = dict(DEVICES)
-    measured_device, measured, dtype, models = None, {}, "bf16", None
-    studies = [_read_study(Path(path)) for path in args.measured or [] if Path(path).exists()]
-    studies = [study for study in studies if study]
-    if studies:
-        peak = studies[0]["peak"]
-        measured_device = f"{peak['device_name']}, measured ceilings"
-        for study in studies:
-            measured.update(study["stages_ms"])
-        if peak["device"] == "cpu":  # the datasheets are bf16 GPU peaks: nothing to set beside a CPU
-            devices, dtype, models = {}, peak["dtype"], measured_models(measured)
-        devices[measured_device] = (peak["gemm_tflops"], peak["copy_gb_s"] / 1000,
-                                    f"bench.measure.roofline.measure_peak in {args.measured[0]}")
-    costs = study_costs(FLOAT_BYTES[dtype], models)
-    rows = bound_rows(costs, devices, measured, measured_device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "roofline.md").write_text(markdown(rows, devices, measured_device, ", ".join(args.measured or []), dtype))
-    with open(out / "roofline.csv", "w", newline="") as handle:
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    write_json_atomic(out / "roofline.json", {"devices": devices, "launch_us": LAUNCH_US,
-                                              "models": STUDY_MODELS, "measured": args.measured, "rows": rows})
-    if measured_device:
-        tflops, tb_s, _ = devices[measured_device]
-        roofline_plot(rows, tflops, tb_s, measured_device, out / "roofline.png", dtype)
-    bad = violations(rows)
-    for line in bad:
-        logging.getLogger("bench.measure.roofline").warning("BOUND VIOLATED: %s", line)
-    print((out / "roofline.md").read_text())
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,14 +1,14 @@
-"""`vtbench fidelity`: the paper's complexity numbers beside vtbench's models (bench/analysis/fidelity.py).
+"""`vtbench fidelity`: the paper's complexity numbers beside vtbench's models (bench/studies/fidelity.py).
 
-    vtbench fidelity --out results/fidelity             # the twelve models and the alternative readings
+    vtbench fidelity --out runs/fidelity                # the twelve models and the alternative readings
     vtbench fidelity --skip-seg --format csv            # without the (slow) FPN rows; the table as CSV
-    vtbench fidelity --no-measure                       # only rewrite the files from the run's records
+    vtbench fidelity --no-measure --out DIR             # only write the files from the run's records
 
-Launches experiments/paper_complexity.yaml into --run-dir (default results/paper_complexity; cells
-with an ok record are skipped) and waits, writes that run's report (its fidelity sections), then
+Runs the cells of experiments/paper_complexity.yaml that have no ok record into --run-dir (default
+results/paper_complexity) and waits; when any ran, rewrites that run's report. Then writes
 fidelity.md, fidelity.csv, fidelity_alternatives.csv and fidelity_budget.csv into --out, and prints
 fidelity.md (`--format table`), or the twelve-model table (fidelity.csv) as JSON lines (one row
-each) or CSV.
+each) or CSV. With --no-measure, or when every cell has its record, only --out is written.
 MACs are counted, not timed: the timing flags of `speed`/`profile` do not apply here.
 Exit status 0; 2 on bad input or a failed cell.
 """
@@ -27,21 +27,21 @@ HELP = ("Paper vs measured complexity of the twelve models, per stage, with the 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `vtbench fidelity` (the shared ones from bench.cli.commands.common)."""
-    common.add_out(parser, "results/fidelity", "output folder (default results/fidelity)")
-    common.add_format(parser)
+    common.add_out(parser, "runs/fidelity", "output folder (default runs/fidelity); with --no-measure, or when "
+                                            "every cell has its record, nothing is written outside it")
+    common.add_format(parser, "fidelity.md")
     parser.add_argument("--run-dir", default=None, metavar="DIR",
                         help="run folder of experiments/paper_complexity.yaml (default results/paper_complexity)")
     parser.add_argument("--skip-seg", action="store_true", help="leave out the FPN rows (the slow ones)")
     parser.add_argument("--no-measure", action="store_true",
-                        help="launch nothing: write the report and the files from the records already there")
-    parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)  # ignored: cells set theirs
+                        help="launch nothing: write the files into --out from the records already there")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the grid's missing cells, write the files, print as --format asks."""
     import pandas as pd
 
-    from bench.analysis import fidelity
+    from bench.studies import fidelity
 
     out = Path(args.out)
     extra = {}

@@ -1,13 +1,15 @@
 """`vtbench fidelity`: the paper's complexity numbers beside vtbench's models, as a grid and a report.
 
-    vtbench fidelity [--out results/fidelity] [--run-dir results/paper_complexity] [--skip-seg]
+    vtbench fidelity --out DIR [--run-dir results/paper_complexity] [--skip-seg] [--no-measure]
 
-A thin driver over the one runner: it launches `experiments/paper_complexity.yaml` into the run folder
-(cells with an ok record are skipped, so on the committed run nothing is counted), waits, writes the
-run's report (`vtbench report RUN`, whose fidelity sections come from bench/analysis/fidelity_report.py)
-and then fidelity.md, fidelity.csv, fidelity_alternatives.csv and fidelity_budget.csv into --out, from
-the same frames as those sections. Every number, tolerance and verdict is fidelity_report's: this
-module measures nothing itself but the FPN module alone (`measure_fpn_module`, for the tests).
+A thin driver over the one runner: it runs the cells of `experiments/paper_complexity.yaml` that have
+no ok record into the run folder and waits; when it ran any, it rewrites that run's report (its
+records changed; the fidelity sections come from bench/analysis/fidelity_report.py). Then it writes
+fidelity.md, fidelity.csv, fidelity_alternatives.csv and fidelity_budget.csv into --out, from the
+same frames as those sections. On a run with every record (the committed one), or with
+`--no-measure`, it writes --out and nothing else. Every number, tolerance and verdict is
+fidelity_report's: this module counts nothing itself but the FPN module alone (`measure_fpn_module`,
+for the tests).
 """
 
 from __future__ import annotations
@@ -15,14 +17,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 from bench.analysis import fidelity_report
-from bench.analysis.fidelity_report import SEG_SIZES, _md_table  # noqa: F401 (_md_table: tests/test_report_presentation)
+from bench.analysis.fidelity_report import SEG_SIZES
 from bench.core.errors import UsageError
 from bench.core.util import write_text_atomic
-from bench.measure.complexity import count_executed, mha_fastpath_disabled
-from models import build_model
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +33,11 @@ SKIP_SEG = [("exclude", [{"input_size": [list(size)]} for size, _ in SEG_SIZES.v
 
 def measure_fpn_module(model_name: str, input_size: tuple[int, int], **overrides) -> float:
     """G MACs (executed, paper convention) of the `fpn` child alone, fed C2..C5 of the right shapes."""
+    import torch
+
+    from bench.measure.complexity import count_executed, mha_fastpath_disabled
+    from models import build_model
+
     model = build_model(model_name, **overrides).eval()
     h, w = input_size
     channels = [256, 512, 1024, 2048]
@@ -52,13 +55,20 @@ def _down(size: int, stride: int) -> int:
     return size
 
 
-def launch_cells(run_dir: Path, skip_seg: bool = False, cluster: str = "local") -> None:
-    """Run the grid's cells that have no ok record into `run_dir`, and wait for them."""
+def launch_cells(run_dir: Path, skip_seg: bool = False, cluster: str = "local") -> bool:
+    """Run the grid's cells that have no ok record into `run_dir` and wait; True when any ran.
+
+    A run whose every cell has its record is left untouched (not even its grid files are rewritten)."""
     from bench.pipeline.launch import launch
 
-    result = launch(GRID, cluster=cluster, run_dir=run_dir, wait=True, overrides=SKIP_SEG if skip_seg else ())
+    overrides = SKIP_SEG if skip_seg else ()
+    plan = launch(GRID, cluster=cluster, run_dir=run_dir, dry_run=True, overrides=overrides).plan
+    if not plan.to_run and not plan.in_flight:
+        return False
+    result = launch(GRID, cluster=cluster, run_dir=run_dir, wait=True, overrides=overrides)
     if not result.ok:
         raise UsageError(f"{len(result.failed)} fidelity cell(s) failed in {run_dir}: see `vtbench status {run_dir}`")
+    return True
 
 
 def write_files(run_dir: Path, out_dir: Path, skip_seg: bool = False) -> fidelity_report.Fidelity:
@@ -77,12 +87,13 @@ def write_files(run_dir: Path, out_dir: Path, skip_seg: bool = False) -> fidelit
 
 
 def run(out_dir: Path, skip_seg: bool = False, run_dir: Path | None = None, measure: bool = True) -> None:
-    """Launch the grid's missing cells (unless not `measure`), write the run's report, then the study's files."""
-    from bench.analysis.report import write_report
-
+    """Run the grid's missing cells (unless not `measure`) and, if any ran, the run's report; then the
+    study's files into `out_dir`."""
     run_dir = Path(run_dir) if run_dir is not None else DEFAULT_RUN_DIR
-    if measure:
-        launch_cells(run_dir, skip_seg)
-    write_report([run_dir])
+    if measure and launch_cells(run_dir, skip_seg):
+        from bench.analysis.report import write_report
+
+        write_report([run_dir])
+        log.info("new records: rewrote %s/report", run_dir)
     write_files(run_dir, Path(out_dir), skip_seg)
-    log.info("wrote %s and %s/report", out_dir, run_dir)
+    log.info("wrote %s", out_dir)
