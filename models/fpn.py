@@ -130,17 +130,18 @@ class SegmentationFPN(nn.Module):
         head_channels: head tower width (128).
         zero_init_residual: start every residual block of the trunk as the identity (see
             `models.resnet.torchvision_trunk`).
+        residual_init: a named trunk init (`models.init.RESIDUAL_INITS`), or None for `zero_init_residual`'s.
     """
 
     task = "seg"
     default_input_size = 512
 
     def __init__(self, depth: int, fpn, num_classes: int, fpn_channels: int = 256, head_channels: int = 128,
-                 zero_init_residual: bool = True):
+                 zero_init_residual: bool = True, residual_init: str | None = None):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        trunk = torchvision_trunk(depth, zero_init_residual)
+        trunk = torchvision_trunk(depth, zero_init_residual, residual_init=residual_init)
         self.num_classes = num_classes
         self.stem = make_stem(trunk, "imagenet")
         self.stage2, self.stage3, self.stage4, self.stage5 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet
 
+from models.init import init_residual_branches, residual_gain
+
 STEMS = ("imagenet", "cifar")
 DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
 
@@ -30,7 +32,8 @@ def make_stem(trunk: resnet.ResNet, stem: str) -> nn.Sequential:
     raise ValueError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
 
 
-def torchvision_trunk(depth: int, zero_init_residual: bool = True, width: float = 1.0) -> resnet.ResNet:
+def torchvision_trunk(depth: int, zero_init_residual: bool = True, width: float = 1.0,
+                      residual_init: str | None = None) -> resnet.ResNet:
     """An untrained torchvision ResNet-`depth`, optionally with every stage's width scaled by `width`.
 
     `width` (default 1: torchvision's network) multiplies the channels of the stem and of every
@@ -44,6 +47,10 @@ def torchvision_trunk(depth: int, zero_init_residual: bool = True, width: float 
     (RMS ~2 for ResNet-50, ~4 for ResNet-101 in train mode, and diverging in eval mode), so the VT
     module's attention logits start at one scale on every backbone. Baselines and VT models get the
     same trunk init. False is torchvision's default init.
+
+    `residual_init` names the candidate instead (`models.init.RESIDUAL_INITS`: `zero`, `small`,
+    `torchvision`); None keeps `zero_init_residual`'s. The other weights are the same under every
+    candidate (the same random draws).
     """
     constructors: dict[int, Callable[..., resnet.ResNet]] = {
         18: resnet.resnet18,
@@ -53,11 +60,15 @@ def torchvision_trunk(depth: int, zero_init_residual: bool = True, width: float 
     }
     if depth not in constructors:
         raise ValueError(f"unsupported ResNet depth {depth}; choose from 18, 34, 50, 101")
-    trunk = constructors[depth](weights=None, zero_init_residual=zero_init_residual)
-    return trunk if width == 1.0 else _scaled_trunk(trunk, width, zero_init_residual)
+    gain = residual_gain(residual_init, zero_init_residual)
+    trunk = constructors[depth](weights=None)
+    if width != 1.0:
+        trunk = _scaled_trunk(trunk, width)
+    init_residual_branches(trunk, gain)
+    return trunk
 
 
-def _scaled_trunk(trunk: resnet.ResNet, width: float, zero_init_residual: bool) -> resnet.ResNet:
+def _scaled_trunk(trunk: resnet.ResNet, width: float) -> resnet.ResNet:
     """Rebuild `trunk`'s stem, stages and fc at `width` x the channels, with torchvision's init."""
     if not 0 < width <= 4 or int(64 * width) < 1:
         raise ValueError(f"width must be in (0, 4], got {width!r}")
@@ -75,11 +86,6 @@ def _scaled_trunk(trunk: resnet.ResNet, width: float, zero_init_residual: bool) 
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.constant_(m.weight, 1)
             nn.init.constant_(m.bias, 0)
-    if zero_init_residual:
-        for m in trunk.modules():
-            last = getattr(m, "bn3", None) if isinstance(m, resnet.Bottleneck) else getattr(m, "bn2", None)
-            if isinstance(m, (resnet.Bottleneck, resnet.BasicBlock)):
-                nn.init.constant_(last.weight, 0)
     return trunk
 
 
@@ -103,15 +109,16 @@ class ResNetClassifier(nn.Module):
         stem: "imagenet" (7x7/2 conv + max-pool) or "cifar" (3x3/1 conv, no max-pool).
         zero_init_residual: start every residual block as the identity (see `torchvision_trunk`).
         width: channel multiplier of the stem and every stage (1 = torchvision's ResNet).
+        residual_init: a named trunk init (`models.init.RESIDUAL_INITS`), or None for `zero_init_residual`'s.
     """
 
     task = "cls"
 
     def __init__(self, depth: int, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True,
-                 width: float = 1.0):
+                 width: float = 1.0, residual_init: str | None = None):
         super().__init__()
         _check_classes(num_classes)
-        trunk = torchvision_trunk(depth, zero_init_residual, width)
+        trunk = torchvision_trunk(depth, zero_init_residual, width, residual_init)
         self.num_classes = num_classes
         self.stem = make_stem(trunk, stem)  # raises on an unknown stem
         self.default_input_size = DEFAULT_INPUT_SIZE[stem]
@@ -135,15 +142,17 @@ class VTResNet(nn.Module):
         stem: "imagenet" or "cifar".
         zero_init_residual: start every residual block as the identity (see `torchvision_trunk`).
         width: channel multiplier of the stem and stages 2-4 (1 = torchvision's ResNet).
+        residual_init: a named trunk init (`models.init.RESIDUAL_INITS`), or None for `zero_init_residual`'s.
     """
 
     task = "cls"
 
     def __init__(self, depth: int, vt: Callable[[int], nn.Module], head: Callable[[], nn.Module],
-                 num_classes: int, stem: str = "imagenet", zero_init_residual: bool = True, width: float = 1.0):
+                 num_classes: int, stem: str = "imagenet", zero_init_residual: bool = True, width: float = 1.0,
+                 residual_init: str | None = None):
         super().__init__()
         _check_classes(num_classes)
-        trunk = torchvision_trunk(depth, zero_init_residual, width)
+        trunk = torchvision_trunk(depth, zero_init_residual, width, residual_init)
         self.num_classes = num_classes
         self.stem = make_stem(trunk, stem)  # raises on an unknown stem
         self.default_input_size = DEFAULT_INPUT_SIZE[stem]
