@@ -30,11 +30,15 @@ import pandas as pd
 
 from bench.analysis.reference import paper_value
 from bench.analysis.section import StudySection
-from bench.core.modelfacts import facts_of, models_of
 from bench.core.tables import markdown_table
 from bench.core.util import image_hw
-from models import stage_order
 
+# The paper's models, by family (Tables 2 and 8-10): a fact about the paper, each a registered model.
+# Everything else about them (baseline, stages) comes from their records' `model` block.
+PAPER_MODELS = {"resnet": ("resnet18", "resnet34", "resnet50", "resnet101"),
+                "vt_resnet": ("vt_resnet18", "vt_resnet34", "vt_resnet50", "vt_resnet101"),
+                "fpn": ("fpn_r50", "fpn_r101"), "vt_fpn": ("vt_fpn_r50", "vt_fpn_r101")}
+FAMILY_OF = {model: family for family, models in PAPER_MODELS.items() for model in models}
 CLS_SIZE = (224, 224)
 CLS_CLASSES = 1000
 SEG_SIZES = {"T9": ((800, 1216), 171), "T10": ((473, 473), 20)}  # COCO-stuff 171 classes, LIP 20
@@ -81,9 +85,9 @@ class Reading:
 
 def main_readings() -> list[Reading]:
     """The twelve registered models with their default options, each against its paper table."""
-    readings = [Reading(m, table="T8") for m in models_of("resnet")]
-    readings += [Reading(m, table=VT_TABLE[m]) for m in models_of("vt_resnet")]
-    readings += [Reading(m, table=t) for t in SEG_SIZES for m in (*models_of("fpn"), *models_of("vt_fpn"))]
+    readings = [Reading(m, table="T8") for m in PAPER_MODELS["resnet"]]
+    readings += [Reading(m, table=VT_TABLE[m]) for m in PAPER_MODELS["vt_resnet"]]
+    readings += [Reading(m, table=t) for t in SEG_SIZES for m in (*PAPER_MODELS["fpn"], *PAPER_MODELS["vt_fpn"])]
     return readings
 
 
@@ -150,7 +154,9 @@ def _missing(value: Any) -> bool:
 
 def records_by_key(data: Any) -> dict[tuple, dict[str, Any]]:
     """The complexity metrics of each ok record of a RunData (`data.records`, as read), by reading key,
-    with the record's `cell_id`, `finished_at` and scalar `env.*` beside them."""
+    with the record's `cell_id`, `finished_at`, scalar `env.*` and its model's facts (`model_facts`: the
+    record's own block, as the registry gave it when the cell ran) beside them. A record whose cell
+    does not name its number of classes matches no reading (every reading names one)."""
     out: dict[tuple, dict[str, Any]] = {}
     for record in getattr(data, "records", None) or []:
         config, metrics = record.get("config") or {}, record.get("metrics") or {}
@@ -160,14 +166,15 @@ def records_by_key(data: Any) -> dict[tuple, dict[str, Any]]:
         args = dict(config.get("model_args") or {})
         classes = args.pop("num_classes", None)
         if classes is None:
-            classes = dict(facts_of(model).defaults).get("num_classes", CLS_CLASSES)
+            continue
         try:
             key = _cell_key(model, args, config.get("input_size"), classes)
         except (TypeError, ValueError):
             continue
         env = {f"env.{k}": v for k, v in (record.get("env") or {}).items() if not isinstance(v, (dict, list))}
         out.setdefault(key, {**metrics, **env, "cell_id": record.get("cell_id"),
-                             "finished_at": record.get("finished_at")})
+                             "finished_at": record.get("finished_at"),
+                             "model_facts": {**(record.get("model") or {}), "name": model}})
     return out
 
 
@@ -208,7 +215,7 @@ def _fmt(d: Mapping[str, Any]) -> str:
 
 def verdict(row: Mapping[str, Any]) -> str:
     """'ok' or what misses, against the tolerances of the model zoo issue."""
-    family, misses = facts_of(row["model"]).family, []
+    family, misses = FAMILY_OF.get(row["model"]), []
     d_gmacs, d_params = row.get("delta_pct_gmacs"), row.get("delta_pct_params_m")
     if family == "resnet" and d_gmacs is not None and abs(d_gmacs) > 100 * TOL_RESNET_GMACS:
         misses.append(f"MACs {d_gmacs:+.1f}%")
@@ -226,16 +233,18 @@ def verdict(row: Mapping[str, Any]) -> str:
     return "ok" if not misses else "misses: " + ", ".join(misses)
 
 
-def budget_rows(main: pd.DataFrame) -> pd.DataFrame:
-    """What Table 8 (and 2) leaves the VT stage + head, from the measured ResNet trunks (stem..stage4)."""
+def budget_rows(main: pd.DataFrame, facts: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """What Table 8 (and 2) leaves the VT stage + head, from the measured ResNet trunks (stem..stage4);
+    `facts`: each model's facts as its record holds them (baseline, stages, replaced)."""
     rows = []
-    for model in models_of("vt_resnet"):
-        base = facts_of(facts_of(model).baseline)
-        res, vt = main[main.model == base.name], main[main.model == model]
-        if res.empty or vt.empty:
+    for model in PAPER_MODELS["vt_resnet"]:
+        base = facts.get(facts.get(model, {}).get("baseline"), {})
+        res, vt = main[main.model == base.get("name")], main[main.model == model]
+        if res.empty or vt.empty or base.get("replaced") not in (base.get("stages") or ()):
             continue
         res, vt = res.iloc[0], vt.iloc[0]
-        trunk = base.stages[:base.stages.index(base.replaced)]  # what the VT model keeps: stem..stage4
+        stages = list(base["stages"])
+        trunk = stages[:stages.index(base["replaced"])]  # what the VT model keeps: stem..stage4
         trunk_g = sum(res[f"gmacs_{s}"] for s in trunk)
         trunk_p = sum(res[f"params_m_{s}"] for s in trunk)
         for table in ("T8", "T2"):
@@ -291,7 +300,7 @@ def fidelity_frames(data: Any, skip_seg: bool = False) -> Fidelity | None:
     if not all(r.key() in found for r in cls_main):
         return None
     readings = [r for r in (*main_readings(), *alternative_readings()) if not (skip_seg and r.is_seg)]
-    stages = list(stage_order())
+    stages = stage_order(found.values())
     missing: list[str] = []
     seen: set[tuple] = set()
     for r in readings:
@@ -303,7 +312,23 @@ def fidelity_frames(data: Any, skip_seg: bool = False) -> Fidelity | None:
     alts = pd.DataFrame([reading_row(r, found[r.key()], stages) for r in alternative_readings()
                          if r.key() in found and not (skip_seg and r.is_seg)])
     used = list({id(found[r.key()]): found[r.key()] for r in readings if r.key() in found}.values())
-    return Fidelity(main=main, alts=alts, budget=budget_rows(main), env=environment(used), missing=missing)
+    facts = {m["model_facts"]["name"]: m["model_facts"] for m in found.values()}
+    return Fidelity(main=main, alts=alts, budget=budget_rows(main, facts), env=environment(used), missing=missing)
+
+
+def stage_order(metrics: Any) -> list[str]:
+    """The stages of the records' models (their `model.stages`) merged into one order that keeps each
+    model's own, a stage not seen yet placed before the first of its model's later stages (`vt` and
+    `fpn` before `head`), the families in the registry's order, as its `stage_order` merges them."""
+    order: list[str] = []
+    family_rank = {family: i for i, family in enumerate(PAPER_MODELS)}  # the registry's order of families
+    ranked = sorted(metrics, key=lambda m: family_rank.get(FAMILY_OF.get(m["model_facts"]["name"]), len(family_rank)))
+    for stages in (tuple(m["model_facts"].get("stages") or ()) for m in ranked):
+        for i, stage in enumerate(stages):
+            if stage not in order:
+                later = [s for s in stages[i + 1:] if s in order]
+                order.insert(order.index(later[0]) if later else len(order), stage)
+    return order
 
 
 def environment(records: list[Mapping[str, Any]]) -> str:
@@ -348,7 +373,7 @@ def main_table(main: pd.DataFrame) -> pd.DataFrame:
 
 def stage_table(main: pd.DataFrame) -> pd.DataFrame:
     """G MACs / M params of every stage of the default models."""
-    stages = [s for s in stage_order() if f"gmacs_{s}" in main.columns]
+    stages = [c[len("params_m_"):] for c in main.columns if c.startswith("params_m_")]  # in stage order (reading_row)
     rows = []
     for _, r in main.iterrows():
         row = {"model": r.model, "input": r.input}
