@@ -146,7 +146,14 @@ def test_baseline_ratios(report):
     assert vt["stage_gmacs_reduction_x"] == pytest.approx(0.462 / 0.200)
     assert vt["gmacs_reduction_x"] == pytest.approx(1.814 / 1.600)
     vt16 = _row(table, "vt_resnet18", num_tokens=16, tokenizer="filter", input_size="32x32")
-    assert vt16["latency_ratio_x"] == pytest.approx(6.0 / 4.0)
+    # single-pass records only: the p50 ratio (medians over seeds), labelled, never a verdict
+    assert vt16["latency_ratio"] == pytest.approx(6.0 / 4.0) and pd.isna(vt16["latency_ratio_lo"])
+    assert vt16["latency_ratio_method"] == "single pass, no interval"
+    assert vt16["latency_ratio_verdict"] == "no verdict: single pass (no interleaved rounds)"
+    # two seeds on each side, the same seeds: paired, but too few for an interval
+    vt8 = _row(table, "vt_resnet18", num_tokens=8, tokenizer="filter", input_size="32x32")
+    assert vt8["top1_diff"] == pytest.approx((93.0 + 95.5) / 2 - (90.0 + 92.0) / 2)
+    assert vt8["top1_diff_verdict"] == "no verdict: 2 seeds (an interval needs >= 3)"
     fpn = _row(table, "vt_fpn_r50", input_size="473x473")
     assert fpn["stage_gmacs_reduction_x"] == pytest.approx(12.9 / 2.5)
     assert _row(table, "vt_fpn_r50", input_size="800x1216")["gmacs_reduction_x"] == pytest.approx(160 / 110)

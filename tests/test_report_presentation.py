@@ -215,7 +215,7 @@ def test_tables_module_alignment_rules():
 
 def test_fidelity_and_profile_tables_use_the_same_alignment():
     from bench.cli.commands.profile import format_table
-    from bench.analysis.fidelity import _md_table
+    from bench.analysis.fidelity_report import _md_table
 
     md = _md_table(pd.DataFrame({"model": ["resnet18"], "measured GMACs": ["1.814"], "Δ MACs": ["+0.00%"],
                                  "verdict": ["ok"]}))

@@ -1,5 +1,6 @@
-"""Statistics in reports, from synthetic records: accuracy differences with Welch's 95 % CI over
-seeds (resolved, unresolved, one seed), latency ratios with a CI over interleaved rounds, the error
+"""Statistics in reports, from synthetic records, each checked against scipy or a hand computation:
+accuracy differences over seeds (paired by seed, Welch, one seed, too few seeds, Holm across the
+table), the latency ratio over interleaved rounds and its verdict (withheld when noisy), the error
 bars of the accuracy plot, and the counter-disagreement flag."""
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ def _config(model, seed=0, measure=("complexity", "train"), **options):
             "train": {"dataset": "digits", "epochs": 3}}
 
 
-BASE_TOP1 = [80.0, 81.0, 82.0]
-TOP1 = {  # num_tokens -> top-1 per seed
-    8: [90.0, 91.0, 92.0],    # +10 points, tight: resolved
-    16: [79.0, 83.0, 81.0],   # +0 points: not resolved
-    32: [95.0],               # one seed: no interval, never resolved
+BASE_TOP1 = {0: 80.0, 1: 81.0, 2: 82.0}   # seed -> top-1
+TOP1 = {  # num_tokens -> {seed: top-1}
+    8: {0: 90.5, 1: 91.0, 2: 92.5},       # the baseline's seeds: paired, about +10 points: resolved
+    16: {10: 79.0, 11: 83.0, 12: 81.0},   # other seeds: Welch, +0 points: not resolved
+    32: {0: 95.0},                        # one seed: no claim
+    4: {0: 85.0, 1: 86.0},                # two seeds: no interval (the minimum is 3)
 }
 BASE_ROUNDS = [10.0, 12.0, 11.0, 13.0, 10.5]           # a drifting machine: rounds differ by 30 %
 FAST_ROUNDS = [0.8 * v * f for v, f in zip(BASE_ROUNDS, (1.0, 1.01, 0.99, 1.0, 1.005))]  # 0.8x in every round
@@ -58,11 +60,11 @@ def report(tmp_path_factory):
 
     run = tmp_path_factory.mktemp("stats") / "stats"
     records, cells = run / "records", []
-    for seed, top1 in enumerate(BASE_TOP1):
+    for seed, top1 in BASE_TOP1.items():
         cells.append(_write(records, _config("resnet18", seed), {"gmacs": 0.5, "params_m": 11.2, "top1": top1,
                                                                  "counter_agree": True, "counter_gap_pct": 0.01}))
     for tokens, values in TOP1.items():
-        for seed, top1 in enumerate(values):
+        for seed, top1 in values.items():
             metrics = {"gmacs": 0.4 + tokens / 1000, "params_m": 11.0, "top1": top1}
             if tokens == 8:
                 metrics.update(counter_agree=False, counter_gap_pct=1.48)
@@ -102,88 +104,117 @@ def _lat(table, model, tokens=None):
 
 
 def test_welch_interval_matches_scipy():
-    from bench.analysis.report import welch_ci
+    from bench.analysis.compare import welch_ci
 
-    a, b = TOP1[16], BASE_TOP1
+    a, b = list(TOP1[16].values()), list(BASE_TOP1.values())
     ours = welch_ci(np.mean(a), np.std(a, ddof=1), len(a), np.mean(b), np.std(b, ddof=1), len(b))
     theirs = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
     assert ours["lo"] == pytest.approx(theirs.low) and ours["hi"] == pytest.approx(theirs.high)
     assert ours["diff"] == pytest.approx(0.0) and not ours["resolved"]
 
 
-def test_a_clear_difference_is_resolved(report):
+def _holm_by_hand(p_values):
+    """Holm's adjusted p-values, computed the textbook way."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def _accuracy_p_values():
+    vt8, base = [TOP1[8][s] for s in BASE_TOP1], list(BASE_TOP1.values())
+    paired = stats.ttest_rel(vt8, base).pvalue
+    welch = stats.ttest_ind(list(TOP1[16].values()), base, equal_var=False).pvalue
+    return _holm_by_hand([paired, welch])
+
+
+def test_seeds_that_pair_are_compared_by_seed_and_resolved(report):
     row = _acc(report.table, 8)
-    assert row["top1_diff"] == pytest.approx(10.0)
-    # both sides have s = 1, n = 3: se = sqrt(2/3), Welch df = 4
-    half = stats.t.ppf(0.975, 4) * math.sqrt(2 / 3)
-    assert row["top1_diff_lo"] == pytest.approx(10 - half) and row["top1_diff_hi"] == pytest.approx(10 + half)
-    assert row["top1_resolved"]
+    diffs = [TOP1[8][s] - BASE_TOP1[s] for s in BASE_TOP1]
+    assert row["top1_diff"] == pytest.approx(np.mean(diffs))
+    half = stats.t.ppf(0.975, 2) * np.std(diffs, ddof=1) / math.sqrt(3)  # paired: n - 1 = 2 df
+    assert row["top1_diff_lo"] == pytest.approx(np.mean(diffs) - half)
+    assert row["top1_diff_hi"] == pytest.approx(np.mean(diffs) + half)
+    assert row["top1_diff_method"].startswith("paired by seed")
+    assert row["top1_diff_p_holm"] == pytest.approx(_accuracy_p_values()[0])
+    assert row["top1_diff_verdict"].startswith("resolved (Holm p")
 
 
-def test_a_difference_inside_the_seed_spread_is_not_resolved(report):
+def test_seeds_that_do_not_pair_use_welch_and_stay_unresolved_with_seeds_needed(report):
+    from bench.analysis.compare import seeds_needed_welch
+
     row = _acc(report.table, 16)
+    base = list(BASE_TOP1.values())
+    theirs = stats.ttest_ind(list(TOP1[16].values()), base, equal_var=False).confidence_interval(0.95)
     assert row["top1_diff"] == pytest.approx(0.0)
-    assert row["top1_diff_lo"] < 0 < row["top1_diff_hi"] and not row["top1_resolved"]
+    assert row["top1_diff_lo"] == pytest.approx(theirs.low) and row["top1_diff_hi"] == pytest.approx(theirs.high)
+    assert row["top1_diff_method"].startswith("Welch")
+    assert row["top1_diff_p_holm"] == pytest.approx(_accuracy_p_values()[1])
+    assert row["top1_diff_verdict"].startswith("not resolved")
+    # a zero observed difference: no number of seeds resolves it
+    assert seeds_needed_welch(0.0, 2.0, 1.0) is None and pd.isna(row["top1_diff_needed"])
 
 
-def test_one_seed_is_never_a_claim(report):
-    row = _acc(report.table, 32)
-    assert row["top1_diff"] == pytest.approx(95.0 - 81.0)
-    assert pd.isna(row["top1_diff_lo"]) and not row["top1_resolved"] and row["top1_diff_note"] == "1 seed"
+def test_one_seed_is_never_a_claim_and_two_get_no_interval(report):
+    one, two = _acc(report.table, 32), _acc(report.table, 4)
+    assert one["top1_diff"] == pytest.approx(95.0 - 81.0)
+    assert pd.isna(one["top1_diff_lo"]) and one["top1_diff_verdict"] == "1 seed: no claim"
+    assert pd.isna(two["top1_diff_lo"]) and pd.isna(two["top1_diff_p_holm"])
+    assert two["top1_diff_verdict"] == "no verdict: 2 seeds (an interval needs >= 3)"
 
 
-def test_the_accuracy_table_shows_differences_and_says_welch(report):
+def test_the_accuracy_table_shows_differences_verdicts_and_holm(report):
     md = (report.files["report.md"]).read_text()
-    assert "Δ top-1 vs baseline (95 % CI, Welch)" in md and "Welch's t" in md
+    diff, verdict = "Δ top-1 vs baseline, points [95 % CI]", "Δ top-1 verdict"
     rows = {int(r["num_tokens"]): r for r in md_rows(md, "Accuracy") if r["model"] == "vt_resnet18"}
-    diff, resolved = "Δ top-1 vs baseline (95 % CI, Welch)", "Δ top-1 resolved?"
-    assert rows[8][diff].startswith("+10.00 [+") and rows[8][resolved] == "yes"
-    assert rows[16][diff].startswith("+0.00 [-") and rows[16][resolved] == "no"
-    assert rows[32][diff] == "+14.00 (no CI: 1 seed)" and rows[32][resolved] == "no (1 seed)"
-    assert rows[8]["top-1 (%)"] == "91.00 ± 1.00 (n=3)"
+    assert rows[8][diff].startswith("+10.33 [+") and rows[8][diff].endswith("(paired by seed, 3 seeds)")
+    assert rows[16][diff].startswith("+0.00 [-") and rows[16][diff].endswith("(Welch, 3 seeds)")
+    assert rows[8][verdict].startswith("resolved (Holm p") and rows[16][verdict].startswith("not resolved (Holm p")
+    assert rows[32][diff] == "+14.00 (Welch, no interval)" and rows[32][verdict] == "1 seed: no claim"
+    assert rows[8]["top-1 (%)"] == "91.33 ± 1.04 (n=3)"
     assert rows[32]["top-1 (%)"] == "95.00"  # one record: its value, no '± ' and no '(n=1)'
+    assert "Holm-adjusted across the accuracy table" in md
 
 
-def test_latency_ratio_over_rounds_is_paired_and_resolved_when_clear(report):
-    fast, same = _lat(report.table, "vt_resnet18", 8), _lat(report.table, "vt_resnet18", 16)
-    assert fast["latency_ratio_ci_paired"] and fast["latency_ratio_ci_n"] == 5
+def _pair(report, tokens):
+    return next(r for r in md_rows(report.files["report.md"].read_text(), "VT vs baseline: latency")
+                if f"num_tokens={tokens}" in r["VT options"])
+
+
+def test_latency_ratio_over_rounds_is_the_paired_geometric_mean_and_resolved_when_clear(report):
     logs = np.log(np.array(FAST_ROUNDS) / np.array(BASE_ROUNDS))
     half = stats.t.ppf(0.975, 4) * logs.std(ddof=1) / math.sqrt(5)
-    assert fast["latency_ratio_ci_ratio"] == pytest.approx(math.exp(logs.mean()))
-    assert fast["latency_ratio_ci_lo"] == pytest.approx(math.exp(logs.mean() - half))
-    assert fast["latency_ratio_ci_hi"] < 1 and fast["latency_ratio_ci_resolved"]
-    assert same["latency_ratio_ci_lo"] < 1 < same["latency_ratio_ci_hi"] and not same["latency_ratio_ci_resolved"]
-    md = report.files["report.md"].read_text()
-    assert "ratio over rounds (95 % CI)" in md
-    rows = {r["num_tokens"]: r["ratio over rounds (95 % CI)"] for r in md_rows(md, "Latency") if r["model"] == "vt_resnet18"}
-    assert rows["8"].startswith(f"{fast['latency_ratio_ci_ratio']:.2f}x [") and rows["8"].endswith("], resolved (paired, 5 rounds)")
-    assert "not resolved (paired, 5 rounds)" in rows["16"]
+    fast = _lat(report.table, "vt_resnet18", 8)
+    assert fast["latency_ratio"] == pytest.approx(math.exp(logs.mean()))
+    assert fast["latency_ratio_lo"] == pytest.approx(math.exp(logs.mean() - half))
+    assert fast["latency_ratio_hi"] == pytest.approx(math.exp(logs.mean() + half))
+    assert fast["latency_ratio_n"] == 5
+    p = stats.ttest_1samp(logs, 0.0).pvalue  # the only latency comparison with a verdict: Holm is p itself
+    assert fast["latency_ratio_p_holm"] == pytest.approx(p)
+    row = _pair(report, 8)
+    assert row["latency ratio VT / baseline [95 % CI]"] == (f"{math.exp(logs.mean()):.3f} "
+                                                           f"[{math.exp(logs.mean() - half):.3f}-{math.exp(logs.mean() + half):.3f}]")
+    assert row["VT vs baseline"] == f"resolved (p {p:.3g})"
 
 
-def test_unaligned_rounds_fall_back_to_welch_on_logs():
-    from bench.analysis.report import ratio_ci_over_rounds
-
-    paired = ratio_ci_over_rounds(FAST_ROUNDS, BASE_ROUNDS, paired=True)
-    unpaired = ratio_ci_over_rounds(FAST_ROUNDS, BASE_ROUNDS, paired=False)
-    assert unpaired["paired"] is False
-    assert unpaired["hi"] - unpaired["lo"] > paired["hi"] - paired["lo"]  # the drift is not paired away
-    assert ratio_ci_over_rounds([10.0], [12.0], paired=True) is None
-
-
-def test_a_noisy_row_marks_its_ratios(report):
+def test_a_noisy_measurement_withholds_the_verdict_and_says_why(report):
     same = _lat(report.table, "vt_resnet18", 16)
-    assert same["latency_noisy"] and same["latency_ratio_noisy"]
-    assert not _lat(report.table, "vt_resnet18", 8)["latency_ratio_noisy"]
+    assert same["latency_noisy"] and pd.isna(same["latency_ratio_p_holm"])
+    # the record's warm-up did not settle: each of its 5 rounds counts as a noisy measurement
+    assert same["latency_ratio_verdict"] == "no verdict: 5 of 10 measurements noisy"
+    assert _pair(report, 16)["VT vs baseline"] == "no verdict: 5 of 10 measurements noisy"
     md = report.files["report.md"].read_text()
     row = next(r for r in md_rows(md, "Latency") if r["model"] == "vt_resnet18" and r["num_tokens"] == "16")
-    assert row["verdict"].startswith("noisy: warm-up did not settle") and row["p50 / baseline"].endswith("x (noisy)")
+    assert row["noise"].startswith("noisy: warm-up did not settle")
 
 
 def test_accuracy_plot_bars_are_95_percent_intervals(report):
     from bench.analysis.plots import plot_accuracy_vs_gmacs
 
     vt8 = _acc(report.table, 8)
-    assert vt8["top1_ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3))
+    assert vt8["top1_ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * np.std(list(TOP1[8].values()), ddof=1) / math.sqrt(3))
     assert pd.isna(_acc(report.table, 32)["top1_ci95"])
     fig = plot_accuracy_vs_gmacs(report.table, ["num_tokens"])
     ax = fig.axes[0]

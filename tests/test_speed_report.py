@@ -4,12 +4,15 @@ hand (records and re-measurements), every ratio and verdict checked against a ha
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from bench.analysis import speed_report
 from bench.analysis.report import build_report, write_report
@@ -87,21 +90,45 @@ def _pairs(run: Path) -> dict[tuple, dict]:
     return {(p["vt_model"], p["batch"], p["mode"]): p for p in section.data.to_dict("records")}
 
 
-def test_round_ratios_medians_and_verdicts_match_a_hand_computation(run):
+def _geomean_ci(ratios):
+    logs = np.log(ratios)
+    half = stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / math.sqrt(len(logs))
+    return math.exp(logs.mean()), math.exp(logs.mean() - half), math.exp(logs.mean() + half)
+
+
+def _holm_by_hand(p_values):
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+B32 = np.array([70 / 100, 75 / 110, 70 / 100, 75 / 110])
+B8 = np.array([9 / 10, 9.5 / 10, 9 / 10, 9.5 / 10])
+
+
+def test_round_ratios_geometric_mean_and_verdicts_match_a_hand_computation(run):
     pairs = _pairs(run)
     assert len(pairs) == 5
     macs = 1.5 / 1.8
     one = pairs[("vt_resnet18", 1, "eager")]
     ratios = [8 / 10, 9 / 11, 10.5 / 12, 8.5 / 10]  # paired by round
     assert one["round_ratios"] == pytest.approx(ratios)
-    assert one["latency_ratio"] == pytest.approx((9 / 11 + 8.5 / 10) / 2)
-    assert (one["latency_ratio_min"], one["latency_ratio_max"]) == pytest.approx((0.8, 0.875))
+    assert (one["latency_ratio"], one["latency_ratio_lo"], one["latency_ratio_hi"]) == pytest.approx(_geomean_ci(ratios))
     assert one["macs_ratio"] == pytest.approx(macs)
-    assert one["target_verdict"] == "not resolved (noisy: 1 of 8 measurements)"  # 0.8 <= 0.833 < 0.875
-    met = pairs[("vt_resnet18", 32, "eager")]
-    assert met["latency_ratio_max"] == pytest.approx(0.7) and met["target_verdict"] == "met"
-    missed = pairs[("vt_resnet18", 8, "eager")]
-    assert missed["latency_ratio_min"] == pytest.approx(0.9) and missed["target_verdict"] == "missed"
+    # one noisy round measurement of the eight behind the pair: no verdict, and the row says why
+    assert one["verdict"] == one["target_verdict"] == "no verdict: 1 of 8 measurements noisy"
+    # the two pairs with a verdict form the table's Holm family, for each question
+    p_target = _holm_by_hand([stats.ttest_1samp(np.log(r), math.log(macs)).pvalue for r in (B32, B8)])
+    p_one = _holm_by_hand([stats.ttest_1samp(np.log(r), 0.0).pvalue for r in (B32, B8)])
+    met, missed = pairs[("vt_resnet18", 32, "eager")], pairs[("vt_resnet18", 8, "eager")]
+    assert met["latency_ratio"] == pytest.approx(_geomean_ci(B32)[0]) and met["latency_ratio_hi"] < macs
+    assert met["target_p_holm"] == pytest.approx(p_target[0]) and met["target_verdict"].startswith("met (Holm p")
+    assert missed["latency_ratio_lo"] > macs and missed["target_verdict"].startswith("missed (Holm p")
+    assert missed["target_p_holm"] == pytest.approx(p_target[1])
+    assert (met["p_holm"], missed["p_holm"]) == pytest.approx(tuple(p_one))
 
 
 def test_ceilings_give_achieved_tflops_and_fraction(run):
@@ -121,11 +148,13 @@ def pd_isna(value) -> bool:
 def test_different_sessions_and_single_pass_get_no_verdict(run):
     pairs = _pairs(run)
     split = pairs[("vt_resnet50", 1, "eager")]
-    assert split["timing"] == "different sessions" and pd_isna(split["target_verdict"])
-    assert split["p50_ratio"] == pytest.approx(18 / 20)
+    assert split["statistic"] == "single pass, no interval" and pd_isna(split["latency_ratio_lo"])
+    assert split["verdict"] == "no verdict: timed in different interleave sessions: rounds cannot be paired"
+    assert pd_isna(split["target_p_holm"]) and split["target_verdict"].startswith("no verdict: timed in different")
+    assert split["latency_ratio"] == pytest.approx(18 / 20)
     single = pairs[("vt_resnet18", 1, "compile")]
-    assert single["timing"] == "single pass" and pd_isna(single["target_verdict"])
-    assert single["p50_ratio"] == pytest.approx(1.0)
+    assert single["verdict"] == "no verdict: single pass (no interleaved rounds)"
+    assert single["latency_ratio"] == pytest.approx(1.0)
 
 
 def test_the_shown_table_and_the_stage_breakdown(run):
@@ -133,13 +162,15 @@ def test_the_shown_table_and_the_stage_breakdown(run):
     section, stages = report.studies[:2]
     rows = {(r["VT model"], r["batch"], r["mode"]): r for r in section.table.to_dict("records")}
     one = rows[("vt_resnet18", "1", "eager")]
-    assert one["latency ratio [min-max]"] == f"**{(9 / 11 + 0.85) / 2:.3f}** [0.800-0.875]"
+    ratio, lo, hi = _geomean_ci([8 / 10, 9 / 11, 10.5 / 12, 8.5 / 10])
+    assert one["latency ratio VT / baseline [95 % CI]"] == f"{ratio:.3f} [{lo:.3f}-{hi:.3f}]"
     assert one["MACs ratio"] == "0.833" and one["rounds"] == "4"
     assert one["TFLOP/s base / VT (% of GEMM ceiling)"] == (f"{2 * 1.8 / 10.5:.3g} ({100 * 2 * 1.8 / 10.5 / 0.5:.1f} %) / "
                                                             f"{2 * 1.5 / 8.75:.3g} ({100 * 2 * 1.5 / 8.75 / 0.5:.1f} %)")
-    assert rows[("vt_resnet50", "1", "eager")]["target"].startswith("- (timed in different interleave sessions")
-    assert "different sessions" in rows[("vt_resnet50", "1", "eager")]["latency ratio [min-max]"]
-    assert "GEMM 0.5 TFLOP/s" in section.intro
+    split = rows[("vt_resnet50", "1", "eager")]
+    assert split["target (ratio <= MACs ratio)"].startswith("no verdict: timed in different interleave sessions")
+    assert split["latency ratio VT / baseline [95 % CI]"] == "0.900 (single pass, no interval)"
+    assert "GEMM 0.5 TFLOP/s" in section.intro and "Holm" in section.intro
     assert list(stages.table.columns) == ["model", "batch", "mode", "device", "stem", "stage2", "stage3", "stage4",
                                           "stage5", "vt", "head"]
     vt_row = stages.table[stages.table["model"] == "vt_resnet18"].iloc[0]

@@ -24,9 +24,9 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 
-from bench.core.modelfacts import facts_of  # noqa: E402
+from bench.analysis.facts import facts_of  # noqa: E402
 from bench.analysis.reference import paper_defaults  # noqa: E402
-from bench.analysis.stats import mean_ci_halfwidth  # noqa: E402
+from bench.analysis.compare import mean_ci_halfwidth  # noqa: E402
 
 log = logging.getLogger(__name__)
 

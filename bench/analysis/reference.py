@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.core.modelfacts import facts_of
+from bench.analysis.facts import facts_of
 
 CSV_PATH = Path(__file__).resolve().parent / "reference" / "paper_numbers.csv"
 
@@ -66,7 +66,7 @@ def paper_defaults(model: Any) -> dict[str, Any]:
     """The paper's default variant of `model`: its registry default of each of VARIANT_KEYS it takes, a
     tuple of accepted values where the paper has several readings of that default ({} for a baseline
     or a model the registry does not know)."""
-    defaults = facts_of(model).defaults
+    defaults = facts_of(model).defaults or {}  # unknown where neither record nor registry says
     out: dict[str, Any] = {}
     for key in VARIANT_KEYS:
         if key in defaults:

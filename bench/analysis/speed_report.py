@@ -1,131 +1,77 @@
-"""The speed study as a section of `vtbench report` (bench/analysis/section.py): do the VT models'
-MAC savings become latency savings?
+"""The VT vs baseline latency section of `vtbench report` (bench/analysis/section.py): do the VT
+models' MAC savings become latency savings?
 
-The study is a grid (experiments/speed_cpu.yaml, speed_fpn.yaml, or what `vtbench speed` writes)
-whose latency cells `vtbench interleave RUN --stages --peak` re-measured side by side in alternating
-rounds. For each VT cell whose registry baseline (the record's `model.baseline`) has a cell at the
-same latency settings (device, dtype, batch, compile, CUDA graphs, channels_last, threads, train
-step, input size, classes) and whose latency came from the same interleave session:
+Every pair comes from `bench.analysis.compare.latency_pairs`: each VT configuration beside its
+registry baseline's at identical latency settings, its one latency ratio (the geometric mean of the
+per-round VT/baseline ratios over interleaved rounds, with a 95 % t interval on log ratios; the p50
+ratio, "single pass, no interval", where there are no paired rounds), tested against 1 and against
+the MACs ratio (the target: met / missed / not resolved), Holm-adjusted across the table's rows, and
+no verdict where a measurement behind it is noisy or there are too few rounds (docs/statistics.md).
 
-- the latency ratio VT / baseline of every round (`latency_round_p50_ms`, paired by round: two
-  measurements taken next to each other), its median and [min-max];
-- the MACs ratio (`gmacs`), and the verdict against it (`bench.analysis.stats.target_verdict`:
-  met / missed / not resolved, with the count of noisy round measurements);
-- with ceilings (`peak_gemm_tflops`): each side's achieved TFLOP/s, 2 x MACs x batch / p50, and its
-  fraction of the measured GEMM ceiling;
-- with stage times (`stage_ms_<stage>`): a second section, the median time per stage and its share.
-
-A pair whose sides were timed in different sessions, or by a single pass only, gets its p50 ratio
-and a note, never a verdict. The sections' CSVs (speed.csv, speed_stages.csv) hold the raw numbers.
-Torch-free: it reads the records as `bench.analysis.report.load_runs` keeps them (`data.records`).
+With ceilings (`peak_gemm_tflops`): each side's achieved TFLOP/s, 2 x MACs x batch / p50, and its
+fraction of the measured GEMM ceiling. With stage times (`stage_ms_<stage>`): a second section, the
+median time per stage and its share. The sections' CSVs (speed.csv, speed_stages.csv) hold the raw
+numbers. This is the report's only latency ratio: the latency tables show each configuration's own
+timing. Torch-free.
 """
 
 from __future__ import annotations
 
-import statistics
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
+from bench.analysis import compare
+from bench.analysis.compare import LatencyPair
 from bench.analysis.section import StudySection
-from bench.analysis.stats import target_verdict
 
-# The latency settings a VT cell and its baseline share (the cell's `latency` section), beside the input.
-PAIR_LATENCY_KEYS = ("device", "dtype", "batch_size", "compile", "cuda_graphs", "channels_last", "threads",
-                     "train_step")
-LATENCY_DEFAULTS = {"device": "cpu", "dtype": "fp32", "batch_size": 1, "compile": None, "cuda_graphs": False,
-                    "channels_last": False, "threads": None, "train_step": False}
 STAGE_PREFIX = "stage_ms_"
 CSV_NAME, STAGES_CSV_NAME = "speed.csv", "speed_stages.csv"
+TITLE = "VT vs baseline: latency"
+RATIO_COLUMN = "latency ratio VT / baseline [95 % CI]"
 
 
 def report_sections(data: Any, table: pd.DataFrame) -> list[StudySection]:
-    """The speed sections the run's records support: pairs (when any VT cell has its baseline) and stages."""
-    records = [r for r in getattr(data, "records", None) or [] if _latency_of(r) is not None]
-    pairs = sorted((pair_summary(vt, base) for vt, base in find_pairs(records)), key=_pair_order)
+    """The latency comparison section (when any VT configuration has its baseline) and the stage times."""
+    pairs = sorted(latency_pairs_of(data), key=_pair_order)
     sections = []
     if pairs:
-        shown = pd.DataFrame([pair_cells(p) for p in pairs])
-        if not any(p["vt_options"] for p in pairs):  # the models' defaults throughout: nothing to show
+        rows = [pair_summary(p) for p in pairs]
+        shown = pd.DataFrame([pair_cells(r) for r in rows])
+        if not any(r["vt_options"] for r in rows):  # the models' defaults throughout: nothing to show
             shown = shown.drop(columns="VT options")
-        shown = shown.fillna("-")
-        sections.append(StudySection(title="Speed: VT vs baseline latency", intro=pairs_intro(pairs), table=shown,
-                                     csv_name=CSV_NAME, data=pd.DataFrame(pairs)))
-    staged = [r for r in records if any(k.startswith(STAGE_PREFIX) for k in r["metrics"])]
+        if not any(r.get("needed") for r in rows):
+            shown = shown.drop(columns="to resolve")
+        sections.append(StudySection(title=TITLE, intro=pairs_intro(pairs, rows), table=shown.fillna("-"),
+                                     csv_name=CSV_NAME, data=pd.DataFrame(rows)))
+    staged = [r for p in pairs for g in (p.base, p.vt) for r in g.records
+              if any(k.startswith(STAGE_PREFIX) for k in (r.get("metrics") or {}))]
+    staged = list({id(r): r for r in staged}.values())
     if pairs and staged:
         shown, raw = stage_tables(staged)
-        sections.append(StudySection(title="Speed: where the time goes", intro=STAGES_INTRO, table=shown,
+        sections.append(StudySection(title="VT vs baseline: where the time goes", intro=STAGES_INTRO, table=shown,
                                      csv_name=STAGES_CSV_NAME, data=raw))
     return sections
 
 
-# ------------------------------------------------------------------------------ pairing ------
+def latency_pairs_of(data: Any) -> list[LatencyPair]:
+    """The run's latency pairs (`compare.latency_pairs` over its configurations)."""
+    groups = getattr(data, "groups", None)
+    if not groups and getattr(data, "records", None):
+        from bench.analysis.load import aggregate
 
-def _latency_of(record: dict[str, Any]) -> dict[str, Any] | None:
-    """The record's latency settings (defaults filled in), or None if it has no latency figure."""
-    config, metrics = record.get("config") or {}, record.get("metrics") or {}
-    if "latency" not in (config.get("measure") or []) or metrics.get("latency_ms_p50") is None:
-        return None
-    section = config.get("latency") if isinstance(config.get("latency"), dict) else {}
-    return {k: section.get(k, LATENCY_DEFAULTS[k]) for k in PAIR_LATENCY_KEYS}
-
-
-def settings_key(record: dict[str, Any]) -> tuple:
-    """What a VT cell and its baseline must share: run, latency settings, input size, classes."""
-    config = record["config"]
-    classes = (config.get("model_args") or {}).get("num_classes")
-    return (record.get("run"), tuple(_latency_of(record).items()), _size(config.get("input_size")), classes)
-
-
-def _size(value: Any) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        return tuple(int(v) for v in value)  # type: ignore[return-value]
-    return int(value), int(value)
-
-
-def baseline_name(record: dict[str, Any]) -> str | None:
-    """The registry's baseline of the record's model, as the record states it (`model.baseline`)."""
-    block = record.get("model")
-    if isinstance(block, dict):
-        return block.get("baseline")
-    from bench.core.modelfacts import facts_of  # a /1 record has no model block: ask the registry
-
-    return facts_of(record["config"].get("model")).baseline
-
-
-def find_pairs(records: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(VT record, baseline record) for every VT cell with a baseline cell at the same settings; among
-    several baselines, one of the same interleave session and seed first."""
-    records = list(records)
-    by_key: dict[tuple, list[dict[str, Any]]] = {}
-    for record in records:
-        by_key.setdefault((record["config"].get("model"), settings_key(record)), []).append(record)
-    pairs = []
-    for record in records:
-        base = baseline_name(record)
-        candidates = by_key.get((base, settings_key(record)), []) if base else []
-        if candidates:
-            pairs.append((record, min(candidates, key=lambda c: _preference(record, c))))
-    return pairs
-
-
-def _preference(vt: dict[str, Any], base: dict[str, Any]) -> tuple[int, int]:
-    return (session_of(base) is None or session_of(base) != session_of(vt),
-            base["config"].get("seed") != vt["config"].get("seed"))
-
-
-def session_of(record: dict[str, Any]) -> str | None:
-    """The interleave session that timed the record's latency (its id; the start time for a record an
-    earlier interleave rewrote in place), or None for a single pass."""
-    if (record.get("metrics") or {}).get("latency_protocol") != "interleaved":
-        return None
-    remeasured = record.get("remeasured_at") or {}
-    return remeasured.get("session") or remeasured.get("started_at")
+        aggregate(data)
+        groups = data.groups
+    return compare.latency_pairs(groups or [])
 
 
 # ------------------------------------------------------------------------------ one pair -----
+
+def latency_of(config: dict[str, Any]) -> dict[str, Any]:
+    """A config's latency settings, the contract's defaults filled in."""
+    section = config.get("latency") if isinstance(config.get("latency"), dict) else {}
+    return {**compare.LATENCY_DEFAULTS, **section}
+
 
 def mode_of(latency: dict[str, Any]) -> str:
     """'eager', 'compile' (mode default), 'compile max-autotune', 'cuda_graphs' or both."""
@@ -137,67 +83,57 @@ def mode_of(latency: dict[str, Any]) -> str:
     return " + ".join(parts) or "eager"
 
 
-def pair_summary(vt: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+def _options(config: dict[str, Any]) -> str:
+    """The VT cell's model options beside the classes ('num_tokens=8, tokenizer=pooling'), '' for none."""
+    args = config.get("model_args") or {}
+    return ", ".join(f"{k}={v}" for k, v in args.items() if k != "num_classes")
+
+
+def _input(config: dict[str, Any]) -> str:
+    size = config.get("input_size")
+    if isinstance(size, (list, tuple)):
+        return "x".join(str(int(v)) for v in size)
+    return f"{int(size)}x{int(size)}" if size is not None else ""
+
+
+def pair_summary(pair: LatencyPair) -> dict[str, Any]:
     """The raw numbers of one pair (one row of speed.csv)."""
-    latency, vm, bm = _latency_of(vt), vt["metrics"], base["metrics"]
+    vt, base, c = pair.vt, pair.base, pair.versus_one
+    latency, est = latency_of(vt.config), c.estimate
+    vm = vt.records[0]["metrics"]
     batch = int(vm.get("batch_size_used") or latency["batch_size"])
     out: dict[str, Any] = {
-        "run": vt.get("run"), "device": latency["device"], "dtype": latency["dtype"], "batch": batch,
+        "device": latency["device"], "device_name": vt.device_name, "dtype": latency["dtype"], "batch": batch,
         "mode": mode_of(latency), "channels_last": latency["channels_last"], "threads": latency["threads"],
-        "input_size": "x".join(map(str, _size(vt["config"].get("input_size")) or ())),
-        "baseline": base["config"].get("model"), "vt_model": vt["config"].get("model"),
-        "vt_options": _options(vt), "base_cell_id": base["cell_id"], "vt_cell_id": vt["cell_id"],
-        "base_ms_p50": bm["latency_ms_p50"], "vt_ms_p50": vm["latency_ms_p50"],
-        "p50_ratio": vm["latency_ms_p50"] / bm["latency_ms_p50"],
-        "base_gmacs": bm.get("gmacs"), "vt_gmacs": vm.get("gmacs"),
-        "macs_ratio": vm["gmacs"] / bm["gmacs"] if vm.get("gmacs") and bm.get("gmacs") else None,
+        "input_size": _input(vt.config), "baseline": base.model, "vt_model": vt.model,
+        "vt_options": _options(vt.config), "base_cell_ids": ";".join(r["cell_id"] for r in base.records),
+        "vt_cell_ids": ";".join(r["cell_id"] for r in vt.records),
+        "base_ms_p50": c.extra["base_ms_p50"], "vt_ms_p50": c.extra["vt_ms_p50"],
+        "timing": c.extra.get("timing"), "latency_ratio": est.value, "latency_ratio_lo": est.lo,
+        "latency_ratio_hi": est.hi, "statistic": est.method, "rounds": c.extra.get("rounds"),
+        "noisy_measurements": c.extra.get("noisy_measurements"), "measurements": c.extra.get("measured"),
+        "round_ratios": c.extra.get("round_ratios"), "p_holm": c.p_holm, "verdict": compare.verdict_text(c),
+        "needed": c.needed, "macs_ratio": pair.macs_ratio,
+        "target_p_holm": pair.target.p_holm if pair.target else None,
+        "target_verdict": compare.verdict_text(pair.target) if pair.target else None,
+        "target_needed": pair.target.needed if pair.target else None,
     }
-    out.update(_rounds(vt, base))
-    if out.get("round_ratios") and out["macs_ratio"] is not None:
-        out["target_verdict"] = target_verdict(out)
-    peak = vm.get("peak_gemm_tflops") or bm.get("peak_gemm_tflops")
-    out["peak_gemm_tflops"], out["peak_copy_gb_s"] = peak, vm.get("peak_copy_gb_s") or bm.get("peak_copy_gb_s")
-    for side, metrics in (("base", bm), ("vt", vm)):
-        if peak and metrics.get("gmacs"):
-            out[f"{side}_tflops"] = achieved_tflops(metrics["gmacs"], batch, metrics["latency_ms_p50"])
+    peak = _first(vt, base, "peak_gemm_tflops")
+    out["peak_gemm_tflops"], out["peak_copy_gb_s"] = peak, _first(vt, base, "peak_copy_gb_s")
+    for side, group, ms in (("base", base, out["base_ms_p50"]), ("vt", vt, out["vt_ms_p50"])):
+        gmacs = compare.group_mean(group, "gmacs")
+        if peak and gmacs:
+            out[f"{side}_tflops"] = achieved_tflops(gmacs, batch, ms)
             out[f"{side}_fraction_of_peak"] = out[f"{side}_tflops"] / peak
     return out
 
 
-def _rounds(vt: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    """Per-round ratios when both sides come from one interleave session, else the reason there are none."""
-    session = session_of(vt)
-    if session is None or session_of(base) is None:
-        return {"timing": "single pass", "note": "single-pass latency (no interleaved rounds): no verdict"}
-    if session != session_of(base):
-        return {"timing": "different sessions",
-                "note": "timed in different interleave sessions: rounds cannot be paired, no verdict"}
-    vt_rounds, base_rounds = _round_list(vt), _round_list(base)
-    n = min(len(vt_rounds), len(base_rounds))
-    if n == 0:
-        return {"timing": "interleaved", "note": "no per-round latencies recorded: no verdict"}
-    ratios = [vt_rounds[i] / base_rounds[i] for i in range(n)]
-    return {"timing": "interleaved", "session": session, "rounds": n, "round_ratios": ratios,
-            "latency_ratio": statistics.median(ratios), "latency_ratio_min": min(ratios),
-            "latency_ratio_max": max(ratios), "base_noisy_rounds": _noisy_rounds(base, n),
-            "vt_noisy_rounds": _noisy_rounds(vt, n)}
-
-
-def _options(record: dict[str, Any]) -> str:
-    """The VT cell's model options beside the classes ('num_tokens=8, tokenizer=pooling'), '' for none."""
-    args = record["config"].get("model_args") or {}
-    return ", ".join(f"{k}={v}" for k, v in args.items() if k != "num_classes")
-
-
-def _round_list(record: dict[str, Any]) -> list[float]:
-    values = record["metrics"].get("latency_round_p50_ms") or []
-    return [float(v) for v in values] if isinstance(values, list) else []
-
-
-def _noisy_rounds(record: dict[str, Any], n: int) -> int:
-    """How many of the first `n` rounds judged themselves noisy (`latency_round_verdicts`)."""
-    verdicts = record["metrics"].get("latency_round_verdicts") or []
-    return sum(v == "noisy" for v in list(verdicts)[:n])
+def _first(vt: Any, base: Any, metric: str) -> float | None:
+    for group in (vt, base):
+        value = compare.group_mean(group, metric)
+        if value:
+            return value
+    return None
 
 
 def achieved_tflops(gmacs_per_image: float, batch: int, latency_ms: float) -> float:
@@ -218,40 +154,56 @@ def _rate(pair: dict[str, Any], side: str) -> str:
     return f"{tflops:.3g} ({100 * pair[f'{side}_fraction_of_peak']:.1f} %)"
 
 
+def ratio_cell(p: dict[str, Any]) -> str:
+    """The pair's latency ratio as shown: '0.921 [0.878-0.966]', or with why there is no interval."""
+    if p["latency_ratio_lo"] is not None:
+        return f"{p['latency_ratio']:.3f} [{p['latency_ratio_lo']:.3f}-{p['latency_ratio_hi']:.3f}]"
+    if p["statistic"] == compare.SINGLE_PASS:
+        return f"{p['latency_ratio']:.3f} ({compare.SINGLE_PASS})"
+    return f"{p['latency_ratio']:.3f} (no interval: {p['rounds']} rounds)"
+
+
 def pair_cells(p: dict[str, Any]) -> dict[str, str]:
     """One row of the shown table, as text."""
-    rounds = p.get("round_ratios")
     cells = {"device": p["device"], "dtype": p["dtype"], "batch": str(p["batch"]), "mode": p["mode"],
              "input": p["input_size"], "baseline": p["baseline"], "VT model": p["vt_model"],
-             "VT options": p["vt_options"], "baseline p50 ms": f"{p['base_ms_p50']:.2f}", "VT p50 ms": f"{p['vt_ms_p50']:.2f}",
-             "latency ratio [min-max]": (f"**{p['latency_ratio']:.3f}** [{p['latency_ratio_min']:.3f}-"
-                                         f"{p['latency_ratio_max']:.3f}]" if rounds
-                                         else f"{p['p50_ratio']:.3f} ({p['timing']})"),
-             "rounds": str(p.get("rounds", "-")), "MACs ratio": _f(p["macs_ratio"]),
-             "target": p.get("target_verdict") or f"- ({p.get('note', 'no MACs ratio')})"}
+             "VT options": p["vt_options"], "baseline p50 ms": f"{p['base_ms_p50']:.2f}",
+             "VT p50 ms": f"{p['vt_ms_p50']:.2f}", RATIO_COLUMN: ratio_cell(p),
+             "rounds": str(p["rounds"]) if p.get("rounds") else "-",
+             "VT vs baseline": p["verdict"], "MACs ratio": _f(p["macs_ratio"]),
+             "target (ratio <= MACs ratio)": p.get("target_verdict") or "no verdict: no MACs ratio",
+             "to resolve": _needed_cell(p)}
     if p.get("peak_gemm_tflops"):
         cells["TFLOP/s base / VT (% of GEMM ceiling)"] = f"{_rate(p, 'base')} / {_rate(p, 'vt')}"
     return cells
 
 
-def pairs_intro(pairs: list[dict[str, Any]]) -> str:
-    """What the table shows, and the ceilings measured."""
-    lines = ["Each VT cell beside its registry baseline at the same latency settings. Latency ratio = median "
-             "over interleaved rounds of VT p50 / baseline p50, each round's two measurements taken next to "
-             "each other (`vtbench interleave`), [min-max] over rounds. Target: latency ratio <= MACs ratio; "
-             "'met' or 'missed' when every round agrees, else 'not resolved'; round measurements that judged "
-             "themselves noisy are counted beside the verdict. A pair timed in different sessions or by a "
-             "single pass shows its p50 ratio and no verdict."]
+def _needed_cell(p: dict[str, Any]) -> str:
+    """Rounds that would resolve each unresolved verdict ('vs 1: 51 rounds (...)'), '' where none is needed."""
+    parts = [f"{what}: {p[key]}" for what, key in (("vs 1", "needed"), ("target", "target_needed")) if p.get(key)]
+    return "; ".join(parts)
+
+
+def pairs_intro(pairs: list[LatencyPair], rows: list[dict[str, Any]]) -> str:
+    """What the table shows: the statistic, the verdicts and their multiple-comparison rule, the ceilings."""
+    lines = [f"Each VT configuration beside its registry baseline at identical latency settings. Latency ratio "
+             f"= {compare.GEOMEAN_LABEL}: each round's two measurements were taken next to each other "
+             f"(`vtbench interleave`), and an interval needs at least {compare.MIN_ROUNDS} rounds. Where the "
+             f"two sides have no paired rounds (a single pass, or different interleave sessions) the ratio is "
+             f"VT p50 / baseline p50, '{compare.SINGLE_PASS}', and never a verdict. 'VT vs baseline': the "
+             f"ratio differs from 1 (resolved) or not; target: the ratio is below the MACs ratio (met), above "
+             f"it (missed), or neither is resolved. No verdict where a measurement behind the pair judged "
+             f"itself noisy (the row says how many) or there are too few rounds. 'To resolve': the rounds at "
+             f"which a difference of the observed size, at the observed spread, would be resolved with "
+             f"{100 * compare.POWER:.0f} % power at the table's strictest Holm level. See docs/statistics.md.",
+             compare.holm_caption([p.versus_one for p in pairs], "VT vs baseline") + " "
+             + compare.holm_caption([p.target for p in pairs if p.target], "Target")]
     ceilings = sorted({(p["device"], p["dtype"], p["peak_gemm_tflops"], p["peak_copy_gb_s"])
-                       for p in pairs if p.get("peak_gemm_tflops")}, key=str)
+                       for p in rows if p.get("peak_gemm_tflops")}, key=str)
     for device, dtype, gemm, copy in ceilings:
         lines.append(f"Measured ceilings on {device} ({dtype}, the cells' threads; the higher of before and after "
                      f"the rounds): GEMM {gemm:.3g} TFLOP/s, copy {_f(copy, '.4g')} GB/s. "
                      "Achieved TFLOP/s = 2 x MACs x batch / p50.")
-    unpaired = [p for p in pairs if not p.get("round_ratios")]
-    if unpaired:
-        lines.append(f"{len(unpaired)} pair(s) without paired rounds: "
-                     + "; ".join(f"{p['vt_model']} b{p['batch']} {p['mode']}: {p['note']}" for p in unpaired[:6]))
     return "\n\n".join(lines)
 
 
@@ -265,7 +217,7 @@ def stage_tables(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFr
     order = stage_columns(records)
     shown, raw = [], []
     for record in sorted(records, key=_stage_row_order):
-        metrics, latency = record["metrics"], _latency_of(record)
+        metrics, latency = record["metrics"], latency_of(record["config"])
         times = {st: metrics[STAGE_PREFIX + st] for st in order if metrics.get(STAGE_PREFIX + st) is not None}
         total = sum(times.values())
         label = {"model": record["config"].get("model"), "batch": str(latency["batch_size"]),
@@ -299,13 +251,14 @@ def _mode_rank(mode: str) -> tuple[int, str]:
     return (MODE_ORDER.index(mode) if mode in MODE_ORDER else len(MODE_ORDER), mode)
 
 
-def _pair_order(pair: dict[str, Any]) -> tuple:
-    """Rows by run, device, dtype, mode (eager first), batch, then the pair's models."""
-    return (str(pair["run"]), pair["device"], pair["dtype"], _mode_rank(pair["mode"]), pair["batch"],
-            str(pair["baseline"]), str(pair["vt_model"]), pair["vt_options"])
+def _pair_order(pair: LatencyPair) -> tuple:
+    """Rows by device, dtype, mode (eager first), batch, then the pair's models and options."""
+    latency = latency_of(pair.vt.config)
+    return (str(latency["device"]), str(latency["dtype"]), _mode_rank(mode_of(latency)), int(latency["batch_size"]),
+            str(pair.base.model), str(pair.vt.model), _options(pair.vt.config))
 
 
 def _stage_row_order(record: dict[str, Any]) -> tuple:
-    latency = _latency_of(record)
+    latency = latency_of(record["config"])
     return (latency["device"], _mode_rank(mode_of(latency)), int(latency["batch_size"]),
             str(record["config"].get("model")))

@@ -30,10 +30,10 @@ def run(args: argparse.Namespace) -> int:
     for name, path in report.files.items():
         log.info("wrote %s", path)
     table = report.table
-    if "latency_noisy" in table.columns and table["latency_noisy"].fillna(False).astype(bool).any():
-        noisy = int(table["latency_noisy"].fillna(False).astype(bool).sum())
-        log.warning("%d of %d latency row(s) are noisy (see the verdict column); ratios built from them are "
-                    "marked '(noisy)'", noisy, int(table["latency_ms_p50"].notna().sum()))
+    if "latency_noisy" in table.columns and (table["latency_noisy"] == True).any():  # noqa: E712
+        noisy = int((table["latency_noisy"] == True).sum())  # noqa: E712
+        log.warning("%d of %d latency row(s) are noisy (see the latency tables' noise column); a comparison "
+                    "they enter gets no verdict", noisy, int(table["latency_ms_p50"].notna().sum()))
     data = report.data
     if len(data.pending) or len(data.errors) or len(data.corrupt):
         log.warning("partial run: %d pending, %d failed, %d corrupt record(s); see the report's last section",

@@ -1,0 +1,206 @@
+"""bench.analysis.compare, against hand computations and scipy: the latency ratio over rounds, the
+accuracy difference over seeds, the minimum rounds and seeds, no verdict from noisy measurements,
+Holm across a table, the rounds/seeds needed, the pairing rule, and one ratio per pair in a report."""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from bench.analysis import compare
+from bench.analysis.compare import Facts, Group
+
+
+# ------------------------------------------------------------------------------ latency ratio --
+
+def test_latency_ratio_is_the_geometric_mean_with_a_t_interval_on_log_ratios():
+    ratios = [0.80, 0.83, 0.78, 0.81, 0.84]
+    logs = np.log(ratios)
+    half = stats.t.ppf(0.975, 4) * logs.std(ddof=1) / math.sqrt(5)
+    est = compare.latency_ratio(ratios)
+    assert est.value == pytest.approx(math.exp(logs.mean()))
+    assert (est.lo, est.hi) == pytest.approx((math.exp(logs.mean() - half), math.exp(logs.mean() + half)))
+    assert est.p_value(1.0) == pytest.approx(stats.ttest_1samp(logs, 0.0).pvalue)
+    assert est.p_value(0.85) == pytest.approx(stats.ttest_1samp(logs, math.log(0.85)).pvalue)
+
+
+def test_fewer_than_the_minimum_rounds_get_no_interval_and_no_verdict():
+    assert compare.MIN_ROUNDS == 4
+    three = compare.latency_ratio([0.8, 0.9, 0.85])
+    assert not three.has_interval and three.note == "3 rounds (an interval needs >= 4)"
+    assert three.value == pytest.approx(statistics.geometric_mean([0.8, 0.9, 0.85]))
+    c = compare.decide([compare.compare(three, 1.0)])[0]
+    assert c.verdict is None and compare.verdict_text(c) == "no verdict: 3 rounds (an interval needs >= 4)"
+    assert compare.ratio_text(three) == f"{three.value:.3f} (no interval: 3 rounds (an interval needs >= 4))"
+    assert compare.latency_ratio([0.8, 0.9, 0.85, 0.82]).has_interval
+
+
+def test_a_single_pass_ratio_is_labelled_and_never_a_verdict():
+    est = compare.single_pass_ratio(9.0, 10.0, "single pass (no interleaved rounds)")
+    assert est.value == pytest.approx(0.9) and est.method == "single pass, no interval"
+    c = compare.decide([compare.compare(est, 1.0)])[0]
+    assert c.verdict is None and c.why_no_verdict == "no verdict: single pass (no interleaved rounds)"
+    assert compare.ratio_text(est) == "0.900 (single pass, no interval)"
+
+
+def test_noisy_measurements_withhold_the_verdict_however_clear_the_ratio():
+    # The loaded-machine case: 2 rounds, VT "twice as fast", 3 of 4 measurements noisy.
+    est = compare.latency_ratio([0.387, 0.628])
+    c = compare.decide([compare.compare(est, 0.85, noisy=3, measurements=4, words=("met", "missed", "not resolved"))])[0]
+    assert c.verdict is None and compare.verdict_text(c) == "no verdict: 3 of 4 measurements noisy"
+    clear = compare.latency_ratio([0.50, 0.51, 0.50, 0.52])
+    c = compare.decide([compare.compare(clear, 0.85, noisy=1, measurements=8)])[0]
+    assert c.verdict is None and c.needed is None and c.why_no_verdict == "no verdict: 1 of 8 measurements noisy"
+    c = compare.decide([compare.compare(clear, 0.85, noisy_sides=["baseline"])])[0]
+    assert c.verdict is None and c.why_no_verdict == "no verdict: baseline judged noisy"
+    assert compare.decide([compare.compare(clear, 0.85, words=("met", "missed", "x"))])[0].verdict == "met"
+
+
+# ------------------------------------------------------------------------------ accuracy --------
+
+def test_seeds_that_pair_give_the_paired_interval():
+    vt, base = {0: 91.0, 1: 92.5, 2: 90.0, 3: 93.0}, {0: 90.0, 1: 91.0, 2: 89.5, 3: 91.0}
+    est = compare.seed_difference(vt, base)
+    ci = stats.ttest_rel(list(vt.values()), list(base.values())).confidence_interval(0.95)
+    assert est.method == compare.PAIRED_LABEL and (est.lo, est.hi) == pytest.approx((ci.low, ci.high))
+    assert est.p_value(0.0) == pytest.approx(stats.ttest_rel(list(vt.values()), list(base.values())).pvalue)
+
+
+def test_seeds_that_do_not_pair_give_welchs_interval():
+    vt, base = {5: 91.0, 6: 92.5, 7: 90.0}, {0: 90.0, 1: 91.0, 2: 89.5}
+    est = compare.seed_difference(vt, base)
+    test = stats.ttest_ind(list(vt.values()), list(base.values()), equal_var=False)
+    assert est.method == compare.WELCH_LABEL
+    assert (est.lo, est.hi) == pytest.approx((test.confidence_interval(0.95).low, test.confidence_interval(0.95).high))
+    assert est.p_value(0.0) == pytest.approx(test.pvalue)
+
+
+def test_one_seed_is_no_claim_and_two_seeds_no_interval():
+    one = compare.seed_difference({0: 91.0}, {0: 90.0})
+    assert one.value == pytest.approx(1.0) and one.note == "1 seed: no claim"
+    assert compare.verdict_text(compare.decide([compare.compare(one, 0.0)])[0]) == "1 seed: no claim"
+    two = compare.seed_difference({0: 91.0, 1: 92.0}, {0: 90.0, 1: 90.5})
+    assert not two.has_interval and two.note == "2 seeds (an interval needs >= 3)"
+    c = compare.decide([compare.compare(two, 0.0)])[0]
+    assert c.needed is not None and c.needed.endswith("paired seeds (80 % power, alpha 0.05)")
+
+
+# ------------------------------------------------------------------------------ Holm ------------
+
+def test_holm_matches_the_textbook_step_down():
+    p = [0.01, 0.04, 0.03, None, 0.2]
+    # sorted 0.01, 0.03, 0.04, 0.2 (m = 4): 4 x 0.01, 3 x 0.03, max(2 x 0.04, previous), max(1 x 0.2, previous)
+    assert compare.holm(p) == pytest.approx([0.04, 0.09, 0.09, None, 0.2])
+    assert compare.holm([0.6, 0.5]) == pytest.approx([1.0, 1.0])
+
+
+def test_a_table_of_rows_is_decided_together():
+    # Four rows, each of whose own p is below 0.05; after Holm only the clearest stay resolved.
+    rounds = [[0.9, 0.91, 0.89, 0.9], [0.95, 0.97, 0.93, 0.96], [0.96, 0.985, 0.94, 0.97], [0.965, 0.99, 0.95, 0.975]]
+    raw = [stats.ttest_1samp(np.log(r), 0.0).pvalue for r in rounds]
+    assert all(p < 0.05 for p in raw) and sorted(compare.holm(raw))[-1] > 0.05
+    rows = compare.decide([compare.compare(compare.latency_ratio(r), 1.0) for r in rounds])
+    assert [c.p_holm for c in rows] == pytest.approx(compare.holm(raw))
+    assert [c.verdict == "resolved" for c in rows] == [p < 0.05 for p in compare.holm(raw)]
+    assert all(c.family_size == 4 for c in rows)
+    assert "Holm" in compare.holm_caption(rows, "VT vs baseline") and "4 rows" in compare.holm_caption(rows, "x")
+
+
+# ------------------------------------------------------------------------------ rounds needed ---
+
+def test_rounds_needed_is_the_smallest_n_with_the_power():
+    # Paired t test, effect = 1 sd, alpha 0.05, 80 % power: n = 10 (the textbook figure).
+    assert compare.rounds_needed(0.1, 0.1) == 10
+    n = compare.rounds_needed(0.03, 0.05, alpha=0.05 / 8)
+    assert compare._power_one_sample(0.03, 0.05, n, 0.05 / 8) >= 0.8 > compare._power_one_sample(0.03, 0.05, n - 1, 0.05 / 8)
+    # Welch, effect = 1 sd on each side: 17 per side (two-sample textbook figure).
+    assert compare.seeds_needed_welch(1.0, 1.0, 1.0) == 17
+    assert compare.rounds_needed(0.0, 0.1) is None and compare.rounds_needed(0.1, None) is None
+
+
+def test_an_unresolved_row_says_how_many_rounds_would_resolve_it():
+    rounds = [0.90, 1.05, 0.95, 0.99]
+    c = compare.decide([compare.compare(compare.latency_ratio(rounds), 1.0)])[0]
+    assert c.verdict == "not resolved"
+    logs = np.log(rounds)
+    n = compare.rounds_needed(logs.mean(), logs.std(ddof=1))
+    assert c.needed == f"{n} rounds (80 % power, alpha 0.05)"
+
+
+# ------------------------------------------------------------------------------ pairing ---------
+
+def _group(model, baseline=None, batch=1, device_name="cpu A", **args):
+    config = {"model": model, "model_args": {"num_classes": 10, **args}, "input_size": 32,
+              "latency": {"device": "cpu", "batch_size": batch}, "train": {"dataset": "digits", "epochs": 3, "seed": 0}}
+    facts = Facts(name=model, family="vt_x" if baseline else "x", baseline=baseline,
+                  defaults={"num_classes": 1000, "stem": "imagenet"})
+    return Group(group_id=f"{model}{batch}{device_name}{args}", model=model, facts=facts, config=config, records=[],
+                 device_name=device_name)
+
+
+def test_one_pairing_rule_the_baseline_named_by_the_facts_at_identical_settings():
+    vt = _group("my_vt", baseline="my_base", num_tokens=8)  # num_tokens: not an option of the baseline
+    assert compare.is_pair(vt, _group("my_base"), "latency")
+    assert not compare.is_pair(vt, _group("other_base"), "latency")              # not its baseline
+    assert not compare.is_pair(vt, _group("my_base", batch=32), "latency")       # another batch
+    assert not compare.is_pair(vt, _group("my_base", device_name="cpu B"), "latency")  # another machine
+    assert compare.is_pair(vt, _group("my_base", batch=32), "train")             # batch is latency's only
+    assert not compare.is_pair(vt, _group("my_base", stem="cifar"), "train")     # a shared option differs
+    assert compare.is_pair(_group("my_vt", baseline="my_base", stem="cifar"), _group("my_base", stem="cifar"), "train")
+    # the default spelled out is the default
+    assert compare.is_pair(vt, _group("my_base", stem="imagenet"), "complexity")
+
+
+# ------------------------------------------------------------------------------ in a report -----
+
+def _interleaved_run(tmp_path, vt_rounds, base_rounds):
+    from bench.core.records import make_record, make_remeasurement, write_record, write_remeasurement
+
+    env = {"host": "t", "device": "cpu", "device_name": "cpu"}
+    session = {"id": "cccccccccccc", "protocol": "interleaved", "started_at": "2026-01-01T00:00:00+00:00",
+               "finished_at": "2026-01-01T00:01:00+00:00", "rounds": len(vt_rounds), "cells": 2}
+    records = tmp_path / "run" / "records"
+    for model, gmacs, rounds in (("resnet18", 1.8, base_rounds), ("vt_resnet18", 1.5, vt_rounds)):
+        config = {"model": model, "model_args": {"num_classes": 1000}, "measure": ["complexity", "latency"],
+                  "input_size": 224, "seed": 0, "complexity": {},
+                  "latency": {"device": "cpu", "batch_size": 1, "dtype": "fp32", "threads": 2}, "train": {}}
+        record = make_record(config, metrics={"gmacs": gmacs, "params_m": 11.0, "latency_ms_p50": 50.0,
+                                              "latency_ms_p20": 49.0, "latency_ms_p80": 51.0, "latency_verdict": "ok"},
+                             env=env, run="run")
+        write_record(records, record)
+        metrics = {"latency_ms_p50": statistics.median(rounds), "latency_ms_p20": min(rounds),
+                   "latency_ms_p80": max(rounds), "latency_round_p50_ms": rounds,
+                   "latency_round_verdicts": ["ok"] * len(rounds), "latency_protocol": "interleaved",
+                   "latency_rounds": len(rounds), "latency_verdict": "ok"}
+        write_remeasurement(records, make_remeasurement(record, metrics, session=session, env=env))
+    return tmp_path / "run"
+
+
+def test_a_report_shows_one_latency_ratio_per_pair_and_setting(tmp_path, monkeypatch):
+    from bench.analysis import report as report_module
+    from bench.analysis.plots import PlotSkipped
+
+    base = [10.0, 11.0, 10.5, 10.2, 10.8]
+    vt = [8.1, 8.9, 8.4, 8.2, 8.7]
+    run = _interleaved_run(tmp_path, vt, base)
+
+    def no_attention(data):
+        raise PlotSkipped("not drawn in this test")
+
+    monkeypatch.setattr(report_module, "_attention", no_attention)
+    rep = report_module.write_report([run], tmp_path / "out", formats=["md"])
+    md = rep.files["report.md"].read_text()
+    expected = compare.ratio_text(compare.latency_ratio([v / b for v, b in zip(vt, base)]))
+    # every latency ratio figure in the report (3 decimals, or the old "0.80x" style) is that one figure
+    figures = set(re.findall(r"\b[01]\.\d{3} \[[01]\.\d{3}-[01]\.\d{3}\]", md))
+    assert figures == {expected}
+    assert not re.search(r"\b\d\.\d\dx\b", md.split("## Complexity")[0] + md.split("## Latency")[1].split("## ")[0])
+    assert "p50 / baseline |" not in md and "ratio over rounds" not in md  # the former second and third ratios
+    summary = md.split("## Summary")[1].split("## ")[0]
+    assert expected in summary and "MACs ratio VT / baseline 0.833" in summary
+    assert "&gt;" not in md and "&lt;" not in md and "&amp;" not in md and "_none_" not in md
