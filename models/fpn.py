@@ -115,6 +115,11 @@ class SemanticFPNHead(nn.Module):
         return F.interpolate(self.predictor(out), size=image_size, mode="bilinear", align_corners=False)
 
 
+def _scaled(channels: int, width: float) -> int:
+    """`channels` x `width`, rounded, at least 1 (width 1 leaves it unchanged)."""
+    return channels if width == 1.0 else max(1, round(channels * width))
+
+
 def _conv_gn_relu(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(32, cout), nn.ReLU(inplace=True))
 
@@ -131,22 +136,27 @@ class SegmentationFPN(nn.Module):
         zero_init_residual: start every residual block of the trunk as the identity (see
             `models.resnet.torchvision_trunk`).
         residual_init: a named trunk init (`models.init.RESIDUAL_INITS`), or None for `zero_init_residual`'s.
+        width: channel multiplier of the trunk (stem and every stage, `models.resnet.torchvision_trunk`)
+            and of the pyramid channels (`fpn_channels`); 1 (default) is the paper's network. The head
+            keeps `head_channels`, and a VT-FPN's `token_channels` are set by its own option (not
+            scaled implicitly), as for VT-ResNet. For CPU studies, which say so.
     """
 
     task = "seg"
     default_input_size = 512
 
     def __init__(self, depth: int, fpn, num_classes: int, fpn_channels: int = 256, head_channels: int = 128,
-                 zero_init_residual: bool = True, residual_init: str | None = None):
+                 zero_init_residual: bool = True, residual_init: str | None = None, width: float = 1.0):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        trunk = torchvision_trunk(depth, zero_init_residual, residual_init=residual_init)
+        trunk = torchvision_trunk(depth, zero_init_residual, width, residual_init)
         self.num_classes = num_classes
         self.stem = make_stem(trunk, "imagenet")
         self.stage2, self.stage3, self.stage4, self.stage5 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
-        self.fpn = fpn(stage_channels(trunk), fpn_channels)
-        self.head = SemanticFPNHead(fpn_channels, num_classes, head_channels)
+        pyramid = _scaled(fpn_channels, width)
+        self.fpn = fpn(stage_channels(trunk), pyramid)
+        self.head = SemanticFPNHead(pyramid, num_classes, head_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, num_classes, H, W)."""
