@@ -229,3 +229,49 @@ def test_committed_report_has_the_sections(committed):
     assert len(main.csv_frame()) == 16 and "verdict" in main.table.columns
     committed_md = (RUN / "report" / "report.md").read_text()
     assert all(f"## {t}" in committed_md for t in titles)
+
+
+# --------------------------------------------------------------------------- fidelity.md's prose
+
+def test_prose_figures_follow_the_data():
+    """fidelity.md quotes the frames' figures: scale VT-R50's MACs and the budget paragraph's figures move."""
+    from bench.analysis import fidelity_text
+
+    def budget_sentence(scale: float) -> str:
+        f = fidelity_report.fidelity_frames(_hand_made({"vt_resnet50": (scale, 1.0)}))
+        text = fidelity_text.render(f)
+        b = f.budget.set_index(["model", "table"]).loc[("vt_resnet50", "T8")]
+        expected = f"costs {b.measured_mmacs:.0f} M MACs against the {b.budget_mmacs:.0f} M"
+        assert expected in text, expected
+        return expected
+
+    assert budget_sentence(1.0) != budget_sentence(1.02)
+
+
+def test_prose_without_fpn_or_alternative_rows_leaves_their_paragraphs_out():
+    from bench.analysis import fidelity_text
+
+    text = fidelity_text.render(fidelity_report.fidelity_frames(_hand_made()))
+    assert "FeaturePyramidNetwork" not in text and "Table 7 saves" not in text
+    assert "(the Table 7 rows were not measured)" in text and "nan" not in text.lower().split()
+
+
+def test_prose_holds_no_hand_copied_figure():
+    """No string in fidelity_text (its prose and templates) holds a decimal figure or a percentage: every
+    one is formatted from the data, the paper's numbers or the tolerances."""
+    import re
+
+    tree = ast.parse((REPO / "bench" / "analysis" / "fidelity_text.py").read_text())
+    texts = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    copied = [t for t in texts if re.search(r"\d\.\d|\d ?%", t)]
+    assert copied == []
+
+
+def test_committed_fidelity_md_quotes_the_records(committed):
+    from bench.analysis import fidelity_text
+
+    text = fidelity_text.render(committed)
+    r50 = committed.main.set_index(["model", "table"]).loc[("vt_resnet50", "T8")]
+    assert f"{r50.delta_pct_gmacs:+.1f} % for R50" in text
+    resnets = committed.main[committed.main.model.isin(fidelity_report.PAPER_MODELS["resnet"])]
+    assert "/".join(f"{g:.3f}" for g in resnets.gmacs) + " G" in text

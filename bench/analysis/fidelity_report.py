@@ -4,8 +4,9 @@ The records come from the one runner (`vtbench launch experiments/paper_complexi
 results/paper_complexity/): each cell's `gmacs`, `params_m`, `gmacs_<stage>`, `params_m_<stage>`,
 `gmacs_traced` and the counters' agreement. This module reads nothing else but the paper's numbers
 (`bench.analysis.reference`), counts nothing and imports no torch, so that `vtbench report` shows
-the fidelity table from the records alone and `vtbench fidelity` (bench/analysis/fidelity.py, which
-launches the grid and then writes fidelity.md from here) shares one implementation with it.
+the fidelity table from the records alone and `vtbench fidelity` (bench/studies/fidelity.py, which
+launches the grid and then writes fidelity.md through bench/analysis/fidelity_text.py from these
+frames) shares one implementation with it.
 
 The readings say which cell stands for what: `main_readings()`, the twelve registered models at their
 defaults (each held to its paper table), and `alternative_readings()`, the other readings of the
@@ -511,9 +512,7 @@ def sections(f: Fidelity) -> list[StudySection]:
         StudySection(
             "Fidelity: the paper's complexity numbers beside the default models",
             "Each default model against its paper table (VT-ResNet-34 against Table 2, the other VT-ResNets "
-            "against Table 8: the tables disagree). Tolerances: ResNets 0.5 % of Table 8's MACs; VT-ResNets "
-            "3 % (MACs) and 5 % (params); the FPN module within 0.5 % of 55.1 G / 12.9 G (FPN) and within 15 % of the "
-            f"paper's (VT-FPN). Measured {f.env}.\n\nTotals that miss:\n{totals}\n\nThe FPN module (the `fpn` "
+            f"against Table 8: the tables disagree). {tolerances_text()} Measured {f.env}.\n\nTotals that miss:\n{totals}\n\nThe FPN module (the `fpn` "
             f"stage):\n{fpn_module_lines(f.main)}\n\n{counting_summary(f.main, f.alts)}{_missing_note(f)}",
             main_table(f.main), csv_name=MAIN_CSV, data=f.main),
         StudySection("Fidelity: per-stage breakdown (G MACs / M params)",
@@ -524,8 +523,9 @@ def sections(f: Fidelity) -> list[StudySection]:
         out.append(StudySection(
             "Fidelity: the VT stage against what the paper's totals leave it, and Table 1",
             "The trunk (stem and stages 2-4) is torchvision's, so the paper's total minus the measured trunk "
-            "is what the VT stage plus the head may cost. Held to it within 15 %, and the ResNet-stage-5 / "
-            "VT-stage ratios to Table 1's within 15 %.\n\nMisses:\n" + stage_misses,
+            f"is what the VT stage plus the head may cost. Held to it within {100 * TOL_VT_STAGE:.0f} %, and the "
+            f"ResNet-stage-5 / VT-stage ratios to Table 1's within {100 * TOL_VT_STAGE:.0f} %.\n\nMisses:\n"
+            + stage_misses,
             budget_table(f.budget), csv_name=BUDGET_CSV, data=f.budget))
     if not f.alts.empty:
         out.append(StudySection(
@@ -542,205 +542,16 @@ def sections(f: Fidelity) -> list[StudySection]:
     return out
 
 
+def tolerances_text() -> str:
+    """The tolerances of the verdicts, as a sentence (from TOL_* and FPN_MODULE_EXACT)."""
+    exact = " / ".join(f"{g:.1f} G" for g in FPN_MODULE_EXACT.values())
+    return (f"Tolerances: ResNets {100 * TOL_RESNET_GMACS:.1f} % of Table 8's MACs; VT-ResNets "
+            f"{100 * TOL_VT_GMACS:.0f} % (MACs) and {100 * TOL_VT_PARAMS:.0f} % (params); the FPN module within "
+            f"{100 * TOL_FPN_MODULE['fpn']:.1f} % of {exact} (FPN) and within {100 * TOL_FPN_MODULE['vt_fpn']:.0f} % "
+            "of the paper's (VT-FPN).")
+
+
 def report_sections(data: Any, table: pd.DataFrame) -> list[StudySection]:
     """The fidelity sections, when the run's records hold the eight classifiers at their defaults."""
     f = fidelity_frames(data)
     return [] if f is None else sections(f)
-
-
-def render(f: Fidelity) -> str:
-    """The fidelity study as one markdown document (fidelity.md)."""
-    totals, stage_misses = miss_lines(f)
-    t7 = table7_rows(f.main, f.alts)
-    return FIDELITY_MD.format(env=f.env, main=_md_table(main_table(f.main)), stages=_md_table(stage_table(f.main)),
-                              budget=_md_table(budget_table(f.budget)), alts=_md_table(alt_table(f.alts)),
-                              fpn_modules=fpn_module_lines(f.main), misses=totals, stage_misses=stage_misses,
-                              counting=counting_summary(f.main, f.alts) + _missing_note(f),
-                              table7=_md_table(t7) if not t7.empty else "(the Table 7 rows were not measured)")
-
-
-FIDELITY_MD = """# Fidelity: the paper's complexity numbers beside vtbench's models
-
-Records measured {env}.
-The numbers are the records of `results/paper_complexity` (`vtbench launch experiments/paper_complexity.yaml`,
-the twelve models and, as `include` entries, the other readings and the ablations); the same tables are
-sections of its report (`vtbench report results/paper_complexity`). Regenerate with `vtbench fidelity`
-(it launches the cells without a record, then writes this; `--skip-seg` leaves out the FPN rows).
-Machine-readable: `fidelity.csv` (the twelve models, every stage), `fidelity_alternatives.csv` (other
-readings and the ablations) and `fidelity_budget.csv` (the VT stage against the budget and Table 1,
-with verdicts).
-
-## How MACs are counted
-
-`gmacs` ("measured GMACs", "GMACs") is the paper's convention counted over what *executes*:
-multiply-accumulates of convolutions and matrix products, per image, from
-`torch.utils.flop_counter.FlopCounterMode` (FLOPs / 2) over the forward that runs in eval mode, with
-vtbench's handles for the CPU attention kernel, and with PyTorch's fused attention fast path turned off
-while counting (`bench/measure/complexity.py`). Batch norm (folded at inference), pooling, softmax, upsampling
-and element-wise operations are not counted. This gives exactly 1.814/3.664/4.089/7.801 G for
-torchvision's ResNet-18/34/50/101 (Table 8 prints 7.802 for R101). Per-stage figures are executed
-counts too. `traced GMACs` is the same convention from fvcore's JIT trace (`by_operator()` summed over
-`conv`, `linear`, `addmm`, `mm`, `matmul`, `einsum`, `bmm`, `baddbmm` and
-`scaled_dot_product_attention`); a trace keeps only work that reaches the output, so a projector whose
-map nothing reads is missing from it. `traced vs executed` is (traced - executed) / executed.
-`fvcore total` is fvcore's plain total on the trace plus vtbench's handles for softmax, max-pooling,
-mean, additions, multiplications and divisions.
-
-{counting}
-
-## The twelve models with their default options
-
-VT-ResNet-18 is held to Table 8 and VT-ResNet-34 to Table 2 (the tables disagree, PAPER.md): with one
-reading, VT-R18 is within tolerance of both tables, while VT-R34's 3 modules match Table 2's 21.8 M
-params but not Table 8's 19.2 M, which would leave 11.0 M for 3 modules and the head, 3.7 M per module
-against VT-R18's 3.9 M per module in Table 8 (the "other table" rows below show both). FPN rows: the
-paper's totals (Tables 9-10) and the FPN module alone, at 800x1216 with 171 COCO-stuff classes and at
-473x473 with 20 LIP classes.
-
-{main}
-
-### The FPN module (the paper's "FPN GFLOPs": the `fpn` stage of each record)
-
-{fpn_modules}
-
-`torchvision.ops.FeaturePyramidNetwork([256, 512, 1024, 2048], 256)` gives 55.10 G at 800x1216 as
-the paper prints; at 473x473 it gives 12.89 G where Table 10 prints 12.8 (the test holds it to the
-exact fvcore count, 12.9). VT-FPN replaces the FPN's 3x3 output convolutions and top-down path by
-VT modules and keeps its lateral 1x1 convolutions (they bring C2..C5 to 256 channels): the lateral
-convs alone are 7.47 G at 800x1216 (92.5 k MACs per pyramid pixel), and the paper's 8.5 G and 2.0 G
-are both about 105 k MACs per pyramid pixel, which leaves about 13 k per pixel for the VT part:
-tokenizer logits and pixel average (2 x 256 x 8), projector attention (8 x 256 + 8 x 256) and a
-W_Q grouped 16 ways (256 x 256 / 16). That is the default (`proj_groups=16`), with the ICCV
-transformer (K, Q 1024 -> 512, F1, F2 1024 x 1024) over the 32 tokens of the four levels: 3.15 M
-params but only ~0.1 G MACs at 32 tokens.
-
-## Per-stage breakdown (G MACs / M params)
-
-{stages}
-
-## Budget arithmetic (what Table 8 leaves the VT stage and head)
-
-The trunk (stem and stages 2-4) is torchvision's, so subtracting it from the paper's totals gives what
-the VT stage plus the head may cost. Any weight applied to the 16 tokens costs 16 MACs per image per
-parameter; weights applied to all 196 pixels cost 196; only the head's weights cost about 1.
-
-{budget}
-
-Verdicts: the measured VT stage plus head is held to the budget within 15 %, and the ResNet-stage-5 /
-VT-stage ratios to Table 1's within 15 % (the tolerance the model-zoo issue set for the one stage the
-paper gives, VT-FPN's module). The network totals' 3 % tolerance is too loose to judge a stage: the
-trunk is exact, so a stage that costs 1.7x its budget still moves VT-R50's total by only +2.8 %.
-
-VT-R18/R34 have about 19-20 MACs per parameter to spend: nearly every parameter can sit on the
-tokens, and the default reading spends 141 M / 8.70 M (VT-R18, 16 MACs per param plus the per-pixel
-work). VT-R50/R101 have only about 10, fewer than the 16 that any token weight costs: the paper's MACs
-and params for R50/R101 cannot both hold unless some parameters cost less than 16 MACs each (a head
-wider than one linear layer, for example), or unless Table 8's R50/R101 rows were computed differently
-from its R18/R34 rows. vtbench adds no such parameters. Its default R50/R101 reading (the same
-transformer and tokenizers as R18/R34) meets the params and lands within the 3% tolerance on the
-*network's* MACs (+2.8% for R50, +1.3% for R101), but its VT stage plus head costs 229 M MACs against
-the 134 M / 139 M that Table 8 leaves, about 1.7x: it *misses* the stage budget (+71 %, +65 %), which
-the tolerance on the total hides, and it misses Table 1's stage-5 ratio too (3.55x here, 6.1x / 6.9x in
-the paper: -42 %, -49 %). The
-`mhsa` reading below meets the stage's MACs better (169 M) and misses the params by 14-22% instead.
-Table 1's ratios for R18/R34 (2.4x, 5.0x) also differ from ours (2.9x); its R34 ratio implies a VT
-stage of about 128 M MACs, below even VT-R18's Table 8 budget, so Table 1 cannot be reconciled with
-Table 2's VT-R34 (3.299 G) either.
-
-## The chosen reading (defaults), with the arithmetic per module
-
-C = 256 (R18/R34) or 1024 (R50/R101) at 14x14 (HW = 196), C_T = 1024, L = 16.
-
-- Tokenizer (ICCV eqs. 1-2): the first filter-based, `T = softmax_HW(X W_A)^T X` (W_A: C x 16, no bias:
-  a per-token constant is cancelled by the softmax over HW), the others recurrent, `W_R = T_in W_T->R`
-  (W_T->R: C_T x C). The pixel average has C channels; an adapter C -> C_T (a 1x1 conv on the 16 tokens,
-  262 k params, 4.2 M MACs) brings it to C_T when C != C_T (R18/R34 only). Per module: logits
-  196 x C x 16 and pixel average 16 x 196 x C MACs (0.8 M each for C = 256, 3.2 M for C = 1024);
-  W_T->R 262 k params / 4.2 M MACs (C = 256) or 1.05 M / 16.8 M (C = 1024).
-- Transformer (`transformer="paper"`): the ICCV equations (3-4), appendix widths (K/Q of C_T/2); not
-  the ICCV text exactly, which has K, Q in R^{{C x C}}. No heads, no value projection, no normalisation.
-  K, Q: C_T -> C_T/2 = 512 (2 x 524 k params), F1, F2: C_T x C_T (2 x 1.05 M). 3.15 M params, 50.7 M
-  MACs per module (16 tokens). Whether the attention logits are scaled by 1/sqrt(d) is a choice of the
-  models' numerics (models/), which changes neither MACs nor params. Full 1024-wide K and Q (the literal
-  C x C) add 1.05 M params per module and overshoot VT-R18's params by 16%.
-- Projector (ICCV eq. 5): W_Q on every pixel C -> 256, W_K C_T -> 256, a value map W_V C_T -> C when
-  C_T != C. R18/R34: W_Q 65 k params, 12.8 M MACs; W_K and W_V 262 k params, 4.2 M MACs each;
-  attention 2 x 196 x 16 x 256 = 1.6 M. R50/R101: W_Q grouped 16 ways (the appendix's grouped query
-  convolution) 16 k params, 3.2 M MACs; W_K 262 k / 4.2 M; attention 196 x 16 x (256 + 1024) = 4.0 M.
-- The last module has no projector (`last_projector=False`): the head reads only the tokens, so its
-  projected feature map would never be used: its weights would get no gradient and its MACs would do
-  no work. `last_projector=True` is offered and measured below: its MACs count, as executed, though a
-  trace drops them; those rows are the only ones where the two counters differ.
-- Head: mean of the 16 output tokens, linear C_T -> 1000 (1.025 M params, 1.0 M MACs).
-- Sums: VT-R18 = module 1 (4.01 M, 79.3 M MACs) + module 2 (3.67 M, 60.7 M) = 7.67 M / 140 M;
-  VT-R50 = 3.45 M / 68.5 M + 4.50 M / 85.3 M + 4.22 M / 73.9 M = 12.2 M / 228 M.
-
-## Alternative readings and the ablations of Tables 3-7
-
-Each row changes the options shown and is compared with the paper row named in `vs` (Tables 3-7 rows
-are the paper's ablation numbers for VT-R18/R34).
-
-{alts}
-
-What the ablation rows say about the paper's own arithmetic: Table 6 adds about 8.3 M MACs per extra
-token with unchanged params, so nearly all of the paper's ~7.8 M module parameters (VT-R18) are token
-weights, as in the default reading (measured: 8.0-8.2 M per token). Table 5 (no transformer: -51 M MACs,
--3.1 M params for 2 modules) implies a transformer of about 1.55 M params, half of the ICCV
-transformer's 3.15 M at C_T = 1024, while Table 7 (no projector: -82 M MACs, -2.3 M params) implies
-about 1.15 M params per projector and a projector in both modules. No single reading reproduces
-Tables 5 and 7 together with Tables 2 and 8; vtbench keeps the reading that matches the main tables and
-shows the ablation gaps here. Table 4's VT-R34 without recurrence (3.369 G) costs more than the
-recurrent default (3.299 G), which no reading reproduces, since a filter tokenizer is cheaper than a
-recurrent one.
-
-## The projector ablation (Table 7): which reading
-
-Table 7's "no projector" row is a VT-ResNet without any projector; both readings build that same
-model (`projector=False`), so its row above does not depend on the reading. What the reading decides
-is the *with-projector* model the ablation compares it with, and so how much the projector costs:
-
-{table7}
-
-(M MACs / M params; the last column is the every-module model's executed count against the paper's totals.)
-Table 7 saves 82 M MACs and 2.3 M params on VT-R18 (141 M / 4.5 M on VT-R34): 3.6x one vtbench
-projector and still 1.8x two. Reading it as the removal of only the projectors the default has (one
-in VT-R18) would need projectors 3.6x heavier than eq. 5 at the widths that meet Tables 2 and 8;
-reading it as a projector in *every* module, removed, comes twice as close, and, counted as executed, that
-VT-R18 costs 1.5665 G against Table 8's 1.569 (-0.2 %, the default without it -1.6 %). vtbench
-therefore reads Table 7 as "a projector in every VT module vs none": `experiments/projector_ablation.yaml`
-sets `last_projector: true`, so its `projector: true` cells have one in every module (the last one's map
-is never read, but it runs, and its MACs and latency count) and its `projector: false` cells have none.
-The registered defaults keep `last_projector=False` (a projector that does no work gets no gradient).
-The remaining gap (about 1.15 M params per projector in the paper against 0.59 M here) is the same
-"heavier projectors" gap as above, and stays a miss on the Table 7 rows.
-
-## What misses, and why
-
-Network totals (the tolerances of the model-zoo issue):
-
-{misses}
-
-The VT stage itself (budget and Table 1, 15 %):
-
-{stage_misses}
-
-VT-R18's and VT-R34's stages cost 15-20 % fewer MACs than the budgets Tables 8 and 2 leave them (the
-paper's projectors are heavier, as Tables 5 and 7 say); VT-R34's params overshoot Table 8's budget
-(it is held to Table 2, whose params it meets); VT-R50/R101's stages cost 1.7x theirs (the
-MACs-per-parameter argument above). Table 1's stage ratios match no model: ours is above its ratio for
-R18 (2.9x against 2.4x) and below for R34/R50/R101, and Table 1 cannot be reconciled with Tables 2 and
-8 either (above). vtbench keeps the reading that meets the network totals and says so here.
-
-Among the alternatives and ablations above, the misses are the readings the defaults were chosen
-against (full-width K/Q, C_T = C, the appendix `mhsa` transformer at C = 256, the ICCV projector at
-C = 1024) and the Table 5 and Table 7 ablations, whose paper numbers imply a lighter transformer and
-heavier projectors than any reading that meets Tables 2 and 8 (see above).
-
-The FPN and VT-FPN totals run 2-5% above the paper's (R50 at 800x1216: 164.5 vs 159 G and 118.0 vs
-113 G). The backbone and the FPN module match exactly and the saving (55.1 - 8.6 = 46.5 G against the
-paper's 46 G) matches too, so the whole gap is the semantic head: Detectron2's head counts 30.2 G
-here (28.8 G in its 3x3 conv towers, 1.3 G in the 171-class predictor), while the paper's totals leave
-it about 24.7 G (159 - 55.1 - 79.2 G of backbone). The paper gives no breakdown of its head; the
-FPN-module column, which the paper does give, is what the tolerances test.
-"""
-

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from bench.analysis import fidelity_report
+from bench.analysis import fidelity_report, fidelity_text
 from bench.analysis.fidelity_report import SEG_SIZES
 from bench.core.errors import UsageError
 from bench.core.util import write_text_atomic
@@ -82,7 +82,7 @@ def write_files(run_dir: Path, out_dir: Path, skip_seg: bool = False) -> fidelit
     for name, frame in ((fidelity_report.MAIN_CSV, f.main), (fidelity_report.ALTERNATIVES_CSV, f.alts),
                         (fidelity_report.BUDGET_CSV, f.budget)):
         write_text_atomic(out_dir / name, frame.to_csv(index=False))
-    write_text_atomic(out_dir / "fidelity.md", fidelity_report.render(f))
+    write_text_atomic(out_dir / "fidelity.md", fidelity_text.render(f))
     return f
 
 
