@@ -224,3 +224,24 @@ def test_speed_runs_the_grid_interleaves_and_reports(tmp_path, capsys):
 
 
 GRID_NAME = "speed_grid.yaml"
+
+
+def test_gpu_check_speed_phases_use_flags_the_command_has(captured_speed, tmp_path, monkeypatch):
+    """scripts/gpu_check.sh drives `vtbench speed`: each of its speed phases parses and reaches the study
+    (CUDA made to look present; the study itself is the fake above)."""
+    import re
+    import shlex
+
+    monkeypatch.setattr(bench.studies.speed, "_cuda_available", lambda: True)
+    script = (REPO / "scripts" / "gpu_check.sh").read_text()
+    base = shlex.split(re.search(r"^speed=\((.*)\)$", script, re.M).group(1))
+    assert base[:4] == ["python3", "-m", "bench", "speed"]
+    phases = re.findall(r'"\$\{speed\[@\]\}" (.*?)(?:\\\n\s*(.*?))?$', script, re.M)
+    assert len(phases) == 3  # speed, fpn, compile_$pair
+    for i, parts in enumerate(phases):
+        words = shlex.split(" ".join(parts).replace('"$pair"', "r18").replace('"$dest', '"' + str(tmp_path)))
+        words = [w.replace("$pair", "r18") for w in words]
+        out = tmp_path / f"phase{i}"
+        words[words.index("--out") + 1] = str(out)
+        assert cli_main(base[3:] + words) == 0, words
+        assert captured_speed["opts"].gpu and captured_speed["opts"].out == str(out)
