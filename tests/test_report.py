@@ -350,20 +350,21 @@ def test_load_weights_reads_trainer_checkpoints(tmp_path):
 
 
 def test_tokenization_label_separates_recurrent_from_repeated_tokenizers():
-    """The latency-vs-tokens plot draws one line per tokenization: filter+recurrent is not filter."""
+    """The latency-vs-tokens plot draws one line per tokenization, named as the tables name the options."""
     import pandas as pd
 
     from bench.analysis.plots import tokenization_label
+    from bench.analysis.tables import option_text
 
     def label(**row):
         return tokenization_label(pd.Series(row))
 
-    assert label(family="vt_resnet") == "filter+recurrent"                      # paper default
-    assert label(family="vt_resnet", tokenizer="filter", recurrent=False) == "filter"
-    assert label(family="vt_resnet", tokenizer="pooling", recurrent=False) == "pooling"
-    assert label(family="vt_resnet", tokenizer="clustering", recurrent=True) == "clustering+recurrent"
-    assert label(family="vt_resnet", tokenizer="recurrent") == "recurrent"
-    assert label(family="vt_fpn", tokenizer="filter") == "filter"
+    assert label(model="vt_resnet18") == "tokenizer=default (filter), recurrent=default (True)"  # paper default
+    assert label(model="vt_resnet18", tokenizer="filter", recurrent=False) == "tokenizer=filter, recurrent=False"
+    assert label(model="vt_resnet18", tokenizer="clustering", recurrent=True) == "tokenizer=clustering, recurrent=True"
+    assert label(model="vt_fpn_r50", tokenizer="filter") == "tokenizer=filter"  # no recurrence in VT-FPN
+    # the legend's words are the table's words for the same setting
+    assert label(model="vt_resnet18").startswith(f"tokenizer={option_text('vt_resnet18', 'tokenizer', None)}")
 
 
 def test_a_study_section_is_shown_after_the_tables_and_written_as_csv(tmp_path, monkeypatch):

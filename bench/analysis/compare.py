@@ -504,11 +504,9 @@ def _rounds(record: Mapping[str, Any]) -> list[float]:
 
 
 def _round_verdicts(record: Mapping[str, Any], n: int) -> list[str]:
-    metrics = record.get("metrics") or {}
-    verdicts = metrics.get("latency_round_verdicts")
-    if isinstance(verdicts, list) and verdicts:
-        return [str(v) for v in verdicts[:n]]
-    return [str(metrics.get("latency_verdict") or "ok")] * n  # no per-round judgement: the record's
+    """The first `n` rounds' own judgements ([] where the record kept none: its whole-record verdict counts)."""
+    verdicts = (record.get("metrics") or {}).get("latency_round_verdicts")
+    return [str(v) for v in verdicts[:n]] if isinstance(verdicts, list) else []
 
 
 def _record_noisy(record: Mapping[str, Any]) -> bool:
@@ -558,7 +556,8 @@ def latency_comparison(vt: Group, base: Group, reference: float = 1.0,
                        timing=why, **extra)
     estimate = latency_ratio(ratios)
     return compare(estimate, reference, noisy=noisy, measurements=measured,
-                   noisy_sides=[] if noisy else noisy_sides, words=words, timing="interleaved",
+                   noisy_sides=[] if noisy else [f"{side} (as a whole)" for side in noisy_sides], words=words,
+                   timing="interleaved",
                    round_ratios=ratios, rounds=len(ratios), noisy_measurements=noisy, measured=measured,
                    sessions=sessions, **extra)
 

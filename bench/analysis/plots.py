@@ -53,6 +53,7 @@ class PlotResult:
     title: str
     png: Path
     svg: Path
+    caption: str = ""  # what the plot leaves out or reshapes, and why
 
 
 def _theme() -> None:
@@ -167,7 +168,7 @@ def plot_latency_vs_tokens(agg: pd.DataFrame, settings: list[str]) -> plt.Figure
     need = ["latency_ms_p50", "num_tokens"]
     if any(c not in agg.columns for c in need):
         raise PlotSkipped("needs latency_ms_p50 and VT cells with num_tokens")
-    rows = agg[agg[need].notna().all(axis=1) & agg["family"].isin(["vt_resnet", "vt_fpn"])].copy()
+    rows = _latency_token_rows(agg)
     rows["tokenizer"] = [tokenization_label(row) for _, row in rows.iterrows()]
     if rows.empty or rows["num_tokens"].nunique() < 2:
         raise PlotSkipped("no VT model was timed at two or more token counts")
@@ -185,20 +186,62 @@ def plot_latency_vs_tokens(agg: pd.DataFrame, settings: list[str]) -> plt.Figure
     return fig
 
 
+TOKENIZATION_OPTIONS = ("tokenizer", "recurrent")
+
+
+def _with_token_count(agg: pd.DataFrame) -> pd.DataFrame:
+    """VT rows with `num_tokens` filled in where the cell kept the model's default (where it is known)."""
+    from bench.analysis.facts import defaults_of
+
+    rows = agg[agg["family"].isin(["vt_resnet", "vt_fpn"])].copy()
+    if "num_tokens" not in rows.columns:
+        rows["num_tokens"] = np.nan
+    rows["num_tokens"] = [t if not _missing(t) else (defaults_of(m) or {}).get("num_tokens", np.nan)
+                          for m, t in zip(rows["model"], rows["num_tokens"])]
+    return rows
+
+
+def _latency_token_rows(agg: pd.DataFrame) -> pd.DataFrame:
+    rows = _with_token_count(agg)
+    return rows[rows["latency_ms_p50"].notna() & rows["num_tokens"].notna()].copy()
+
+
+def latency_caption(agg: pd.DataFrame) -> str:
+    """What the latency-vs-tokens plot leaves out: VT rows timed whose token count is unknown here."""
+    if "latency_ms_p50" not in agg.columns or "family" not in agg.columns:
+        return ""
+    timed = agg[agg["family"].isin(["vt_resnet", "vt_fpn"]) & agg["latency_ms_p50"].notna()]
+    left = len(timed) - len(_latency_token_rows(agg))
+    return (f"Left out: {left} timed VT configuration(s) whose token count is not known here (the model's default "
+            f"could not be read); they are in the latency tables." if left > 0 else "")
+
+
+def accuracy_caption(agg: pd.DataFrame) -> str:
+    """What the accuracy plot leaves out: trained configurations without a GMACs figure."""
+    metric = next((m for m in ("top1", "miou") if m in agg.columns and agg[m].notna().any()), None)
+    if metric is None:
+        return ""
+    left = int((agg[metric].notna() & _col(agg, "gmacs").isna()).sum())
+    return (f"Left out: {left} trained configuration(s) without GMACs (their cells did not measure complexity); "
+            f"they are in the Accuracy table." if left else "")
+
+
 def tokenization_label(row: pd.Series) -> str:
-    """How a VT cell tokenizes, as one label: the first tokenizer and whether later modules recur.
+    """How a VT cell tokenizes, in the tables' words (`bench.analysis.tables.option_text`): its
+    `tokenizer` and `recurrent` options, each as set or as 'default (V)', those that apply to the model.
 
     VT-ResNet's default (ICCV section 3) is a filter-based first module and recurrent ones after it
     (`recurrent=True`); `recurrent=False` repeats the first tokenizer in every module (Tables 3-4).
     VT-FPN has one tokenizer per level and no recurrence.
     """
-    tokenizer = row.get("tokenizer")
-    tokenizer = "filter" if tokenizer is None or (isinstance(tokenizer, float) and np.isnan(tokenizer)) else str(tokenizer)
-    if tokenizer == "recurrent" or str(row.get("family")) != "vt_resnet":
-        return tokenizer
-    recurrent = row.get("recurrent")
-    recurs = recurrent is None or (isinstance(recurrent, float) and np.isnan(recurrent)) or bool(recurrent)
-    return f"{tokenizer}+recurrent" if recurs else tokenizer
+    from bench.analysis.tables import option_text
+
+    parts = []
+    for option in TOKENIZATION_OPTIONS:
+        text = option_text(row.get("model"), option, row.get(option))
+        if text:
+            parts.append(f"{option}={text}")
+    return ", ".join(parts) or "tokenizer=default"
 
 
 def _tokenizer_colors(family: str, tokenizers: list[str]) -> dict[str, Any]:
@@ -218,7 +261,7 @@ def _latency_panel(ax: plt.Axes, sub: pd.DataFrame, agg: pd.DataFrame, model: st
         hi = _col(part, "latency_ms_p80").fillna(part["latency_ms_p50"]) - part["latency_ms_p50"]
         ax.errorbar(part["num_tokens"].astype(float), part["latency_ms_p50"], yerr=[lo.clip(lower=0), hi.clip(lower=0)],
                     color=colors[tok], marker=MARKERS[k % len(MARKERS)], linestyle=LINESTYLES[k % len(LINESTYLES)],
-                    capsize=3, label=f"{FAMILY_LABELS[family]} tokenizer={tok}")
+                    capsize=3, label=f"{FAMILY_LABELS[family]} {tok}")
     _baseline_line(ax, sub, agg, model)
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(sub["num_tokens"].astype(float).unique()))
@@ -231,17 +274,14 @@ def _latency_panel(ax: plt.Axes, sub: pd.DataFrame, agg: pd.DataFrame, model: st
 
 
 def _baseline_line(ax: plt.Axes, sub: pd.DataFrame, agg: pd.DataFrame, model: str) -> None:
-    """The baseline's latency (same latency settings) as a horizontal line in its family colour."""
+    """The baseline's latency as a horizontal line in its family colour: the baseline configuration
+    `bench.analysis.compare` paired the panel's cells with (`baseline_latency_ms_p50`)."""
     base = facts_of(model).baseline
-    keys = [c for c in sub.columns if c.startswith("latency.") or c in ("env.device_name", "input_size")]
-    first = sub.iloc[0]
-    cand = agg[(agg["model"] == base) & agg["latency_ms_p50"].notna()]
-    for key in keys:
-        cand = cand[cand[key].map(lambda v: _same_value(v, first[key]))]
-    if not cand.empty:
+    values = _col(sub, "baseline_latency_ms_p50").dropna().unique()
+    if base and len(values):
         fam = facts_of(base).family
-        ax.axhline(float(cand["latency_ms_p50"].iloc[0]), color=FAMILY_COLORS[fam], linestyle="--",
-                   label=f"{FAMILY_LABELS[fam]} baseline ({base})")
+        ax.axhline(float(values[0]), color=FAMILY_COLORS.get(fam, FAMILY_COLORS["other"]), linestyle="--",
+                   label=f"{FAMILY_LABELS.get(fam, fam)} baseline ({base})")
 
 
 # --------------------------------------------------------------------------- stage 5
@@ -269,14 +309,49 @@ def _common_setting(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[key == models_per_key.idxmax()]  # the setting that covers the most models
 
 
+def _stage5_candidates(agg: pd.DataFrame) -> pd.DataFrame:
+    if "stage_gmacs" not in agg.columns or "family" not in agg.columns:
+        return agg.iloc[0:0]
+    return agg[agg["family"].isin(["resnet", "vt_resnet"]) & agg["stage_gmacs"].notna()]
+
+
+def _stage5_rows(agg: pd.DataFrame) -> pd.DataFrame:
+    """The bars: each model at the paper's default options, at the setting that covers the most models."""
+    return _common_setting(_default_variant(_stage5_candidates(agg))).drop_duplicates("model")
+
+
+def stage5_caption(agg: pd.DataFrame) -> str:
+    """What the stage-5 plot leaves out, how many and why ('' when every cell with the metric is drawn)."""
+    return left_out_caption(_stage5_candidates(agg), _stage5_rows(agg), "stage GMACs")
+
+
+def left_out_caption(candidates: pd.DataFrame, shown: pd.DataFrame, metric: str) -> str:
+    """'Drawn: 4 of 46 configurations with stage GMACs ...; left out: 42 (...), see the Complexity table.'"""
+    if candidates.empty or len(shown) >= len(candidates):
+        return ""
+    left = candidates[~candidates.index.isin(shown.index)]
+    why = []
+    options = [c for c in ("tokenizer", "num_tokens", "recurrent", "transformer", "projector") if c in left.columns
+               and left[c].notna().any()]
+    if options:
+        why.append(f"options away from the paper's defaults ({', '.join(options)})")
+    sizes = set(left.get("input_size", pd.Series(dtype=object)).astype(str)) - set(shown.get("input_size", pd.Series(dtype=object)).astype(str))
+    if sizes:
+        why.append(f"another input size ({', '.join(sorted(sizes))})")
+    if not why:
+        why.append("the same model and setting at another measurement setting (the same counted MACs)")
+    return (f"Drawn: {len(shown)} of {len(candidates)} configurations with {metric}, each model at the paper's "
+            f"default options and one common input. Left out: {len(left)}, with {' or '.join(why)}; "
+            f"every configuration's {metric} is in the Complexity table.")
+
+
 def plot_stage5(agg: pd.DataFrame) -> plt.Figure:
     """Stage-5 GMACs of ResNet against the VT stage of VT-ResNet, per depth, reduction annotated."""
     if "stage_gmacs" not in agg.columns:
         raise PlotSkipped("no per-stage GMACs (gmacs_stage5 / gmacs_vt) in the records")
-    rows = agg[agg["family"].isin(["resnet", "vt_resnet"]) & agg["stage_gmacs"].notna()]
-    if rows.empty:
+    if _stage5_candidates(agg).empty:
         raise PlotSkipped("no ResNet or VT-ResNet cell with per-stage GMACs")
-    rows = _common_setting(_default_variant(rows)).drop_duplicates("model")
+    rows = _stage5_rows(agg)
     rows = rows.assign(depth=rows["model"].map(_backbone), family_label=rows["family"].map(FAMILY_LABELS))
     order = _backbone_order(rows)
     fams = [f for f in ("resnet", "vt_resnet") if (rows["family"] == f).any()]
@@ -319,6 +394,15 @@ def _fpn_rows(agg: pd.DataFrame) -> pd.DataFrame:
     if rows.empty or "gmacs" not in rows.columns or rows["gmacs"].isna().all():
         raise PlotSkipped("no FPN or VT-FPN cell with GMACs")
     return _default_variant(rows[rows["gmacs"].notna()])
+
+
+def fpn_caption(agg: pd.DataFrame) -> str:
+    """What the FPN plot leaves out ('' when every FPN / VT-FPN cell with GMACs is drawn)."""
+    rows = agg[agg["family"].isin(["fpn", "vt_fpn"])] if "family" in agg.columns else agg.iloc[0:0]
+    if rows.empty or "gmacs" not in rows.columns:
+        return ""
+    rows = rows[rows["gmacs"].notna()]
+    return left_out_caption(rows, _default_variant(rows), "GMACs") if not rows.empty else ""
 
 
 def _fpn_has_miou(rows: pd.DataFrame) -> bool:
@@ -427,8 +511,8 @@ def save_figure(fig: plt.Figure, out_dir: Path, name: str) -> tuple[Path, Path]:
 
 
 def draw(name: str, title: str, make: Callable[[], plt.Figure], out_dir: Path,
-         drawn: list[PlotResult], skipped: list[tuple[str, str]]) -> None:
-    """Draw one plot, recording it as drawn or (with the reason) skipped."""
+         drawn: list[PlotResult], skipped: list[tuple[str, str]], caption: Callable[[], str] | None = None) -> None:
+    """Draw one plot, recording it as drawn (with its caption: what it leaves out) or skipped (with the reason)."""
     _theme()
     try:
         fig = make()
@@ -437,7 +521,7 @@ def draw(name: str, title: str, make: Callable[[], plt.Figure], out_dir: Path,
         skipped.append((name, str(exc)))
         return
     png, svg = save_figure(fig, out_dir, name)
-    drawn.append(PlotResult(name=name, title=title, png=png, svg=svg))
+    drawn.append(PlotResult(name=name, title=title, png=png, svg=svg, caption=caption() if caption else ""))
 
 
 # --------------------------------------------------------------------------- tokenizer attention
@@ -624,10 +708,13 @@ def plot_attention(config: dict[str, Any], checkpoint: Path | None, images: int 
         maps = _tokenizer_maps(model.eval(), shown.batch)
     index, where = _which_tokenizer(config["model"], len(maps))
     name, attn = maps[index]
+    map_size = tuple(int(v) for v in attn.shape[-2:])
     attn = F.interpolate(attn.float(), size=size, mode="bilinear", align_corners=False).numpy()
+    resized = ("" if map_size == tuple(size) else
+               f"; each map is {map_size[0]}x{map_size[1]} pixels, upsampled bilinearly to {size[0]}x{size[1]} to overlay")
     options = ", ".join(f"{k}={v}" for k, v in (config.get("model_args") or {}).items()) or "default options"
     title = (f"Tokenizer attention: {config['model']} ({options})\n"
-             f"module: {where}, {name}; {weights}\n{shown.source}")
+             f"module: {where}, {name}; {weights}\n{shown.source}{resized}")
     return attention_figure(attn, shown.display, shown.captions, title)
 
 

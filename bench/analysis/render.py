@@ -147,7 +147,8 @@ def render_markdown(report: Any, out_dir: Path) -> str:
     if report.summary:
         parts.append("## Summary\n\n" + "\n".join(_bullets(report.summary)) + "\n")
     for title, df in report.sections:
-        parts.append(f"## {md_escape(title)}\n\n{markdown_table(df)}")
+        intro = report.intros.get(title, "")
+        parts.append(f"## {md_escape(title)}\n\n" + (f"{md_escape(intro)}\n\n" if intro else "") + markdown_table(df))
     for study in report.studies:
         intro = f"{study.intro.strip()}\n\n" if study.intro.strip() else ""
         parts.append(f"## {md_escape(study.title)}\n\n{intro}{markdown_table(study.table)}")
@@ -190,7 +191,8 @@ def render_html(report: Any) -> str:
         body.append("<h2>Summary</h2><ul>" + "".join(f"<li>{html.escape(line.strip())}</li>" for entry in report.summary
                                                       for line in entry.split("\n")) + "</ul>")
     for title, df in report.sections:
-        body.append(f"<h2>{html.escape(title)}</h2>" + html_table(df))
+        intro = report.intros.get(title, "")
+        body.append(f"<h2>{html.escape(title)}</h2>" + (f"<p>{html.escape(intro)}</p>" if intro else "") + html_table(df))
     for study in report.studies:  # the intro is markdown: shown as preformatted text
         intro = f"<pre style='white-space:pre-wrap'>{html.escape(study.intro.strip())}</pre>" if study.intro.strip() else ""
         body.append(f"<h2>{html.escape(study.title)}</h2>{intro}" + html_table(study.table))

@@ -24,7 +24,7 @@ from bench.analysis.facts import facts_of, family_of
 from bench.analysis.load import (RunData, aggregate, check_run_dir, flatten_config, flatten_record,  # noqa: F401
                                  input_size_label, latency_quality, load_runs)
 from bench.analysis.section import StudySection
-from bench.analysis.tables import (accuracy_table, add_comparisons, add_derived, cell_options,  # noqa: F401
+from bench.analysis.tables import (accuracy_intro, accuracy_table, add_comparisons, add_derived, cell_options,  # noqa: F401
                                    complexity_table, fmt, fmt_pm, latency_settings, latency_tables, option_text,
                                    paper_table, pixels_of, sort_rows, summary_lines, varying_columns)
 from bench.core.errors import UsageError
@@ -53,6 +53,7 @@ class Report:
     studies: list[StudySection] = field(default_factory=list)  # the comparison and studies' sections
     summary: list[str] = field(default_factory=list)           # the opening lines: what VT buys
     absent: list[str] = field(default_factory=list)            # what the report does not show, and why
+    intros: dict[str, str] = field(default_factory=dict)       # a section's caption, by its heading
     plots: list[Any] = field(default_factory=list)
     skipped_plots: list[tuple[str, str]] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
@@ -90,7 +91,7 @@ def build_report(run_dirs: Iterable[str | Path]) -> Report:
     sections = [(title, df) for title, df in shown if df is not None and not df.empty]
     return Report(data=data, table=table, comparison=comparison, sections=sections,
                   studies=study_sections(data, table), summary=summary_lines(data.groups, latency, accuracy),
-                  absent=absent_lines(shown, table))
+                  absent=absent_lines(shown, table), intros={"Accuracy": accuracy_intro(accuracy)})
 
 
 def absent_lines(shown: list[tuple[str, pd.DataFrame]], table: pd.DataFrame) -> list[str]:
@@ -135,10 +136,14 @@ def _draw_each_plot(report: Report, plot_dir: Path, table: pd.DataFrame, label_c
         return
     timed = table[table["latency_ms_p50"].notna()] if "latency_ms_p50" in table.columns else table.iloc[0:0]
     settings = latency_settings(timed) if not timed.empty else []
-    plots.draw("accuracy_vs_gmacs", PLOT_TITLES["accuracy_vs_gmacs"], lambda: plots.plot_accuracy_vs_gmacs(table, label_cols), plot_dir, drawn, skipped)
-    plots.draw("latency_vs_tokens", PLOT_TITLES["latency_vs_tokens"], lambda: plots.plot_latency_vs_tokens(table, settings), plot_dir, drawn, skipped)
-    plots.draw("stage5_gmacs", PLOT_TITLES["stage5_gmacs"], lambda: plots.plot_stage5(table), plot_dir, drawn, skipped)
-    plots.draw("fpn_vs_vt_fpn", plots.fpn_title(table), lambda: plots.plot_fpn(table), plot_dir, drawn, skipped)
+    plots.draw("accuracy_vs_gmacs", PLOT_TITLES["accuracy_vs_gmacs"], lambda: plots.plot_accuracy_vs_gmacs(table, label_cols),
+               plot_dir, drawn, skipped, lambda: plots.accuracy_caption(table))
+    plots.draw("latency_vs_tokens", PLOT_TITLES["latency_vs_tokens"], lambda: plots.plot_latency_vs_tokens(table, settings),
+               plot_dir, drawn, skipped, lambda: plots.latency_caption(table))
+    plots.draw("stage5_gmacs", PLOT_TITLES["stage5_gmacs"], lambda: plots.plot_stage5(table), plot_dir, drawn, skipped,
+               lambda: plots.stage5_caption(table))
+    plots.draw("fpn_vs_vt_fpn", plots.fpn_title(table), lambda: plots.plot_fpn(table), plot_dir, drawn, skipped,
+               lambda: plots.fpn_caption(table))
     plots.draw("token_attention", PLOT_TITLES["token_attention"], lambda: _attention(report.data), plot_dir, drawn, skipped)
 
 

@@ -171,7 +171,7 @@ def pair_cells(p: dict[str, Any]) -> dict[str, str]:
              "VT p50 ms": f"{p['vt_ms_p50']:.2f}", RATIO_COLUMN: ratio_cell(p),
              "rounds": str(p["rounds"]) if p.get("rounds") else "-",
              "VT vs baseline": p["verdict"], "MACs ratio": _f(p["macs_ratio"]),
-             "target (ratio <= MACs ratio)": p.get("target_verdict") or "no verdict: no MACs ratio",
+             "target: ratio below MACs ratio": p.get("target_verdict") or "no verdict: no MACs ratio",
              "to resolve": _needed_cell(p)}
     if p.get("peak_gemm_tflops"):
         cells["TFLOP/s base / VT (% of GEMM ceiling)"] = f"{_rate(p, 'base')} / {_rate(p, 'vt')}"

@@ -66,6 +66,7 @@ def add_comparisons(agg: pd.DataFrame, latency: list[LatencyPair], accuracy: dic
         pair = by_group.get(gid)
         row = _comparison_columns("latency_ratio", pair.versus_one if pair else None)
         row["latency_ratio_macs_ratio"] = pair.macs_ratio if pair else None
+        row["baseline_latency_ms_p50"] = pair.versus_one.extra.get("base_ms_p50") if pair else None
         row["latency_ratio_target"] = (compare.verdict_text(pair.target) if pair and pair.target else None)
         for metric, comps in accuracy.items():
             row.update(_comparison_columns(f"{metric}_diff", comps.get(gid)))
@@ -294,6 +295,19 @@ ACCURACY_COLUMNS = (("top1", "top-1 (%)"), ("top5", "top-5 (%)"), ("miou", "mIoU
                     ("pixel_acc", "pixel acc. (%)"))
 
 
+def accuracy_intro(accuracy: dict[str, dict[str, Comparison]]) -> str:
+    """The accuracy table's caption: the statistic, the minimum seeds and the Holm family."""
+    comps = [c for found in accuracy.values() for c in found.values()]
+    if not comps:
+        return ""
+    return (f"Δ = VT mean - baseline mean in points, {compare.PAIRED_LABEL} where both sides hold the same seeds, "
+            f"else {compare.WELCH_LABEL}; an interval and a verdict need at least {compare.MIN_SEEDS} seeds per "
+            f"side. " + " ".join(compare.holm_caption(list(found.values()), f"Δ {dict(STAT_METRICS)[m]}")
+                                  for m, found in accuracy.items() if found)
+            + " 'To resolve': the seeds at which a difference of the observed size, at the observed spread, would "
+              f"be resolved with {100 * compare.POWER:.0f} % power at the table's strictest Holm level.")
+
+
 def accuracy_table(agg: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
     """Top-1 / mIoU as mean ± sample std (n) per configuration, with data set and epochs, and on each VT
     row its difference to the baseline from `bench.analysis.compare` (interval, verdict, seeds needed)."""
@@ -369,8 +383,11 @@ def paper_table(comparison: pd.DataFrame, options: dict[str, str] | None = None)
 # --------------------------------------------------------------------------- the summary
 
 def _headline(vt: Group, base: Group) -> bool:
-    """A VT configuration at its model's defaults: it sets no option its baseline does not share."""
-    return set(vt.args) <= set(base.args) | set((base.facts.defaults or {}))
+    """A VT configuration at its model's defaults: every option it sets that its baseline does not share
+    holds the VT model's default value."""
+    shared = set(base.args) | set(base.facts.defaults or {})
+    defaults = vt.facts.defaults or {}
+    return all(key in shared or (key in defaults and defaults[key] == value) for key, value in vt.args.items())
 
 
 def summary_lines(groups: list[Group], latency: list[LatencyPair], accuracy: dict[str, dict[str, Comparison]]) -> list[str]:
