@@ -159,3 +159,87 @@ def test_debian_fashion_mnist_is_the_real_data_set():
     test = data.build_dataset("fashion_mnist", "test")
     assert (len(train), len(test)) == (60000, 10000)
     assert np.bincount(test.targets.numpy(), minlength=10).tolist() == [1000] * 10
+
+
+# ---------------------------------------------------------------------------- fashion_scenes
+@pytest.fixture
+def solid_fashion_root(tmp_path):
+    """IDX stand-ins whose images are solid squares: train image i at intensity 100 + i, test image j at 30 + j."""
+    for split, n, base in (("train", 40, 100), ("t10k", 20, 30)):
+        values = base + np.arange(n)
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", np.broadcast_to(values[:, None, None], (n, 28, 28)))
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return tmp_path
+
+
+def _scenes(root, split="train", **options):
+    return data.build_dataset("fashion_scenes", split, root=root, input_size=64, **options)
+
+
+def test_fashion_scenes_label_the_last_item_painted_at_each_pixel(solid_fashion_root):
+    scenes = _scenes(solid_fashion_root)
+    assert (scenes.task, scenes.num_classes, len(scenes)) == ("seg", 11, 10_000)
+    for index in range(20):
+        canvas, mask = scenes.render(index)
+        expected_mask, expected_value = np.zeros((64, 64), np.int64), np.zeros((64, 64), np.float32)
+        layout = scenes.layout(index)
+        assert 2 <= len(layout) <= 4
+        for item in layout:  # solid items: the whole box is the item's, a later item covers an earlier one
+            assert 0.3 * 64 - 1 <= item.side <= 0.5 * 64 + 1 and item.top + item.side <= 64
+            box = (slice(item.top, item.top + item.side), slice(item.left, item.left + item.side))
+            expected_mask[box], expected_value[box] = 1 + item.label, (100 + item.source) / 255
+        np.testing.assert_array_equal(mask, expected_mask)
+        np.testing.assert_allclose(canvas, expected_value, atol=1e-6)
+    image, target = scenes[0]
+    assert image.shape == (3, 64, 64) and target.dtype == torch.int64
+
+
+def test_fashion_scenes_are_deterministic_per_seed_and_index(solid_fashion_root):
+    first, again = _scenes(solid_fashion_root), _scenes(solid_fashion_root)
+    assert all(torch.equal(first[i][0], again[i][0]) and torch.equal(first[i][1], again[i][1]) for i in (0, 7))
+    reseeded = _scenes(solid_fashion_root, seed=1)
+    assert first.layout(7) != reseeded.layout(7) and first.layout(7) != first.layout(8)
+
+
+def test_fashion_scenes_train_and_test_items_come_from_their_own_split(solid_fashion_root):
+    train, test = _scenes(solid_fashion_root), _scenes(solid_fashion_root, "test", num_samples=50)
+    train_values = {round(float(v) * 255) for i in range(50) for v in np.unique(train.render(i)[0]) if v > 0}
+    test_values = {round(float(v) * 255) for i in range(50) for v in np.unique(test.render(i)[0]) if v > 0}
+    assert train_values <= set(range(100, 140)) and test_values <= set(range(30, 50))
+    assert len(test) == 50 and max(item.source for i in range(50) for item in test.layout(i)) < 20
+
+
+def test_fashion_scenes_keep_faint_pixels_out_of_the_item(tmp_path):
+    """Pixels at or below `threshold` are neither painted nor labelled: what was under them stays."""
+    half = np.zeros((10, 28, 28))
+    half[:, :, 14:] = 200  # every item's right half only
+    for split in ("train", "t10k"):
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", half)
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(10))
+    scenes = _scenes(tmp_path, items=[1, 1], item_size=[0.5, 0.5])
+    canvas, mask = scenes.render(0)
+    (item,) = scenes.layout(0)
+    rows, cols = slice(item.top, item.top + 32), slice(item.left, item.left + 32)
+    assert (mask[rows, cols][:, :15] == 0).all() and (mask[rows, cols][:, 17:] == 1 + item.label).all()
+    assert (canvas[mask == 0] == 0).all()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"items": [3, 2]}, "items must be 1 <= fewest <= most"),
+    ({"item_size": [0.5, 1.5]}, "item_size must be 0 < smallest <= largest <= 1"),
+    ({"threshold": 1.0}, "threshold must be in"),
+    ({"colour": True}, "has no option"),
+])
+def test_fashion_scenes_bad_options_are_one_line_errors(solid_fashion_root, options, message):
+    with pytest.raises(UsageError, match=message):
+        _scenes(solid_fashion_root, **options)
+
+
+@pytest.mark.skipif(not data.FASHION_MNIST_ROOT.exists(), reason="dataset-fashion-mnist is not installed")
+def test_debian_fashion_scenes_hold_real_items_of_every_class():
+    scenes = data.build_dataset("fashion_scenes", "test")
+    assert (len(scenes), scenes.input_size) == (2_000, 96)
+    labels = set()
+    for index in range(40):
+        labels |= set(np.unique(scenes.render(index)[1]).tolist())
+    assert labels == set(range(11))

@@ -9,6 +9,7 @@ returned data set carries `task`, `num_classes` and `input_size` attributes.
 | ---------- | -------- | ------------- | -------------------------------------------------- |
 | `digits`   | cls      | 10            | scikit-learn's 1,797 8x8 digits, shipped with it    |
 | `fashion_mnist` | cls | 10            | Zalando's 70,000 28x28 images, Debian's `dataset-fashion-mnist` IDX files |
+| `fashion_scenes` | seg | 11            | seeded canvases of 2-4 Fashion-MNIST items with occlusion (same IDX files) |
 | `shapes`   | cls, seg | 4 / 5         | seeded synthetic shapes, generated on the fly       |
 | `cifar10`  | cls      | 10            | torchvision CIFAR-10 from a local root              |
 | `cifar100` | cls      | 100           | torchvision CIFAR-100 from a local root             |
@@ -255,6 +256,8 @@ FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 FASHION_MNIST_SUBSET_SEED = 0
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
+"""Pixel mean and std of the 60,000 training images at 28x28, in [0, 1]."""
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -302,10 +305,140 @@ def _build_fashion_mnist(split: str, root: Any, input_size: int, task: str, trai
     pixels = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     if input_size != 28:
         pixels = F.interpolate(pixels, size=(input_size, input_size), mode="bilinear", align_corners=False)
-    mean, std = 0.2860, 0.3530  # the 60,000 training images at 28x28
+    mean, std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
     shift = max(1, input_size // 14) if (augment and split == "train") else 0
     return TensorImageDataset(((pixels - mean) / std).contiguous(), torch.from_numpy(labels.astype(np.int64)),
                               10, shift=shift)
+
+
+# --------------------------------------------------------------------------------------------
+# fashion_scenes: Fashion-MNIST items placed on a canvas, with occlusion, for segmentation
+# --------------------------------------------------------------------------------------------
+
+FASHION_SCENES_CLASSES = 11
+"""0 = background, 1 + c = an item of Fashion-MNIST class c (0..9)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PlacedItem:
+    """One item of a scene: which source image, its class, and its box on the canvas (top, left, side)."""
+
+    source: int
+    label: int
+    top: int
+    left: int
+    side: int
+
+
+class FashionScenesDataset(Dataset):
+    """Seeded scenes of real Fashion-MNIST items; scene `i` of a (split, seed) is always the same.
+
+    Each scene is a black square canvas of side `input_size` with 2..4 (`items`) items drawn from
+    the split's own images (train scenes from the 60,000 training images, test scenes from the
+    10,000 test images, so no item is seen in both), each resized (bilinear) to a random side
+    (`item_size`, a fraction of the canvas side) and placed at a random position, in order: an
+    item's pixels above `threshold` (of 1) are painted and labelled 1 + its class, covering the
+    items placed before it; every other pixel keeps what was under it (background: label 0, value 0).
+    Images are normalised as `fashion_mnist`'s and repeated to 3 channels.
+
+    Args:
+        split: `train` or `test`.
+        input_size: canvas side in pixels.
+        images: the split's source images, (N, 28, 28) uint8.
+        labels: their classes, (N,).
+        num_samples: scenes in the data set (default 10,000 train, 2,000 test).
+        items: (fewest, most) items per scene.
+        item_size: (smallest, largest) item side as a fraction of the canvas side.
+        threshold: intensity (0..1) above which an item pixel is the item's.
+        seed: base seed of the scenes.
+    """
+
+    def __init__(self, split: str, input_size: int, images: np.ndarray, labels: np.ndarray,
+                 num_samples: int | None = None, items: Sequence[int] = (2, 4),
+                 item_size: Sequence[float] = (0.3, 0.5), threshold: float = 0.1, seed: int = 0):
+        self.split, self.size, self.seed = split, int(input_size), int(seed)
+        self.images, self.labels = images, labels
+        self.num_samples = int(num_samples or (10_000 if split == "train" else 2_000))
+        self.items = _int_range("items", items, 1)
+        self.item_size = _fraction_range("item_size", item_size)
+        if not 0 <= float(threshold) < 1:
+            raise UsageError(f"fashion_scenes: threshold must be in [0, 1) (got {threshold})")
+        if self.num_samples < 1:
+            raise UsageError(f"fashion_scenes: num_samples must be at least 1 (got {num_samples})")
+        self.threshold = float(threshold)
+        self.num_classes = FASHION_SCENES_CLASSES
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def layout(self, index: int) -> list[PlacedItem]:
+        """The items of scene `index`, in painting order (a later one covers an earlier one)."""
+        if not 0 <= index < self.num_samples:
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, 0 if self.split == "train" else 1, int(index)])
+        count = int(rng.integers(self.items[0], self.items[1] + 1))
+        placed = []
+        for _ in range(count):
+            source = int(rng.integers(len(self.labels)))
+            side = max(1, round(self.size * rng.uniform(*self.item_size)))
+            top, left = (int(v) for v in rng.integers(0, self.size - side + 1, size=2))
+            placed.append(PlacedItem(source, int(self.labels[source]), top, left, side))
+        return placed
+
+    def render(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scene `index` as (intensity (H, W) float32 in [0, 1], label (H, W) int64)."""
+        canvas = np.zeros((self.size, self.size), dtype=np.float32)
+        mask = np.zeros((self.size, self.size), dtype=np.int64)
+        for item in self.layout(index):
+            pixels = self._resized(item.source, item.side)
+            inside = pixels > self.threshold
+            box = (slice(item.top, item.top + item.side), slice(item.left, item.left + item.side))
+            canvas[box][inside] = pixels[inside]
+            mask[box][inside] = 1 + item.label
+        return canvas, mask
+
+    def _resized(self, source: int, side: int) -> np.ndarray:
+        item = torch.from_numpy(self.images[source].astype(np.float32) / 255.0)[None, None]
+        if side != item.shape[-1]:
+            item = F.interpolate(item, size=(side, side), mode="bilinear", align_corners=False)
+        return item[0, 0].clamp(0, 1).numpy()
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        canvas, mask = self.render(index)
+        image = (torch.from_numpy(canvas) - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+        return image.expand(3, -1, -1).contiguous(), torch.from_numpy(mask)
+
+
+def _int_range(name: str, value: Sequence[int], low: int) -> tuple[int, int]:
+    """Two integers low <= a <= b, or a one-line UsageError."""
+    try:
+        a, b = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise UsageError(f"fashion_scenes: {name} must be two integers [fewest, most] (got {value!r})") from None
+    if not low <= a <= b:
+        raise UsageError(f"fashion_scenes: {name} must be {low} <= fewest <= most (got {[a, b]})")
+    return a, b
+
+
+def _fraction_range(name: str, value: Sequence[float]) -> tuple[float, float]:
+    """Two fractions 0 < a <= b <= 1, or a one-line UsageError."""
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise UsageError(f"fashion_scenes: {name} must be two numbers [smallest, largest] (got {value!r})") from None
+    if not 0 < a <= b <= 1:
+        raise UsageError(f"fashion_scenes: {name} must be 0 < smallest <= largest <= 1 of the canvas (got {[a, b]})")
+    return a, b
+
+
+def _build_fashion_scenes(split: str, root: Any, input_size: int, task: str, num_samples: int | None = None,
+                          items: Sequence[int] = (2, 4), item_size: Sequence[float] = (0.3, 0.5),
+                          threshold: float = 0.1, seed: int = 0) -> Dataset:
+    """Scenes of the split's own Fashion-MNIST images (`FashionScenesDataset`), read from the IDX files."""
+    root = Path(root) if root else FASHION_MNIST_ROOT
+    images, labels = (read_idx(_idx_path(root, n)) for n in FASHION_MNIST_FILES[split])
+    return FashionScenesDataset(split, input_size, images, labels, num_samples=num_samples, items=items,
+                                item_size=item_size, threshold=threshold, seed=seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,6 +694,9 @@ def _register_builtin() -> None:
     register_dataset(DatasetSpec("fashion_mnist", ("cls",), {"cls": 10}, {"cls": 28}, False,
                                  f"the IDX files in {FASHION_MNIST_ROOT} (apt-get install dataset-fashion-mnist), "
                                  "or data_root=DIR holding them", _build_fashion_mnist))
+    register_dataset(DatasetSpec("fashion_scenes", ("seg",), {"seg": FASHION_SCENES_CLASSES}, {"seg": 96}, False,
+                                 f"the IDX files in {FASHION_MNIST_ROOT} (apt-get install dataset-fashion-mnist), "
+                                 "or data_root=DIR holding them", _build_fashion_scenes))
     register_dataset(DatasetSpec("shapes", ("cls", "seg"), {"cls": 4, "seg": 5},
                                  {"cls": 32, "seg": 64}, False, "none (generated)", _build_shapes,
                                  options=_keyword_options(ShapesDataset.__init__, ("self", *BUILDER_ARGS))))
