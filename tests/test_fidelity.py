@@ -105,7 +105,12 @@ def _main_frame():
 
 def test_stage_budget_and_table1_verdicts():
     """VT-R50's stage costs ~229 M MACs against the 134 M Table 8 leaves: a miss, whatever the total says."""
-    budget = fidelity_report.budget_rows(_main_frame()).set_index(["model", "table"])
+    from models import model_facts
+
+    names = [f"{p}resnet{d}" for p in ("", "vt_") for d in (18, 34, 50, 101)]
+    facts = {n: {"name": n, "baseline": model_facts(n).baseline, "stages": list(model_facts(n).stages),
+                 "replaced": model_facts(n).replaced} for n in names}  # what each record's model block holds
+    budget = fidelity_report.budget_rows(_main_frame(), facts).set_index(["model", "table"])
     r50 = budget.loc[("vt_resnet50", "T8")]
     assert r50.measured_mmacs == pytest.approx(229, abs=1) and r50.budget_mmacs == pytest.approx(134, abs=1)
     assert r50.budget_verdict.startswith("misses: stage MACs +7")

@@ -351,7 +351,7 @@ def _transformer_params(ct: int) -> int:
 
 def _pyramid_levels(size: tuple[int, int]) -> list[int]:
     """Pixels of each pyramid level C2..C5 (strides 4..32, ResNet's ceil at each stride 2) at `size`."""
-    return [_down(size[0], 2 ** (i + 2)) * _down(size[1], 2 ** (i + 2)) for i in range(len(DIMS.fpn_in_channels))]
+    return [downsampled_side(size[0], 2 ** (i + 2)) * downsampled_side(size[1], 2 ** (i + 2)) for i in range(len(DIMS.fpn_in_channels))]
 
 
 def _pyramid_pixels(size: tuple[int, int]) -> int:
@@ -363,7 +363,7 @@ def _lateral_macs(size: tuple[int, int]) -> int:
     return sum(p * c * DIMS.fpn_channels for p, c in zip(_pyramid_levels(size), DIMS.fpn_in_channels))
 
 
-def _down(side: int, stride: int) -> int:
+def downsampled_side(side: int, stride: int) -> int:
     """A side after ResNet's stride-`stride` downsampling (ceil at each stride-2 step)."""
     while stride > 1:
         side = (side + 1) // 2

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bench.analysis import fidelity_report, fidelity_text
 from bench.analysis.fidelity_report import SEG_SIZES
+from bench.analysis.fidelity_text import downsampled_side
 from bench.core.errors import UsageError
 from bench.core.util import write_text_atomic
 
@@ -41,18 +42,10 @@ def measure_fpn_module(model_name: str, input_size: tuple[int, int], **overrides
     model = build_model(model_name, **overrides).eval()
     h, w = input_size
     channels = [256, 512, 1024, 2048]
-    feats = [torch.randn(1, c, _down(h, 2 ** (i + 2)), _down(w, 2 ** (i + 2))) for i, c in enumerate(channels)]
+    feats = [torch.randn(1, c, downsampled_side(h, 2 ** (i + 2)), downsampled_side(w, 2 ** (i + 2))) for i, c in enumerate(channels)]
     with torch.no_grad(), mha_fastpath_disabled():
         total, _, _ = count_executed(model.fpn, feats)
     return total / 1e9
-
-
-def _down(size: int, stride: int) -> int:
-    """Spatial size after ResNet's stride-`stride` downsampling (ceil at each stride-2 step)."""
-    while stride > 1:
-        size = (size + 1) // 2
-        stride //= 2
-    return size
 
 
 def launch_cells(run_dir: Path, skip_seg: bool = False, cluster: str = "local") -> bool:
