@@ -56,6 +56,8 @@ def test_trained_checkpoint_on_real_test_images(tmp_path):
     assert f"trained/cells/{cell_id}/checkpoint.pt" in title and "trained weights (epoch 1)" in title
     assert "vt_resnet18" in title and "VT module 2 of 2 (the last)" in title and "RecurrentTokenizer" in title
     assert "digits test images" in title and f"all {TOKENS} tokens shown for each of 4 image(s)" in title
+    # 16x16 input, CIFAR stem: the last tokenizer sees a 4x4 map, and the title says it was upsampled
+    assert "each map is 4x4 pixels, upsampled bilinearly to 16x16" in " ".join(title.split())
     panels = _token_panels(fig)
     assert len(panels) == 4 * TOKENS and all(len(ax.images) == 2 for ax in panels)  # image + map overlaid
     # what is drawn is the CHECKPOINT's attention, upsampled to the 16x16 input

@@ -204,3 +204,26 @@ def test_a_report_shows_one_latency_ratio_per_pair_and_setting(tmp_path, monkeyp
     summary = md.split("## Summary")[1].split("## ")[0]
     assert expected in summary and "MACs ratio VT / baseline 0.833" in summary
     assert "&gt;" not in md and "&lt;" not in md and "&amp;" not in md and "_none_" not in md
+
+
+def test_the_summary_opens_with_macs_latency_and_accuracy_or_why_there_is_no_claim(tmp_path, monkeypatch):
+    """The smoke grid's shape: ResNet-18 and VT-ResNet-18 at their defaults, one seed, single-pass latency."""
+    from bench.analysis import report as report_module
+    from bench.analysis.plots import PlotSkipped
+    from bench.core.records import make_record, write_record
+
+    env = {"host": "t", "device": "cpu", "device_name": "cpu"}
+    for model, gmacs, top1, p50 in (("resnet18", 0.56, 60.0, 4.0), ("vt_resnet18", 0.42, 61.5, 3.0)):
+        config = {"model": model, "model_args": {"num_classes": 10, "stem": "cifar"},
+                  "measure": ["complexity", "latency", "train"], "input_size": 64, "seed": 0, "complexity": {},
+                  "latency": {"device": "cpu", "batch_size": 1}, "train": {"dataset": "digits", "epochs": 2}}
+        write_record(tmp_path / "run" / "records",
+                     make_record(config, metrics={"gmacs": gmacs, "params_m": 11.0, "top1": top1, "latency_ms_p50": p50,
+                                                  "latency_verdict": "ok"}, env=env, run="run"))
+    monkeypatch.setattr(report_module, "_attention", lambda data: (_ for _ in ()).throw(PlotSkipped("not here")))
+    summary = report_module.build_report([tmp_path / "run"]).summary
+    assert summary[0].splitlines() == [
+        "vt_resnet18 vs resnet18 (input 64x64): MACs ratio VT / baseline 0.750",
+        "  latency ratio VT / baseline at cpu fp32 batch 1 eager: 0.750 (single pass, no interval), "
+        "no verdict: single pass (no interleaved rounds)",
+        "  top-1 difference VT - baseline, points: +1.50 (1 seed: no claim)"]

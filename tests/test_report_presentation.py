@@ -261,3 +261,22 @@ def test_an_untrained_attention_figure_is_the_same_at_every_regeneration():
     before = torch.random.get_rng_state()
     draw()
     assert torch.equal(torch.random.get_rng_state(), before)  # the caller's random stream is left alone
+
+
+def test_the_stage5_plot_says_how_many_cells_it_leaves_out_and_why(report):
+    stage5 = next(p for p in report.plots if p.name == "stage5_gmacs")
+    # 7 ResNet / VT-ResNet cells have stage GMACs; VT-R18 with tokenizer=pooling is not the paper's default
+    assert stage5.caption.startswith("Drawn: 6 of 7 configurations with stage GMACs")
+    assert "Left out: 1, with options away from the paper's defaults (tokenizer)" in stage5.caption
+    assert stage5.caption in _md(report)
+    fpn = next(p for p in report.plots if p.name == "fpn_vs_vt_fpn")
+    assert fpn.caption == ""  # every FPN / VT-FPN cell is drawn
+
+
+def test_empty_sections_are_named_in_words_and_markdown_has_no_entities(report):
+    md = _md(report)
+    assert "_none_" not in md and "&gt;" not in md and "&lt;" not in md and "&amp;" not in md
+    assert "## Accuracy" not in md and "## Latency" not in md
+    absent = md.split("## Not in this report")[1].split("## ")[0]
+    assert "Latency: no record holds a latency p50" in absent and "Accuracy: no record holds top-1 or mIoU" in absent
+    assert "None: every cell has an ok record" in md.split("## Pending, failed and incomplete cells")[1]

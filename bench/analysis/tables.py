@@ -442,16 +442,18 @@ def _summary_line(vt: Group, base: Group, latency: list[LatencyPair], accuracy: 
     lines = [f"{vt.model} vs {base.model} (input {_input(vt)}): "
              + (f"MACs ratio VT / baseline {macs:.3f}" if macs else "MACs not measured")]
     for pair in sorted(latency, key=lambda p: _latency_label(p.vt.config)):
+        same_reason = pair.target is not None and pair.target.verdict is None and \
+            pair.target.why_no_verdict == pair.versus_one.why_no_verdict  # said once
         target = (f"; target (latency ratio below the MACs ratio {pair.macs_ratio:.3f}): "
-                  f"{compare.verdict_text(pair.target)}" if pair.target else "")
+                  f"{compare.verdict_text(pair.target)}" if pair.target and not same_reason else "")
         lines.append(f"  latency ratio VT / baseline at {_latency_label(pair.vt.config)}: "
                      f"{compare.ratio_text(pair.estimate)}, {compare.verdict_text(pair.versus_one)}{target}")
     if not latency:
         lines.append("  latency: not timed side by side at the same settings")
     for metric, c in accuracy.items():
         name = dict(STAT_METRICS).get(metric, metric)
-        lines.append(f"  {name} difference VT - baseline: {compare.difference_text(c.estimate)} points, "
-                     f"{compare.verdict_text(c)}")
+        diff, verdict = compare.difference_text(c.estimate), compare.verdict_text(c)
+        lines.append(f"  {name} difference VT - baseline, points: {diff}" + ("" if verdict in diff else f", {verdict}"))
     if not accuracy:
         lines.append("  accuracy: no trained pair (only one side, or neither, was trained at the same recipe)")
     return "\n".join(lines)
