@@ -202,7 +202,7 @@ def test_fashion_scenes_are_deterministic_per_seed_and_index(solid_fashion_root)
 
 
 def test_fashion_scenes_train_and_test_items_come_from_their_own_split(solid_fashion_root):
-    train, test = _scenes(solid_fashion_root), _scenes(solid_fashion_root, "test", num_samples=50)
+    train, test = _scenes(solid_fashion_root), _scenes(solid_fashion_root, "test", num_samples=7, test_samples=50)
     train_values = {round(float(v) * 255) for i in range(50) for v in np.unique(train.render(i)[0]) if v > 0}
     test_values = {round(float(v) * 255) for i in range(50) for v in np.unique(test.render(i)[0]) if v > 0}
     assert train_values <= set(range(100, 140)) and test_values <= set(range(30, 50))

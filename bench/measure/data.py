@@ -346,7 +346,8 @@ class FashionScenesDataset(Dataset):
         input_size: canvas side in pixels.
         images: the split's source images, (N, 28, 28) uint8.
         labels: their classes, (N,).
-        num_samples: scenes in the data set (default 10,000 train, 2,000 test).
+        num_samples: scenes in the data set (the builder passes `num_samples` for train, default
+            10,000, and `test_samples` for test, default 2,000).
         items: (fewest, most) items per scene.
         item_size: (smallest, largest) item side as a fraction of the canvas side.
         threshold: intensity (0..1) above which an item pixel is the item's.
@@ -364,7 +365,7 @@ class FashionScenesDataset(Dataset):
         if not 0 <= float(threshold) < 1:
             raise UsageError(f"fashion_scenes: threshold must be in [0, 1) (got {threshold})")
         if self.num_samples < 1:
-            raise UsageError(f"fashion_scenes: num_samples must be at least 1 (got {num_samples})")
+            raise UsageError(f"fashion_scenes: num_samples and test_samples must be at least 1 (got {num_samples})")
         self.threshold = float(threshold)
         self.num_classes = FASHION_SCENES_CLASSES
 
@@ -431,13 +432,15 @@ def _fraction_range(name: str, value: Sequence[float]) -> tuple[float, float]:
     return a, b
 
 
-def _build_fashion_scenes(split: str, root: Any, input_size: int, task: str, num_samples: int | None = None,
-                          items: Sequence[int] = (2, 4), item_size: Sequence[float] = (0.3, 0.5),
-                          threshold: float = 0.1, seed: int = 0) -> Dataset:
-    """Scenes of the split's own Fashion-MNIST images (`FashionScenesDataset`), read from the IDX files."""
+def _build_fashion_scenes(split: str, root: Any, input_size: int, task: str, num_samples: int = 10_000,
+                          test_samples: int = 2_000, items: Sequence[int] = (2, 4),
+                          item_size: Sequence[float] = (0.3, 0.5), threshold: float = 0.1, seed: int = 0) -> Dataset:
+    """Scenes of the split's own Fashion-MNIST images (`FashionScenesDataset`), read from the IDX files:
+    `num_samples` training scenes, `test_samples` test scenes."""
     root = Path(root) if root else FASHION_MNIST_ROOT
     images, labels = (read_idx(_idx_path(root, n)) for n in FASHION_MNIST_FILES[split])
-    return FashionScenesDataset(split, input_size, images, labels, num_samples=num_samples, items=items,
+    count = num_samples if split == "train" else test_samples
+    return FashionScenesDataset(split, input_size, images, labels, num_samples=count, items=items,
                                 item_size=item_size, threshold=threshold, seed=seed)
 
 
