@@ -24,6 +24,14 @@ from bench.core.errors import UsageError
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _json_rows(text: str) -> list[dict]:
+    """The rows of `--format json`: one JSON array (or, from a command that streams them, JSON lines)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return [json.loads(line) for line in text.splitlines()]
+
+
 @pytest.fixture
 def captured_speed(monkeypatch, tmp_path):
     """Replace the measuring study by one that records its options and returns one section object,
@@ -58,7 +66,7 @@ def test_speed_shared_flags_and_the_old_spelling(captured_speed, tmp_path, capsy
     assert cli_main(["speed", "--out", str(tmp_path / "c"), "--format", "csv"]) == 0
     assert capsys.readouterr().out == "vt_model,latency_ratio\nvt_resnet18,0.93\n"
     assert cli_main(["speed", "--out", str(tmp_path / "j"), "--format", "json"]) == 0
-    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [
+    assert _json_rows(capsys.readouterr().out) == [
         {"vt_model": "vt_resnet18", "latency_ratio": 0.93}]
 
 
@@ -162,7 +170,7 @@ def fake_fidelity(monkeypatch):
 def test_fidelity_subcommand_formats(fake_fidelity, tmp_path, capsys, fmt, expected):
     assert cli_main(["fidelity", "--out", str(tmp_path / "f"), "--skip-seg", "--format", fmt]) == 0
     out = capsys.readouterr().out
-    assert ([json.loads(line) for line in out.splitlines()] if fmt == "json" else out) == expected
+    assert (_json_rows(out) if fmt == "json" else out) == expected
     assert fake_fidelity["skip_seg"] is True
 
 
