@@ -73,3 +73,19 @@ def test_a_bad_registry_is_refused(tmp_path):
         (tmp_path / "r.yaml").write_text(text)
         with pytest.raises(UsageError):
             regenerate.load_registry(tmp_path / "r.yaml")
+
+
+def test_regenerating_in_place_copies_the_render_and_removes_what_it_no_longer_makes(tmp_path):
+    made, committed = tmp_path / "made", tmp_path / "committed"
+    (made / "plots").mkdir(parents=True)
+    (made / "table.csv").write_text("a\n1\n")
+    (made / "plots" / "new.png").write_bytes(b"png")
+    (committed / "plots").mkdir(parents=True)
+    (committed / "table.csv").write_text("a\n0\n")
+    (committed / "old.csv").write_text("stale\n")
+    (committed / "plots" / "old.png").write_bytes(b"stale")
+    (committed / "NOTES.md").write_text("written by a person\n")
+    regenerate.sync(made, committed)
+    assert sorted(str(p.relative_to(committed)) for p in committed.rglob("*") if p.is_file()) == [
+        "NOTES.md", "plots/new.png", "table.csv"]
+    assert (committed / "table.csv").read_text() == "a\n1\n"

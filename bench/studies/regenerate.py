@@ -1,6 +1,6 @@
 """Regenerate the committed results from what is committed: `python -m bench.studies.regenerate`.
 
-    python -m bench.studies.regenerate                 # rewrite every rendered folder in place
+    python -m bench.studies.regenerate                 # rewrite every rendered folder in place (stale files removed)
     python -m bench.studies.regenerate --check         # render into a temporary folder, compare, write nothing
     python -m bench.studies.regenerate --only fidelity token_sweep
 
@@ -20,6 +20,7 @@ import io
 import logging
 import math
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -167,11 +168,29 @@ def check(entry: Entry) -> list[str]:
         return compare_tables(out, entry.committed)
 
 
-def regenerate(entry: Entry) -> None:
-    """Rewrite the entry's committed folder with its render."""
-    rc = run_render(entry, entry.committed)
-    if rc != entry.exit:
-        raise RuntimeError(f"{entry.render}: exit {rc}, expected {entry.exit}")
+def regenerate(entry: Entry) -> list[str]:
+    """Rewrite the entry's committed folder with its render: rendered into a temporary folder first, then
+    every file it made copied over and every generated file it no longer makes removed (the notes people
+    wrote stay); the files replaced or removed."""
+    with tempfile.TemporaryDirectory(prefix=f"regenerate-{entry.name}-") as tmp:
+        out = Path(tmp) / "out"
+        rc = run_render(entry, out)
+        if rc != entry.exit:
+            raise RuntimeError(f"{entry.render}: exit {rc}, expected {entry.exit}")
+        return sync(out, entry.committed)
+
+
+def sync(made: Path, committed: Path) -> list[str]:
+    """Make `committed` hold what `made` holds (but the notes): copy every file, remove the stale ones."""
+    made_files = {p.relative_to(made) for p in made.rglob("*") if p.is_file()}
+    stale = [p for p in committed.rglob("*") if p.is_file() and p.relative_to(committed) not in made_files
+             and p.name not in NOTES] if committed.is_dir() else []
+    for path in stale:
+        path.unlink()
+    for rel in sorted(made_files):
+        (committed / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(made / rel, committed / rel)
+    return [str(rel) for rel in sorted(made_files)] + [f"removed {p.relative_to(committed)}" for p in stale]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _regenerated(entry: Entry) -> list[str]:
+    """[] when the entry was rewritten in place, else why not."""
     try:
         regenerate(entry)
     except RuntimeError as exc:
