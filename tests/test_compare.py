@@ -226,4 +226,4 @@ def test_the_summary_opens_with_macs_latency_and_accuracy_or_why_there_is_no_cla
         "vt_resnet18 vs resnet18 (input 64x64): MACs ratio VT / baseline 0.750",
         "  latency ratio VT / baseline at cpu fp32 batch 1 eager: 0.750 (single pass, no interval), "
         "no verdict: single pass (no interleaved rounds)",
-        "  top-1 difference VT - baseline, points: +1.50 (1 seed: no claim)"]
+        "  top-1 difference VT - baseline, points: +1.50, 1 seed: no claim"]

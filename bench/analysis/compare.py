@@ -676,7 +676,7 @@ def holm_caption(comparisons: Sequence[Comparison], what: str) -> str:
     """The sentence a table's intro gives about its multiple comparisons ('Holm' in words, with the count)."""
     family = max((c.family_size for c in comparisons), default=0)
     if family <= 1:
-        return (f"{what}: a verdict needs p < {ALPHA:g} (two-sided t test); "
+        return (f"{what}: a verdict needs p below {ALPHA:g} (two-sided t test); "
                 f"{'one row of this table has' if family == 1 else 'no row of this table has'} a verdict.")
     return (f"{what}: the {family} rows with a verdict are tested together, Holm (Holm-Bonferroni) adjusted: a "
             f"verdict needs its adjusted p below {ALPHA:g}, so that the chance of any false verdict in the table "

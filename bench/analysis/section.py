@@ -2,8 +2,9 @@
 
 Studies that used to have their own pipelines and output files (`speed`, `fidelity`) are report
 sections over a run's records: each has a `report_sections(data, table)` function in its own
-torch-free module (`bench.analysis.speed_report`, `bench.analysis.fidelity_report`) that returns
-the sections its records support, and none when the run holds no such records.
+torch-free module (`bench.analysis.speed_report`: VT vs baseline latency, from
+`bench.analysis.compare`; `bench.analysis.fidelity_report`) that returns the sections its records
+support, and none when the run holds no such records.
 `bench.analysis.report.study_sections` collects them; report.md, report.html and the CSV files
 show them after the generic tables.
 """

@@ -74,13 +74,11 @@ def latency_of(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def mode_of(latency: dict[str, Any]) -> str:
-    """'eager', 'compile' (mode default), 'compile max-autotune', 'cuda_graphs' or both."""
-    parts = []
-    if latency.get("compile"):
-        parts.append("compile" if latency["compile"] == "default" else f"compile {latency['compile']}")
-    if latency.get("cuda_graphs"):
-        parts.append("cuda_graphs")
-    return " + ".join(parts) or "eager"
+    """The mode in the report's one wording (`bench.analysis.tables.latency_mode`): 'eager', 'compile',
+    'compile max-autotune', with '+ CUDA graphs' and '+ channels_last'."""
+    from bench.analysis.tables import latency_mode
+
+    return latency_mode(latency)
 
 
 def _options(config: dict[str, Any]) -> str:
@@ -244,7 +242,7 @@ def stage_columns(records: list[dict[str, Any]]) -> list[str]:
     return order
 
 
-MODE_ORDER = ("eager", "compile", "cuda_graphs")
+MODE_ORDER = ("eager", "compile", "eager + channels_last", "compile + channels_last")
 
 
 def _mode_rank(mode: str) -> tuple[int, str]:

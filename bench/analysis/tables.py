@@ -253,9 +253,39 @@ def latency_tables(agg: pd.DataFrame, label_cols: list[str]) -> list[tuple[str, 
     tables = []
     for key, group in rows.groupby(rows[settings].apply(lambda r: _json_key(r.values), axis=1), sort=False):
         group = sort_rows(group, label_cols)
-        title = " · ".join(f"{c.split('.', 1)[-1]}={v}" for c, v in zip(settings, json.loads(key)))
-        tables.append((title, _latency_rows(group, label_cols)))
+        tables.append((latency_title(dict(zip(settings, json.loads(key)))), _latency_rows(group, label_cols)))
     return tables
+
+
+MODE_KEYS = ("latency.compile", "latency.cuda_graphs", "latency.channels_last")
+
+
+def latency_title(setting: dict[str, Any]) -> str:
+    """A latency table's heading in the words every other part of the report uses for the setting:
+    'cpu · AMD EPYC · fp32 · batch 1 · compile · warmup_max_s=3' (the mode as `latency_mode` names it)."""
+    words = [str(setting[k]) for k in ("latency.device", "env.device_name", "latency.dtype") if setting.get(k) is not None]
+    if setting.get("latency.batch_size") is not None:
+        words.append(f"batch {setting['latency.batch_size']}")
+    words.append(latency_mode({k.split(".", 1)[1]: v for k, v in setting.items() if k in MODE_KEYS}))
+    words += [f"{k.split('.', 1)[1]}={v}" for k, v in setting.items()
+              if k not in (*MODE_KEYS, "latency.device", "env.device_name", "latency.dtype", "latency.batch_size")]
+    return " · ".join(words)
+
+
+def latency_mode(latency: dict[str, Any]) -> str:
+    """'eager', 'compile' (mode default), 'compile max-autotune', with '+ CUDA graphs', '+ channels_last'."""
+    compile_mode = latency.get("compile")
+    parts = [("compile" if compile_mode == "default" else f"compile {compile_mode}")
+             if compile_mode not in (None, "None", False) and not _missing_text(compile_mode) else "eager"]
+    if latency.get("cuda_graphs") in (True, "True"):
+        parts.append("CUDA graphs")
+    if latency.get("channels_last") in (True, "True"):
+        parts.append("channels_last")
+    return " + ".join(parts)
+
+
+def _missing_text(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _latency_rows(group: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
@@ -300,8 +330,8 @@ def accuracy_intro(accuracy: dict[str, dict[str, Comparison]]) -> str:
     comps = [c for found in accuracy.values() for c in found.values()]
     if not comps:
         return ""
-    return (f"Δ = VT mean - baseline mean in points, {compare.PAIRED_LABEL} where both sides hold the same seeds, "
-            f"else {compare.WELCH_LABEL}; an interval and a verdict need at least {compare.MIN_SEEDS} seeds per "
+    return (f"Δ = VT mean - baseline mean in points, paired by seed where both sides hold the same seeds, else "
+            f"Welch's t; 95 % t intervals; an interval and a verdict need at least {compare.MIN_SEEDS} seeds per "
             f"side. " + " ".join(compare.holm_caption(list(found.values()), f"Δ {dict(STAT_METRICS)[m]}")
                                   for m, found in accuracy.items() if found)
             + " 'To resolve': the seeds at which a difference of the observed size, at the observed spread, would "
@@ -398,6 +428,7 @@ def summary_lines(groups: list[Group], latency: list[LatencyPair], accuracy: dic
     by_id = {g.group_id: g for g in groups}
     vt_ids = list(dict.fromkeys([*bases, *(p.vt.group_id for p in latency),
                                  *(gid for comps in accuracy.values() for gid in comps)]))
+    vt_ids.sort(key=lambda gid: (family_rank(by_id[gid].model), pixels_of(_input(by_id[gid]))))
     lines, others = [], 0
     seen: set[tuple] = set()
     for gid in vt_ids:
@@ -452,8 +483,8 @@ def _summary_line(vt: Group, base: Group, latency: list[LatencyPair], accuracy: 
         lines.append("  latency: not timed side by side at the same settings")
     for metric, c in accuracy.items():
         name = dict(STAT_METRICS).get(metric, metric)
-        diff, verdict = compare.difference_text(c.estimate), compare.verdict_text(c)
-        lines.append(f"  {name} difference VT - baseline, points: {diff}" + ("" if verdict in diff else f", {verdict}"))
+        diff = compare.difference_text(c.estimate) if c.estimate.has_interval else f"{c.estimate.value:+.2f}"
+        lines.append(f"  {name} difference VT - baseline, points: {diff}, {compare.verdict_text(c)}")
     if not accuracy:
         lines.append("  accuracy: no trained pair (only one side, or neither, was trained at the same recipe)")
     return "\n".join(lines)
@@ -461,10 +492,4 @@ def _summary_line(vt: Group, base: Group, latency: list[LatencyPair], accuracy: 
 
 def _latency_label(config: dict[str, Any]) -> str:
     latency = {**compare.LATENCY_DEFAULTS, **(config.get("latency") or {})}
-    mode = [("compile" if latency["compile"] == "default" else f"compile {latency['compile']}")
-            if latency.get("compile") else "eager"]
-    if latency.get("cuda_graphs"):
-        mode.append("CUDA graphs")
-    if latency.get("channels_last"):
-        mode.append("channels_last")
-    return f"{latency['device']} {latency['dtype']} batch {latency['batch_size']} {' + '.join(mode)}"
+    return f"{latency['device']} {latency['dtype']} batch {latency['batch_size']} {latency_mode(latency)}"
