@@ -9,7 +9,6 @@ table with the committed files, or historical, with the reason. The renders of r
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
