@@ -17,7 +17,7 @@ from typing import Callable, Collection
 
 from torch import nn
 
-from models.layers import DEFAULT_NUMERICS
+from models.layers import DEFAULT_ATTENTION_IMPL, DEFAULT_NUMERICS
 from models.projector import Projector
 from models.tokenizers import (ClusteringTokenizer, FilterTokenizer, PoolingTokenizer, RecurrentTokenizer,
                                Tokenizer)
@@ -40,27 +40,30 @@ FIRST_TOKENIZERS = tuple(kind for kind in TOKENIZERS if kind != "recurrent")
 
 
 def tokenizer_factory(kind: str, *, refresh: str = "all", kmeans_iters: int = 3, numerics: str = DEFAULT_NUMERICS,
+                      attention_impl: str = DEFAULT_ATTENTION_IMPL,
                       choices: Collection[str] = tuple(TOKENIZERS)) -> TokenizerFactory:
     """The tokenizer `kind` (one of `choices`) with the options that apply to it, as a factory."""
-    _check_choice("tokenizer", kind, choices)
+    check_choice("tokenizer", kind, choices)
     cls, takes = TOKENIZERS[kind]
     given = {"refresh": refresh, "kmeans_iters": kmeans_iters}
-    return partial(cls, numerics=numerics, **{keyword: given[option] for option, keyword in takes.items()})
+    return partial(cls, numerics=numerics, attention_impl=attention_impl,
+                   **{keyword: given[option] for option, keyword in takes.items()})
 
 
-def _paper(*, qk_channels, ff_channels, heads, kqv_groups, numerics) -> TransformerFactory:
+def _paper(*, qk_channels, ff_channels, heads, kqv_groups, numerics, attention_impl) -> TransformerFactory:
     """The ICCV transformer (eqs. 3-4) at the appendix's widths."""
-    return partial(PaperTransformer, qk_channels=qk_channels, ff_channels=ff_channels, numerics=numerics)
+    return partial(PaperTransformer, qk_channels=qk_channels, ff_channels=ff_channels, numerics=numerics,
+                   attention_impl=attention_impl)
 
 
-def _mhsa(*, qk_channels, ff_channels, heads, kqv_groups, numerics) -> TransformerFactory:
+def _mhsa(*, qk_channels, ff_channels, heads, kqv_groups, numerics, attention_impl) -> TransformerFactory:
     """The appendix's multi-head transformer: always scaled (SDPA) and default-initialised, whatever
     `numerics` says (the appendix reading)."""
     return partial(MHSATransformer, heads=heads or 16, qk_channels=qk_channels, groups=kqv_groups or 8,
-                   ff_channels=ff_channels)
+                   ff_channels=ff_channels, attention_impl=attention_impl)
 
 
-def _none(*, qk_channels, ff_channels, heads, kqv_groups, numerics) -> TransformerFactory:
+def _none(*, qk_channels, ff_channels, heads, kqv_groups, numerics, attention_impl) -> TransformerFactory:
     """Table 5's row without a token-space operation: it has no weights, so no width applies."""
     return _identity
 
@@ -74,18 +77,19 @@ TRANSFORMERS = MappingProxyType({"paper": _paper, "mhsa": _mhsa, "none": _none})
 
 def transformer_factory(kind: str, *, qk_channels: int | None = None, ff_channels: int | None = None,
                         heads: int | None = None, kqv_groups: int | None = None,
-                        numerics: str = DEFAULT_NUMERICS) -> TransformerFactory:
+                        numerics: str = DEFAULT_NUMERICS,
+                        attention_impl: str = DEFAULT_ATTENTION_IMPL) -> TransformerFactory:
     """The transformer `kind` with its options, as a factory; `heads` and `kqv_groups` set on another
     transformer than `mhsa` are an error (they would silently do nothing)."""
-    _check_choice("transformer", kind, TRANSFORMERS)
+    check_choice("transformer", kind, TRANSFORMERS)
     if kind != "mhsa" and (heads is not None or kqv_groups is not None):
         raise ValueError(f"heads and kqv_groups apply only to transformer='mhsa', not {kind!r}")
     return TRANSFORMERS[kind](qk_channels=qk_channels, ff_channels=ff_channels, heads=heads, kqv_groups=kqv_groups,
-                              numerics=numerics)
+                              numerics=numerics, attention_impl=attention_impl)
 
 
-def _check_choice(what: str, kind: str, choices: Collection[str]) -> None:
-    """Reject a name that is not one of `choices`, listing them."""
+def check_choice(what: str, kind: str, choices: Collection[str]) -> None:
+    """Reject a name that is not one of `choices`, listing them (`what must be one of a, b; got 'x'`)."""
     choices = tuple(choices)  # a tuple: an unhashable value from a grid is rejected, not a TypeError
     if kind not in choices:
         raise ValueError(f"{what} must be one of {', '.join(choices)}; got {kind!r}")

@@ -209,10 +209,65 @@ def token_deviations(tokens: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return deviations * torch.rsqrt(deviations.pow(2).mean(dim=-1, keepdim=True) + eps)
 
 
-def inverse_pixel_rms(x_flat: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def inverse_pixel_rms(x_flat: torch.Tensor, eps: float = 1e-6, dim: int = 1) -> torch.Tensor:
     """1 / RMS over the C channels of each pixel of (B, C, HW), as (B, 1, HW) (`centered` step 1's keys).
 
     Dotting a filter with the pixel at unit RMS is the plain dot product times this factor, so the
     recurrent tokenizer scales its (B, L, HW) logits by it instead of the (B, C, HW) map: L
-    multiplications per pixel instead of C (16 vs 1024 in VT-ResNet-50), the same bmm."""
-    return torch.rsqrt(x_flat.pow(2).mean(dim=1, keepdim=True) + eps)
+    multiplications per pixel instead of C (16 vs 1024 in VT-ResNet-50), the same bmm. `dim=-1`
+    takes pixel rows (B, HW, C) instead and returns (B, HW, 1)."""
+    return torch.rsqrt(x_flat.pow(2).mean(dim=dim, keepdim=True) + eps)
+
+
+ATTENTION_IMPLS = ("reference", "sdpa")
+"""How the VT module's attention steps run; both forms have the same parameters, state-dict keys,
+initial weights, MACs and outputs (up to float summation order):
+
+- `reference`: each step written out as the equations read (logits by a matmul or 1x1 convolution,
+  softmax, a second matmul), the attention matrix materialised; the form every committed number
+  before the attention form came from, and the one that returns the tokenizers' attention maps.
+- `sdpa`: every softmax(Q K^T * scale) V step through `torch.nn.functional.scaled_dot_product_attention`
+  with the numerics' scale passed explicitly (`attend`): the filter tokenizer (W_A's rows as L
+  queries shared by the batch, the pixels as keys and values), the recurrent tokenizer (queries
+  W_R = T_in W_{T->R}; under `centered` the keys are the pixels at unit RMS, the values the pixels
+  as they are), the token transformer (queries T K, keys T Q, values T_in: eq. 3) and the projector
+  (HW pixel queries X W_Q, keys T W_K, values the tokens or T W_V). A fused kernel runs where the
+  device has one for the shapes (on CPU: equal query and value widths, unit-stride rows); the
+  tokenizers then return no attention map (`models.vt.token_attention` switches to `reference`).
+"""
+
+DEFAULT_ATTENTION_IMPL = "reference"
+
+
+def check_attention_impl(attention_impl: str) -> str:
+    """Validate an `attention_impl` choice (`reference` or `sdpa`)."""
+    if attention_impl not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention_impl {attention_impl!r}; choose from {', '.join(ATTENTION_IMPLS)}")
+    return attention_impl
+
+
+def pixel_rows(x: torch.Tensor) -> torch.Tensor:
+    """A feature map (B, C, H, W) as pixel rows (B, HW, C) with unit-stride channels.
+
+    A channels_last map already is that layout: the result is a view, no copy. An NCHW map is
+    copied once, so that the fused attention kernels (which want unit-stride rows) take it.
+    """
+    return unit_stride_rows(x.flatten(2).transpose(1, 2))
+
+
+def unit_stride_rows(t: torch.Tensor) -> torch.Tensor:
+    """`t` itself when its last dimension has unit stride (views kept), else a contiguous copy."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(queries keys^T * scale) values, softmax over the keys, by `scaled_dot_product_attention`.
+
+    queries (B, Lq, d), keys (B, Lk, d), values (B, Lk, dv) -> (B, Lq, dv). Run as one head of a
+    4-D call (CUDA's fused kernels take only 4-D inputs) with `scale` explicit, never SDPA's default
+    1/sqrt(d): `numerics="iccv"` has scale 1. Rows are made unit-stride (a copy only where they are
+    not: `TokenLinear`'s transposed few-row outputs, NCHW pixel rows), which the CPU kernel needs.
+    MACs: B Lq Lk (d + dv), the reference form's two matmuls.
+    """
+    q, k, v = (unit_stride_rows(t).unsqueeze(1) for t in (queries, keys, values))
+    return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)

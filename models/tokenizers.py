@@ -12,6 +12,12 @@ Paper (ICCV text, section 3.1):
 - pooling-based:  the feature map average-pooled to L cells (Table 3 baseline)
 - clustering:     k-means on L2-normalised pixels; the centroids serve as W_A (Appendix C)
 
+The filter-based and recurrent tokenizers are attention with L queries over the HW pixels (keys and
+values); `attention_impl="sdpa"` runs them through `scaled_dot_product_attention`
+(`models.layers.ATTENTION_IMPLS`), with the same weights, MACs and tokens, and then returns no
+attention map (None): the fused kernel never forms it. The pooling and clustering tokenizers take
+the option and run as they are.
+
 Bias terms are left out of the coefficient convolutions on purpose: a per-token constant added to
 the logits is cancelled by the softmax over HW, so a bias there would be a parameter doing no work.
 When C_T != C a token-channel adapter `W_{C->C_T}` (a 1x1 conv on the L tokens) maps the pixel
@@ -27,17 +33,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.init import ADAPTER_GAIN, CENTERED_RECURRENT_GAIN, RECURRENT_GAIN, init_projection, init_query_vectors
-from models.layers import (DEFAULT_NUMERICS, check_numerics, inverse_pixel_rms, is_scaled, logit_scale,
-                           token_deviations, token_linear)
-
+from models.layers import (DEFAULT_ATTENTION_IMPL, DEFAULT_NUMERICS, attend, check_attention_impl, check_numerics,
+                           inverse_pixel_rms, is_scaled, logit_scale, pixel_rows, token_deviations, token_linear)
 
 
 class Tokenizer(nn.Module):
-    """Base class: `forward(x, tokens_in=None) -> (tokens (B, L, C_T), attention (B, L, HW))`."""
+    """Base class: `forward(x, tokens_in=None) -> (tokens (B, L, C_T), attention (B, L, HW) or None)`.
+
+    The attention is None only under `attention_impl="sdpa"` (filter-based and recurrent tokenizers).
+    """
 
     recurrent: bool = False
 
-    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, numerics: str = DEFAULT_NUMERICS):
+    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, numerics: str = DEFAULT_NUMERICS,
+                 attention_impl: str = DEFAULT_ATTENTION_IMPL):
         super().__init__()
         if num_tokens < 1:
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
@@ -45,6 +54,7 @@ class Tokenizer(nn.Module):
         self.token_channels = token_channels
         self.num_tokens = num_tokens
         self.numerics = check_numerics(numerics)
+        self.attention_impl = check_attention_impl(attention_impl)
         # W_{C->C_T}: only when the token channel differs from the feature channel; a per-token
         # weight, so nn.Linear on token rows (one GEMM over B*L rows).
         self.adapter = (
@@ -61,6 +71,11 @@ class Tokenizer(nn.Module):
             tokens = self.adapter(tokens)
         return tokens, attention
 
+    def _attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """The attention form of `_aggregate`: softmax_HW(queries keys^T * scale) values, then the adapter."""
+        tokens = attend(queries, keys, values, self.scale)  # (B, L, C)
+        return self.adapter(tokens) if self.adapter is not None else tokens
+
 
 class FilterTokenizer(Tokenizer):
     """Filter-based tokenizer, T = softmax_HW(X W_A)^T X (ICCV eq. 1).
@@ -71,10 +86,12 @@ class FilterTokenizer(Tokenizer):
         num_tokens: number of tokens L.
         numerics: `centered` or `appendix` (logits / sqrt(C), W_A of gain `FILTER_GAIN`; the two
             are the same here) or `iccv` (eq. 1 as printed); see `models.layers.NUMERICS`.
+        attention_impl: `reference` or `sdpa` (`models.layers.ATTENTION_IMPLS`).
     """
 
-    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, numerics: str = DEFAULT_NUMERICS):
-        super().__init__(in_channels, token_channels, num_tokens, numerics)
+    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, numerics: str = DEFAULT_NUMERICS,
+                 attention_impl: str = DEFAULT_ATTENTION_IMPL):
+        super().__init__(in_channels, token_channels, num_tokens, numerics, attention_impl)
         self.w_a = nn.Conv2d(in_channels, num_tokens, 1, bias=False)  # W_A in R^{C x L}
         self.scale = logit_scale(in_channels, numerics)
         if is_scaled(numerics):
@@ -82,8 +99,16 @@ class FilterTokenizer(Tokenizer):
 
     def forward(self, x: torch.Tensor, tokens_in: torch.Tensor | None = None):
         """Tokens and attention of feature map `x`; `tokens_in` is ignored."""
+        if self.attention_impl == "sdpa":
+            return self._forward_sdpa(x), None
         logits = self.w_a(x).flatten(2) * self.scale  # (B, L, HW)
         return self._aggregate(x.flatten(2), logits)
+
+    def _forward_sdpa(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 1 as attention: W_A's L rows are the queries (shared by the batch), the pixels keys and values."""
+        pixels = pixel_rows(x)  # (B, HW, C); a view of a channels_last map
+        queries = self.w_a.weight.view(1, self.num_tokens, self.in_channels).expand(x.shape[0], -1, -1)
+        return self._attend(queries, pixels, pixels)
 
 
 class RecurrentTokenizer(Tokenizer):
@@ -101,13 +126,14 @@ class RecurrentTokenizer(Tokenizer):
             scale, `CENTERED_RECURRENT_GAIN` at init; logits / sqrt(C)), `appendix`
             (logits / sqrt(C), W_{T->R} of gain `RECURRENT_GAIN` on the tokens as they come) or
             `iccv` (eq. 2 as printed); see `models.layers.NUMERICS`.
+        attention_impl: `reference` or `sdpa` (`models.layers.ATTENTION_IMPLS`).
     """
 
     recurrent = True
 
     def __init__(self, in_channels: int, token_channels: int, num_tokens: int, refresh: str = "all",
-                 numerics: str = DEFAULT_NUMERICS):
-        super().__init__(in_channels, token_channels, num_tokens, numerics)
+                 numerics: str = DEFAULT_NUMERICS, attention_impl: str = DEFAULT_ATTENTION_IMPL):
+        super().__init__(in_channels, token_channels, num_tokens, numerics, attention_impl)
         if refresh not in ("all", "half"):
             raise ValueError(f"refresh must be 'all' or 'half', got {refresh!r}")
         if refresh == "half" and num_tokens < 2:
@@ -129,14 +155,28 @@ class RecurrentTokenizer(Tokenizer):
         centered = self.numerics == "centered"
         drivers = token_deviations(tokens_in) if centered else tokens_in
         w_r = self.w_tr(drivers)  # (B, L', C) = T_in W_{T->R}: one filter per token, from the tokens
-        x_flat = x.flatten(2)
-        logits = torch.bmm(w_r, x_flat) * self.scale  # (B, L', HW) = (X W_R)^T
-        if centered:  # keys are the pixels at unit RMS; the values averaged stay the pixels as they are
-            logits = logits * inverse_pixel_rms(x_flat)
-        tokens, attention = self._aggregate(x_flat, logits)
+        if self.attention_impl == "sdpa":
+            tokens, attention = self._tokens_sdpa(x, w_r, centered), None
+        else:
+            x_flat = x.flatten(2)
+            logits = torch.bmm(w_r, x_flat) * self.scale  # (B, L', HW) = (X W_R)^T
+            if centered:  # keys are the pixels at unit RMS; the values averaged stay the pixels as they are
+                logits = logits * inverse_pixel_rms(x_flat)
+            tokens, attention = self._aggregate(x_flat, logits)
         if kept is not None:
             tokens = torch.cat([kept, tokens], dim=1)
         return tokens, attention
+
+    def _tokens_sdpa(self, x: torch.Tensor, filters: torch.Tensor, centered: bool) -> torch.Tensor:
+        """Eq. 2 as attention: the filters W_R are the queries, the pixels keys and values.
+
+        Under `centered` the keys are the pixels at unit RMS (the reference form's per-pixel factor on
+        the logits, moved onto the keys: an element-wise product, no MAC), the values the pixels as
+        they are.
+        """
+        pixels = pixel_rows(x)  # (B, HW, C)
+        keys = pixels * inverse_pixel_rms(pixels, dim=-1) if centered else pixels
+        return self._attend(filters, keys, pixels)
 
 
 class PoolingTokenizer(Tokenizer):
@@ -148,8 +188,9 @@ class PoolingTokenizer(Tokenizer):
         num_tokens: number of tokens L, split into the most square grid h x w (h <= w).
     """
 
-    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, numerics: str = DEFAULT_NUMERICS):
-        super().__init__(in_channels, token_channels, num_tokens, numerics)
+    def __init__(self, in_channels: int, token_channels: int, num_tokens: int, numerics: str = DEFAULT_NUMERICS,
+                 attention_impl: str = DEFAULT_ATTENTION_IMPL):
+        super().__init__(in_channels, token_channels, num_tokens, numerics, attention_impl)
         h = int(math.isqrt(num_tokens))
         while num_tokens % h:
             h -= 1
@@ -196,8 +237,8 @@ class ClusteringTokenizer(Tokenizer):
     """
 
     def __init__(self, in_channels: int, token_channels: int, num_tokens: int, iters: int = 3,
-                 numerics: str = DEFAULT_NUMERICS):
-        super().__init__(in_channels, token_channels, num_tokens, numerics)
+                 numerics: str = DEFAULT_NUMERICS, attention_impl: str = DEFAULT_ATTENTION_IMPL):
+        super().__init__(in_channels, token_channels, num_tokens, numerics, attention_impl)
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
         self.iters = iters

@@ -22,6 +22,11 @@ batched matmul over the groups),
 key/query of `qk_channels` (default C_T / 2), `heads` heads with 1/sqrt(d_head) scaling via
 `scaled_dot_product_attention`, and a feed-forward that is either one C_T x C_T convolution
 (`ff_channels=None`, the transcription's `tokens + ff_conv(tokens)`) or relu(T F1) F2.
+
+`attention_impl` (`models.layers.ATTENTION_IMPLS`): `reference` writes `paper`'s attention out
+(bmm, softmax, bmm); `sdpa` runs it through `scaled_dot_product_attention` with the numerics' scale
+explicit. `mhsa` runs SDPA in both forms; `sdpa` passes its 1/sqrt(d_head) explicitly and gives the
+fused kernels unit-stride rows.
 """
 
 from __future__ import annotations
@@ -30,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import DEFAULT_NUMERICS, check_numerics, is_scaled, logit_scale, token_linear
+from models.layers import (DEFAULT_ATTENTION_IMPL, DEFAULT_NUMERICS, attend, check_attention_impl, check_numerics,
+                           is_scaled, logit_scale, token_linear, unit_stride_rows)
 from models.init import init_projection
-
 
 
 class PaperTransformer(nn.Module):
@@ -44,14 +49,16 @@ class PaperTransformer(nn.Module):
         ff_channels: hidden width of the feed-forward F1/F2 (default C_T).
         numerics: `centered` or `appendix` (the same here: logits / sqrt(d), unit-gain K and Q) or `iccv`
             (eq. 3 as printed).
+        attention_impl: `reference` or `sdpa` (`models.layers.ATTENTION_IMPLS`).
     """
 
     def __init__(self, channels: int, qk_channels: int | None = None, ff_channels: int | None = None,
-                 numerics: str = DEFAULT_NUMERICS):
+                 numerics: str = DEFAULT_NUMERICS, attention_impl: str = DEFAULT_ATTENTION_IMPL):
         super().__init__()
         qk = qk_channels or channels // 2
         ff = ff_channels or channels
         self.scale = logit_scale(qk, check_numerics(numerics))
+        self.attention_impl = check_attention_impl(attention_impl)
         # Right-multiplied weights on token rows (nn.Linear stores them transposed): one GEMM over B*L rows.
         self.key = token_linear(channels, qk)  # K
         self.query = token_linear(channels, qk)  # Q
@@ -64,9 +71,12 @@ class PaperTransformer(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L, C_T) -> (B, L, C_T)."""
         k, q = self.key(tokens), self.query(tokens)  # (B, L, d): T K and T Q
-        scores = torch.bmm(k, q.transpose(1, 2)) * self.scale  # (B, L, L): [i, j] = (T K)_i . (T Q)_j
-        attention = scores.softmax(dim=-1)  # softmax_L over j
-        tokens = tokens + torch.bmm(attention, tokens)  # T_in + A T_in (eq. 3)
+        if self.attention_impl == "sdpa":  # SDPA's queries are T K and its keys T Q: row i dots (T K)_i with (T Q)_j
+            tokens = tokens + attend(k, q, tokens, self.scale)
+        else:
+            scores = torch.bmm(k, q.transpose(1, 2)) * self.scale  # (B, L, L): [i, j] = (T K)_i . (T Q)_j
+            attention = scores.softmax(dim=-1)  # softmax_L over j
+            tokens = tokens + torch.bmm(attention, tokens)  # T_in + A T_in (eq. 3)
         return tokens + self.ff2(F.relu(self.ff1(tokens)))  # eq. 4
 
 
@@ -80,6 +90,8 @@ class MHSATransformer(nn.Module):
         groups: groups of the key, query and value projections (default 8).
         ff_channels: None for one C_T x C_T feed-forward layer (appendix), or the hidden
             width of relu(T F1) F2.
+        attention_impl: `reference` or `sdpa` (`models.layers.ATTENTION_IMPLS`; SDPA in both, see
+            the module docstring).
     """
 
     def __init__(
@@ -89,6 +101,7 @@ class MHSATransformer(nn.Module):
         qk_channels: int | None = None,
         groups: int = 8,
         ff_channels: int | None = None,
+        attention_impl: str = DEFAULT_ATTENTION_IMPL,
     ):
         super().__init__()
         qk = qk_channels or channels // 2
@@ -96,6 +109,8 @@ class MHSATransformer(nn.Module):
             if width % heads or width % groups:
                 raise ValueError(f"width {width} must be divisible by heads={heads} and groups={groups}")
         self.heads = heads
+        self.scale = (qk // heads) ** -0.5  # the appendix's 1/sqrt(d_head), whatever `numerics` says
+        self.attention_impl = check_attention_impl(attention_impl)
         self.key = token_linear(channels, qk, groups)
         self.query = token_linear(channels, qk, groups)
         self.value = token_linear(channels, channels, groups)
@@ -117,6 +132,10 @@ class MHSATransformer(nn.Module):
         """(B, L, C_T) -> (B, L, C_T)."""
         b, n, c = tokens.shape
         q, k, v = self._split(self.query(tokens)), self._split(self.key(tokens)), self._split(self.value(tokens))
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, L, d_v), scaled by 1/sqrt(d_qk / h)
+        if self.attention_impl == "sdpa":
+            q, k, v = (unit_stride_rows(t) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, h, L, d_v), scaled by 1/sqrt(d_qk / h)
         tokens = tokens + out.transpose(1, 2).reshape(b, n, c)
         return tokens + self.ff(tokens)

@@ -9,6 +9,10 @@ every per-token weight is an `nn.Linear`, one GEMM over all B*L token rows (fast
 former channels-first 1x1 Conv1d, which ran B skinny GEMMs of L columns); attention (B, L, HW).
 `token_attention` reshapes the latter to (B, L, H, W); a recurrent tokenizer with `refresh="half"` reports only the L/2 tokens it recomputes.
 
+`attention_impl` (`models.layers.ATTENTION_IMPLS`) picks the form the attention steps of tokenizers,
+transformer and projector run in; `attention_form(model, impl)` switches a built model's modules for
+a block (`token_attention` runs the reference form, which forms the maps).
+
 The last module of a stage that feeds a token head has no projector by default
 (`last_projector=False`): its projected feature map would never be read, so its weights would
 receive no gradient and its MACs would do no work.
@@ -16,12 +20,15 @@ receive no gradient and its MACs would do no work.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import nn
 
 from models.factories import ProjectorFactory, TokenizerFactory, TransformerFactory
 from models.init import init_classifier
-from models.layers import DEFAULT_NUMERICS, is_scaled
+from models.layers import DEFAULT_NUMERICS, check_attention_impl, is_scaled
 from models.projector import Projector
 from models.tokenizers import Tokenizer
 
@@ -132,8 +139,26 @@ def make_vt_stage(
     return VTStage(blocks)
 
 
+@contextlib.contextmanager
+def attention_form(model: nn.Module, attention_impl: str) -> Iterator[nn.Module]:
+    """Run every module of `model` that has an attention form in `attention_impl` inside the block."""
+    check_attention_impl(attention_impl)
+    switched = {m: m.attention_impl for m in model.modules() if hasattr(m, "attention_impl")}
+    try:
+        for module in switched:
+            module.attention_impl = attention_impl
+        yield model
+    finally:
+        for module, before in switched.items():
+            module.attention_impl = before
+
+
 def token_attention(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
-    """Every tokenizer's attention over pixels, one (B, L, H, W) tensor per tokenizer, in call order."""
+    """Every tokenizer's attention over pixels, one (B, L, H, W) tensor per tokenizer, in call order.
+
+    The model runs in the reference attention form (the fused form never forms the maps), whatever
+    form it was built with; its `attention_impl` is restored after.
+    """
     tokenizers = [m for m in model.modules() if isinstance(m, Tokenizer)]
     if not tokenizers:
         raise ValueError(f"{type(model).__name__} has no tokenizers")
@@ -146,7 +171,7 @@ def token_attention(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor
 
     handles = [t.register_forward_hook(hook) for t in tokenizers]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), attention_form(model, "reference"):
             model(images)
     finally:
         for h in handles:

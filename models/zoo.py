@@ -42,10 +42,18 @@ few fields it changes, registered with its facts. VT-ResNet options:
   the scaling and init alone (the default before 2026-12-04). "iccv": the ICCV equations as
   printed, no scaling, PyTorch's default init (it collapses the recurrent tokenizers at init;
   tests/test_init_health.py). Parameters and MACs are the same under all three.
+- attention_impl ("reference"): the form the VT module's attention steps run in
+  (`models.layers.ATTENTION_IMPLS`): `reference` (the equations written out, attention maps formed)
+  or `sdpa` (`scaled_dot_product_attention`, fused where the device has a kernel). The same
+  parameters, state dict, initial weights, MACs and outputs (up to float summation order); only
+  speed differs (experiments/speed_attention_cpu.yaml measures it).
 - zero_init_residual (True, every model, baselines included): each residual block of the trunk
   starts as the identity (`models.resnet.torchvision_trunk`); False is torchvision's default init.
-- width (1.0, classification models): channel multiplier of the stem and stages (0.25 for the CPU
-  accuracy studies, which say so); a VT stage then sees C x width channels, and `token_channels`
+- residual_init (None, every model): a named trunk init, `models.init.RESIDUAL_INITS`
+  (zero | small | torchvision); None keeps zero_init_residual's (True = zero, False = torchvision).
+- width (1.0, every model): channel multiplier of the stem and stages (0.25 for the CPU
+  accuracy studies, which say so); FPNs scale their pyramid channels too (`models.fpn.SegmentationFPN`);
+  a VT stage then sees C x width channels, and `token_channels`
   is set by the study (it is not scaled implicitly).
 """
 
@@ -59,9 +67,9 @@ from typing import Callable
 from torch import nn
 
 from models.factories import (FIRST_TOKENIZERS, ProjectorFactory, TokenizerFactory, TransformerFactory,
-                              tokenizer_factory, transformer_factory)
+                              check_choice, tokenizer_factory, transformer_factory)
 from models.fpn import FPN, VTFPN, SegmentationFPN
-from models.layers import DEFAULT_NUMERICS, check_numerics
+from models.layers import DEFAULT_ATTENTION_IMPL, DEFAULT_NUMERICS, check_attention_impl, check_numerics
 from models.projector import Projector
 from models.registry import Family, register_model
 from models.resnet import STEMS, ResNetClassifier, VTResNet
@@ -88,6 +96,7 @@ class ResNetOptions:
     stem: str = "imagenet"
     zero_init_residual: bool = True
     width: float = 1.0
+    residual_init: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,8 @@ class VTResNetOptions:
     numerics: str = DEFAULT_NUMERICS
     zero_init_residual: bool = True
     width: float = 1.0
+    attention_impl: str = DEFAULT_ATTENTION_IMPL
+    residual_init: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,8 @@ class FPNOptions:
 
     num_classes: int = 171
     zero_init_residual: bool = True
+    width: float = 1.0
+    residual_init: str | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +157,9 @@ class VTFPNOptions:
     kmeans_iters: int = 3
     numerics: str = DEFAULT_NUMERICS
     zero_init_residual: bool = True
+    attention_impl: str = DEFAULT_ATTENTION_IMPL
+    width: float = 1.0
+    residual_init: str | None = None
 
 
 # Section 5.1: two VT modules on ResNet-18, three on the others. R50/R101 (C = 1024): the projector's
@@ -156,7 +172,7 @@ def _resnet(depth: int, o: ResNetOptions) -> ResNetClassifier:
     """Validate the options and assemble a ResNet."""
     _check_stem(o.stem)
     return ResNetClassifier(depth, num_classes=o.num_classes, stem=o.stem, zero_init_residual=o.zero_init_residual,
-                            width=o.width)
+                            width=o.width, residual_init=o.residual_init)
 
 
 def _vt_resnet(depth: int, o: VTResNetOptions) -> VTResNet:
@@ -164,6 +180,7 @@ def _vt_resnet(depth: int, o: VTResNetOptions) -> VTResNet:
     _check_stem(o.stem)
     _check_positive(o, "num_tokens", "token_channels", "num_modules", "proj_groups")
     check_numerics(o.numerics)
+    check_attention_impl(o.attention_impl)
     transformer = _transformer(o)
     tokenizer, later_tokenizer = _vt_tokenizers(o)
     vt = partial(
@@ -173,7 +190,11 @@ def _vt_resnet(depth: int, o: VTResNetOptions) -> VTResNet:
     )
     head = partial(TokenHead, o.token_channels, o.num_classes, o.head_hidden, o.numerics)
     return VTResNet(depth, vt=vt, head=head, num_classes=o.num_classes, stem=o.stem,
-                    zero_init_residual=o.zero_init_residual, width=o.width)
+                    zero_init_residual=o.zero_init_residual, width=o.width, residual_init=o.residual_init)
+
+
+# A VT-ResNet's `tokenizer` option: a first module's tokenizer, or `recurrent` (the paper's scheme spelled out).
+VT_RESNET_TOKENIZERS = (*FIRST_TOKENIZERS, "recurrent")
 
 
 def _vt_tokenizers(o: VTResNetOptions) -> tuple[TokenizerFactory, TokenizerFactory | None]:
@@ -184,29 +205,33 @@ def _vt_tokenizers(o: VTResNetOptions) -> tuple[TokenizerFactory, TokenizerFacto
     `recurrent=False`.
     """
     first, recurrent = o.tokenizer, o.recurrent
+    check_choice("tokenizer", first, VT_RESNET_TOKENIZERS)
     if first == "recurrent":
         if not recurrent:
             raise ValueError("tokenizer='recurrent' (filter-based first, recurrent after) contradicts recurrent=False")
         first = "filter"
-    make = partial(tokenizer_factory, refresh=o.refresh, kmeans_iters=o.kmeans_iters, numerics=o.numerics)
+    make = partial(tokenizer_factory, refresh=o.refresh, kmeans_iters=o.kmeans_iters, numerics=o.numerics,
+                   attention_impl=o.attention_impl)
     return make(first, choices=FIRST_TOKENIZERS), (make("recurrent") if recurrent else None)
 
 
 def _transformer(o: VTResNetOptions | VTFPNOptions) -> TransformerFactory:
     """The transformer factory `transformer(C_T)` of a VT model's options."""
     return transformer_factory(o.transformer, qk_channels=o.qk_channels, ff_channels=o.ff_channels, heads=o.heads,
-                               kqv_groups=o.kqv_groups, numerics=o.numerics)
+                               kqv_groups=o.kqv_groups, numerics=o.numerics, attention_impl=o.attention_impl)
 
 
 def _projector(o: VTResNetOptions | VTFPNOptions) -> ProjectorFactory:
     """The projector factory `projector(C, C_T)` of a VT model's options."""
-    return partial(Projector, channels=o.proj_channels, groups=o.proj_groups, numerics=o.numerics)
+    return partial(Projector, channels=o.proj_channels, groups=o.proj_groups, numerics=o.numerics,
+                   attention_impl=o.attention_impl)
 
 
 def _fpn(depth: int, o: FPNOptions) -> SegmentationFPN:
     """Validate the options and assemble a semantic FPN."""
     _check_seg(o.num_classes)
-    return SegmentationFPN(depth, FPN, o.num_classes, zero_init_residual=o.zero_init_residual)
+    return SegmentationFPN(depth, FPN, o.num_classes, zero_init_residual=o.zero_init_residual,
+                           residual_init=o.residual_init, width=o.width)
 
 
 def _vt_fpn(depth: int, o: VTFPNOptions) -> SegmentationFPN:
@@ -214,12 +239,14 @@ def _vt_fpn(depth: int, o: VTFPNOptions) -> SegmentationFPN:
     _check_seg(o.num_classes)
     _check_positive(o, "num_tokens", "token_channels", "proj_groups")
     check_numerics(o.numerics)
+    check_attention_impl(o.attention_impl)
     transformer = _transformer(o)
     tokenizer = tokenizer_factory(o.tokenizer, kmeans_iters=o.kmeans_iters, numerics=o.numerics,
-                                  choices=FIRST_TOKENIZERS)
+                                  attention_impl=o.attention_impl, choices=FIRST_TOKENIZERS)
     fpn = partial(VTFPN, num_tokens=o.num_tokens, token_channels=o.token_channels, tokenizer=tokenizer,
                   transformer=transformer, projector=_projector(o))
-    return SegmentationFPN(depth, fpn, o.num_classes, zero_init_residual=o.zero_init_residual)
+    return SegmentationFPN(depth, fpn, o.num_classes, zero_init_residual=o.zero_init_residual,
+                           residual_init=o.residual_init, width=o.width)
 
 
 def _check_stem(stem: str) -> None:

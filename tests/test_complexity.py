@@ -89,6 +89,105 @@ def test_sdpa_cpu_kernel_is_counted():
     assert result.counter_agree
 
 
+def _attention_ops_run_on_cpu(q, k, v) -> set[str]:
+    """The aten ops an SDPA call dispatches to on this CPU (names as `aten::op`)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: set[str] = set()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.add(f"aten::{func._opname}")
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        F.scaled_dot_product_attention(q, k, v, scale=0.5)
+    return {op for op in seen if "attention" in op}
+
+
+# The fused attention kernels of CUDA: (op, inputs (B, L, heads, E) rather than (B, heads, L, E)).
+CUDA_ATTENTION_OPS = [("_scaled_dot_product_flash_attention", False),
+                      ("_scaled_dot_product_efficient_attention", False),
+                      ("_scaled_dot_product_cudnn_attention", False),
+                      ("_flash_attention_forward", True), ("_efficient_attention_forward", True)]
+
+
+def _call_on_meta(op: str, q, k, v):
+    """Call a CUDA attention kernel on meta tensors (its meta kernel: shapes only, no device needed)."""
+    aten = torch.ops.aten
+    lq, lk = q.shape[-2], k.shape[-2]
+    inner = [t.transpose(1, 2) for t in (q, k, v)]  # (B, L, heads, E)
+    calls = {
+        "_scaled_dot_product_flash_attention": lambda: aten._scaled_dot_product_flash_attention(q, k, v),
+        "_scaled_dot_product_efficient_attention":
+            lambda: aten._scaled_dot_product_efficient_attention(q, k, v, None, False),
+        "_scaled_dot_product_cudnn_attention": lambda: aten._scaled_dot_product_cudnn_attention(q, k, v, None, False),
+        "_flash_attention_forward":
+            lambda: aten._flash_attention_forward(*inner, None, None, lq, lk, 0.0, False, False),
+        "_efficient_attention_forward":
+            lambda: aten._efficient_attention_forward(*inner, None, None, None, lq, lk, 0.0, 0),
+    }
+    return calls[op]()
+
+
+def test_sdpa_is_counted_alike_on_cpu_and_cuda():
+    """The attention form (models.layers.attend) is counted as its two matmuls whichever kernel SDPA picks.
+
+    On this CPU: trace the kernels SDPA runs (flash_attention_for_cpu for unit-stride rows of equal
+    query and value widths, the math form otherwise) and the op the JIT trace records; both counters
+    must have a handle for each. CUDA's kernels cannot run here: their meta kernels run under the
+    executed counter, and each must have an fvcore handle, all giving B x heads x Lq x Lk x (d + dv).
+    """
+    from bench.measure.complexity import EXTRA_HANDLES, PAPER_OPS, SDPA_OPS, flop_counter, sdpa_flop_jit
+
+    b, heads, lq, lk, d = 2, 3, 5, 7, 16
+    q, k = torch.randn(b, heads, lq, d), torch.randn(b, heads, lk, d)
+    cpu_ops = _attention_ops_run_on_cpu(q, k, torch.randn(b, heads, lk, d))
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in cpu_ops
+    graph = torch.jit.trace(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), (q, k, k)).graph
+    traced = {node.kind() for node in graph.nodes()}
+    assert "aten::scaled_dot_product_attention" in traced
+    counted = {str(op).replace("aten.", "aten::") for op in flop_counter().flop_registry}
+    for op in cpu_ops | {f"aten::{name}" for name, _ in CUDA_ATTENTION_OPS}:
+        assert op in EXTRA_HANDLES and op.removeprefix("aten::") in PAPER_OPS, op
+        assert op in counted, op
+    assert set(SDPA_OPS) >= {name for name, _ in CUDA_ATTENTION_OPS}
+    for dv in (d, 2 * d):
+        m = [torch.empty(s, device="meta") for s in ((b, heads, lq, d), (b, heads, lk, d), (b, heads, lk, dv))]
+        for op, _ in CUDA_ATTENTION_OPS:
+            if dv != d and "flash" in op:
+                continue  # flash kernels take equal widths only
+            with flop_counter() as counter:
+                _call_on_meta(op, *m)
+            assert counter.get_total_flops() // 2 == b * heads * lq * lk * (d + dv), (op, dv)
+
+
+class _Shape:
+    """A stand-in for a JIT value of known shape (what fvcore's `get_shape` reads)."""
+
+    def __init__(self, *shape):
+        self.shape = list(shape)
+
+    def isCompleteTensor(self):  # noqa: N802 (torch._C.Value's name)
+        return True
+
+    def type(self):
+        return self
+
+    def sizes(self):
+        return self.shape
+
+
+@pytest.mark.parametrize("op, inner", CUDA_ATTENTION_OPS + [("_scaled_dot_product_flash_attention_for_cpu", False)])
+def test_fvcore_attention_handles_count_the_two_matmuls(op, inner):
+    from bench.measure.complexity import EXTRA_HANDLES
+
+    b, heads, lq, lk, d, dv = 2, 3, 5, 7, 16, 32
+    shapes = [(b, lq, heads, d), (b, lk, heads, d), (b, lk, heads, dv)] if inner else \
+        [(b, heads, lq, d), (b, heads, lk, d), (b, heads, lk, dv)]
+    assert EXTRA_HANDLES[f"aten::{op}"]([_Shape(*s) for s in shapes], []) == b * heads * lq * lk * (d + dv)
+
+
 class TokensThen(nn.Module):
     """A 1x1 conv makes 5 tokens of 8 channels from a (1, 5) image; `block` runs on them (batch first)."""
 

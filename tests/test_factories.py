@@ -21,6 +21,27 @@ def test_unknown_names_list_the_valid_ones():
         tokenizer_factory("recurrent", choices=FIRST_TOKENIZERS)
 
 
+def test_models_list_every_tokenizer_they_accept():
+    """A VT-ResNet accepts `recurrent` (the paper's scheme spelled out), so its error lists it; a VT-FPN
+    level has no earlier tokens, so its error does not."""
+    from models import build_model
+
+    listed = "tokenizer must be one of filter, pooling, clustering, recurrent; got 'kmeans'"
+    with pytest.raises(ValueError, match=listed):
+        build_model("vt_resnet18", tokenizer="kmeans")
+    with pytest.raises(ValueError, match="tokenizer must be one of filter, pooling, clustering; got 'recurrent'"):
+        build_model("vt_fpn_r50", tokenizer="recurrent")
+
+
+def test_the_attention_form_reaches_every_attention_module():
+    for kind in TOKENIZERS:
+        assert tokenizer_factory(kind, attention_impl="sdpa")(8, 12, 4).attention_impl == "sdpa", kind
+    for kind in ("paper", "mhsa"):
+        assert transformer_factory(kind, attention_impl="sdpa")(32).attention_impl == "sdpa", kind
+    with pytest.raises(ValueError, match="unknown attention_impl 'fused'; choose from reference, sdpa"):
+        tokenizer_factory("filter", attention_impl="fused")(8, 12, 4)
+
+
 def test_every_name_builds_its_module():
     for kind in TOKENIZERS:
         tokenizer = tokenizer_factory(kind)(8, 12, 4)

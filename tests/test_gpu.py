@@ -170,3 +170,80 @@ def test_profile_cli_on_cuda_writes_a_judged_record(tmp_path, capsys):
     for row in rows:
         assert row["timer"] == "cuda_events" and row["peak_mem_kind"] == "cuda_max_allocated"
         assert row["latency_verdict"] in ("ok", "noisy") and row["latency_ms_p50"] > 0
+
+
+# ------------------------------------------------------------------------- the attention form on CUDA ---
+
+def _attention_twins(name: str, **options) -> list[nn.Module]:
+    """The model in the reference and the attention form, one seed, on the GPU."""
+    models = []
+    for impl in ("reference", "sdpa"):
+        torch.manual_seed(0)
+        models.append(build_model(name, attention_impl=impl, **options).eval().to("cuda"))
+    return models
+
+
+def _token_space_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every tokenizer's tokens, transformer's and projector's output, and the model's output."""
+    from models.projector import Projector
+    from models.tokenizers import Tokenizer
+    from models.transformer import MHSATransformer, PaperTransformer
+
+    outputs: dict[str, torch.Tensor] = {}
+    kinds = (Tokenizer, PaperTransformer, MHSATransformer, Projector)
+    def keep(name):
+        def hook(module, args, out):
+            outputs[name] = out[0] if isinstance(out, tuple) else out
+        return hook
+
+    handles = [m.register_forward_hook(keep(n)) for n, m in model.named_modules() if isinstance(m, kinds)]
+    try:
+        with torch.inference_mode():
+            outputs["output"] = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+@pytest.mark.parametrize("transformer", ["paper", "mhsa", "none"])
+@pytest.mark.parametrize("numerics", ["centered", "appendix", "iccv"])
+@pytest.mark.parametrize("tokenizer", ["filter", "pooling", "clustering"])
+def test_attention_form_matches_the_reference_on_cuda(no_tf32, tokenizer, numerics, transformer):
+    """Every module's output of the sdpa form within 1e-4 (relative to its largest value) of the reference
+    form on the GPU (later tokenizers recurrent; NCHW and channels_last maps)."""
+    reference, sdpa = _attention_twins("vt_resnet18", stem="cifar", width=0.5, token_channels=128, num_classes=10,
+                                       tokenizer=tokenizer, numerics=numerics, transformer=transformer,
+                                       last_projector=True)
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    for layout in (torch.contiguous_format, torch.channels_last):
+        want = _token_space_outputs(reference, x.contiguous(memory_format=layout))
+        got = _token_space_outputs(sdpa, x.contiguous(memory_format=layout))
+        assert got.keys() == want.keys() and len(want) > 3
+        for key, ref in want.items():
+            assert ((got[key] - ref).abs().max() / ref.abs().max()).item() < 1e-4, (key, layout)
+
+
+@pytest.mark.parametrize("name, size", [("vt_resnet50", 64), ("vt_fpn_r50", 96)])
+def test_attention_form_of_the_large_models_on_cuda(no_tf32, name, size):
+    reference, sdpa = _attention_twins(name)
+    x = torch.randn(2, 3, size, size, device="cuda")
+    with torch.inference_mode():
+        want, got = reference(x), sdpa(x)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got_bf16 = sdpa(x).float()
+    assert _relative_error(got, want) < 1e-4
+    assert torch.isfinite(got_bf16).all() and _relative_error(got_bf16, want) < 3e-2
+
+
+@pytest.mark.parametrize("name", ["vt_resnet18", "vt_resnet50", "vt_fpn_r50"])
+def test_attention_form_counts_the_cpu_reference_macs_on_cuda(name):
+    """The fused CUDA kernels (flash / efficient / cuDNN) are counted as the reference form's two matmuls."""
+    from bench.measure.complexity import measure_complexity
+
+    size = 224 if name != "vt_fpn_r50" else 128
+    cpu = measure_complexity(_seeded(name), size)
+    gpu = measure_complexity(_attention_twins(name)[1], size)
+    assert gpu.gmacs == pytest.approx(cpu.gmacs, rel=1e-9)
+    assert gpu.gmacs_traced == pytest.approx(cpu.gmacs_traced, rel=1e-9)
+    assert not gpu.unsupported_ops

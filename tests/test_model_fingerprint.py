@@ -4,7 +4,9 @@ a recorded fingerprint.
 The fingerprint pins what a refactor of `models/` must keep: the parameter count, the state_dict's
 keys and shapes (hashed), the initial weights (their float64 absolute sum: a change in construction
 order draws different weights), the MACs of one forward pass (torch's FlopCounterMode / 2) and that
-forward's output on a fixed input. The values were recorded at commit dbb27ac, before the zoo became
+forward's output on a fixed input. MACs are counted with vtbench's handles
+(`bench.measure.complexity.flop_counter`: a fused attention kernel counts as its two matmuls), so the
+`attention_impl="sdpa"` cases pin the reference form's figures. The values were recorded at commit dbb27ac, before the zoo became
 frozen option configs (issue 14); regenerate them with `python tests/test_model_fingerprint.py` only
 for a change that is meant to change the models, and say so in its commit.
 """
@@ -15,8 +17,7 @@ import hashlib
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
+from bench.measure.complexity import flop_counter
 from models import build_model, list_models, model_facts, model_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -43,6 +44,13 @@ VARIANTS = [
 ]
 CASES = {name: (name, {}) for name in list_models()} | {
     f"{name} " + ",".join(f"{k}={v}" for k, v in overrides.items()): (name, overrides) for name, overrides in VARIANTS}
+# The attention form (`attention_impl="sdpa"`) of these cases has their fingerprint: the same parameters,
+# keys, initial weights and MACs, outputs within the tolerance.
+SDPA_OF = ("vt_resnet18", "vt_resnet50", "vt_fpn_r50", "vt_resnet18 transformer=mhsa",
+           "vt_resnet18 refresh=half,last_projector=True,head_hidden=64,numerics=iccv",
+           "vt_resnet18 stem=cifar,width=0.25,token_channels=64,num_classes=10,numerics=appendix,zero_init_residual=False")
+SDPA_TWINS = {f"{case}{',' if ' ' in case else ' '}attention_impl=sdpa": case for case in SDPA_OF}
+CASES |= {twin: (CASES[case][0], CASES[case][1] | {"attention_impl": "sdpa"}) for twin, case in SDPA_TWINS.items()}
 
 # case: (params, sha256[:16] of "key shape" lines, |weights| sum, MACs at SIZE, output sum, |output| sum)
 EXPECTED = {
@@ -82,6 +90,7 @@ EXPECTED = {
     'fpn_r50 num_classes=20,zero_init_residual=False':
         (28478804, '7b0d7ea7c7994b74', 829744.568, 687800320, -5521.07171, 70274.21557),
 }
+EXPECTED |= {twin: EXPECTED[case] for twin, case in SDPA_TWINS.items()}
 
 
 def fingerprint(name: str, overrides: dict) -> tuple:
@@ -94,7 +103,7 @@ def fingerprint(name: str, overrides: dict) -> tuple:
     weight_abs = sum(p.detach().double().abs().sum().item() for p in model.parameters())
     size = SIZE[model_facts(name).task]
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(SEED))
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), flop_counter() as counter:
         out = model(x).double()
     return (params, hashlib.sha256(keys.encode()).hexdigest()[:16], round(weight_abs, 3),
             counter.get_total_flops() // 2, round(out.sum().item(), 5), round(out.abs().sum().item(), 5))
@@ -111,18 +120,20 @@ def test_model_matches_its_recorded_fingerprint(case):
     assert (out_sum, out_abs) == pytest.approx((want[4], want[5]), rel=1e-4, abs=1e-4)
 
 
-# Every variant's options, in order, with their defaults, as recorded at dbb27ac: build_model accepts
-# exactly these names and `model_options` / `model_facts(name).defaults` report exactly these values.
-_RESNET = {"num_classes": 1000, "stem": "imagenet", "zero_init_residual": True, "width": 1.0}
+# Every variant's options, in order, with their defaults, as recorded at dbb27ac (plus those added
+# since, at the end: `attention_impl`, FPN `width`, `residual_init`): build_model accepts exactly these names and `model_options` / `model_facts(name).defaults`
+# report exactly these values.
+_RESNET = {"num_classes": 1000, "stem": "imagenet", "zero_init_residual": True, "width": 1.0, "residual_init": None}
 _VT_RESNET = {"num_classes": 1000, "stem": "imagenet", "num_tokens": 16, "token_channels": 1024, "tokenizer": "filter",
               "recurrent": True, "transformer": "paper", "projector": True, "last_projector": False, "num_modules": 3,
               "qk_channels": None, "heads": None, "kqv_groups": None, "ff_channels": None, "proj_channels": None,
               "proj_groups": 1, "refresh": "all", "kmeans_iters": 3, "head_hidden": None, "numerics": "centered",
-              "zero_init_residual": True, "width": 1.0}
-_FPN = {"num_classes": 171, "zero_init_residual": True}
+              "zero_init_residual": True, "width": 1.0, "attention_impl": "reference", "residual_init": None}
+_FPN = {"num_classes": 171, "zero_init_residual": True, "width": 1.0, "residual_init": None}
 _VT_FPN = {"num_classes": 171, "num_tokens": 8, "token_channels": 1024, "tokenizer": "filter", "transformer": "paper",
            "qk_channels": None, "heads": None, "kqv_groups": None, "ff_channels": None, "proj_channels": None,
-           "proj_groups": 16, "kmeans_iters": 3, "numerics": "centered", "zero_init_residual": True}
+           "proj_groups": 16, "kmeans_iters": 3, "numerics": "centered", "zero_init_residual": True,
+           "attention_impl": "reference", "width": 1.0, "residual_init": None}
 OPTIONS = {
     "resnet18": _RESNET, "resnet34": _RESNET, "resnet50": _RESNET, "resnet101": _RESNET,
     "vt_resnet18": _VT_RESNET | {"num_modules": 2}, "vt_resnet34": _VT_RESNET,
@@ -146,4 +157,6 @@ def test_every_case_has_a_fingerprint():
 if __name__ == "__main__":
     torch.set_num_threads(1)
     for label, (model_name, options) in CASES.items():
+        if label in SDPA_TWINS:
+            continue
         print(f"    {label!r}: {fingerprint(model_name, options)!r},")

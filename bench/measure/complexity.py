@@ -7,14 +7,17 @@ All numbers are MACs per image, reported as `gmacs*`. Which counter produced whi
   convolutions (mm, addmm, bmm, baddbmm, convolution, scaled-dot-product attention); its FLOPs / 2.
   Handles are added here for the ops it has no formula for: the CPU kernel of
   `scaled_dot_product_attention` (`_scaled_dot_product_flash_attention_for_cpu`, QK^T and AV) and
-  mv/addmv/dot. Bias additions, batch norm (folded at inference), pooling, softmax, upsampling and
+  mv/addmv/dot. Every fused attention kernel, CPU or CUDA, counts B x heads x Lq x Lk x (d + dv),
+  the reference form's two matmuls, so a model counts the same MACs in either attention form
+  (`models.layers.ATTENTION_IMPLS`) on either device; SDPA's math fallback runs, and is counted as,
+  those two matmuls. Bias additions, batch norm (folded at inference), pooling, softmax, upsampling and
   element-wise operations are not counted. This gives exactly 1.814/3.664/4.089/7.801 G for
   torchvision's ResNet-18/34/50/101 at 224x224, the paper's Table 8 and torchvision's `_ops`.
 - `gmacs_traced` (paper convention, *traced*): fvcore's `by_operator()` on its JIT trace, summed over
   the matrix products (`conv`, `linear`, `addmm`, `mm`, `matmul`, `einsum`, `bmm`, `baddbmm`, and
-  `scaled_dot_product_attention` with a handle registered here). A trace keeps only the work that
-  reaches the output, so work that runs but whose result is unused (a projector whose map the head
-  never reads) is missing from it.
+  `scaled_dot_product_attention` and its fused kernels, `SDPA_OPS`, with handles registered here).
+  A trace keeps only the work that reaches the output, so work that runs but whose result is unused
+  (a projector whose map the head never reads) is missing from it.
 - `gmacs_fvcore`: fvcore's plain total on the same trace, which also counts batch/group norm, pooling
   and upsampling, plus the handles registered here for ops fvcore leaves at zero: softmax (one per
   element), max-pooling and mean (one per input element), additions, subtractions, multiplications,
@@ -55,9 +58,15 @@ from bench.core.util import image_hw
 
 log = logging.getLogger(__name__)
 
+# scaled_dot_product_attention and the kernels it dispatches to (CPU: flash_attention_for_cpu; CUDA:
+# flash, efficient, cuDNN, and their inner forwards; a backend's overrideable one). A JIT trace records
+# the top-level op; a handle for every kernel keeps a trace that records one of them counted too.
+SDPA_OPS = ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
+            "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+            "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_fused_attention_overrideable",
+            "_flash_attention_forward", "_efficient_attention_forward")
 # fvcore's simplified op names that are matrix products: the paper's "FLOPs".
-PAPER_OPS = ("conv", "linear", "addmm", "mm", "matmul", "einsum", "bmm", "baddbmm",
-             "scaled_dot_product_attention")
+PAPER_OPS = ("conv", "linear", "addmm", "mm", "matmul", "einsum", "bmm", "baddbmm", *SDPA_OPS)
 # Pure layout ops fvcore does not list as ignored; they cost nothing.
 _ZERO_COST_OPS = ("aten::view_as", "aten::reshape_as", "aten::expand_as")
 # Counters that differ by more than this are reported as disagreeing (issue 11).
@@ -75,9 +84,18 @@ COUNTING = {
 # ----------------------------------------------------------------------------- fvcore handles -----
 
 def sdpa_flop_jit(inputs, outputs) -> int:
-    """MACs of scaled_dot_product_attention: Lq*Lk*E for QK^T plus Lq*Lk*Ev for AV, per batch x head."""
+    """MACs of scaled_dot_product_attention: Lq*Lk*E for QK^T plus Lq*Lk*Ev for AV, per batch x head.
+
+    Inputs laid out (batch..., L, E), as every `SDPA_OPS` kernel but the two inner CUDA forwards takes them.
+    """
     q, k, v = (get_shape(inputs[i]) for i in range(3))
     return prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def inner_attention_flop_jit(inputs, outputs) -> int:
+    """MACs of `_flash_attention_forward` / `_efficient_attention_forward`: inputs (B, L, heads, E)."""
+    q, k, v = (get_shape(inputs[i]) for i in range(3))
+    return q[0] * q[2] * q[1] * k[1] * (q[-1] + v[-1])
 
 
 def baddbmm_flop_jit(inputs, outputs) -> int:
@@ -87,7 +105,8 @@ def baddbmm_flop_jit(inputs, outputs) -> int:
 
 
 EXTRA_HANDLES = {
-    "aten::scaled_dot_product_attention": sdpa_flop_jit,
+    **{f"aten::{op}": sdpa_flop_jit for op in SDPA_OPS if not op.endswith("_attention_forward")},
+    **{f"aten::{op}": inner_attention_flop_jit for op in SDPA_OPS if op.endswith("_attention_forward")},
     "aten::baddbmm": baddbmm_flop_jit,
     "aten::softmax": elementwise_flop_counter(1, 0),
     "aten::max_pool2d": elementwise_flop_counter(1, 0),
@@ -111,6 +130,15 @@ def _sdpa_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
     return 2 * prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
+def _inner_attention_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of `_flash_attention_forward` / `_efficient_attention_forward`, whose inputs are (B, L, heads, E).
+
+    torch's own formulas read these shapes as (B, heads, L, E), which miscounts (or raises) unless
+    L equals the number of heads; these two inner kernels are counted here instead.
+    """
+    return 2 * q[0] * q[2] * q[1] * k[1] * (q[-1] + v[-1])
+
+
 def _mv_flops(mat, vec, *args, out_shape=None, **kwargs) -> int:
     return 2 * mat[0] * mat[1]
 
@@ -128,8 +156,15 @@ def _executed_handles() -> dict[Any, Any]:
     aten = torch.ops.aten
     wanted = {"_scaled_dot_product_flash_attention_for_cpu": _sdpa_flops,
               "_scaled_dot_product_fused_attention_overrideable": _sdpa_flops,
+              "_flash_attention_forward": _inner_attention_flops,
+              "_efficient_attention_forward": _inner_attention_flops,
               "mv": _mv_flops, "addmv": _addmv_flops, "dot": _dot_flops, "vdot": _dot_flops}
     return {getattr(aten, name): fn for name, fn in wanted.items() if hasattr(aten, name)}
+
+
+def flop_counter() -> FlopCounterMode:
+    """A silent FlopCounterMode that also counts the ops `_executed_handles` adds (FLOPs: MACs x 2)."""
+    return FlopCounterMode(display=False, custom_mapping=_executed_handles())
 
 
 # ------------------------------------------------------------------------------------ result -----
@@ -311,7 +346,7 @@ def count_executed(module: nn.Module, *inputs) -> tuple[float, dict[str, float],
         names.setdefault(mod, name)
     per_module: dict[str, float] = defaultdict(float)
     starts: dict[nn.Module, list[int]] = defaultdict(list)
-    with FlopCounterMode(display=False, custom_mapping=_executed_handles()) as counter:
+    with flop_counter() as counter:
         def before(mod, _args):
             starts[mod].append(counter.get_total_flops())
 
