@@ -160,21 +160,12 @@ def attention_cell(data: RunData) -> tuple[dict[str, Any], Path | None] | None:
         top1 = row.get("top1") if "top1" in row else None
         score = (not ckpt.exists(), family_of(row["model"]) != "vt_resnet",
                  -(float(top1) if top1 is not None and not pd.isna(top1) else -1.0),
-                 _pixels(row.get("input_size")), facts_of(row["model"]).depth or 0)  # then the cheapest to draw
+                 pixels_of(row.get("input_size")), facts_of(row["model"]).depth or 0)  # then the cheapest to draw
         candidates.append((score, row["cell_id"], ckpt if ckpt.exists() else None))
     if not candidates:
         return None
     _, cell_id, ckpt = min(candidates, key=lambda c: c[0])
     return data.configs[cell_id], ckpt
-
-
-def _pixels(size: Any) -> int:
-    """'224x224' -> 50176 (0 when unknown), to prefer small inputs."""
-    try:
-        height, width = str(size).split("x")
-        return int(height) * int(width)
-    except ValueError:
-        return 0
 
 
 def _attention(data: RunData):

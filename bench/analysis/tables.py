@@ -472,7 +472,7 @@ def _summary_line(vt: Group, base: Group, latency: list[LatencyPair], accuracy: 
     macs = compare.macs_ratio(vt, base)
     lines = [f"{vt.model} vs {base.model} (input {_input(vt)}): "
              + (f"MACs ratio VT / baseline {macs:.3f}" if macs else "MACs not measured")]
-    for pair in sorted(latency, key=lambda p: _latency_label(p.vt.config)):
+    for pair in sorted(latency, key=_latency_order):
         same_reason = pair.target is not None and pair.target.verdict is None and \
             pair.target.why_no_verdict == pair.versus_one.why_no_verdict  # said once
         target = (f"; target (latency ratio below the MACs ratio {pair.macs_ratio:.3f}): "
@@ -488,6 +488,13 @@ def _summary_line(vt: Group, base: Group, latency: list[LatencyPair], accuracy: 
     if not accuracy:
         lines.append("  accuracy: no trained pair (only one side, or neither, was trained at the same recipe)")
     return "\n".join(lines)
+
+
+def _latency_order(pair: LatencyPair) -> tuple:
+    """Summary lines by device, dtype, batch, then eager before compiled."""
+    latency = {**compare.LATENCY_DEFAULTS, **(pair.vt.config.get("latency") or {})}
+    mode = latency_mode(latency)
+    return str(latency["device"]), str(latency["dtype"]), int(latency["batch_size"]), mode != "eager", mode
 
 
 def _latency_label(config: dict[str, Any]) -> str:
