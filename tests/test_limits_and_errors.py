@@ -188,12 +188,35 @@ def test_refused_submission_shows_sbatch_last_line(tmp_path, monkeypatch, capsys
     assert _one_line(capsys.readouterr().err).endswith("sbatch: error: Unable to contact slurm controller")
 
 
-def test_a_vtbench_bug_keeps_its_traceback(tmp_path, monkeypatch):
-    """An error raised only in vtbench's own frames is a bug: it is not dressed up as one line."""
+def test_a_vtbench_bug_is_one_line_exit_1_with_its_traceback_under_v(tmp_path, monkeypatch, capsys):
+    """An error raised only in vtbench's own frames is a bug: exit 1 (never 2, "bad input"), one line
+    that names it and points to -v, and -v prints its traceback."""
     import bench.pipeline.launch
 
     # A bench function with the wrong contract (it cannot iterate a Path), so launch fails inside
     # bench/ (a stand-in defined in this test file would count as user code).
     monkeypatch.setattr(bench.pipeline.launch, "plan_cells", grid._get)
-    with pytest.raises(TypeError):
-        cli.main(["launch", _small_grid(tmp_path), "--dry-run", "--run-dir", str(tmp_path / "run")])
+    argv = ["launch", _small_grid(tmp_path), "--dry-run", "--run-dir", str(tmp_path / "run")]
+    assert cli.main(argv) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("vtbench launch: error: TypeError: ") and "run again with -v" in line
+    assert cli.main(["-v", *argv]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_an_internal_value_error_is_exit_1_and_a_refused_model_option_exit_2(tmp_path, monkeypatch, capsys):
+    """A ValueError is bad input (exit 2) only where a model's builder refused the user's option; one
+    raised by vtbench itself or a library under it (pandas) is an internal error, exit 1."""
+    import bench.pipeline.launch
+
+    def pandas_like(*args, **kwargs):
+        raise ValueError("cannot reindex on an axis with duplicate labels")
+
+    monkeypatch.setattr(bench.pipeline.launch, "plan_cells", pandas_like)
+    monkeypatch.setattr(cli, "_user_code_frame", lambda exc: None)  # the stand-in plays vtbench's own code
+    assert cli.main(["launch", _small_grid(tmp_path), "--dry-run", "--run-dir", str(tmp_path / "run")]) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert "ValueError: cannot reindex" in line and "-v" in line
+    assert cli.main(["profile", "vt_resnet18", "--set", "tokenizer=kmeans", "--no-latency"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("vtbench profile: error:") and "kmeans" in line and "internal" not in line

@@ -1,4 +1,4 @@
-"""Machine-readable stdout, for every command: `--format table|json|csv`.
+"""Machine-readable stdout, for every command: `--format table|json|jsonl|csv`.
 
 Each format is parsed back from stdout and checked against the table and the record; stdout holds
 data only (every line parses), logs go to stderr; the rows use timm's column names where they mean
@@ -27,7 +27,14 @@ from bench.pipeline.status import run_status
 REPO = Path(__file__).resolve().parents[1]
 TINY = "tests.test_launch:tiny_net"
 QUICK = ["--min-time-s", "0.05", "--threads", "1"]
-TIMM_RENAMED = {"name", "input_size", "params_m", "gmacs", "throughput_img_s", "latency_ms_p50", "batch_size_used"}
+TIMM_RENAMED = {"name", "input_size", "params_m", "gmacs_fvcore_default", "throughput_img_s", "latency_ms_p50",
+                "batch_size_used"}
+
+
+@pytest.fixture(autouse=True)
+def models_cache(tmp_path, monkeypatch):
+    """`vtbench models` caches its rows: each test counts afresh, in a cache of its own."""
+    monkeypatch.setenv("VTBENCH_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.fixture
@@ -46,7 +53,14 @@ def vtbench(capsys):
 
 
 def json_rows(out: str) -> list[dict]:
-    """Every line of stdout is one JSON object (nothing else is there)."""
+    """`--format json`: stdout is one JSON document (nothing else is there), an array of row objects."""
+    rows = json.loads(out)
+    assert isinstance(rows, list) and all(isinstance(row, dict) for row in rows)
+    return rows
+
+
+def jsonl_rows(out: str) -> list[dict]:
+    """`--format jsonl`: every line of stdout is one JSON object."""
     return [json.loads(line) for line in out.splitlines()]
 
 
@@ -65,13 +79,17 @@ def test_models_json_csv_and_table_agree_in_timm_names(vtbench):
     rc, out, _ = vtbench("models", "--filter", "vt_resnet18", "--format", "json")
     assert rc == 0
     (row,) = json_rows(out)
-    assert list(row) == ["model", "infer_img_size", "infer_gmacs", "param_count", "task", "gmacs_fvcore",
+    assert list(row) == ["model", "infer_img_size", "infer_gmacs", "param_count", "task", "gmacs", "gmacs_fvcore",
                          "unsupported_ops"]
     assert row["model"] == "vt_resnet18" and row["infer_img_size"] == 224 and row["task"] == "cls"
-    assert row["infer_gmacs"] == pytest.approx(1.5, abs=0.1) and row["param_count"] == pytest.approx(11.5, abs=0.1)
+    assert row["gmacs"] == pytest.approx(1.5, abs=0.1) and row["param_count"] == pytest.approx(11.5, abs=0.1)
+    # timm's infer_gmacs is fvcore's total (norms too): above the paper's count, below vtbench's fvcore total
+    assert row["gmacs"] < row["infer_gmacs"] < row["gmacs_fvcore"]
     (line,) = [line for line in table.splitlines() if line.startswith("vt_resnet18 ")]
-    assert line.split()[:6] == ["vt_resnet18", "cls", "224", f"{row['param_count']:.2f}", f"{row['infer_gmacs']:.3f}",
+    assert line.split()[:6] == ["vt_resnet18", "cls", "224", f"{row['param_count']:.2f}", f"{row['gmacs']:.3f}",
                                 f"{row['gmacs_fvcore']:.3f}"]
+    rc, out, _ = vtbench("models", "--filter", "vt_resnet18", "--format", "jsonl")
+    assert rc == 0 and jsonl_rows(out) == [row]
     rc, out, _ = vtbench("models", "--filter", "vt_resnet18", "--format", "csv")
     assert rc == 0
     (crow,) = csv_rows(out)
@@ -96,19 +114,19 @@ def test_models_into_a_pipe_whose_reader_went_away_ends_quietly(tmp_path, reader
     """`true` is gone before the first row is written; `head -1` after the first (each row is flushed
     as it is counted, and counting the next takes a while)."""
     status = tmp_path / "status"
-    command = (f"{sys.executable} -m bench models --format json --filter resnet | {reader}; "
+    command = (f"{sys.executable} -m bench models --format jsonl --filter resnet | {reader}; "
                f"echo ${{PIPESTATUS[0]}} > {status}")
     done = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert "Traceback" not in done.stderr and "Broken pipe" not in done.stderr, done.stderr
     assert "BrokenPipeError" not in done.stderr, done.stderr
     assert status.read_text().strip() == "141"
     if reader == "head -1":
-        (row,) = json_rows(done.stdout)
+        (row,) = jsonl_rows(done.stdout)
         assert row["model"] == "resnet101" and row["infer_gmacs"] > 7
 
 
 # --------------------------------------------------------------------------------------- profile
-@pytest.mark.parametrize("fmt", ["json", "csv"])
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "csv"])
 def test_profile_rows_hold_the_records_values_in_timm_names(vtbench, tmp_path, fmt):
     path = tmp_path / "record.json"
     rc, out, err = vtbench("profile", "resnet18", "--input-size", "16", "--batch-size", "1,2", "--format", fmt,
@@ -117,21 +135,25 @@ def test_profile_rows_hold_the_records_values_in_timm_names(vtbench, tmp_path, f
     record = read_record(path)
     metrics = record["metrics"]
     assert "infer_gmacs" not in path.read_text()  # the record keeps vtbench's names
-    rows = json_rows(out) if fmt == "json" else csv_rows(out)
+    rows = {"json": json_rows, "jsonl": jsonl_rows, "csv": csv_rows}[fmt](out)
     assert len(rows) == 2
     for row, latency in zip(rows, metrics["latency"]):
-        value = (lambda key: row[key]) if fmt == "json" else (lambda key: number(row[key]))
+        value = (lambda key: row[key]) if fmt != "csv" else (lambda key: number(row[key]))
         assert row["model"] == "resnet18"
         assert value("infer_img_size") == 16
         assert value("infer_batch_size") == latency["batch_size_used"]
         assert value("infer_samples_per_sec") == latency["throughput_img_s"]
         assert value("infer_step_time") == latency["latency_ms_p50"]
-        assert value("infer_gmacs") == metrics["gmacs"] and value("param_count") == metrics["params_m"]
+        assert value("gmacs") == metrics["gmacs"] and value("param_count") == metrics["params_m"]
+        # timm's infer_gmacs only where the record has fvcore's default total (timm's count), never the paper's
+        assert value("infer_gmacs") == metrics["gmacs_fvcore_default"] if "gmacs_fvcore_default" in metrics \
+            else "infer_gmacs" not in row
         assert value("gmacs_stage5") == metrics["gmacs_stage5"] and value("latency_ms_p80") == latency["latency_ms_p80"]
         assert row["latency_verdict"] == latency["latency_verdict"] and row["device"] == "cpu"
         assert not TIMM_RENAMED & set(row)
-    assert list(rows[0])[:7] == ["model", "infer_samples_per_sec", "infer_step_time", "infer_batch_size",
-                                 "infer_img_size", "infer_gmacs", "param_count"]
+    timm_gmacs = ["infer_gmacs"] if "gmacs_fvcore_default" in metrics else []
+    assert list(rows[0])[:6 + len(timm_gmacs)] == ["model", "infer_samples_per_sec", "infer_step_time",
+                                                   "infer_batch_size", "infer_img_size", *timm_gmacs, "param_count"]
 
 
 def test_profile_logs_go_to_stderr_and_only_rows_to_stdout():
@@ -161,7 +183,7 @@ def test_profile_table_and_json_agree(vtbench):
     rc, out, _ = vtbench("profile", "resnet18", "--input-size", "16", "--no-latency", "--format", "json")
     (row,) = json_rows(out)
     (total,) = [line.split() for line in table.splitlines() if line.startswith("total ")]
-    assert total == ["total", format(row["infer_gmacs"], ".4g"), format(row["param_count"], ".4g")]
+    assert total == ["total", format(row["gmacs"], ".4g"), format(row["param_count"], ".4g")]
     (stem,) = [line.split() for line in table.splitlines() if line.startswith("stem ")]
     assert stem[1] == format(row["gmacs_stem"], ".4g")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 
 from bench.measure import checkpoint as ckpt
 from bench.core.errors import UsageError
-from bench.measure.train import TrainConfig, config_fingerprint, lr_factor, train
+from bench.measure.train import TrainConfig, config_fingerprint, lr_factor, train, warmup_iterations
 from tests.test_train import TINY, _config, _Killed, _kill_after
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +141,7 @@ def test_a_grid_may_set_the_logger_and_keep_checkpoints(tmp_path):
     from bench.pipeline.grid import load_grid
 
     grid = {"name": "logs", "description": "loggers in a grid",
-            "base": {"model": TINY, "model_args": {"num_classes": 10}, "measure": ["train"], "input_size": 8,
+            "base": {"model": TINY, "model_args": {"num_classes": 10}, "measure": ["complexity", "train"], "input_size": 8,
                      "train": {"dataset": "digits", "epochs": 1}},
             "axes": {"logger": [["csv", "tensorboard"], "jsonl"], "train.keep_checkpoints": [2]}}
     (tmp_path / "g.yaml").write_text(yaml.safe_dump(grid))
@@ -171,7 +172,9 @@ def test_resume_with_more_epochs_extends_a_finished_run_over_the_new_schedule(tm
     assert [line["epoch"] for line in lines] == [1, 2, 3, 4]
     # epoch 3 starts where the 4-epoch cosine is at iteration 2 * steps, not at the old schedule's 0
     assert lines[2]["lr"] == pytest.approx(0.1 * lr_factor(iterations, steps, longer), rel=1e-9)
-    assert lines[2]["lr"] == pytest.approx(0.1 * 0.5, rel=1e-9)
+    warm = warmup_iterations(steps, longer)
+    assert lines[2]["lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * (2 * steps - warm) / (4 * steps - warm))),
+                                           rel=1e-9)
     assert 0 < lines[3]["lr"] < lines[2]["lr"]
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["extensions"] == [{"at_epoch": 2, "from_epochs": 2, "to_epochs": 4}]
@@ -287,7 +290,7 @@ def test_cli_loggers_resume_extension_and_records(tmp_path, caplog):
     command, args = _cli(tmp_path, "--epochs", "2", "--resume", "--logger", "csv", "--logger", "jsonl")
     with caplog.at_level("INFO"):
         assert command.run(args) == 0
-    assert "(extended: epochs 1-1 followed a 1-epoch schedule)" in caplog.text
+    assert "extended: epochs 1-1 followed a 1-epoch schedule" in caplog.text
     first, second = _records(tmp_path)
     assert first["config"]["train"]["logger"] == ["csv", "jsonl"]
     assert "keep_checkpoints" not in first["config"]["train"]
@@ -317,7 +320,7 @@ def test_cli_record_has_the_cell_id_of_the_equivalent_grid_cell(tmp_path):
     assert command.run(args) == 0
     (record,) = _records(tmp_path / "out")
     grid = {"name": "same", "description": "the training of the command above, as a grid cell",
-            "base": {"model": TINY, "model_args": {"num_classes": 10}, "measure": ["train"], "input_size": 8,
+            "base": {"model": TINY, "model_args": {"num_classes": 10}, "measure": ["complexity", "train"], "input_size": 8,
                      "seed": 3, "train": {"dataset": "digits", "epochs": 1, "threads": 1, "weight_decay": 0.0001,
                                           "dataset_args": {"augment": True}, "logger": ["csv"]}}}
     (tmp_path / "g.yaml").write_text(yaml.safe_dump(grid))

@@ -1,11 +1,14 @@
 """The `vtbench` command line: a thin dispatcher over `bench.cli.commands.*`.
 
 Each command module exposes `NAME`, `HELP`, `add_arguments(parser)` and `run(args) -> int`.
-`main` is glue: it parses, configures logging, and turns bad input into exit code 2 with one line.
+`main` is glue: it parses, configures logging, and turns bad input (a `UsageError`, a missing file,
+or a model option that `models.build_model` refused) into exit code 2 with one line.
 Failures that are not bad input also end in one line on stderr, with exit code 1: an OS error
 (the path and its strerror; 2 when it is EPERM/EACCES/ENOTDIR/EEXIST/EISDIR on a path the user
 gave), an exception or `sys.exit` in the user's own code (`error in user code MODULE:CALLABLE:
-ExcType: message`), and a refused submission (sbatch's last line). `-v` adds the traceback.
+ExcType: message`), a refused submission (sbatch's last line), and any other exception, vtbench's
+own (`ExcType: message (an internal error: run again with -v for the traceback)`). `-v` adds the
+traceback.
 SIGINT or SIGTERM to `vtbench launch` ends in its one line (which cells it cancelled) and exit code
 130 or 143 (`bench.core.errors.Interrupted`); a Ctrl-C elsewhere prints "interrupted" and exits 130.
 A reader of stdout that goes away (`| head -1`) ends the command quietly with exit code 141.
@@ -31,6 +34,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import traceback
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -54,10 +58,56 @@ log = logging.getLogger("vtbench")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse already exits 2 on bad arguments; keep its message to one line."""
+    """argparse already exits 2 on bad arguments; keep its message to one line, and say where an
+    unknown flag belongs (`--num-tokens 8`: `--set num_tokens=8`; `--epoch`: `--epochs`)."""
+
+    command_parser: argparse.ArgumentParser | None = None  # the command's own parser, once built
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        prefix = "unrecognized arguments: "
+        hint = ""
+        if message.startswith(prefix) and self.command_parser is not None:
+            hint = unknown_flag_hint(self.command_parser, message[len(prefix):].split(" "))
+        self.exit(2, f"{self.prog}: error: {message}{hint}\n")
+
+
+def unknown_flag_hint(command: argparse.ArgumentParser, extras: Sequence[str]) -> str:
+    """'; ...' pointing each unknown `--flag [VALUE]` to `--set flag=VALUE` when it names a model or
+    training option and the command takes --set, else to the command's closest flag; '' otherwise."""
+    import difflib
+
+    own = [o for o in command._option_string_actions if o.startswith("--")]
+    hints = []
+    for index, word in enumerate(extras):
+        if not word.startswith("--") or word in own:
+            continue
+        flag, _, value = word.partition("=")
+        if not value and index + 1 < len(extras) and not extras[index + 1].startswith("-"):
+            value = extras[index + 1]
+        key = flag[2:].replace("-", "_")
+        kind = settable_option_names().get(key) if "--set" in own else None
+        if kind:
+            hints.append(f"{flag} is {kind}: --set {key}={value or 'VALUE'}")
+            continue
+        close = difflib.get_close_matches(flag, own, n=1, cutoff=0.75)
+        if close:
+            hints.append(f"did you mean {close[0]}?")
+    return "; " + "; ".join(hints) if hints else ""
+
+
+def settable_option_names() -> dict[str, str]:
+    """Every option `--set KEY=VALUE` can set -> what it is: every registered model's options and the
+    training options (imports the registry, so torch: only asked on the way to an error)."""
+    from bench.core.contracts import TrainOptions
+
+    names = dict.fromkeys(TrainOptions.model_fields, "a training option")
+    try:
+        from models import list_models, model_options
+    except ImportError:  # the registry cannot load: the hint is a courtesy, the error stands without it
+        return names
+    for model in list_models():
+        names.update(dict.fromkeys(model_options(model), "a model option"))
+    return names
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -85,6 +135,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         cmd = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP, parents=[common])
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)
+        if argv is not None:
+            parser.command_parser = cmd
     return parser
 
 
@@ -216,10 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         where = None if isinstance(exc, UsageError) else _user_code_frame(exc)
         if where is not None:  # raised by the user's forward or helper: their code failed, not the input
             return _report(args, str(UserCodeError(where, exc)), 1)
+        if not _is_bad_input(exc):
+            return _report_internal(args, exc)
         if args.verbose:
             log.exception("bad input")
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"vtbench {args.command}: error: {first_line}", file=sys.stderr)
+        print(f"vtbench {args.command}: error: {_first_line(exc)}", file=sys.stderr)
         return 2
     except Interrupted as exc:  # SIGINT/SIGTERM to a command that settled its own jobs first
         print(f"vtbench {args.command}: {exc.message}", file=sys.stderr)
@@ -227,11 +280,48 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - each kind below gets one line; the rest re-raise
+    except Exception as exc:  # noqa: BLE001 - each kind below gets one line, as does anything else
         described = _describe_failure(exc, args)
         if described is None:
-            raise  # a bug in vtbench itself: its traceback is what a bug report needs
+            return _report_internal(args, exc)
         return _report(args, *described)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_bad_input(exc: Exception) -> bool:
+    """UsageError, a missing file, or a ValueError that a model's builder raised about the options the
+    user gave (`models.build_model` and the constructors under it check them; models/ cannot raise
+    bench's UsageError). Any other ValueError (pandas', vtbench's own) is an internal error."""
+    if isinstance(exc, (UsageError, FileNotFoundError)):
+        return True
+    return _raised_while_building_a_model(exc)
+
+
+def _raised_while_building_a_model(exc: BaseException) -> bool:
+    """True when the traceback passes through `build_model` of models/registry.py, and no `forward`."""
+    registry = _PROJECT_ROOT / "models" / "registry.py"
+    tb, building = exc.__traceback__, False
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "forward":
+            return False
+        building = building or (code.co_name == "build_model" and Path(code.co_filename).resolve() == registry)
+        tb = tb.tb_next
+    return building
+
+
+def _report_internal(args: argparse.Namespace, exc: BaseException) -> int:
+    """An error that is neither bad input nor the user's code nor the machine: vtbench's own, exit 1.
+    One line naming the exception and a hint to -v; the traceback itself under -v."""
+    if args.verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    hint = "" if args.verbose else " (an internal error: run again with -v for the traceback)"
+    print(f"vtbench {args.command}: error: {type(exc).__name__}: {_first_line(exc)}{hint}", file=sys.stderr)
+    return 1
 
 
 def _stdout_closed() -> int:

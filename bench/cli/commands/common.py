@@ -1,17 +1,20 @@
 """Flags that the commands share, with one spelling each, and what `--format` prints.
 
     --out DIR            where the command writes its files
-    --format FMT         what goes to stdout: table (for people, the default), json or csv
+    --format FMT         what goes to stdout: table (for people, the default), json, jsonl or csv
     --min-time-s S       timed seconds per measurement (the command says per what)
     --batch-size B[,B]   comma-separated batch sizes
 
 Older spellings (`--batch-sizes`, profile's `--min-time`, models' `--json`) stay as hidden aliases
 where a command had them, so committed command lines keep working.
 
-Every command's `--format` looks alike: `table` is the readable text; `json` is JSON lines, one
-object per row, NaN and infinities as null; `csv` is a header and one row per line, a list or dict
-cell as JSON text, an empty cell for null. Only data goes to stdout: logs go to stderr. Rows of
-`json` and `csv` are flushed one by one, so a reader (`| head -1`) sees the first at once.
+Every command's `--format` looks alike: `table` is the readable text; `json` is one JSON document,
+an array of row objects (what `python3 -m json.tool` and `jq .` read; `jq '.[]'` gives the rows);
+`jsonl` is JSON lines, one object per row (what `jq -c`, pandas' `read_json(lines=True)` and
+stream readers take); NaN and infinities are null in both; `csv` is a header and one row per line,
+a list or dict cell as JSON text, an empty cell for null. Only data goes to stdout: logs go to
+stderr. Rows are flushed one by one in every format but `table`, so a reader (`| head -1`) sees
+the first at once (the `json` array is complete, and parses, when the command ends).
 
 Column names follow timm's results CSVs (timm's benchmark.py) where they mean the same thing
 (`TIMM_NAMES`), so that vtbench's CSV merges with timm's on `model`; what timm has no column for
@@ -21,18 +24,21 @@ keeps vtbench's own name. Records (`--json PATH`, run folders) keep vtbench's na
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import difflib
 import io
 import json
+import logging
 import math
 import re
 import sys
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from bench.core.errors import UsageError
 from bench.core.util import image_hw
 
-FORMATS = ("table", "json", "csv")
+FORMATS = ("table", "json", "jsonl", "csv")
 
 
 def add_out(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
@@ -43,8 +49,8 @@ def add_out(parser: argparse.ArgumentParser, default: str | None, what: str) -> 
 def add_format(parser: argparse.ArgumentParser, table: str = "the markdown report") -> None:
     """--format table|json|csv, printed on stdout (`table` says what the table format is)."""
     parser.add_argument("--format", choices=FORMATS, default="table",
-                        help=f"what goes to stdout: table ({table}, default), json (JSON lines, one row "
-                             f"each) or csv; logs go to stderr")
+                        help=f"what goes to stdout: table ({table}, default), json (one JSON document: an "
+                             f"array of rows), jsonl (JSON lines, one row each) or csv; logs go to stderr")
 
 
 def add_min_time_s(parser: argparse.ArgumentParser, what: str) -> None:
@@ -80,25 +86,37 @@ def positive_seconds(text: str) -> float:
 
 
 def emit(fmt: str, *, table: str, rows: Iterable[dict[str, Any]], csv_text: str) -> None:
-    """Print the `table` text, the `rows` as JSON lines, or `csv_text` (a file the command wrote), as
-    --format asks."""
-    if fmt == "json":
+    """Print the `table` text, the `rows` as one JSON array or as JSON lines, or `csv_text` (a file the
+    command wrote), as --format asks."""
+    if fmt in ("json", "jsonl"):
+        write_json_rows(fmt, rows)
+        return
+    write_stdout(csv_text if fmt == "csv" else table)
+
+
+def write_json_rows(fmt: str, rows: Iterable[dict[str, Any]]) -> None:
+    """`json`: one array, written row by row ("[", the rows between commas, "]"); `jsonl`: a line each."""
+    if fmt == "jsonl":
         for row in rows:
             write_stdout(json_line(row))
         return
-    write_stdout(csv_text if fmt == "csv" else table)
+    opened = False
+    for row in rows:
+        sys.stdout.write((",\n" if opened else "[\n") + json_line(row))
+        sys.stdout.flush()
+        opened = True
+    write_stdout("\n]" if opened else "[]")
 
 
 def emit_rows(fmt: str, rows: Iterable[dict[str, Any]], *, table: Callable[[list[dict[str, Any]]], str],
               fields: Sequence[str] | None = None) -> None:
     """Print `rows` as --format asks: `table(rows)`, JSON lines or CSV (see the module docstring).
 
-    JSON lines go out as the rows come (an iterator may compute them one by one); so does CSV when
-    its `fields` are given, else its header is every key of every row, in order of appearance.
+    JSON rows go out as they come (an iterator may compute them one by one); so does CSV when its
+    `fields` are given, else its header is every key of every row, in order of appearance.
     """
-    if fmt == "json":
-        for row in rows:
-            write_stdout(json_line(row))
+    if fmt in ("json", "jsonl"):
+        write_json_rows(fmt, rows)
         return
     if fmt == "csv":
         if fields is None:
@@ -133,16 +151,21 @@ def write_stdout(text: str) -> None:
 
 # vtbench's key -> the column of timm's results CSVs (timm's benchmark.py) that means the same thing.
 # timm's step time is a mean over the timed steps, vtbench's a median (latency_ms_p50); both are
-# milliseconds per batch, and samples/s = batch / step time in both. `infer_gmacs` is per image (timm
-# profiles at batch 1), as vtbench's gmacs; `param_count` is in millions in both. A train-step
-# measurement takes timm's `train_` prefix for the timing columns (`train_samples_per_sec`, ...).
+# milliseconds per batch, and samples/s = batch / step time in both. `param_count` is in millions in
+# both. timm's `infer_gmacs` is fvcore's `FlopCountAnalysis(model, x).total()` with fvcore's own op
+# handles, per image (timm profiles at batch 1): convolutions and matrix products, and batch/group/
+# layer norms, adaptive pooling and upsampling too. So it takes vtbench's `gmacs_fvcore_default`,
+# the same count; vtbench's headline `gmacs` (the paper's convention: convolutions and matrix
+# products only, as executed) keeps its own name, as does `gmacs_fvcore` (fvcore's total with
+# vtbench's extra handles: softmax, pooling, additions, ...). A train-step measurement takes timm's
+# `train_` prefix for the timing columns (`train_samples_per_sec`, ...).
 TIMM_NAMES = {
     "model": "model",
     "throughput_img_s": "infer_samples_per_sec",
     "latency_ms_p50": "infer_step_time",
     "batch_size_used": "infer_batch_size",
     "input_size": "infer_img_size",
-    "gmacs": "infer_gmacs",
+    "gmacs_fvcore_default": "infer_gmacs",
     "params_m": "param_count",
 }
 _TIMING = ("throughput_img_s", "latency_ms_p50", "batch_size_used", "input_size")
@@ -209,3 +232,101 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
+
+
+# ------------------------------------------------------------------ help from the registries ------
+
+class RegistryHelpFormatter(argparse.HelpFormatter):
+    """Help texts that list a registry's entries (data sets, model options) are computed when --help
+    prints them, from the registry itself: the registries import torch, which parsing never needs."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = getattr(action, "registry_help", None)
+        return text().replace("%", "%%") if text is not None else super()._get_help_string(action)
+
+
+def registry_help(parser: argparse.ArgumentParser, action: argparse.Action, text: Callable[[], str]) -> None:
+    """Give `action` a help text computed from a registry when --help prints it."""
+    action.registry_help = text  # type: ignore[attr-defined]
+    parser.formatter_class = RegistryHelpFormatter
+
+
+def dataset_help() -> str:
+    """The registered data sets, and which read files (`--data-root`) or need installing."""
+    from bench.measure.data import dataset_spec, list_datasets
+
+    specs = [dataset_spec(n) for n in list_datasets()]
+    rooted = [s.name for s in specs if s.needs_root]
+    return (f"a registered data set: {', '.join(s.name for s in specs)}; "
+            f"{', '.join(rooted)} read --data-root DIR" + "".join(
+                f"; {s.name}: {s.layout}" for s in specs if not s.needs_root and "apt-get" in s.layout))
+
+
+def model_choices() -> dict[str, tuple[str, ...]]:
+    """The named choices of the VT models' options (`tokenizer`, `transformer`, `stem`), from models/."""
+    from models import factories, resnet
+
+    return {"tokenizer": (*factories.FIRST_TOKENIZERS, "recurrent"), "transformer": tuple(factories.TRANSFORMERS),
+            "stem": tuple(resnet.STEMS)}
+
+
+def model_set_help(what: str) -> str:
+    """--set's help: `what`, then the named choices of the model options."""
+    choices = "; ".join(f"{k}: {', '.join(v)}" for k, v in model_choices().items())
+    return f"{what}; repeatable. Model options: `vtbench models` lists the models, and {choices}"
+
+
+# ------------------------------------------------------------------------- checked options ------
+
+def check_option_names(given: Iterable[str], known: Iterable[str], *, what: str, hint: str = "") -> None:
+    """Refuse (UsageError, one line) a key not in `known`, with a did-you-mean and the known keys."""
+    known = sorted(set(known))
+    unknown = [k for k in given if k not in known]
+    if not unknown:
+        return
+    key = unknown[0]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    raise UsageError(f"--set {key}: not {what}{f' (did you mean {close[0]}?)' if close else ''}; "
+                     f"known: {', '.join(known)}{hint}")
+
+
+def check_registry_model_args(model: str, model_args: dict[str, Any], *, also: Iterable[str] = (),
+                              hint: str = "") -> None:
+    """For a registered model: each key of `model_args` is one of its options (or of `also`, other
+    keys --set takes), and the builder accepts the values, tried on the meta device (no memory, no
+    time). A model given by import path or timm name is checked when it is built."""
+    from models import is_registered, model_options
+
+    if not is_registered(model):
+        return
+    check_option_names(model_args, [*model_options(model), *also], what=f"an option of {model}", hint=hint)
+    import torch
+
+    from models import build_model
+
+    try:
+        with torch.device("meta"):
+            build_model(model, **model_args)
+    except ValueError as exc:  # the builders' word for a value they refuse
+        raise UsageError(f"{model}: {str(exc).strip().splitlines()[0]}") from exc
+    except Exception as exc:  # noqa: BLE001 - something the meta device cannot do: the real build checks
+        logging.getLogger(__name__).debug("meta-device check of %s skipped: %s", model, exc)
+
+
+class _DropCellFailed(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("cell failed")
+
+
+@contextlib.contextmanager
+def error_said_once() -> Iterator[None]:
+    """While a command runs its cell in-process and re-raises the failure (the command line then prints
+    it as its one error line), the runner's own 'cell failed' log line is dropped (the record keeps
+    the traceback, and -v prints it)."""
+    runner_log = logging.getLogger("bench.pipeline.runner")
+    dropped = _DropCellFailed()
+    runner_log.addFilter(dropped)
+    try:
+        yield
+    finally:
+        runner_log.removeFilter(dropped)

@@ -5,14 +5,16 @@
     vtbench profile vt_resnet18 --json out.json                    # the report, and the record in a file
     vtbench profile vt_resnet18 --json - | jq .metrics.gmacs       # the record on stdout (report on stderr)
 
-Prints the readable report (`--format table`), or one row per batch size (`json`: JSON lines;
-`csv`), in timm's column names where they mean the same thing (bench/cli/commands/common.py
-`TIMM_NAMES`): `model`, `infer_samples_per_sec` (throughput_img_s), `infer_step_time` (ms per batch,
-the median latency_ms_p50), `infer_batch_size` (the batch size used), `infer_img_size`, `infer_gmacs`
-(per image), `param_count` (millions); with `--train-step` the timing columns are `train_*`. Every
-other key keeps vtbench's name: the complexity metrics (`gmacs_traced`, `gmacs_<stage>`, ...), the
-latency row's (`latency_ms_p20`, `peak_mem_mb`, `latency_verdict`, ...), `model_args` and the latency
-settings (`device`, `dtype`, ...). `--depth`'s modules are in the report and the record only.
+Prints the readable report (`--format table`), or one row per batch size (`json`: one JSON array;
+`jsonl`: JSON lines; `csv`), in timm's column names where they mean the same thing
+(bench/cli/commands/common.py `TIMM_NAMES`): `model`, `infer_samples_per_sec` (throughput_img_s),
+`infer_step_time` (ms per batch, the median latency_ms_p50), `infer_batch_size` (the batch size
+used), `infer_img_size`, `param_count` (millions), and `infer_gmacs` where the record has fvcore's
+total with fvcore's own handles (`gmacs_fvcore_default`, timm's count); with `--train-step` the
+timing columns are `train_*`. Every other key keeps vtbench's name: `gmacs` (the paper's
+convention), the other complexity metrics (`gmacs_traced`, `gmacs_<stage>`, ...), the latency row's
+(`latency_ms_p20`, `peak_mem_mb`, `latency_verdict`, ...), `model_args` and the latency settings
+(`device`, `dtype`, ...). `--depth`'s modules are in the report and the record only.
 With `--json PATH` it also writes one record (bench/core/records.py), in vtbench's names; `--json -`
 writes it to stdout instead, and the report to stderr:
 
@@ -33,7 +35,9 @@ writes it to stdout instead, and the report to stderr:
 When the traced and executed MAC counts disagree by more than 0.5 %, a WARNING line goes to stderr
 (bench.measure.complexity logs it) and the printed counters line says DISAGREE.
 
-Exit status: 0, 1 when some batch size ran out of memory (its row says so), 2 on bad input.
+Exit status: 0, 1 when some batch size ran out of memory (its row says so), 2 on bad input (an
+unknown `--set` key of a registered model is refused with a did-you-mean, and a value its builder
+refuses, before anything is measured).
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ DEFAULT_MIN_TIME_S = 1.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `vtbench profile`."""
-    from bench.measure.latency import COMPILE_MODES, DTYPES
+    from bench.core.contracts import COMPILE_MODES, DTYPES
 
     parser.add_argument("model", metavar="MODEL_OR_IMPORT_PATH",
                         help="a registered model (see `vtbench models`) or package.module:callable")
@@ -75,8 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda-graphs", action="store_true", help="time CUDA graph replays of the forward")
     parser.add_argument("--train-step", action="store_true", help="time forward+backward+SGD step, not inference")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: current)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="model option, repeatable (e.g. --set num_tokens=8 --set tokenizer=recurrent)")
+    overrides = parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                                    help="model option, repeatable (e.g. --set num_tokens=8 --set tokenizer=recurrent)")
+    common.registry_help(parser, overrides, lambda: common.model_set_help(
+        "model option (e.g. --set num_tokens=8 --set tokenizer=recurrent)"))
     common.add_min_time_s(parser, f"timed seconds per batch size, at least (default {DEFAULT_MIN_TIME_S:g})")
     common.add_hidden_alias(parser, "--min-time", "min_time_s", type=common.positive_seconds)
     parser.add_argument("--no-oom-retry", action="store_true", help="do not retry an out-of-memory at half batch")
@@ -168,13 +174,15 @@ def profile(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], d
         raise UsageError(f"--depth needs complexity and a depth >= 0, got {args.depth}"
                          f"{' with --no-complexity' if args.no_complexity else ''}")
     _check_device_options(args, batch_sizes)
+    common.check_registry_model_args(args.model, overrides)
     ref = resolve_model_ref(args.model)
     torch.manual_seed(0)
     model = ref.build(**overrides).eval()  # complexity traces inference; latency sets its own mode
     if input_size is None:
         input_size = default_input_size(model)
     config = build_config(args, overrides, input_size, batch_sizes)
-    record, error = record_cell(config, None, options=MeasureOptions(model=model, depth=args.depth))
+    with common.error_said_once():
+        record, error = record_cell(config, None, options=MeasureOptions(model=model, depth=args.depth))
     if error is not None:
         raise error
     return config, record["metrics"], record
