@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 CONFIDENCE = 0.95                 # every interval in a report
 ALPHA = 1 - CONFIDENCE            # two-sided level of every test (Holm-adjusted across a table)

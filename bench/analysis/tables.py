@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis import compare
-from bench.analysis.compare import CONFIDENCE, Comparison, Group, LatencyPair, mean_ci_halfwidth
+from bench.analysis.compare import Comparison, Group, LatencyPair, mean_ci_halfwidth
 from bench.analysis.facts import defaults_of, facts_of, family_rank, is_baseline
 from bench.analysis.load import _is_number, _json_key
 
