@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     common.emit_rows(args.format, [output_row(r) for r in updated], table=lambda _: cells_table(updated))
     noisy = [r for r in updated if r["metrics"].get("latency_verdict") == "noisy"]
     if noisy:
-        log.warning("%d of %d cell(s) are noisy (see bench.measure.latency for the thresholds); their ratios are "
+        log.warning("%d of %d cell(s) are noisy (see bench.core.noise for the thresholds); their ratios are "
                     "marked in the report", len(noisy), len(updated))
     log.info("wrote %d re-measurement(s) to %s/records/remeasured (the records are unchanged); "
              "`vtbench report %s` rebuilds the tables", len(updated), args.run_dir, args.run_dir)
