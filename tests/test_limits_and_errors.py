@@ -220,3 +220,17 @@ def test_an_internal_value_error_is_exit_1_and_a_refused_model_option_exit_2(tmp
     assert cli.main(["profile", "vt_resnet18", "--set", "tokenizer=kmeans", "--no-latency"]) == 2
     line = _one_line(capsys.readouterr().err)
     assert line.startswith("vtbench profile: error:") and "kmeans" in line and "internal" not in line
+
+
+def test_a_measurement_without_a_result_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
+    """A diverged training or a NaN evaluation (MeasurementError) is no vtbench bug: one line, no hint."""
+    import bench.pipeline.launch
+    from bench.core.errors import MeasurementError
+
+    def diverged(*args, **kwargs):
+        raise MeasurementError("training diverged: loss is nan at epoch 2")
+
+    monkeypatch.setattr(bench.pipeline.launch, "plan_cells", diverged)
+    assert cli.main(["launch", _small_grid(tmp_path), "--dry-run", "--run-dir", str(tmp_path / "run")]) == 1
+    assert _one_line(capsys.readouterr().err) == \
+        "vtbench launch: error: MeasurementError: training diverged: loss is nan at epoch 2"

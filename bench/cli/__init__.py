@@ -39,7 +39,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from bench.core.errors import Interrupted, UsageError, UserCodeError, describe_exception
+from bench.core.errors import Interrupted, MeasurementError, UsageError, UserCodeError, describe_exception
 
 COMMAND_MODULES = (
     "bench.cli.commands.models",
@@ -354,6 +354,8 @@ def _describe_failure(exc: Exception, args: argparse.Namespace) -> tuple[str, in
     """(one-line message, exit code) for failures that are not vtbench bugs, else None."""
     if isinstance(exc, UserCodeError):
         return str(exc), 1
+    if isinstance(exc, MeasurementError):  # a measurement without a result (diverged, NaN): no bug
+        return describe_exception(exc), 1
     if isinstance(exc, OSError) and not isinstance(exc, subprocess.SubprocessError):
         return _describe_os_error(exc, args)
     if isinstance(exc, subprocess.CalledProcessError) or _is_submitit_failure(exc):
