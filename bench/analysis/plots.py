@@ -172,7 +172,10 @@ def plot_latency_vs_tokens(agg: pd.DataFrame, settings: list[str]) -> plt.Figure
     rows["tokenizer"] = [tokenization_label(row) for _, row in rows.iterrows()]
     if rows.empty or rows["num_tokens"].nunique() < 2:
         raise PlotSkipped("no VT model was timed at two or more token counts")
-    setting_key = _text_key(rows, settings, " · ")
+    from bench.analysis.tables import latency_title  # the latency tables' heading for the same setting
+
+    setting_key = pd.Series([latency_title({c: row[c] for c in settings}) for _, row in rows.iterrows()],
+                            index=rows.index, dtype=object)
     models = sorted(rows["model"].unique(), key=lambda m: (facts_of(m).task != "cls", facts_of(m).depth or 0))
     setting_values = list(dict.fromkeys(setting_key))
     fig, axes = plt.subplots(len(setting_values), len(models), figsize=(5.5 * len(models), 4.2 * len(setting_values)),
