@@ -59,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--filter", default=None, metavar="TEXT", help="only models whose name contains TEXT")
     parser.add_argument("--no-cache", action="store_true",
                         help="count afresh instead of reading the cached rows (and refresh the cache)")
+    parser.epilog = (
+        "MACs per image at the model's default input size. The table's GMACs and the rows' `gmacs` are the "
+        "paper's convention (convolutions and matrix products, as executed); `infer_gmacs` (timm's column) is "
+        "fvcore's total with fvcore's own handles, as timm's benchmark.py counts it (norms, adaptive pooling and "
+        "upsampling too); `gmacs_fvcore` (the table's fvcore GMACs) adds vtbench's handles for softmax, pooling "
+        "and element-wise ops. Rows are cached under $VTBENCH_CACHE_DIR (default ~/.cache/vtbench), keyed by the "
+        "counting code and the library versions: a cached row is the counted one, exactly.")
 
 
 # ---------------------------------------------------------------------------------- counting ------
