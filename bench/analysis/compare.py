@@ -378,8 +378,6 @@ def needed_text(c: Comparison, alpha: float = ALPHA, power: float = POWER, famil
 
 LATENCY_DEFAULTS = {"device": "cpu", "batch_size": 1, "dtype": "fp32", "threads": None, "channels_last": False,
                     "compile": None, "cuda_graphs": False, "train_step": False}
-SEED_KEYS = ("seed",)
-MEASUREMENTS = ("complexity", "latency", "train")
 
 
 def _image_hw(value: Any) -> tuple[int, ...] | None:
