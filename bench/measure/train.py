@@ -63,7 +63,7 @@ from bench.measure import distributed as bdist
 from bench.measure import loggers as blog
 from bench.core.contracts import COERCE, TrainOptions, ValidationError, problems_of
 from bench.measure.data import IGNORE_INDEX, build_dataset, check_dataset_options, dataset_spec, resolve_task
-from bench.core.errors import UsageError
+from bench.core.errors import MeasurementError, UsageError
 from bench.core.modelref import build_from_ref
 from bench.core.util import image_hw
 
@@ -237,8 +237,8 @@ def lr_factor(iteration: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     return ramp
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+class TrainingDiverged(MeasurementError):
+    """The loss became NaN or infinite: a measurement without a result, not a vtbench bug."""
 
 
 def train(model_name: str, model_args: dict[str, Any] | None, cfg: TrainConfig | dict,
