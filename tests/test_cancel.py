@@ -173,8 +173,11 @@ def test_cancel_signals_only_a_live_job_whose_pid_start_matches(tmp_path, capsys
     (run_dir / "cells.json").write_text(json.dumps([{"cell_id": c, "config": {"model": "m"}} for c in ("a" * 12, "b" * 12)]))
     # The child takes SIGINT's default action whatever it inherits: a test run started as a
     # background job of a non-interactive shell (`nohup bash -c ... &`) passes SIGINT down ignored.
+    # Its command line names the run's submitit folder, as a local job controller's does: cancel
+    # signals no process it cannot show is one of this run's.
     job = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, "
-                            "signal.default_int_handler); print('ready', flush=True); time.sleep(300)"],
+                            "signal.default_int_handler); print('ready', flush=True); time.sleep(300)",
+                            "submitit.local._local", str((run_dir / "submitit").resolve())],
                            stdout=subprocess.PIPE, text=True)
     assert job.stdout.readline().strip() == "ready"  # its handler is set before the signal comes
     try:

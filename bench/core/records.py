@@ -20,7 +20,9 @@ Units live in metric key names (`gmacs`, `params_m`, `latency_ms_p50`, `throughp
 `peak_mem_mb`, `top1` in %, `miou` in %). Records are written atomically (temp file in the same
 folder, fsync, rename), so a crash never leaves half a record behind, with the mode the umask gives
 (a run folder on a shared file system stays readable by the group). Record files are data that
-anyone may have edited or copied: `read_record` checks them against the schema
+anyone may have edited or copied: `read_record` reads only a regular file inside the run folder,
+at most `MAX_RECORD_BYTES` (`bench.core.util.read_untrusted_bytes`: a FIFO or `/dev/zero` planted
+as a record is corrupt, never waited on or read), and checks it against the schema
 (`bench.core.contracts.Record`: types, a finite number or null for each metric, a cell id matching the
 file name) and raises CorruptRecord, and no path is ever built from a cell id that is not 12
 lowercase hex digits. `vtbench.record/1` records (no `model` block) are read as they are, their
@@ -55,10 +57,15 @@ from typing import Any, Iterator
 from bench.core.contracts import (READABLE_SCHEMAS, REMEASUREMENT_SCHEMA, SCHEMA, Record,  # noqa: F401
                                   Remeasurement, ValidationError, model_block, problems_of)
 from bench.core.errors import UsageError
-from bench.core.util import (atomic_write, canonical_hash, fsync_dir, shared_file_mode,  # noqa: F401
-                             write_text_atomic)  # write_text_atomic: re-exported
+from bench.core.util import (MAX_RECORD_BYTES, atomic_write, canonical_hash, fsync_dir,  # noqa: F401
+                             read_untrusted_json, shared_file_mode, write_text_atomic)  # write_text_atomic: re-exported
 
 STATUSES = ("ok", "error")
+# The error types the runner gives what stopped a cell from outside the cell's own code: its
+# deadline (status and report show `timeout`), and a measurement that ended with a non-finite
+# evaluation metric (an error: a NaN top-1 is no result, and chance accuracy beside it is not one).
+TIMEOUT_ERROR = "CellTimeout"
+NON_FINITE_ERROR = "NonFiniteMetrics"
 
 # What `cell_id_of` produces. A cell id names files and folders (records/ID.json, cells/ID/), and
 # record files can come from anywhere (copied from a cluster, edited by hand), so an id read from
@@ -269,6 +276,13 @@ def _finite_or_none(value: Any, where: str, dropped: list[str]) -> Any:
     return value
 
 
+def record_outcome(record: dict[str, Any]) -> str:
+    """`ok`, `error`, or `timeout` (an error record whose cell ran past its deadline)."""
+    if record.get("status") == "error" and (record.get("error") or {}).get("type") == TIMEOUT_ERROR:
+        return "timeout"
+    return str(record.get("status"))
+
+
 class CorruptRecord(ValueError):
     """A record file that is not valid JSON, or does not follow the record schema."""
 
@@ -312,8 +326,9 @@ def read_record(path: str | os.PathLike, *, cell_id: str | None = None) -> dict[
     if cell_id is None and CELL_ID_RE.match(path.stem):
         cell_id = path.stem
     try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        # Untrusted: a FIFO, a device or a huge file planted here must not hang or exhaust a reader.
+        record = read_untrusted_json(path, MAX_RECORD_BYTES, inside=path.parent.parent)
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise CorruptRecord(f"{path}: unreadable record ({exc})") from exc
     problem = schema_problem(record, cell_id)
     if problem:
@@ -416,8 +431,8 @@ def read_remeasurement(path: str | os.PathLike) -> dict[str, Any]:
         raise CorruptRecord(f"{path}: file name is not a re-measurement's (ID.N.json: 12 lowercase hex "
                             f"digits, a number from 1)")
     try:
-        remeasurement = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        remeasurement = read_untrusted_json(path, MAX_RECORD_BYTES, inside=path.parent.parent.parent)
+    except (OSError, ValueError) as exc:
         raise CorruptRecord(f"{path}: unreadable re-measurement ({exc})") from exc
     if not isinstance(remeasurement, dict):
         raise CorruptRecord(f"{path}: not a vtbench re-measurement (a JSON {type(remeasurement).__name__}, "

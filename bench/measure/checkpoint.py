@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from bench.core.errors import UsageError
-from bench.core.util import atomic_write, canonical_hash
+from bench.core.util import MAX_CHECKPOINT_BYTES, atomic_write, canonical_hash, open_untrusted
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ def read_checkpoint_file(path: str | os.PathLike) -> Any:
     """
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open_untrusted(path, MAX_CHECKPOINT_BYTES) as handle:
+            return torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file; re-raised as one
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc

@@ -13,7 +13,9 @@ jobs.json checked against /proc and squeue), then for each such cell:
    keeps other cells gets SIGUSR2 if it is running a cancelled cell (submitit's preemption signal:
    it is requeued, in a fresh process, with the cells it has left; `bench.pipeline.runner.CellSequence`),
    and otherwise skips the cancelled cells when it reaches them. A pid is signalled only while its
-   start time still matches the one recorded (`bench.pipeline.liveness`): never a reused pid.
+   start time still matches the one recorded (`bench.pipeline.liveness`), and only if its command
+   line shows it is a submitit process of this run (`bench.pipeline.jobs.is_process_of_run`):
+   jobs.json and state files are untrusted, so never an unrelated process they name.
 
 Training checkpoints are kept: a cancelled cell's training resumes from its last epoch.
 """
@@ -21,7 +23,6 @@ Training checkpoints are kept: a cancelled cell's training resumes from its last
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -32,11 +33,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bench.core.errors import UsageError
-from bench.pipeline.jobs import Task, live_tasks, local_job_alive, slurm_queue
+from bench.pipeline.jobs import Task, is_process_of_run, live_tasks, local_job_alive, slurm_queue
 from bench.pipeline.liveness import process_alive, this_process
-from bench.core.records import now_iso, write_json_atomic
+from bench.core.records import check_cell_id, now_iso, write_json_atomic
 from bench.pipeline.runner import CellPaths
-from bench.pipeline.status import read_jobs
+from bench.pipeline.status import read_cells, read_jobs
+from bench.core.util import MAX_STATE_BYTES, printable, read_untrusted_json
 
 log = logging.getLogger(__name__)
 
@@ -79,24 +81,20 @@ def cancel(run_dir: str | os.PathLike, cell_ids: Iterable[str] | None = None,
 
 def _check_cells(run_dir: Path, cell_ids: Iterable[str] | None) -> set[str] | None:
     """The chosen cell ids, each checked to be one of the run's (UsageError otherwise)."""
-    cells_file = run_dir / "cells.json"
-    if not cells_file.is_file():
-        raise UsageError(f"{run_dir} is not a run folder (no cells.json; run `vtbench launch GRID` first)")
+    cells = read_cells(run_dir)  # UsageError unless a run folder whose cell ids are all valid
     if cell_ids is None:
         return None
-    try:
-        known = {cell["cell_id"] for cell in json.loads(cells_file.read_text())}
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UsageError(f"{cells_file}: not a list of cells ({exc})") from exc
+    known = {cell["cell_id"] for cell in cells}
     unknown = sorted(set(cell_ids) - known)
     if unknown:
-        raise UsageError(f"unknown cell id(s) in {run_dir}: {', '.join(unknown)} (see `vtbench status {run_dir}`)")
+        raise UsageError(f"unknown cell id(s) in {run_dir}: {printable(', '.join(unknown), newlines=False)} "
+                         f"(see `vtbench status {run_dir}`)")
     return set(cell_ids)
 
 
 def _mark(run_dir: Path, task: Task) -> None:
     """Leave `cells/ID/cancelled.json`, before any signal: the worker reads it to tell its cell was cancelled."""
-    paths = CellPaths(run_dir, task.cell_id)
+    paths = CellPaths(run_dir, check_cell_id(task.cell_id))  # read_jobs checked it; a path is built here
     paths.work.mkdir(parents=True, exist_ok=True)
     write_json_atomic(paths.cancelled, {"cancelled_at": now_iso(), "cluster": task.cluster,
                                         "task_id": task.task_id, "by": this_process()})
@@ -120,11 +118,13 @@ def _stop_local(run_dir: Path, tasks: list[Task], held: list[Task]) -> list[Canc
         mine = [task for task in tasks if task.task_id == task_id]
         keeps_others = any(t.task_id == task_id and t not in mine for t in held)
         for task in mine:
-            worker = _running_worker(run_dir, task)
-            if worker is not None and keeps_others:
+            worker, watches = _running_worker(run_dir, task)
+            if worker is not None and keeps_others and not watches:
                 _signal(worker, signal.SIGUSR2)  # submitit's default preemption signal
+            # A worker that runs its cell in a child process watches the mark (cancelled.json):
+            # it kills that child within a second and goes on with its other cells.
             done.append(Cancelled(task.cell_id, task, "dropped" if worker is None else "interrupted"))
-        if not keeps_others and local_job_alive(task_id, mine[0].pid_start):
+        if not keeps_others and local_job_alive(task_id, mine[0].pid_start, run_dir):
             _signal(int(task_id), signal.SIGINT)
     return done
 
@@ -137,16 +137,20 @@ def wait_for_local_jobs(cancelled: list[Cancelled], timeout_s: float = 10.0) -> 
         time.sleep(0.1)
 
 
-def _running_worker(run_dir: Path, task: Task) -> int | None:
-    """The pid of the live worker of `task`'s job that is running its cell now, if any."""
+def _running_worker(run_dir: Path, task: Task) -> tuple[int | None, bool]:
+    """(the pid of the live worker of `task`'s job that is running its cell now, or None; whether
+    that worker watches the cell's cancel mark itself). The pid, read from the run folder, counts
+    only if it is alive with its recorded start time and is a process of this run."""
     try:
-        state = json.loads(CellPaths(run_dir, task.cell_id).state.read_text())
+        state = read_untrusted_json(CellPaths(run_dir, task.cell_id).state, MAX_STATE_BYTES)
     except (OSError, ValueError):
-        return None
+        return None, False
     if not isinstance(state, dict) or state.get("state") != "running" or str(state.get("job_id")) != task.task_id:
-        return None
+        return None, False
     alive = process_alive(state.get("host"), state.get("pid"), state.get("pid_start"))
-    return int(state["pid"]) if alive is True else None
+    if alive is not True or not is_process_of_run(int(state["pid"]), run_dir):
+        return None, False
+    return int(state["pid"]), state.get("watches_cancel") is True
 
 
 def _signal(pid: int, signum: signal.Signals) -> None:

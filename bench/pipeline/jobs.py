@@ -14,7 +14,6 @@ cancel` leaves `cells/ID/cancelled.json`; the job skips or has stopped that cell
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from typing import Any
 from bench.pipeline.liveness import process_alive
 from bench.pipeline.runner import CellPaths, cancel_mark
 from bench.pipeline.status import read_jobs
+from bench.core.util import MAX_STATE_BYTES, read_untrusted_json
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _cell_finished_by(run_dir: Path, cell_id: str, task_id: str) -> bool:
     failed for want of a record.
     """
     try:
-        state = json.loads(CellPaths(run_dir, cell_id).state.read_text())
+        state = read_untrusted_json(CellPaths(run_dir, cell_id).state, MAX_STATE_BYTES)
     except (OSError, ValueError):
         return False
     if not isinstance(state, dict) or state.get("state") != "done":
@@ -119,15 +119,34 @@ def slurm_queue(jobs: list[dict[str, Any]]) -> set[str] | None:
     return {line.split()[0] for line in out.splitlines() if line.strip() and line.split()[-1] != "CG"}
 
 
-def local_job_alive(job_id: str, pid_start: int | None = None) -> bool:
-    """A local job's id is its controller's PID: is that same process still alive?"""
+def local_job_alive(job_id: str, pid_start: int | None = None, run_dir: Path | None = None) -> bool:
+    """A local job's id is its controller's PID: is that same process still alive (and, with
+    `run_dir`, one of that run's submitit processes: `is_process_of_run`)?"""
     if not str(job_id).isdigit():
         return False
+    if pid_start is not None and process_alive(socket.gethostname(), job_id, pid_start) is not True:
+        return False
+    if run_dir is not None:
+        return is_process_of_run(int(job_id), run_dir)
     if pid_start is not None:
-        return process_alive(socket.gethostname(), job_id, pid_start) is True
+        return True
     # jobs.json written before start times were recorded: the pid must at least be a submitit process
     try:
         cmdline = Path(f"/proc/{job_id}/cmdline").read_bytes()
     except OSError:
         return False
     return b"submitit" in cmdline
+
+
+def is_process_of_run(pid: int, run_dir: Path) -> bool:
+    """Is `pid` a submitit controller or worker of the run in `run_dir`? Its command line names
+    the run's submitit folder (`python -m submitit.local._local RUN/submitit`, `python -m
+    submitit.core._submit RUN/submitit`; the worker's cell children inherit it). What `vtbench
+    cancel` checks before it signals a pid read from the run folder, whose files anyone may edit.
+    """
+    try:
+        cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    folder = str((Path(run_dir) / "submitit").resolve()).encode()
+    return b"submitit" in cmdline and folder in cmdline
