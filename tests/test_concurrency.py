@@ -28,7 +28,7 @@ from torch import nn
 from bench.pipeline.grid import load_grid
 from bench.pipeline.launch import LaunchResult, Plan, cells_in_flight, launch, read_jobs, record_submission, write_run_files
 from bench.core.records import read_record
-from bench.pipeline.runner import CellPaths, JobContext, _cell_lock, _run_locked, run_cell
+from bench.pipeline.runner import CellPaths, CellRun, JobContext, _cell_lock, run_cell
 from bench.pipeline.status import run_status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_a_cell_locked_by_another_launch_is_followed_to_its_record(tmp_path, lau
         handed_over = launch_log("being run by another launch", ours)
         assert ours.is_alive(), f"the launcher returned while the other job held the cell: {ours.said()}"
         assert handed_over
-        _run_locked(paths, cell.config, ctx, "other", {"cell_id": cell.cell_id})
+        CellRun(paths, cell.config, ctx, "other", isolate=False, timeout_min=None).locked({"cell_id": cell.cell_id})
     result = ours.outcome()
     assert result.ok and result.finished, result.failed
     assert result.followed == [cell.cell_id] and result.elsewhere == [cell.cell_id]

@@ -155,7 +155,7 @@ def test_debug_raising_cell_gives_error_record_and_others_complete(tmp_path):
             assert "boom" in record["error"]["message"]
             assert "Traceback" in record["error"]["traceback"] and "forward" in record["error"]["traceback"]
     status = run_status(run_dir)
-    assert status.counts == {"ok": 2, "error": 2, "running": 0, "pending": 0, "stopped": 0}
+    assert status.counts == {"ok": 2, "error": 2, "timeout": 0, "running": 0, "pending": 0, "stopped": 0}
     assert all("boom" in c.error for c in status.failed)
 
 
@@ -169,7 +169,7 @@ def test_corrupt_record_is_reported_by_status_and_rerun_by_launch(tmp_path, caps
 
     assert cli_main(["status", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert "2 ok, 0 error, 0 running, 1 pending" in out
+    assert "2 ok, 0 error, 0 timeout, 0 running, 1 pending" in out
     assert f"corrupt record {victim}.json" in out
     status = run_status(run_dir)
     assert list(status.corrupt) == [f"{victim}.json"]
@@ -215,7 +215,7 @@ def test_a_piped_local_launch_returns_once_submitted(tmp_path):
         "name": "piped", "resources": {"timeout_min": 10},
         "base": {"model": TINY, "model_args": {"num_classes": 10, "sleep_ms": 2000}, "measure": ["train"],
                  "input_size": 8, "train": tiny_train()}}))
-    command = f"{sys.executable} -m bench launch {grid} --run-dir {run_dir} --format json | cat"
+    command = f"{sys.executable} -m bench launch {grid} --run-dir {run_dir} --format jsonl | cat"
     done = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     records = run_dir / "records"

@@ -174,7 +174,7 @@ def test_raising_cell_gives_error_record_and_the_others_complete(tmp_path):
             assert "boom" in record["error"]["traceback"]
         else:
             assert record["status"] == "ok"
-    assert run_status(run_dir).counts == {"ok": 2, "error": 2, "running": 0, "pending": 0, "stopped": 0}
+    assert run_status(run_dir).counts == {"ok": 2, "error": 2, "timeout": 0, "running": 0, "pending": 0, "stopped": 0}
 
 
 def test_two_task_job_trains_with_gloo_and_gives_one_record(tmp_path):

@@ -25,6 +25,12 @@ class UserCodeError(Exception):
         super().__init__(f"error in user code {where}: {describe_exception(exc)}")
 
 
+class MeasurementError(RuntimeError):
+    """A measurement that ended without a result for a reason that is not a bug in vtbench: a
+    training that diverged, an evaluation that gave NaN. The command line prints it on one line
+    (its traceback under -v) and exits 1; a grid cell records it as an error."""
+
+
 def describe_exception(exc: BaseException) -> str:
     """'ExcType: first line of its message' (a SystemExit says its exit code)."""
     if isinstance(exc, SystemExit):

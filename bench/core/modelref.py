@@ -20,12 +20,14 @@ and without it `timm:` says which extra to install.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 import os
 import re
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
@@ -60,6 +62,10 @@ class ModelRef:
         except (Exception, SystemExit) as exc:
             # The user's factory failed while it ran. A `sys.exit()` inside it must not end the
             # command with its status (sys.exit(0) would look like success); report it instead.
+            # But an exit that submitit's signal handler raised while the factory ran (a requeue
+            # on preemption or time-out, a cancel) is the job's, not the user's: it passes through.
+            if isinstance(exc, SystemExit) and raised_by_job_machinery(exc):
+                raise
             if self.kind == "import":
                 raise UserCodeError(self.ref, exc) from exc
             if self.kind == "timm" and isinstance(exc, Exception):  # timm refused an option: one line
@@ -69,6 +75,21 @@ class ModelRef:
         if not isinstance(model, nn.Module):
             raise UsageError(f"{self.ref} returned {type(model).__name__}, not a torch.nn.Module")
         return model
+
+
+# Where the job machinery's own exits come from: submitit's signal handlers (`sys.exit(-1)` after
+# requeueing, UncompletedJobError) run inside whatever frame the signal interrupted.
+_JOB_MACHINERY = (f"{os.sep}submitit{os.sep}",)
+
+
+def raised_by_job_machinery(exc: BaseException) -> bool:
+    """True when a frame of `exc`'s traceback is in submitit (its signal handler raised it)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if any(part in tb.tb_frame.f_code.co_filename for part in _JOB_MACHINERY):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _kwargs_text(overrides: dict[str, Any]) -> str:
@@ -120,6 +141,131 @@ def _import_factory(ref: str) -> Callable[..., nn.Module]:
     if not callable(obj):
         raise UsageError(f"{ref} is a {type(obj).__name__}, not a callable that builds a model")
     return obj
+
+
+def factory_options(ref: str) -> dict[str, Any] | None:
+    """The keyword options of the factory an import path names, found WITHOUT importing its module
+    when it is not imported yet: the module's file is located (`importlib.machinery.PathFinder`, no
+    package `__init__` run) and its source read with `ast`. `{"**": None}` when the factory takes
+    any keyword or cannot be read statically (its options are then checked when its cell runs).
+
+    What `vtbench launch --dry-run` and grid validation use: a grid's module-level code must not run
+    before the grid is launched. UsageError when the module or the name cannot exist.
+    """
+    if not _IMPORT_PATH.match(ref):
+        raise UsageError(f"malformed import path {ref!r}; expected package.module:callable")
+    module_name, attr_path = ref.split(":", 1)
+    if module_name in sys.modules:  # imported already: looking costs nothing and runs nothing
+        return _signature_options(_import_factory(ref))
+    source = _module_source(module_name, ref)
+    if source is None:  # an extension or a frozen module: nothing to read
+        return {"**": None}
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError) as exc:
+        raise UsageError(f"cannot import module {module_name!r} for {ref}: its source does not parse ({exc})") from exc
+    return _options_in_source(tree, attr_path.split("."), ref)
+
+
+def _signature_options(factory: Callable[..., Any]) -> dict[str, Any]:
+    import inspect
+
+    try:
+        params = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature
+        return {"**": None}
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return {"**": None}
+    return {p.name: p.default for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def _module_source(module_name: str, ref: str) -> str | None:
+    """The source text of `module_name`, found on sys.path (and the current directory) without
+    executing it or its packages; UsageError when there is no such module."""
+    from importlib.machinery import PathFinder, SourceFileLoader
+
+    cwd = current_dir_importable()
+    path = None
+    spec = None
+    for depth, part in enumerate(module_name.split(".")):
+        name = ".".join(module_name.split(".")[:depth + 1])
+        spec = PathFinder.find_spec(name, path)
+        if spec is None:
+            raise UsageError(f"cannot import module {module_name!r} for {ref}: no module named {name!r} "
+                             f"(searched the installed packages and the current directory {cwd}; run from "
+                             f"the folder that holds it, or add that folder to PYTHONPATH)")
+        path = spec.submodule_search_locations
+    if spec is None or not isinstance(spec.loader, SourceFileLoader) or not spec.origin:
+        return None
+    try:
+        return Path(spec.origin).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _options_in_source(tree: ast.Module, attrs: list[str], ref: str) -> dict[str, Any]:
+    """The options of `attrs` (a function, or a class's constructor) defined at the top of `tree`."""
+    body: list[ast.stmt] = tree.body
+    node: ast.AST | None = None
+    for i, attr in enumerate(attrs):
+        node = _defined(body, attr)
+        if node is None:
+            if i == 0 and not _may_define_dynamically(tree):
+                raise UsageError(f"{ref}: module {ref.split(':')[0]!r} has no attribute {attr!r}")
+            return {"**": None}
+        if isinstance(node, ast.ClassDef):
+            body = node.body
+        elif i < len(attrs) - 1:
+            return {"**": None}
+    if isinstance(node, ast.ClassDef):
+        init = _defined(node.body, "__init__")
+        if not isinstance(init, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return {"**": None}  # inherited: not readable here
+        return _ast_options(init.args, drop_first=True)
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        is_method = len(attrs) > 1 and not any(getattr(d, "id", None) == "staticmethod" for d in node.decorator_list)
+        return _ast_options(node.args, drop_first=is_method)
+    return {"**": None}  # assigned, imported, ...: known to exist, options checked at run time
+
+
+def _defined(body: list[ast.stmt], name: str) -> ast.AST | None:
+    """The last top-level statement of `body` that binds `name` (def, class, assignment, import)."""
+    found = None
+    for stmt in body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and stmt.name == name:
+            found = stmt
+        elif isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            if any(isinstance(n, ast.Name) and n.id == name for t in targets for n in ast.walk(t)):
+                found = stmt
+        elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            if any((alias.asname or alias.name.split(".")[0]) == name for alias in stmt.names):
+                found = stmt
+        elif isinstance(stmt, (ast.If, ast.Try)):  # `try: import x / except: ...`, `if TYPE_CHECKING:`
+            inner = [*stmt.body, *getattr(stmt, "orelse", []), *[s for h in getattr(stmt, "handlers", []) for s in h.body]]
+            found = _defined(inner, name) or found
+    return found
+
+
+def _may_define_dynamically(tree: ast.Module) -> bool:
+    """A star import or a module `__getattr__` can provide any name."""
+    for stmt in tree.body:
+        if isinstance(stmt, ast.ImportFrom) and any(alias.name == "*" for alias in stmt.names):
+            return True
+        if isinstance(stmt, ast.FunctionDef) and stmt.name == "__getattr__":
+            return True
+        if isinstance(stmt, (ast.Assign, ast.AugAssign)) and "globals" in ast.dump(stmt):
+            return True
+    return False
+
+
+def _ast_options(args: ast.arguments, drop_first: bool) -> dict[str, Any]:
+    """Keyword-passable parameters (positional-only ones cannot be; `self` is dropped for methods)."""
+    if args.kwarg is not None:
+        return {"**": None}
+    every = [*args.posonlyargs, *args.args]
+    first = every[0] if drop_first and every else None
+    return {a.arg: None for a in (*args.args, *args.kwonlyargs) if a is not first}
 
 
 def current_dir_importable() -> str:

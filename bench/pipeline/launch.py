@@ -13,7 +13,12 @@
    (`slurm_array_parallelism` and friends) through `submitit.AutoExecutor(folder=RUN_DIR/submitit,
    cluster=...)`; on the local executor as at most `local_parallelism` worker jobs, each running its
    share of the cells in turn (`bench.pipeline.runner.CellSequence`). Append the submission to
-   `RUN_DIR/jobs.json` (under a file lock: two launches may append at once), and return at once;
+   `RUN_DIR/jobs.json` (under a file lock: two launches may append at once), and return at once.
+   Each cell runs in a process of its own, watched by its job's worker (`bench.pipeline.runner`):
+   a crash, `sys.exit` or out-of-memory kill ends that cell with an error record, and a cell past
+   `resources.timeout_min` is killed and recorded as `timeout`; the worker goes on with its other
+   cells. `timeout_min` is per cell: a SLURM array task (one cell) gets `timeout_min + 5` minutes,
+   a local worker `(timeout_min + 5) x (its cells + 1)` (`job_timeout_min`);
 5. with `wait`, follow the cells with a progress bar until each has a record (or its job ended
    without one); the result says which failed. Cells in flight in another launch are followed too,
    and so is a cell whose job found it locked by another launch's job (`busy`): its outcome is the
@@ -58,7 +63,7 @@ from bench.pipeline.liveness import process_alive, process_start_ticks
 from bench.pipeline.status import read_jobs  # noqa: F401  (re-exported: launch's callers read jobs.json too)
 from bench.core.records import CorruptRecord, now_iso, read_record, write_json_atomic
 from bench.pipeline.runner import CellPaths, CellRunner, CellSequence, cancel_mark, lock_holder
-from bench.core.util import write_text_atomic
+from bench.core.util import printable, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +249,9 @@ def describe_cell(config: dict[str, Any]) -> str:
     """One short line naming a cell: model, its options, input size, seed, measurements."""
     args = ",".join(f"{k}={v}" for k, v in sorted((config.get("model_args") or {}).items()))
     size = config.get("input_size")
-    return (f"{config.get('model')}({args}) @{size} seed={config.get('seed')} "
-            f"[{'+'.join(config.get('measure') or [])}]")
+    # Printed on a terminal: a grid's values are escaped (no ANSI sequence, no newline, gets through).
+    return printable(f"{config.get('model')}({args}) @{size} seed={config.get('seed')} "
+                     f"[{'+'.join(config.get('measure') or [])}]", newlines=False)
 
 
 # ---------------------------------------------------------------------------------- run folder
@@ -331,7 +337,7 @@ def make_executor(cluster: str, folder: Path, resources: Resources, n_cells: int
 
 def executor_parameters(cluster: str, resources: Resources, n_cells: int, name: str) -> dict[str, Any]:
     """Translate the grid's resources into AutoExecutor parameters for `cluster`."""
-    params: dict[str, Any] = {"name": f"vtbench-{name}", "timeout_min": resources.timeout_min,
+    params: dict[str, Any] = {"name": f"vtbench-{name}", "timeout_min": job_timeout_min(resources.timeout_min, 1),
                               "nodes": resources.nodes, "tasks_per_node": resources.tasks_per_node,
                               "cpus_per_task": resources.cpus_per_task,
                               "gpus_per_node": resources.gpus_per_node}
@@ -347,19 +353,32 @@ def executor_parameters(cluster: str, resources: Resources, n_cells: int, name: 
     elif cluster == "local":
         if resources.nodes > 1:
             raise UsageError(f"the local executor runs one node; the grid asks for {resources.nodes}")
-        # A local worker runs its share of the cells one after the other (waiting for a slot when
-        # another launch of the run holds them all); its time limit covers the whole sequence.
+        # A local worker runs its share of the cells one after the other, each to its own deadline
+        # (waiting for a slot when another launch of the run holds them all: one share more).
         waves = math.ceil(n_cells / max(1, resources.local_parallelism))
-        params["timeout_min"] = resources.timeout_min * (waves + 1)
+        params["timeout_min"] = job_timeout_min(resources.timeout_min, waves + 1)
         if resources.setup:
             params["local_setup"] = list(resources.setup)
     return params
 
 
+# Minutes a job gets beyond its cells' deadlines: start-up, imports, writing records. The runner
+# kills a cell at `timeout_min` and records `timeout`; the job's own limit is only a backstop.
+JOB_MARGIN_MIN = 5
+
+
+def job_timeout_min(cell_timeout_min: float, cells_per_job: int) -> int:
+    """The time limit of a job that runs `cells_per_job` cells one after the other, each killed by the
+    runner at `cell_timeout_min`: `(cell_timeout_min + JOB_MARGIN_MIN) x cells_per_job`, in whole
+    minutes. A SLURM array task runs one cell; a local worker its share of the cells (plus one share
+    for waiting on a slot)."""
+    return int(math.ceil((float(cell_timeout_min) + JOB_MARGIN_MIN) * max(1, cells_per_job)))
+
+
 def submit(grid: Grid, cells: list[Cell], run_dir: Path, cluster: str) -> list[Any]:
     """Submit `cells` as one job array; returns, for each of `cells` in order, the job running it."""
     executor = make_executor(cluster, (run_dir / "submitit").resolve(), grid.resources, len(cells), grid.name)
-    runner = CellRunner(run_dir, grid.name, grid.resources.local_parallelism)
+    runner = CellRunner(run_dir, grid.name, grid.resources.local_parallelism, timeout_min=grid.resources.timeout_min)
     payload = [{"cell_id": c.cell_id, "config": c.config} for c in cells]
     if cluster == "local":
         return submit_local_workers(executor, runner, payload, grid.resources.local_parallelism)
@@ -542,7 +561,7 @@ def _poll_once(run_dir: Path, watched: dict[str, Any], followed: Followed, bar: 
         followed.outcomes[cell_id] = outcome
         bar.update(1)
         if outcome != "ok":
-            log.warning("cell %s failed: %s", cell_id, outcome)
+            log.warning("cell %s failed: %s", cell_id, printable(outcome, newlines=False))
         elif bar.disable:
             log.info("cell %s ok (%d/%d done)", cell_id, len(followed.outcomes), bar.total)
     bar.set_postfix(failed=sum(o != "ok" for o in followed.outcomes.values()), refresh=False)

@@ -6,6 +6,17 @@ builds the model, runs the measurements the cell lists (complexity, latency, tra
 
 - an exception becomes an `error` record with the traceback and the metrics measured before it;
   an out-of-memory (`bench.measure.latency.OutOfMemory`) is such an error row, never a crash;
+  an evaluation metric that comes out NaN or infinite (`EVALUATION_METRICS`) makes it an error
+  too (`NonFiniteMetrics`): chance accuracy beside a NaN loss is no result;
+- in a local or SLURM job each cell runs in a child process of its own (`CellRun.in_child`), which
+  the job's worker watches: a segfault, `sys.exit`, `os._exit` or out-of-memory kill of the cell
+  gives it an error record (`CellCrashed`: the signal or the exit status, and the last lines of
+  its log, where faulthandler leaves a crash's Python traceback), and a cell still running at the
+  grid's `timeout_min` is killed, after its threads' stacks are dumped to its log, with a
+  `CellTimeout` record (`vtbench status` shows it as `timeout`). The worker then runs its other
+  cells. Signals meant for the job (submitit's requeue on preemption or time-out, `scancel`,
+  Ctrl-C) go to the worker, which kills the child and writes no record: the cell runs again. A
+  cell cancelled by `vtbench cancel` is killed by its worker within a second, with no record;
 - never two records, never half of one: a cell that already has an `ok` record is not run again,
   a per-cell lock keeps two processes from running the same cell at once, and the record is
   written by rank 0 only (multi-task jobs train distributed and give one record);
@@ -31,7 +42,7 @@ in a fresh process with the cells it has left (a fresh process: a signal's excep
 left any library, or a half-done import, in a broken state).
 
 Per-cell work lives in `RUN_DIR/cells/CELL_ID/`: `checkpoint.pt` and `metrics.jsonl` (training),
-`log` (this cell's log lines), `state.json` (running/done, job id, host, pid and the pid's start
+`log` (this cell's log lines; in a child process all it writes to stdout and stderr), `state.json` (running/done, job id, host, pid and the pid's start
 time: read by `vtbench status` without asking any cluster), `lock` (whose text names its holder
 the same way, so a launch whose job found the cell locked can follow the holder to its end) and,
 once cancelled, `cancelled.json`.
@@ -45,6 +56,8 @@ import fcntl
 import json
 import logging
 import os
+import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -53,11 +66,11 @@ from typing import Any, Iterator
 import submitit
 
 from bench.core.contracts import LatencyOptions, ValidationError
-from bench.core.errors import UsageError
+from bench.core.errors import MeasurementError, UsageError
 from bench.pipeline.liveness import this_process
-from bench.core.records import (CorruptRecord, capture_env, make_record, now_iso, read_record,
-                           write_json_atomic, write_record)
-from bench.core.util import image_hw, launcher_ranks
+from bench.core.records import (NON_FINITE_ERROR, TIMEOUT_ERROR, CorruptRecord, capture_env, check_cell_id,
+                                make_record, now_iso, read_record, write_json_atomic, write_record)
+from bench.core.util import MAX_STATE_BYTES, image_hw, launcher_ranks, read_untrusted_json
 
 # torch and the measuring modules (bench.measure.latency, bench.measure.complexity,
 # bench.measure.train, bench.core.modelref) are imported inside the functions that run a cell: `vtbench status` and `vtbench cancel` import this
@@ -109,24 +122,34 @@ class CellRunner(submitit.helpers.Checkpointable):
         run_name: the grid's name, stored in each record's `run`.
         local_parallelism: on the local executor, how many cells may run at once: a launch starts
             that many workers, and workers of other launches of the run wait for a slot.
+        timeout_min: each cell's deadline (the grid's `resources.timeout_min`); None: none.
+        isolate: run each cell in a child process (`run_cell`); None: inside a local or SLURM job.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, run_name: str | None = None, local_parallelism: int = 1):
+    def __init__(self, run_dir: str | os.PathLike, run_name: str | None = None, local_parallelism: int = 1,
+                 timeout_min: float | None = None, isolate: bool | None = None):
         self.run_dir = str(Path(run_dir).resolve())
         self.run_name = run_name
         self.local_parallelism = int(local_parallelism)
+        self.timeout_min = timeout_min
+        self.isolate = isolate
 
     def __call__(self, cell: dict[str, Any]) -> dict[str, Any]:
         """Run `cell` ({"cell_id", "config"}); returns a small summary (the record is the result)."""
         return run_cell(Path(self.run_dir), cell, run_name=self.run_name,
-                        local_parallelism=self.local_parallelism)
+                        local_parallelism=self.local_parallelism, timeout_min=getattr(self, "timeout_min", None),
+                        isolate=getattr(self, "isolate", None))
+
+    def fresh(self) -> "CellRunner":
+        """A copy of this runner for a requeued job."""
+        return CellRunner(self.run_dir, self.run_name, self.local_parallelism, getattr(self, "timeout_min", None),
+                          getattr(self, "isolate", None))
 
     def checkpoint(self, cell: dict[str, Any]) -> submitit.helpers.DelayedSubmission:
         """Requeue the same cell; its training resumes from the last epoch checkpoint on disk."""
         log.warning("cell %s: preempted or timed out; requeueing it (training resumes from %s)",
                     cell.get("cell_id"), CellPaths(Path(self.run_dir), cell.get("cell_id", "?")).work)
-        fresh = CellRunner(self.run_dir, self.run_name, self.local_parallelism)
-        return submitit.helpers.DelayedSubmission(fresh, cell)
+        return submitit.helpers.DelayedSubmission(self.fresh(), cell)
 
 
 class CellSequence(submitit.helpers.Checkpointable):
@@ -158,8 +181,7 @@ class CellSequence(submitit.helpers.Checkpointable):
         left = [cell for cell in unrecorded if cell["cell_id"] not in cancelled]
         log.warning("worker %s; requeueing it with its %d unfinished cell(s) (training resumes)",
                     "stopped by a cancel" if cancelled else "preempted or timed out", len(left))
-        fresh = CellRunner(self.runner.run_dir, self.runner.run_name, self.runner.local_parallelism)
-        return submitit.helpers.DelayedSubmission(CellSequence(fresh), left)
+        return submitit.helpers.DelayedSubmission(CellSequence(self.runner.fresh()), left)
 
 
 # ------------------------------------------------------------------------------------ job context
@@ -206,12 +228,20 @@ def _export_torch_distributed(ctx: JobContext) -> None:
 
 # -------------------------------------------------------------------------------------- the cell
 def run_cell(run_dir: Path, cell: dict[str, Any], *, run_name: str | None = None,
-             local_parallelism: int = 1) -> dict[str, Any]:
-    """Measure one cell and write its record (rank 0); see the module doc for the guarantees."""
+             local_parallelism: int = 1, timeout_min: float | None = None,
+             isolate: bool | None = None) -> dict[str, Any]:
+    """Measure one cell and write its record (rank 0); see the module doc for the guarantees.
+
+    `isolate`: measure in a child process watched by this one (default: inside a local or SLURM
+    job, where this process is the worker that must outlive a crashing cell); `timeout_min`: the
+    cell's deadline in that child.
+    """
     _ensure_logging()
     cell_id, config = cell["cell_id"], cell["config"]
-    paths = CellPaths(Path(run_dir), cell_id)
+    paths = CellPaths(Path(run_dir), check_cell_id(cell_id))
     ctx = job_context()
+    if isolate is None:
+        isolate = ctx.cluster in ("local", "slurm")
     summary = {"cell_id": cell_id, "rank": ctx.rank, "status": None, "record": None}
     if ctx.rank == 0 and _has_ok_record(paths.record):
         log.info("cell %s already has an ok record; nothing to do", cell_id)
@@ -226,30 +256,361 @@ def run_cell(run_dir: Path, cell: dict[str, Any], *, run_name: str | None = None
     with slot, _cell_lock(paths, ctx) as got_lock:
         if not got_lock:
             return {**summary, "status": "busy"}
-        return _run_locked(paths, config, ctx, run_name, summary)
+        run = CellRun(paths, config, ctx, run_name, isolate, timeout_min)
+        return run.locked(summary)
 
 
-def _run_locked(paths: CellPaths, config: dict, ctx: JobContext, run_name: str | None,
-                summary: dict[str, Any]) -> dict[str, Any]:
-    if ctx.rank == 0:
-        if _has_ok_record(paths.record):  # finished while we waited for a slot
-            return {**summary, "status": "ok", "skipped": True}
-        if cancel_mark(paths) is not None:  # cancelled while we waited for a slot
+@dataclasses.dataclass
+class CellRun:
+    """One cell being run by this process, which holds its lock (and its slot on the local executor)."""
+
+    paths: CellPaths
+    config: dict[str, Any]
+    ctx: JobContext
+    run_name: str | None
+    isolate: bool
+    timeout_min: float | None
+
+    def locked(self, summary: dict[str, Any]) -> dict[str, Any]:
+        paths, ctx = self.paths, self.ctx
+        if ctx.rank == 0:
+            if _has_ok_record(paths.record):  # finished while we waited for a slot
+                return {**summary, "status": "ok", "skipped": True}
+            if cancel_mark(paths) is not None:  # cancelled while we waited for a slot
+                return {**summary, "status": "cancelled"}
+            _write_state(paths, "running", ctx, watches_cancel=self.isolate)
+        if self.isolate:
+            return self.in_child(summary)
+        with _cell_log(paths.log):
+            record, error = self.measure()
+        if record is None:  # not rank 0
+            return {**summary, "status": "error" if error else "ok"}
+        return {**summary, **self.finish(record)}
+
+    def measure(self) -> tuple[dict[str, Any] | None, BaseException | None]:
+        log.info("cell %s (%s) starting: %s", self.paths.cell_id, self.config.get("model"), self.ctx)
+        return record_cell(self.config, self.paths.work, rank=self.ctx.rank, run_name=self.run_name,
+                           job=self.ctx.as_record())
+
+    def finish(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Write `record` as the cell's (rank 0) and mark the cell done; returns the summary's fields."""
+        paths = self.paths
+        if record["cell_id"] != paths.cell_id:
+            # The config travelled through pickle/JSON; the launcher's id names the file.
+            log.warning("cell id %s recomputed as %s; keeping the launcher's id", paths.cell_id, record["cell_id"])
+            record["cell_id"] = paths.cell_id
+        path = write_record(paths.records_dir, record)
+        _write_state(paths, "done", self.ctx, status=record["status"])
+        log.info("cell %s: %s record written to %s", paths.cell_id, record["status"], path)
+        return {"status": record["status"], "record": str(path)}
+
+    def error_record(self, exc: BaseException, **facts: Any) -> dict[str, Any]:
+        """The cell's error record for `exc`, which stopped it outside `record_cell`'s own handling."""
+        from bench.core.errors import UserCodeError
+
+        if isinstance(exc, SystemExit):
+            exc = UserCodeError(str(self.config.get("model")), exc)
+        return make_record(self.config, error=exc, env=_env_without_a_device(self.config), run=self.run_name,
+                           job=self.ctx.as_record(), **facts)
+
+    # ---------------------------------------------------------------------- the cell's own process
+    def in_child(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Measure in a forked child and watch it: its crash, exit or hang ends this cell only.
+
+        The child writes the record. When it ends without one, this process writes the error
+        record (what ended it: signal, exit status, or the deadline, with the last lines of the
+        cell's log) -- unless the cell was cancelled or this worker itself is being stopped
+        (a preemption, a time-out of the whole job, `scancel`): then the cell gets no record and
+        runs again.
+        """
+        _preload_measuring_modules()
+        _flush_std_streams()
+        log_start = _file_size(self.paths.log)
+        with _noted_stop_signals() as stops:
+            pid = os.fork()
+            if pid == 0:  # the child: never returns into the caller's code
+                self._child_main()
+            outcome = _watch_child(pid, self.paths, self.timeout_min)
+        if stops:
+            self.say(f"this worker got {'/'.join(signal.Signals(n).name for n in stops)} while the cell ran: "
+                     f"stopped, no record; it runs again")
+            return {**summary, "status": "stopped"}
+        if outcome.kind == "cancelled":
+            self.say("cancelled (vtbench cancel): its process was killed; no record is written")
             return {**summary, "status": "cancelled"}
-        _write_state(paths, "running", ctx)
-    with _cell_log(paths.log):
-        log.info("cell %s (%s) starting: %s", paths.cell_id, config.get("model"), ctx)
-        record, error = record_cell(config, paths.work, rank=ctx.rank, run_name=run_name, job=ctx.as_record())
-    if record is None:  # not rank 0
-        return {**summary, "status": "error" if error else "ok"}
-    if record["cell_id"] != paths.cell_id:
-        # The config travelled through pickle/JSON; the launcher's id names the file.
-        log.warning("cell id %s recomputed as %s; keeping the launcher's id", paths.cell_id, record["cell_id"])
-        record["cell_id"] = paths.cell_id
-    path = write_record(paths.records_dir, record)
-    _write_state(paths, "done", ctx, status=record["status"])
-    log.info("cell %s: %s record written to %s", paths.cell_id, record["status"], path)
-    return {**summary, "status": record["status"], "record": str(path)}
+        if self.ctx.rank != 0:
+            return {**summary, "status": "ok" if outcome.kind == "exited" and outcome.code == 0 else "error"}
+        if outcome.kind == "exited" and outcome.code == 0 and self.paths.record.exists():
+            return {**summary, **_summary_of(self.paths)}
+        error = outcome.error(self.timeout_min, _log_tail(self.paths.log, log_start))
+        log.error("cell %s: %s", self.paths.cell_id, str(error).splitlines()[0])
+        record = self.error_record(error, started_at=outcome.started_at, duration_s=outcome.duration_s)
+        return {**summary, **self.finish(record)}
+
+    def say(self, text: str) -> None:
+        """A warning in this worker's log and in the cell's own log (what stopped the cell)."""
+        log.warning("cell %s %s", self.paths.cell_id, text)
+        with contextlib.suppress(OSError):
+            fd = os.open(self.paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            with os.fdopen(fd, "a") as handle:
+                handle.write(f"{now_iso()} WARNING {__name__}: cell {self.paths.cell_id} {text}\n")
+
+    def _child_main(self) -> None:
+        """The child's whole life: its own stdio (the cell's log), default signals, measure, exit."""
+        code = 1
+        try:
+            _become_cell_process(self.paths.log)
+            try:
+                record, _ = self.measure()
+            except SystemExit as exc:  # sys.exit in the model's code (the worker's signals are not ours)
+                log.error("cell %s: the cell's code called sys.exit(%r)", self.paths.cell_id, exc.code)
+                record = self.error_record(exc) if self.ctx.rank == 0 else None
+            if record is not None:
+                self.finish(record)
+            code = 0
+        except BaseException:  # noqa: BLE001 - the parent reports an exit without a record
+            logging.getLogger(__name__).exception("cell %s: the runner itself failed", self.paths.cell_id)
+        finally:
+            _flush_std_streams()
+            os._exit(code)
+
+
+class CellCrashed(RuntimeError):
+    """A cell's process ended without a record: killed by a signal, or exited (sys.exit, os._exit)."""
+
+
+class CellTimeout(RuntimeError):
+    """A cell ran past its deadline (the grid's `resources.timeout_min`) and was killed."""
+
+
+assert CellTimeout.__name__ == TIMEOUT_ERROR  # the record's error type status and report read
+
+
+@dataclasses.dataclass
+class ChildOutcome:
+    """How a cell's child process ended: `exited` (with `code`), `signalled` (`code` is the signal),
+    `timeout`, or `cancelled`."""
+
+    kind: str
+    code: int = 0
+    started_at: str = ""
+    duration_s: float = 0.0
+
+    def error(self, timeout_min: float | None, tail: list[str]) -> BaseException:
+        """The exception the cell's error record carries: what happened, then its log's last lines."""
+        if self.kind == "timeout":
+            head, cls = f"timed out after {_minutes(timeout_min)} min (the grid's timeout_min); killed", CellTimeout
+        elif self.kind == "signalled":
+            head, cls = f"the cell's process was killed by {_signal_text(self.code)}", CellCrashed
+        else:
+            head, cls = (f"the cell's process exited with status {self.code} without writing a record "
+                         f"(sys.exit or os._exit in the model's code?)"), CellCrashed
+        tail = [line for line in tail if not line.startswith("Extension modules:")]  # faulthandler's list
+        last = _telling_line(tail)
+        first = f"{head}; last log line: {last}" if last else f"{head}; its log is empty"
+        return cls("\n".join([first, "last lines of the cell's log:", *tail]))
+
+
+def _telling_line(tail: list[str], width: int = 240) -> str:
+    """The log line that says most: a fatal error, the innermost frame of a dump, an exception line,
+    else the last one."""
+    lines = [line.strip() for line in tail if line.strip()]
+    fatal = [line for line in lines if line.startswith("Fatal Python error")]
+    header = next((i for i, line in enumerate(lines) if line.endswith("(most recent call first):")), None)
+    raised = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception|Exit|Interrupt)\b", line)]
+    if fatal:
+        line = fatal[-1]
+    elif header is not None and header + 1 < len(lines):
+        line = f"at {lines[header + 1]}"
+    else:
+        line = (raised or lines or [""])[-1]
+    return line if len(line) <= width else line[:width] + "..."
+
+
+def _signal_text(signum: int) -> str:
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+    why = {"SIGSEGV": "segmentation fault", "SIGBUS": "bus error", "SIGABRT": "aborted",
+           "SIGKILL": "the kernel's out-of-memory killer sends it, as does kill -9",
+           "SIGFPE": "arithmetic fault", "SIGILL": "illegal instruction"}.get(name)
+    return f"{name} ({why})" if why else name
+
+
+def _minutes(timeout_min: float | None) -> str:
+    return f"{timeout_min:g}" if timeout_min is not None else "?"
+
+
+def _watch_child(pid: int, paths: CellPaths, timeout_min: float | None, poll_s: float = 0.2) -> ChildOutcome:
+    """Wait for the cell's child: its exit, its deadline, or a cancel of the cell. Whatever stops
+    this process meanwhile (submitit's requeue exit, Ctrl-C) kills the child first."""
+    started_at, t0 = now_iso(), time.monotonic()
+    deadline = None if timeout_min is None else t0 + 60.0 * float(timeout_min)
+    done = False
+    try:
+        while True:
+            waited, status = os.waitpid(pid, os.WNOHANG)
+            if waited:
+                done = True
+                kind = "signalled" if os.WIFSIGNALED(status) else "exited"
+                code = os.WTERMSIG(status) if kind == "signalled" else os.waitstatus_to_exitcode(status)
+                return ChildOutcome(kind, code, started_at, round(time.monotonic() - t0, 3))
+            if deadline is not None and time.monotonic() > deadline:
+                _stop_child(pid, dump_stacks=True)
+                done = True
+                return ChildOutcome("timeout", 0, started_at, round(time.monotonic() - t0, 3))
+            if cancel_mark(paths) is not None:
+                _stop_child(pid)
+                done = True
+                return ChildOutcome("cancelled", 0, started_at, round(time.monotonic() - t0, 3))
+            time.sleep(poll_s)
+    finally:
+        if not done:
+            _stop_child(pid)
+
+
+def _stop_child(pid: int, dump_stacks: bool = False) -> None:
+    """Kill the cell's child and reap it; with `dump_stacks` it first writes where each of its
+    threads is (faulthandler, to the cell's log): what a hung cell was doing."""
+    with contextlib.suppress(ProcessLookupError):
+        if dump_stacks:
+            os.kill(pid, signal.SIGUSR1)
+            time.sleep(1.0)
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+@contextlib.contextmanager
+def _noted_stop_signals() -> Iterator[list[int]]:
+    """Note SIGINT, SIGTERM and SIGUSR2 reaching this process in the block, then hand each to the
+    handler it had (submitit's: requeue on SIGUSR2, log SIGTERM): a cell whose child then ends was
+    stopped from outside, and gets no record."""
+    noted: list[int] = []
+    if not _is_main_thread():
+        yield noted
+        return
+    previous = {}
+
+    def note(signum: int, frame: Any) -> None:
+        noted.append(signum)
+        handler = previous.get(signum)
+        if callable(handler):
+            handler(signum, frame)
+        elif handler == signal.SIG_DFL and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        elif handler == signal.SIG_DFL:
+            raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+        previous[signum] = signal.signal(signum, note)
+    try:
+        yield noted
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _become_cell_process(log_path: Path) -> None:
+    """In the cell's child: stdout and stderr to the cell's log, crash tracebacks there too, the
+    signals meant for the worker left to it, and death with the worker."""
+    for signum in (signal.SIGINT, signal.SIGUSR2):  # the worker's to handle (cancel, requeue)
+        signal.signal(signum, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    # The streams Python writes to may not be fds 1 and 2 (a caller that captured them): new ones are.
+    sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+    import faulthandler
+
+    faulthandler.enable(file=sys.stderr, all_threads=True)  # a segfault leaves its Python traceback
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)  # the deadline's dump
+    root = logging.getLogger()
+    for handler in list(root.handlers):  # the worker's handlers point at its stdio: ours is the log now
+        root.removeHandler(handler)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _preload_measuring_modules() -> None:
+    """Import torch and the measuring code once in the worker, so each cell's child starts warm
+    (forked with them loaded) instead of importing them again (seconds per cell). Importing starts
+    no thread and touches no GPU, so the fork stays sound."""
+    import bench.measure.complexity  # noqa: F401
+    import bench.measure.latency  # noqa: F401
+    import bench.core.modelref  # noqa: F401
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGKILL when its worker dies (a kill -9 of the worker leaves no orphan)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the orphan ends with its cell
+        pass
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _log_tail(path: Path, start: int = 0, lines: int = 40, max_bytes: int = 65536) -> list[str]:
+    """The lines of the cell's log since offset `start` (what its child wrote) that tell most: from
+    a crash's or a time-out's faulthandler dump on when there is one, else the last `lines`."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(max(start, size - max_bytes))
+            text = handle.read(max_bytes).decode("utf-8", "replace")
+    except OSError:
+        return []
+    every = text.splitlines()
+    dumps = [i for i, line in enumerate(every) if line.startswith("Fatal Python error")] or \
+        [i for i, line in enumerate(every) if line.endswith("(most recent call first):")][:1]
+    if dumps:
+        return every[max(0, dumps[-1] - 5):dumps[-1] + lines]
+    return every[-lines:]
+
+
+def _summary_of(paths: CellPaths) -> dict[str, Any]:
+    """The summary fields of the record the child wrote."""
+    try:
+        return {"status": read_record(paths.record)["status"], "record": str(paths.record)}
+    except CorruptRecord as exc:
+        return {"status": "error", "record": str(paths.record), "corrupt": str(exc)}
+
+
+def _env_without_a_device(config: dict[str, Any]) -> dict[str, Any]:
+    """The record's env, taken in the worker, which must not touch the cell's device (CUDA in a
+    process that forks later cells would break them): the device named, its name not asked."""
+    env = capture_env(None)
+    env["device"] = _device_of(config)
+    return env
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,6 +644,8 @@ def record_cell(config: dict[str, Any], work_dir: Path | None, *, rank: int = 0,
     metrics, error = measure_cell(config, work_dir, rank, options)
     if rank != 0:
         return None, error
+    if error is None:
+        error = non_finite_evaluation(metrics)
     facts = {"env": cell_env(config, metrics), "run": run_name, "started_at": started_at,
              "duration_s": round(time.perf_counter() - t0, 3), "job": job}
     try:
@@ -292,6 +655,40 @@ def record_cell(config: dict[str, Any], work_dir: Path | None, *, rank: int = 0,
         record = make_record(config, error=exc, **facts)
         error = exc
     return record, error
+
+
+# Metrics that say how good a trained model is: one that is NaN or infinite means the evaluation
+# failed (a model whose eval-mode output is NaN scores chance accuracy beside a NaN loss), so the
+# cell has no result; the record says so as an error instead of showing chance as one.
+EVALUATION_METRICS = ("test_loss", "top1", "top5", "best_top1", "miou", "pixel_acc", "best_miou")
+
+
+# Failures of a measurement that are not vtbench bugs, known by name where their module is not
+# imported here (bench.measure.train raises TrainingDiverged).
+EXPECTED_FAILURES = ("TrainingDiverged",)
+
+
+class NonFiniteMetrics(MeasurementError):
+    """An evaluation metric of the cell came out NaN or infinite: no result (the record is an error)."""
+
+
+assert NonFiniteMetrics.__name__ == NON_FINITE_ERROR
+
+
+def non_finite_evaluation(metrics: dict[str, Any]) -> NonFiniteMetrics | None:
+    """The error for `metrics` whose evaluation metrics are not all finite (or were dropped as
+    such: `non_finite`), else None."""
+    import math
+
+    bad = [key for key in EVALUATION_METRICS
+           if isinstance(metrics.get(key), float) and not math.isfinite(metrics[key])]
+    bad += [key for key in metrics.get("non_finite") or [] if key in EVALUATION_METRICS and key not in bad]
+    if not bad:
+        return None
+    shown = {key: metrics.get(key) for key in EVALUATION_METRICS if key in metrics}
+    log.error("evaluation gave non-finite %s: the cell has no result", ", ".join(bad))
+    return NonFiniteMetrics(f"evaluation gave non-finite {', '.join(bad)} (NaN or inf): the model's output "
+                            f"in eval mode is not finite, so {shown} is no result")
 
 
 def measure_cell(config: dict[str, Any], work_dir: Path | None, rank: int = 0,
@@ -317,9 +714,16 @@ def measure_cell(config: dict[str, Any], work_dir: Path | None, rank: int = 0,
                 raise ValueError("a training cell needs a work folder")
             metrics.update(_train(config, work_dir, options))
     except Exception as exc:  # noqa: BLE001 - becomes an error record with its traceback
+        from bench.core.modelref import raised_by_job_machinery
+
+        if raised_by_job_machinery(exc):  # submitit's handler gave up on the job: not the cell's error
+            raise
         kind = "out of memory" if isinstance(exc, out_of_memory) else type(exc).__name__
-        log.error("cell failed (%s): %s", kind, exc, exc_info=log.isEnabledFor(logging.DEBUG) or not
-                  isinstance(exc, UsageError))
+        # The traceback is for a failure nobody expected; a known one (bad input, a diverged
+        # training, an out-of-memory) is one line, its traceback under -v and in the record.
+        expected = isinstance(exc, (UsageError, MeasurementError, *out_of_memory)) \
+            or type(exc).__name__ in EXPECTED_FAILURES
+        log.error("cell failed (%s): %s", kind, exc, exc_info=log.isEnabledFor(logging.DEBUG) or not expected)
         return metrics, exc
     return metrics, None
 
@@ -451,7 +855,8 @@ def _cell_lock(paths: CellPaths, ctx: JobContext) -> Iterator[bool]:
     if ctx.rank != 0:
         yield True
         return
-    handle = open(paths.lock, "a+")  # noqa: SIM115 - closed below
+    # Never through a symlink planted in the run folder: the lock's text is written.
+    handle = os.fdopen(os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666), "a+")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -473,7 +878,7 @@ def _cell_lock(paths: CellPaths, ctx: JobContext) -> Iterator[bool]:
 def cancel_mark(paths: CellPaths) -> dict[str, Any] | None:
     """What `vtbench cancel` left in the cell's `cancelled.json`, or None when it is not cancelled."""
     try:
-        mark = json.loads(paths.cancelled.read_text())
+        mark = read_untrusted_json(paths.cancelled, MAX_STATE_BYTES)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, ValueError):  # only cancel writes the file (atomically): it is cancelled all the same
@@ -487,8 +892,8 @@ def lock_holder(paths: CellPaths) -> dict[str, Any] | None:
     The text stays after the holder ends; `bench.pipeline.liveness.process_alive` tells whether it still runs.
     """
     try:
-        holder = json.loads(paths.lock.read_text() or "null")
-    except (OSError, json.JSONDecodeError):  # no lock yet, or one written before holders were JSON
+        holder = read_untrusted_json(paths.lock, MAX_STATE_BYTES)
+    except (OSError, ValueError):  # no lock yet, or one written before holders were JSON
         return None
     return holder if isinstance(holder, dict) else None
 

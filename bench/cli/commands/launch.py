@@ -82,8 +82,10 @@ def run(args: argparse.Namespace) -> int:
                  len(result.plan.done) + len(result.plan.in_flight))
         return 0
     if result.finished:
+        from bench.core.util import printable
+
         for cell_id, error in result.failed.items():
-            log.error("cell %s failed: %s", cell_id, error)
+            log.error("cell %s failed: %s", cell_id, printable(error, newlines=False))
         log.info("%s: %d ok, %d failed%s, %d done before; `vtbench status %s` for details, "
                  "`vtbench report %s` for tables", result.run_dir, len(result.followed) - len(result.failed),
                  len(result.failed), _elsewhere_note(result), len(result.plan.done),
