@@ -1,7 +1,14 @@
 """Experiment grids: load a YAML study, validate all of it, expand it into resolved cells.
 
-A grid file (``experiments/NAME.yaml``) is data, not code (pycls sweeps: a base plus axes,
-expanded before anything is launched)::
+A grid file (``experiments/NAME.yaml``) is a base plus axes, expanded before anything is launched
+(pycls sweeps). **A grid names code that it will run**, as any experiment config does: a `model`
+given as `package.module:callable` is imported and called with `model_args` when its cells run
+(`model: "subprocess:getoutput"` with `model_args: {cmd: ...}` runs that command), and
+`resources.setup` lines run in a shell before each job. Launch only grids you would run as
+scripts. What vtbench does promise: `vtbench status` and `vtbench report` never import a grid's
+modules (they read records), and `vtbench launch --dry-run` neither calls nor imports an
+import-path model: it finds the module's file and reads the factory's options from its source
+(a factory it cannot read statically is checked when its cell runs)::
 
     name: token_sweep                       # required; names the run folder (runs/NAME)
     description: VT-R18/R50 FLOPs and CPU latency against the number of visual tokens
@@ -19,7 +26,7 @@ expanded before anything is launched)::
     exclude:                                # drop every cell that matches all keys of a rule
       - {model: "vt_resnet50", num_tokens: [4, 64]}   # a list means "any of"; strings may glob
     resources:                              # how each job of the array is sized
-      timeout_min: 30
+      timeout_min: 30                       # PER CELL: the runner kills a cell past it (state `timeout`)
       cpus_per_task: 2
       array_parallelism: 4
 
@@ -44,7 +51,25 @@ the grid before it is validated, hydra's habit (`apply_overrides`): `base.input_
 `base.latency.threads=1`, `base.num_tokens=8` (a short name, as in the axes),
 `axes.num_tokens=[8,16]` (replaces the axis, or adds it), `resources.timeout_min=5`,
 `include.0.seed=1`, `exclude=[]`. The grid that is validated, and written to the run folder,
-is the overridden one.
+is the overridden one. `axes.NAME=[...]` sweeps that setting over the whole grid: an `include`
+entry whose own `axes` sweep it gets the new list too, while an entry that fixes it to one value
+keeps that value, and the launch log names the entry (`include.N.NAME=...` changes it). So
+`vtbench launch experiments/token_sweep.yaml --set axes.num_tokens=[8,16]` is 18 cells: 12 of
+the main axes, 4 of the recurrent-tokenizer entry (its `num_tokens` axis now [8, 16] too) and
+the 2 ResNets. An unknown key is refused with a did-you-mean, as in a grid file.
+
+Time limits. `resources.timeout_min` is each cell's deadline, on every executor: the runner runs a
+cell in a child process and kills it at that deadline with a `timeout` record, then goes on with
+the worker's other cells. The jobs' own limits are derived from it (`bench.pipeline.launch.
+job_timeout_min`): a SLURM array task runs one cell and gets `timeout_min + 5` minutes (start-up
+and writing the record); a local worker runs its share of the cells in turn and gets
+`(timeout_min + 5) x (its cells + 1)`, one share more for waiting on a slot of another launch.
+
+Bounds. A grid file is read only if it is a regular file of at most `MAX_GRID_BYTES`, nested at
+most `MAX_GRID_DEPTH` levels, with at most `MAX_GRID_NODES` YAML nodes once its aliases are
+expanded (a "billion laughs" is refused in milliseconds, wherever in the grid it sits; the same
+bounds hold for `--set` values); `resources` must lie in `RESOURCE_RANGES`. Every problem is
+printed on one line with control characters escaped (`bench.core.util.printable`).
 Registered models are pre-built on the meta device once per distinct (model, model_args); past
 `MAX_META_BUILDS` distinct configurations the rest are checked by option names only.
 """
@@ -74,6 +99,7 @@ from bench.core.contracts import (COMPILE_MODES, COMPLEXITY_KEYS, DEFAULT_LATENC
                              problems_of)
 from bench.core.errors import UsageError
 from bench.core.records import cell_id_of
+from bench.core.util import printable
 
 # torch, models/ and bench.core.modelref are imported inside the validation that needs them:
 # `vtbench launch --help` imports bench.pipeline.launch, hence this module (0.2 s; 3.5 s with torch).
@@ -127,6 +153,7 @@ class _Problems:
         self.items: list[str] = []
 
     def add(self, message: str) -> None:
+        message = printable(message, newlines=False)  # one line, and no value drives the terminal
         if message not in self.items:
             self.items.append(message)
 
@@ -162,16 +189,96 @@ def load_grid(path: str | Path, *, max_cells: int | None = None,
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"grid file not found: {path}")
-    text = path.read_text()
-    try:
-        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    text = read_grid_text(path)
+    raw = parse_grid_yaml(text, str(path))
     overrides = list(overrides)
     if overrides:
+        _check_bounded(overrides, f"{path} --set")
         raw = apply_overrides(raw, overrides, source=str(path))
         text = overridden_text(path, raw, overrides)
     return build_grid(raw, source=str(path), text=text, path=path, max_cells=max_cells)
+
+
+# Bounds on a grid file, checked before it is parsed into Python objects. The grids vtbench ships
+# are under 5 KB, under 10 levels deep and under 2,000 YAML nodes; far above that a file is a
+# mistake or an attack: a "billion laughs" of nested aliases is 1.3 KB of text but 10^9 nodes once
+# expanded (as deep-copying a cell or hashing its config does), and PyYAML composes recursively, so
+# a grid nested 600 deep would end in a RecursionError.
+MAX_GRID_BYTES = 1 << 20
+MAX_GRID_DEPTH = 40
+MAX_GRID_NODES = 200_000  # counted with every alias expanded
+
+
+def read_grid_text(path: Path) -> str:
+    """The grid file's text: a regular file under `MAX_GRID_BYTES` (UsageError otherwise)."""
+    from bench.core.util import UnsafeFile, read_untrusted_bytes
+
+    try:
+        data = read_untrusted_bytes(path, MAX_GRID_BYTES)
+    except UnsafeFile as exc:
+        raise UsageError(printable(exc, newlines=False)) from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text ({exc})") from exc
+
+
+def parse_grid_yaml(text: str, source: str) -> Any:
+    """Parse a grid's YAML after checking its nesting and its size with aliases expanded
+    (`MAX_GRID_DEPTH`, `MAX_GRID_NODES`); UsageError on one line for any problem."""
+    try:
+        _check_yaml_shape(text, source)
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{source}: not valid YAML ({printable(' '.join(str(exc).split()), newlines=False)})") from exc
+
+
+def _check_yaml_shape(text: str, source: str) -> None:
+    """Walk the YAML events (PyYAML's parser is not recursive) counting depth and nodes, each alias
+    counted as the size of what it names."""
+    sizes: dict[str, int] = {}   # anchor -> node count of its node, aliases expanded
+    stack: list[list] = []       # open collections: [anchor, node count so far]
+    total = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            stack.append([event.anchor, 1])
+            if len(stack) > MAX_GRID_DEPTH:
+                raise UsageError(f"{source}: nested more than {MAX_GRID_DEPTH} levels deep (line "
+                                 f"{event.start_mark.line + 1}); a grid is a few levels of mappings and lists")
+            continue
+        if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, size = stack.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, size = event.anchor, 1
+        elif isinstance(event, yaml.AliasEvent):
+            anchor, size = None, sizes.get(event.anchor, 1)
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = size
+        if stack:
+            stack[-1][1] += size
+        else:
+            total += size
+        if total + sum(open_[1] for open_ in stack) > MAX_GRID_NODES:
+            raise UsageError(f"{source}: more than {MAX_GRID_NODES} YAML nodes once its aliases are expanded "
+                             f"(line {event.start_mark.line + 1}); a grid this large is a mistake, or an alias bomb")
+
+
+def _check_bounded(value: Any, source: str) -> None:
+    """The same bounds for values that did not come from the grid file (`--set`): depth and size,
+    shared objects counted each time they appear."""
+    budget = [MAX_GRID_NODES]
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise UsageError(f"{source}: more than {MAX_GRID_NODES} values once aliases are expanded")
+        if depth > MAX_GRID_DEPTH:
+            raise UsageError(f"{source}: nested more than {MAX_GRID_DEPTH} levels deep")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, (list, tuple)) else ()
+        stack.extend((child, depth + 1) for child in children)
 
 
 def apply_overrides(raw: Any, overrides: Iterable[tuple[str, Any]], *, source: str = "<grid>") -> dict:
@@ -194,8 +301,29 @@ def apply_overrides(raw: Any, overrides: Iterable[tuple[str, Any]], *, source: s
         path = _override_path(key, raw, vocab, problems)
         if path is not None:
             _set_override(raw, path, value, key, vocab, problems)
+            if path[0] == "axes" and len(path) == 2:
+                _override_include_axes(raw, path[1], value, vocab)
     problems.raise_if_any(f"{source} --set")
     return raw
+
+
+def _override_include_axes(raw: dict, name: str, value: Any, vocab: "_Vocabulary | None") -> None:
+    """`--set axes.NAME=[...]` sweeps the setting NAME names over the whole grid: each `include`
+    entry whose own axes sweep it gets the new list too; an entry that fixes it to one value keeps
+    that value, and the log names it (it is a sub-grid that asked for that value on purpose)."""
+    target = vocab.resolve(name) if vocab is not None else (name,)
+    if target is None:
+        return  # an unknown axis: build_grid reports it
+    for index, entry in enumerate(raw.get("include") or []):
+        if not isinstance(entry, dict):
+            continue
+        axes = entry.get("axes")
+        for key in [k for k in axes or {} if vocab is None or vocab.resolve(k) == target] if isinstance(axes, dict) else []:
+            axes[key] = copy.deepcopy(value)
+            log.info("--set axes.%s: include[%d].axes.%s is %s too", name, index, key, json.dumps(value, default=str))
+        for key in [k for k in entry if k != "axes" and (vocab is None or vocab.resolve(k) == target)]:
+            log.warning("--set axes.%s: include[%d] keeps its own %s=%s (set include.%d.%s to change it)",
+                        name, index, key, json.dumps(entry[key], default=str), index, key)
 
 
 def _override_path(key: str, raw: dict, vocab: "_Vocabulary | None", problems: _Problems) -> list | None:
@@ -424,12 +552,28 @@ def _parse_resources(raw: Any, problems: _Problems) -> Resources:
     if not isinstance(raw, dict):
         problems.add("resources: must be a mapping")
         return Resources()
+    for key, (low, high) in RESOURCE_RANGES.items():
+        value = raw.get(key)
+        # below `low` the contract's own types refuse it (a positive integer, ...): said once, there
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > high:
+            problems.add(f"resources.{key}: {value!r} is outside {low}..{high} (RESOURCE_RANGES in "
+                         f"bench/pipeline/grid.py: a value past these is a typo)")
     try:
         return Resources.model_validate(raw)
     except ValidationError as exc:
         for problem in problems_of(exc, Resources, raw, where="resources"):
             problems.add(problem)
         return Resources()
+
+
+# What a grid may ask of one job: the largest SLURM nodes have a few hundred cores and 8-16 GPUs,
+# a year is longer than any cluster's time limit, and an array above 100,000 tasks is beyond what
+# SLURM's MaxArraySize allows anywhere.
+RESOURCE_RANGES: dict[str, tuple[float, float]] = {
+    "timeout_min": (1, 60 * 24 * 365), "nodes": (1, 4096), "tasks_per_node": (1, 1024),
+    "cpus_per_task": (1, 4096), "gpus_per_node": (0, 64), "mem_gb": (0, 65536),
+    "array_parallelism": (1, 100_000), "local_parallelism": (1, 1024), "max_num_timeout": (0, 100),
+    "signal_delay_s": (0, 3600)}
 
 
 def _parse_base(raw: Any, vocab: _Vocabulary, problems: _Problems) -> dict[str, Any]:
@@ -702,21 +846,20 @@ def _validate_model(model: Any, model_args: dict, vocab: _Vocabulary, problems: 
 
 
 def _import_options(ref: str, problems: _Problems) -> dict[str, Any] | None:
-    """Options of a model given as `package.module:callable` (None: any keyword is accepted)."""
-    from bench.core.modelref import resolve_model_ref
+    """Options of a model given as `package.module:callable` (`{"**": None}`: any keyword is
+    accepted, or they are checked when the cell runs). The module is not imported: its source is
+    read (`bench.core.modelref.factory_options`), so validating a grid runs none of its code.
+    `timm:NAME` asks timm (a library, not the grid's code) whether the model exists."""
+    from bench.core.modelref import TIMM_PREFIX, factory_options, resolve_model_ref
 
     try:
-        factory = resolve_model_ref(ref).factory  # imports the module and looks the name up; no call
+        if ref.startswith(TIMM_PREFIX):
+            resolve_model_ref(ref)
+            return {"**": None}
+        return factory_options(ref)
     except ValueError as exc:  # UsageError
         problems.add(f"model: {exc}")
         return None
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):  # a builtin without a signature: its options are checked at run time
-        return {"**": None}
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return {"**": None}
-    return {p.name: p.default for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
 def _validate_model_args(model: str, args: dict, options: dict[str, Any], problems: _Problems,
