@@ -238,6 +238,18 @@ def test_gradients_match():
         assert (got[name] - want[name]).abs().max() <= 1e-4 * want[name].abs().max() + 1e-12, name
 
 
+@pytest.mark.slow
+def test_compiled_attention_form_gives_the_reference_outputs():
+    """The grid's compiled cells run the attention form under torch.compile (inductor), NCHW and channels_last."""
+    reference, sdpa = _twins("vt_resnet18", **TINY, token_channels=32)
+    compiled = torch.compile(sdpa)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = reference(x)
+        for layout in LAYOUTS:
+            assert _relative_error(compiled(x.contiguous(memory_format=layout)), want) <= TOL, layout
+
+
 def test_cpu_bf16_autocast_stays_close():
     reference, sdpa = _twins("vt_resnet18", **TINY, token_channels=32)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))

@@ -32,6 +32,10 @@ def _seed():
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
+# The equations are checked on the reference attention form, whose attention maps they read; the
+# attention form (attention_impl="sdpa", no maps) is held to it by tests/test_attention_form.py.
+REFERENCE = {"attention_impl": "reference"}
+
 
 def _rows(x: torch.Tensor, b: int) -> torch.Tensor:
     """Feature map of sample b as the paper's X: (HW, C)."""
@@ -64,7 +68,7 @@ def _deviations(t: torch.Tensor) -> torch.Tensor:
 
 @NUMERICS
 def test_filter_tokenizer_equation(numerics):
-    tok = FilterTokenizer(C, CT, L, numerics=numerics)
+    tok = FilterTokenizer(C, CT, L, numerics=numerics, **REFERENCE)
     x = torch.randn(B, C, H, W)
     tokens, attn = tok(x)
     assert tokens.shape == (B, L, CT) and attn.shape == (B, L, H * W)
@@ -77,7 +81,7 @@ def test_filter_tokenizer_equation(numerics):
 
 
 def test_filter_tokenizer_without_adapter_when_channels_match():
-    tok = FilterTokenizer(C, C, L)
+    tok = FilterTokenizer(C, C, L, **REFERENCE)
     assert tok.adapter is None
     x = torch.randn(1, C, H, W)
     tokens, attn = tok(x)
@@ -86,7 +90,7 @@ def test_filter_tokenizer_without_adapter_when_channels_match():
 
 @NUMERICS
 def test_recurrent_tokenizer_equation(numerics):
-    tok = RecurrentTokenizer(C, CT, L, numerics=numerics)
+    tok = RecurrentTokenizer(C, CT, L, numerics=numerics, **REFERENCE)
     x, t_in = torch.randn(B, C, H, W), torch.randn(B, L, CT)
     tokens, attn = tok(x, t_in)
     for b in range(B):
@@ -112,7 +116,7 @@ def test_recurrent_tokenizer_depends_on_incoming_tokens():
 
 
 def test_recurrent_half_refresh_keeps_second_half():
-    tok = RecurrentTokenizer(C, CT, L, refresh="half")
+    tok = RecurrentTokenizer(C, CT, L, refresh="half", **REFERENCE)
     x, t_in = torch.randn(1, C, H, W), torch.randn(1, L, CT)
     tokens, attn = tok(x, t_in)
     assert tokens.shape == (1, L, CT) and attn.shape == (1, L // 2, H * W)
@@ -213,7 +217,7 @@ def test_projector_equation_and_residual(numerics):
 
 
 def test_centered_deviations_of_identical_tokens_are_zero_not_nan():
-    tok = RecurrentTokenizer(C, CT, L)
+    tok = RecurrentTokenizer(C, CT, L, **REFERENCE)
     tokens, attn = tok(torch.randn(1, C, H, W), torch.ones(1, L, CT))
     assert torch.isfinite(tokens).all()
     torch.testing.assert_close(attn, torch.full_like(attn, 1 / (H * W)))  # zero filters: uniform attention
@@ -269,7 +273,7 @@ def test_tokenizer_factory_rejects_bad_values():
 
 @pytest.mark.parametrize("kind", ["filter", "recurrent", "pooling", "clustering"])
 def test_tokenizers_are_batch_independent_and_deterministic(kind):
-    tok = tokenizer_factory(kind)(C, CT, L).eval()
+    tok = tokenizer_factory(kind, **REFERENCE)(C, CT, L).eval()
     x, t_in = torch.randn(3, C, H, W), torch.randn(3, L, CT)
     tokens, attn = tok(x, t_in)
     alone, alone_attn = tok(x[1:2], t_in[1:2])

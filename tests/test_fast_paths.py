@@ -13,8 +13,8 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
+from bench.measure.complexity import flop_counter
 from models import build_model, list_models
 from models.layers import SMALL_ROWS_MAX, PixelConv, TokenLinear, inverse_pixel_rms, plain_kernels
 from models.projector import Projector
@@ -93,7 +93,7 @@ def _module_outputs_and_macs(model, x) -> tuple[dict[str, torch.Tensor], int]:
     handles = [m.register_forward_hook(keep(n)) for n, m in model.named_modules()
                if isinstance(m, (Tokenizer, PaperTransformer, MHSATransformer, Projector))]
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), flop_counter() as counter:
             out = model(x)
     finally:
         for handle in handles:

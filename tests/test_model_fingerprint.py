@@ -19,6 +19,7 @@ import pytest
 import torch
 from bench.measure.complexity import flop_counter
 from models import build_model, list_models, model_facts, model_options
+from models.layers import DEFAULT_ATTENTION_IMPL
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -121,19 +122,21 @@ def test_model_matches_its_recorded_fingerprint(case):
 
 
 # Every variant's options, in order, with their defaults, as recorded at dbb27ac (plus those added
-# since, at the end: `attention_impl`, FPN `width`, `residual_init`): build_model accepts exactly these names and `model_options` / `model_facts(name).defaults`
+# since, at the end: `attention_impl`, whose default is the form measured faster, FPN `width`,
+# `residual_init`): build_model accepts exactly these names and `model_options` / `model_facts(name).defaults`
 # report exactly these values.
 _RESNET = {"num_classes": 1000, "stem": "imagenet", "zero_init_residual": True, "width": 1.0, "residual_init": None}
 _VT_RESNET = {"num_classes": 1000, "stem": "imagenet", "num_tokens": 16, "token_channels": 1024, "tokenizer": "filter",
               "recurrent": True, "transformer": "paper", "projector": True, "last_projector": False, "num_modules": 3,
               "qk_channels": None, "heads": None, "kqv_groups": None, "ff_channels": None, "proj_channels": None,
               "proj_groups": 1, "refresh": "all", "kmeans_iters": 3, "head_hidden": None, "numerics": "centered",
-              "zero_init_residual": True, "width": 1.0, "attention_impl": "reference", "residual_init": None}
+              "zero_init_residual": True, "width": 1.0, "attention_impl": DEFAULT_ATTENTION_IMPL,
+              "residual_init": None}
 _FPN = {"num_classes": 171, "zero_init_residual": True, "width": 1.0, "residual_init": None}
 _VT_FPN = {"num_classes": 171, "num_tokens": 8, "token_channels": 1024, "tokenizer": "filter", "transformer": "paper",
            "qk_channels": None, "heads": None, "kqv_groups": None, "ff_channels": None, "proj_channels": None,
            "proj_groups": 16, "kmeans_iters": 3, "numerics": "centered", "zero_init_residual": True,
-           "attention_impl": "reference", "width": 1.0, "residual_init": None}
+           "attention_impl": DEFAULT_ATTENTION_IMPL, "width": 1.0, "residual_init": None}
 OPTIONS = {
     "resnet18": _RESNET, "resnet34": _RESNET, "resnet50": _RESNET, "resnet101": _RESNET,
     "vt_resnet18": _VT_RESNET | {"num_modules": 2}, "vt_resnet34": _VT_RESNET,
