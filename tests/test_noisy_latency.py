@@ -85,6 +85,7 @@ def test_report_command_warns_about_noisy_rows_and_marks_the_ratio(tmp_path, cap
     assert any("1 of 2 latency row(s) are noisy" in r.getMessage() for r in caplog.records)
     md = (tmp_path / "run" / "report" / "report.md").read_text()
     row = next(r for r in md_rows(md, "Latency") if r["model"] == "vt_resnet18")
-    # report.md escapes HTML in cells (issue 12), so '>' is written as '&gt;' and rendered back as '>'
-    assert row["p50 / baseline"] == "0.69x (noisy)"
-    assert row["verdict"] == "noisy: warm-up did not settle; spread p80/p20 2.08 &gt; 1.25"
+    assert row["noise"] == "noisy: warm-up did not settle; spread p80/p20 2.08 > 1.25"
+    (pair,) = md_rows(md, "VT vs baseline: latency")
+    ratio = next(v for k, v in pair.items() if k.startswith("latency ratio"))
+    assert ratio.startswith("0.690") and pair["VT vs baseline"].startswith("no verdict")
