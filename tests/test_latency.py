@@ -405,3 +405,102 @@ def test_a_slow_steady_forward_settles_when_the_settings_give_it_no_seconds():
     assert result["latency_protocol"]["warmup_max_s"] == 0.0
     assert result["latency_protocol"]["warmup_settle_iters"] == 8 and result["timed_s"] > 0
     assert "warm-up" not in " ".join(result["latency_noise_reasons"])
+
+
+# ------------------------------------------------------------------- L2 flush between timed iterations
+
+class FakeEvent:
+    """A stand-in for torch.cuda.Event on a CPU: `record` notes itself in the shared log and reads the clock."""
+
+    log: list = []
+
+    def __init__(self, enable_timing: bool = False):
+        self.at = None
+
+    def record(self, stream=None):
+        self.at = time.perf_counter()
+        FakeEvent.log.append("record")
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, end: "FakeEvent") -> float:
+        return 1000.0 * (end.at - self.at)
+
+
+def test_flush_l2_runs_before_every_warm_up_and_timed_iteration_outside_the_events(monkeypatch):
+    """The CUDA path on a CPU: events faked, the input kept on the CPU; the flush must come before the
+    start event of every iteration but the first call, never between an iteration's events."""
+    from bench.measure import latency
+
+    FakeEvent.log = []
+    log = FakeEvent.log
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(latency, "_make_input", lambda batch, hw, channels, device, cl: torch.randn(batch, channels, *hw))
+    monkeypatch.setattr(latency, "l2_flusher", lambda device: lambda: log.append("flush"))
+
+    class Logged(nn.Module):
+        def forward(self, x):
+            log.append("step")
+            return x.sum()
+
+    opts = {**latency.DEFAULT_TIMING, "warmup_min_iters": 1, "warmup_max_iters": 3, "min_iters": 4, "min_time_s": 0.0}
+    stats = latency._time_step(Logged(), batch_size=1, hw=(2, 2), in_channels=1, device=torch.device("cuda"),
+                               torch_dtype=torch.float32, channels_last=False, cuda_graphs=False, train_step=False,
+                               threads=1, opts=opts, flush_l2=True)
+    iterations = stats["warmup_iters"] + stats["latency_samples"]
+    assert log[:3] == ["record", "step", "record"]  # the first call: no flush
+    assert log[3:] == ["flush", "record", "step", "record"] * iterations
+    log.clear()
+    latency._time_step(Logged(), batch_size=1, hw=(2, 2), in_channels=1, device=torch.device("cuda"),
+                       torch_dtype=torch.float32, channels_last=False, cuda_graphs=False, train_step=False,
+                       threads=1, opts=opts)
+    assert "flush" not in log
+
+
+def test_flush_l2_is_refused_on_a_cpu_and_recorded_off_in_the_protocol():
+    with pytest.raises(UsageError, match="flush_l2 .* needs a CUDA device"):
+        measure_latency(tiny_cnn(), input_size=8, batch_size=1, threads=1, flush_l2=True, **FAST)
+    result = measure_latency(tiny_cnn(), input_size=8, batch_size=1, threads=1, **FAST)
+    assert result["flush_l2"] is False and result["latency_protocol"]["flush_l2"] is False
+
+
+def test_a_cells_flush_l2_reaches_measure_latency(monkeypatch):
+    from bench.measure import latency
+    from bench.pipeline import runner
+
+    calls = []
+    monkeypatch.setattr(latency, "measure_latency", lambda model, **kwargs: calls.append(kwargs) or {})
+    runner.measure_cell_latency(None, {"input_size": 8, "latency": {"device": "cuda", "flush_l2": True}})
+    assert calls[0]["flush_l2"] is True
+
+
+def test_the_flush_buffer_is_larger_than_any_l2():
+    from bench.measure.latency import L2_FLUSH_BYTES, l2_flusher
+
+    assert L2_FLUSH_BYTES == 256 * 2 ** 20
+    flush = l2_flusher(torch.device("cpu"), nbytes=64)  # the same buffer on a CPU, small
+    assert flush().eq(0).all() and flush().numel() == 16
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_cuda_flush_l2_is_recorded_and_its_memset_stays_outside_the_samples(cuda_graphs):
+    from bench.measure.latency import l2_flusher
+
+    flush = l2_flusher(torch.device("cuda"))
+    memset_ms = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        flush()
+        end.record()
+        end.synchronize()
+        memset_ms.append(start.elapsed_time(end))
+    warm = measure_latency(tiny_cnn(), input_size=32, batch_size=8, device="cuda", cuda_graphs=cuda_graphs, **FAST)
+    cold = measure_latency(tiny_cnn(), input_size=32, batch_size=8, device="cuda", cuda_graphs=cuda_graphs,
+                           flush_l2=True, **FAST)
+    assert cold["flush_l2"] is True and cold["latency_protocol"]["flush_l2"] is True
+    # The tiny forward's data is a few hundred kB: a cold L2 costs it microseconds, the memset far more.
+    assert cold["latency_ms_p50"] - warm["latency_ms_p50"] < 0.5 * statistics.median(memset_ms)

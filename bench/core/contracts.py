@@ -141,6 +141,8 @@ class LatencyOptions(Contract):
     min_batch_size: _described(PosInt, "a positive integer") = 1
     cudnn_benchmark: _described(StrictBool | None, "true, false or null") = True
     in_channels: _described(PosInt, "a positive integer") = 3
+    # CUDA: zero a 256 MB buffer before each timed iteration, outside its events (a cold L2 each time).
+    flush_l2: _described(StrictBool, "true or false") = False
     # The protocol (bench/measure/latency.py). Warm-up: until the medians of two consecutive windows
     # of 3 iterations agree within `settle_tol`, at least `warmup_min_iters`; `warmup_max_s` ends an
     # unsettled warm-up only once `warmup_settle_iters` ran (settling's first chance is the 6th

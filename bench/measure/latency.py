@@ -17,6 +17,12 @@ How a measurement runs (timm's `benchmark.py` and pycls's timing, made stricter)
    (`timed_s` records what it took). On CUDA, a pair of CUDA events around each iteration and a synchronisation after it (so
    each sample is the latency of one step, launch overhead included); with `cuda_graphs` the
    forward is captured once on a side stream after the warm-up and each sample is a replay.
+   With `flush_l2` (CUDA only) a 256 MB buffer is zeroed before every iteration, warm-up and
+   timed, outside the timed events (as `triton.testing.do_bench` does): each sample then starts
+   from a cold L2, as a layer does when the layers before it have filled the cache with their own
+   data, instead of reading weights the previous iteration left there. It holds for replays of a
+   CUDA graph too (the flush runs before the replay, outside the graph and the events). A CPU
+   measurement refuses it: its blocks of iterations leave no gap to flush in.
    On CPU, `torch.utils.benchmark.Timer.blocked_autorange` with a fixed thread count (restored
    afterwards); each sample is the mean of one block of iterations (one iteration per block for
    anything slower than about 10 ms, see `Timer._estimate_block_size`).
@@ -89,6 +95,7 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+L2_FLUSH_BYTES = 256 * 2 ** 20  # larger than any card's L2 (H100: 50 MB, B200: 126 MB); do_bench's size
 # torch.compile modes that already capture CUDA graphs themselves.
 _GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 _MB = 2.0 ** 20
@@ -160,7 +167,7 @@ def _cpu_autocast_works(torch_dtype: torch.dtype) -> bool:
 
 
 def check_options(*, device: torch.device, batch_size: int, compile_mode: str | None,
-                  cuda_graphs: bool, train_step: bool, threads: int | None) -> None:
+                  cuda_graphs: bool, train_step: bool, threads: int | None, flush_l2: bool = False) -> None:
     """Reject option combinations that cannot be measured, with one clear line each."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
@@ -175,6 +182,8 @@ def check_options(*, device: torch.device, batch_size: int, compile_mode: str | 
             raise UsageError("CUDA graphs are measured for inference only; drop --cuda-graphs or --train-step")
         if compile_mode in _GRAPHING_COMPILE_MODES:
             raise UsageError(f"torch.compile mode {compile_mode!r} already uses CUDA graphs; drop --cuda-graphs")
+    if flush_l2 and device.type != "cuda":
+        raise UsageError("flush_l2 flushes a GPU's L2 cache between timed iterations; it needs a CUDA device")
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,10 +514,20 @@ def _capture_cuda_graph(step: Callable[[], Any], device: torch.device, warmup: i
 # Timing loops.
 # --------------------------------------------------------------------------------------------
 
-def _cuda_timer(step: Callable[[], Any], device: torch.device) -> Callable[[], float]:
-    """Time one iteration with CUDA events, synchronising after it; returns seconds."""
+def l2_flusher(device: torch.device, nbytes: int = L2_FLUSH_BYTES) -> Callable[[], None]:
+    """A callable that zeroes an `nbytes` buffer on the device, evicting what the L2 held."""
+    buffer = torch.empty(nbytes // 4, dtype=torch.int32, device=device)
+    return buffer.zero_
+
+
+def _cuda_timer(step: Callable[[], Any], device: torch.device,
+                flush: Callable[[], Any] | None = None) -> Callable[[], float]:
+    """Time one iteration with CUDA events, synchronising after it; returns seconds. `flush`, if
+    given, runs before the start event: queued ahead of the iteration, never inside its time."""
 
     def run_once() -> float:
+        if flush is not None:
+            flush()
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
         start.record()
@@ -652,7 +671,7 @@ def _make_input(batch_size: int, hw: tuple[int, int], in_channels: int, device: 
 
 def _measure_once(runnable: nn.Module, *, batch_size: int, hw: tuple[int, int], in_channels: int,
                   device: torch.device, torch_dtype: torch.dtype, channels_last: bool, cuda_graphs: bool,
-                  train_step: bool, threads: int, opts: dict[str, Any]) -> dict[str, Any]:
+                  train_step: bool, threads: int, opts: dict[str, Any], flush_l2: bool = False) -> dict[str, Any]:
     """One measurement at one batch size (no OOM handling; see `measure_latency`).
 
     Memory, load average and steal are observed around everything the measurement does: the
@@ -661,7 +680,7 @@ def _measure_once(runnable: nn.Module, *, batch_size: int, hw: tuple[int, int], 
     with _MemoryProbe(device) as memory, _MachineProbe() as machine:
         stats = _time_step(runnable, batch_size=batch_size, hw=hw, in_channels=in_channels, device=device,
                            torch_dtype=torch_dtype, channels_last=channels_last, cuda_graphs=cuda_graphs,
-                           train_step=train_step, threads=threads, opts=opts)
+                           train_step=train_step, threads=threads, opts=opts, flush_l2=flush_l2)
     stats.update(memory.metrics())
     stats.update(machine.metrics())
     return stats
@@ -669,7 +688,7 @@ def _measure_once(runnable: nn.Module, *, batch_size: int, hw: tuple[int, int], 
 
 def _time_step(runnable: nn.Module, *, batch_size: int, hw: tuple[int, int], in_channels: int,
                device: torch.device, torch_dtype: torch.dtype, channels_last: bool, cuda_graphs: bool,
-               train_step: bool, threads: int, opts: dict[str, Any]) -> dict[str, Any]:
+               train_step: bool, threads: int, opts: dict[str, Any], flush_l2: bool = False) -> dict[str, Any]:
     """Build the step, time its first call, warm it up, collect the samples, summarise them."""
     x = _make_input(batch_size, hw, in_channels, device, channels_last)
     if train_step:
@@ -680,7 +699,9 @@ def _time_step(runnable: nn.Module, *, batch_size: int, hw: tuple[int, int], in_
     first_s = (_cuda_timer(step, device) if cuda else _wall_timer(step))()
     if cuda_graphs:
         step = _capture_cuda_graph(step, device)
-    run_once = _cuda_timer(step, device) if cuda else _wall_timer(step)
+    # The flush buffer is allocated after the first call, so `first_iter_ms` is the same with or without it.
+    flush = l2_flusher(device) if flush_l2 else None
+    run_once = _cuda_timer(step, device, flush) if cuda else _wall_timer(step)
     warmed = warm_up(run_once, min_iters=opts["warmup_min_iters"], max_iters=opts["warmup_max_iters"],
                      max_s=opts["warmup_max_s"], tol=opts["settle_tol"], settle_iters=opts["warmup_settle_iters"],
                      cap_s=opts["warmup_cap_s"])
@@ -709,7 +730,7 @@ def measure_latency(model: nn.Module, *, input_size: int | Sequence[int], batch_
                     device: str | torch.device = "cpu", dtype: str = "fp32", channels_last: bool = False,
                     compile_mode: str | None = None, cuda_graphs: bool = False, train_step: bool = False,
                     threads: int | None = None, oom_retry: bool = True, min_batch_size: int = 1,
-                    cudnn_benchmark: bool | None = True, in_channels: int = 3,
+                    cudnn_benchmark: bool | None = True, in_channels: int = 3, flush_l2: bool = False,
                     **timing: Any) -> dict[str, Any]:
     """Median/p20/p80 latency, throughput and peak memory of `model` at `batch_size`.
 
@@ -728,6 +749,8 @@ def measure_latency(model: nn.Module, *, input_size: int | Sequence[int], batch_
         min_batch_size: the smallest batch a retry may use.
         cudnn_benchmark: `torch.backends.cudnn.benchmark` during the measurement (None: leave it).
         in_channels: channels of the input images.
+        flush_l2: (CUDA) zero a 256 MB buffer before every iteration, outside the timed events, so
+            that each starts from a cold L2 (`triton.testing.do_bench`); refused on a CPU.
         **timing: overrides of `DEFAULT_TIMING` (warm-up and iteration limits; bench.core.contracts
             documents each).
 
@@ -750,7 +773,7 @@ def measure_latency(model: nn.Module, *, input_size: int | Sequence[int], batch_
     dev = resolve_device(device)
     hw = image_hw(input_size)
     check_options(device=dev, batch_size=batch_size, compile_mode=compile_mode, cuda_graphs=cuda_graphs,
-                  train_step=train_step, threads=threads)
+                  train_step=train_step, threads=threads, flush_l2=flush_l2)
     torch_dtype = check_dtype(dev, dtype)
     n_threads = threads or torch.get_num_threads()
     runnable = _prepare_model(model, dev, channels_last, compile_mode)
@@ -762,13 +785,13 @@ def measure_latency(model: nn.Module, *, input_size: int | Sequence[int], batch_
             runnable, batch_size=batch_size, min_batch_size=min_batch_size, oom_retry=oom_retry,
             kwargs=dict(hw=hw, in_channels=in_channels, device=dev, torch_dtype=torch_dtype,
                         channels_last=channels_last, cuda_graphs=cuda_graphs, train_step=train_step,
-                        threads=n_threads, opts=opts))
+                        threads=n_threads, opts=opts, flush_l2=flush_l2))
         cudnn_flag = bool(torch.backends.cudnn.benchmark)
     stats.update(batch_size_used=used, batch_size_requested=batch_size, oom_retries=retries,
                  mode="train_step" if train_step else "inference", device=str(dev), dtype=dtype,
                  input_size=list(hw), channels_last=channels_last, compile=compile_mode,
-                 cuda_graphs=cuda_graphs, threads=n_threads, cudnn_benchmark=cudnn_flag)
-    stats["latency_protocol"] = {k: opts[k] for k in TIMING_KEYS}
+                 cuda_graphs=cuda_graphs, threads=n_threads, cudnn_benchmark=cudnn_flag, flush_l2=flush_l2)
+    stats["latency_protocol"] = {**{k: opts[k] for k in TIMING_KEYS}, "flush_l2": flush_l2}
     stats.update(judge_latency(stats))
     if stats["latency_verdict"] != "ok":
         log.info("latency at batch %d is noisy: %s", used, "; ".join(stats["latency_noise_reasons"]))
