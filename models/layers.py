@@ -234,6 +234,10 @@ initial weights, MACs and outputs (up to float summation order):
   (HW pixel queries X W_Q, keys T W_K, values the tokens or T W_V). A fused kernel runs where the
   device has one for the shapes (on CPU: equal query and value widths, unit-stride rows); the
   tokenizers then return no attention map (`models.vt.token_attention` switches to `reference`).
+
+The paper-convention counts (`gmacs`, `gmacs_traced`) are identical in both forms; fvcore's plain
+total (`gmacs_fvcore`, which also counts element-wise work) differs by a few hundredths of a percent:
+a fused kernel's softmax is not seen, and `centered` scales the keys instead of the logits.
 """
 
 DEFAULT_ATTENTION_IMPL = "reference"

@@ -185,25 +185,9 @@ def _attention_twins(name: str, **options) -> list[nn.Module]:
 
 def _token_space_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every tokenizer's tokens, transformer's and projector's output, and the model's output."""
-    from models.projector import Projector
-    from models.tokenizers import Tokenizer
-    from models.transformer import MHSATransformer, PaperTransformer
+    from test_attention_form import _module_outputs  # tests/ is on the path (no package)
 
-    outputs: dict[str, torch.Tensor] = {}
-    kinds = (Tokenizer, PaperTransformer, MHSATransformer, Projector)
-    def keep(name):
-        def hook(module, args, out):
-            outputs[name] = out[0] if isinstance(out, tuple) else out
-        return hook
-
-    handles = [m.register_forward_hook(keep(n)) for n, m in model.named_modules() if isinstance(m, kinds)]
-    try:
-        with torch.inference_mode():
-            outputs["output"] = model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return outputs
+    return _module_outputs(model, x)
 
 
 @pytest.mark.parametrize("transformer", ["paper", "mhsa", "none"])
