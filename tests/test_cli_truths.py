@@ -4,6 +4,7 @@ the option that exists, help from the registries, results on stdout, and exact M
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,28 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-import bench.cli
 from bench.cli.commands import models as models_command
+from tests.test_output_formats import vtbench  # noqa: F401 - the fixture: run vtbench in-process
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "tests.test_launch:tiny_net"
 TRAIN_TINY = ["train", TINY, "--dataset", "digits", "--input-size", "8", "--threads", "1", "--epochs", "1",
               "--no-progress"]
-
-
-@pytest.fixture
-def vtbench(capsys):
-    """Run `vtbench ARGS...` in-process; return (exit code, stdout, stderr)."""
-
-    def call(*argv: str):
-        try:
-            rc = bench.cli.main(list(argv))
-        except SystemExit as exc:  # argparse's own exits (--help, bad flags)
-            rc = exc.code
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return call
 
 
 def _lines(text: str) -> list[str]:
@@ -126,12 +112,12 @@ def test_models_answers_from_its_cache_exactly_and_without_torch(vtbench, cache)
             "import bench.cli\n"
             "sys.exit(bench.cli.main(['models', '--filter', 'resnet18', '--format', 'json']))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**__import__("os").environ, "VTBENCH_CACHE_DIR": str(cache)})
+                          env={**os.environ, "VTBENCH_CACHE_DIR": str(cache)})
     assert done.returncode == 0, done.stderr
     assert done.stdout == counted  # the same figures, to the last digit
     done = subprocess.run([sys.executable, "-c", code.replace("'resnet18'", "'nope'")], cwd=REPO,
                           capture_output=True, text=True, timeout=120,
-                          env={**__import__("os").environ, "VTBENCH_CACHE_DIR": str(cache)})
+                          env={**os.environ, "VTBENCH_CACHE_DIR": str(cache)})
     assert done.returncode == 2 and "--filter 'nope' matches no registered model" in done.stderr
 
 
