@@ -307,3 +307,31 @@ def test_attention_impl_is_checked_and_applies_only_to_vt_models():
     with pytest.raises(ValueError, match="unknown attention_impl"):
         with attention_form(build_model("vt_resnet18", **TINY, token_channels=32), "fused"):
             pass
+
+
+def test_the_cpu_study_grid_pairs_both_forms_with_one_baseline():
+    """experiments/speed_attention_cpu.yaml: each VT cell in both forms, named explicitly, beside its
+    registry baseline at the same latency settings (the report pairs them; `--set` a channels_last axis
+    adds both sides)."""
+    from pathlib import Path
+
+    from bench.pipeline.grid import load_grid
+    from models import model_facts
+
+    grid = Path(__file__).resolve().parents[1] / "experiments" / "speed_attention_cpu.yaml"
+
+    def settings(config):
+        lat = config["latency"]
+        return (config["input_size"], lat["batch_size"], lat.get("compile"), lat.get("channels_last"))
+
+    for overrides in ([], [("axes.channels_last", [False, True])]):
+        cells = [cell.config for cell in load_grid(grid, overrides=overrides).cells]
+        baselines = {(c["model"], settings(c)) for c in cells if not model_facts(c["model"]).baseline}
+        vt = [c for c in cells if model_facts(c["model"]).baseline]
+        forms = {}
+        for c in vt:
+            assert (model_facts(c["model"]).baseline, settings(c)) in baselines, c
+            forms.setdefault((c["model"], settings(c)), set()).add(c["model_args"]["attention_impl"])
+        assert set(map(frozenset, forms.values())) == {frozenset(ATTENTION_IMPLS)}
+        assert {m for m, _ in forms} == {"vt_resnet18", "vt_resnet50", "vt_fpn_r50"}
+        assert len(vt) == 2 * len(baselines) and len(cells) == (27 if not overrides else 51)
