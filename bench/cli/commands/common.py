@@ -264,9 +264,9 @@ def dataset_help() -> str:
 
 def model_choices() -> dict[str, tuple[str, ...]]:
     """The named choices of the VT models' options (`tokenizer`, `transformer`, `stem`), from models/."""
-    from models import factories, resnet
+    from models import factories, resnet, zoo
 
-    return {"tokenizer": (*factories.FIRST_TOKENIZERS, "recurrent"), "transformer": tuple(factories.TRANSFORMERS),
+    return {"tokenizer": tuple(zoo.VT_RESNET_TOKENIZERS), "transformer": tuple(factories.TRANSFORMERS),
             "stem": tuple(resnet.STEMS)}
 
 
