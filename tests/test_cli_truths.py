@@ -175,3 +175,13 @@ def test_timms_infer_gmacs_is_fvcores_own_total():
     result = measure_complexity(model, 8)
     assert models_command.fvcore_default_gmacs(result) == pytest.approx(fvcore_own, rel=1e-12)
     assert result.gmacs_fvcore > fvcore_own > result.gmacs  # softmax and the addition; the norm
+
+
+@pytest.mark.parametrize("name", ["vt_resnet18", "vt_fpn_r50"])
+def test_a_parameters_only_row_built_on_the_meta_device_counts_what_the_cpu_build_does(name):
+    from models import build_model
+
+    meta = models_command.describe(name, macs=False)
+    real = build_model(name)
+    assert meta["params_m"] == sum(p.numel() for p in real.parameters()) / 1e6
+    assert (meta["task"], meta["input_size"]) == (real.task, real.default_input_size)
