@@ -156,6 +156,36 @@ def test_one_pairing_rule_the_baseline_named_by_the_facts_at_identical_settings(
     assert compare.is_pair(vt, _group("my_base", stem="imagenet"), "complexity")
 
 
+def _with_latency(group, **latency):
+    group.config["latency"] = {**group.config["latency"], **latency}
+    return group
+
+
+def test_every_latency_option_is_part_of_the_setting_a_pair_shares():
+    """flush_l2 (a cold L2 before each timed iteration) and the timing options pair only with the same
+    value; a cell that left one unset was timed at the contract's default, so pairs with one that set it."""
+    vt = _with_latency(_group("my_vt", baseline="my_base"), flush_l2=True)
+    assert not compare.is_pair(vt, _group("my_base"), "latency")
+    assert compare.is_pair(vt, _with_latency(_group("my_base"), flush_l2=True), "latency")
+    assert compare.is_pair(_group("my_vt", baseline="my_base"), _with_latency(_group("my_base"), flush_l2=False),
+                           "latency")
+    assert compare.LATENCY_DEFAULTS["flush_l2"] is False and compare.LATENCY_DEFAULTS["compile"] is None
+    assert not compare.is_pair(_with_latency(_group("my_vt", baseline="my_base"), min_iters=3), _group("my_base"),
+                               "latency")
+    assert compare.is_pair(_with_latency(_group("my_vt", baseline="my_base"), min_iters=10), _group("my_base"),
+                           "latency")  # 10 is the contract's default
+
+
+def test_the_setting_label_says_flush_l2_where_it_is_on():
+    from bench.analysis.tables import latency_mode, latency_title
+
+    assert latency_mode({"compile": None, "flush_l2": True}) == "eager + flush L2"
+    assert latency_mode({"compile": "default", "cuda_graphs": True, "flush_l2": False}) == "compile + CUDA graphs"
+    setting = {"latency.device": "cuda", "env.device_name": "H100", "latency.dtype": "bf16",
+               "latency.batch_size": 8, "latency.flush_l2": True}
+    assert latency_title(setting) == "cuda · H100 · bf16 · batch 8 · eager + flush L2"
+
+
 # ------------------------------------------------------------------------------ in a report -----
 
 def _interleaved_run(tmp_path, vt_rounds, base_rounds):

@@ -280,3 +280,39 @@ def test_empty_sections_are_named_in_words_and_markdown_has_no_entities(report):
     absent = md.split("## Not in this report")[1].split("## ")[0]
     assert "Latency: no record holds a latency p50" in absent and "Accuracy: no record holds top-1 or mIoU" in absent
     assert "None: every cell has an ok record" in md.split("## Pending, failed and incomplete cells")[1]
+
+
+def test_latency_tables_name_a_mode_every_row_shares_and_come_in_setting_order():
+    """A run compiled throughout says 'compile' in every heading (not 'eager': the mode is named whether or
+    not it varies), an unset option reads as its default (flush_l2 unset and false are one table), and the
+    tables come by batch, eager before compiled, as the summary orders its lines."""
+    from bench.analysis.tables import latency_tables
+
+    def row(model, batch, flush_l2=None):
+        return {"model": model, "latency.device": "cpu", "env.device_name": "CPU X", "latency.dtype": "fp32",
+                "latency.batch_size": batch, "latency.compile": "default", "latency.flush_l2": flush_l2,
+                "latency_ms_p50": 10.0 * batch}
+
+    agg = pd.DataFrame([row("resnet18", 32), row("vt_resnet18", 32, False), row("resnet18", 1, False),
+                        row("vt_resnet18", 1)])
+    titles = [title for title, _ in latency_tables(agg, [])]
+    assert titles == ["cpu · CPU X · fp32 · batch 1 · compile", "cpu · CPU X · fp32 · batch 32 · compile"]
+    agg["latency.compile"] = [None, None, "default", "default"]
+    titles = [title for title, _ in latency_tables(agg, [])]
+    assert titles == ["cpu · CPU X · fp32 · batch 1 · compile", "cpu · CPU X · fp32 · batch 32 · eager"]
+    agg["latency.flush_l2"] = [True, True, None, None]
+    assert [t for t, _ in latency_tables(agg, [])][1] == "cpu · CPU X · fp32 · batch 32 · eager + flush L2"
+
+
+def test_a_study_section_renders_as_report_md_shows_it():
+    """`render.section_markdown`, which report.md and `vtbench speed` both print: heading, intro as written,
+    the table escaped with backslashes, never HTML entities."""
+    from bench.analysis.render import section_markdown
+    from bench.analysis.section import StudySection
+
+    section = StudySection(title="VT vs baseline: <latency>", intro="Ratio = VT / baseline.",
+                           table=pd.DataFrame({"model": ["a<b"], "ratio": ["0.9 & 1.0"]}))
+    md = section_markdown(section)
+    assert md.startswith("## VT vs baseline: \\<latency>\n\nRatio = VT / baseline.\n\n| model")
+    assert "a\\<b" in md and "0.9 \\& 1.0" in md and "&lt;" not in md and "&amp;" not in md
+    assert section_markdown(StudySection("Empty", "", pd.DataFrame())) == "## Empty\n\n"

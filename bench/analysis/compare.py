@@ -31,6 +31,8 @@ import statistics
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
+from bench.core.contracts import LatencyOptions
+
 CONFIDENCE = 0.95                 # every interval in a report
 ALPHA = 1 - CONFIDENCE            # two-sided level of every test (Holm-adjusted across a table)
 POWER = 0.80                      # of the rounds/seeds-needed figures
@@ -376,8 +378,13 @@ def needed_text(c: Comparison, alpha: float = ALPHA, power: float = POWER, famil
 
 # ------------------------------------------------------------------------------ pairing ---------
 
-LATENCY_DEFAULTS = {"device": "cpu", "batch_size": 1, "dtype": "fp32", "threads": None, "channels_last": False,
-                    "compile": None, "cuda_graphs": False, "train_step": False}
+def _latency_defaults() -> dict[str, Any]:
+    """Every latency option's default under the name a cell gives it (`bench.core.contracts.LatencyOptions`):
+    a cell that leaves an option unset was timed at its default, so pairs as if it had set it."""
+    return {info.alias or name: info.default for name, info in LatencyOptions.model_fields.items()}
+
+
+LATENCY_DEFAULTS = _latency_defaults()
 
 
 def _image_hw(value: Any) -> tuple[int, ...] | None:

@@ -26,7 +26,8 @@ from bench.analysis.load import (RunData, aggregate, check_run_dir, flatten_conf
 from bench.analysis.section import StudySection
 from bench.analysis.tables import (accuracy_intro, accuracy_table, add_comparisons, add_derived, cell_options,  # noqa: F401
                                    complexity_table, fmt, fmt_pm, latency_settings, latency_tables, option_text,
-                                   paper_table, pixels_of, sort_rows, summary_lines, varying_columns)
+                                   paper_table, pixels_of, sort_rows, summary_lines, varying_columns,
+                                   with_latency_defaults)
 from bench.core.errors import UsageError
 from bench.core.records import write_text_atomic
 
@@ -134,11 +135,12 @@ def _draw_each_plot(report: Report, plot_dir: Path, table: pd.DataFrame, label_c
     if table.empty:
         skipped.extend((name, "no ok records") for name in PLOT_TITLES)
         return
-    timed = table[table["latency_ms_p50"].notna()] if "latency_ms_p50" in table.columns else table.iloc[0:0]
+    timed = with_latency_defaults(table[table["latency_ms_p50"].notna()] if "latency_ms_p50" in table.columns
+                                  else table.iloc[0:0])
     settings = latency_settings(timed) if not timed.empty else []
     plots.draw("accuracy_vs_gmacs", PLOT_TITLES["accuracy_vs_gmacs"], lambda: plots.plot_accuracy_vs_gmacs(table, label_cols),
                plot_dir, drawn, skipped, lambda: plots.accuracy_caption(table))
-    plots.draw("latency_vs_tokens", PLOT_TITLES["latency_vs_tokens"], lambda: plots.plot_latency_vs_tokens(table, settings),
+    plots.draw("latency_vs_tokens", PLOT_TITLES["latency_vs_tokens"], lambda: plots.plot_latency_vs_tokens(with_latency_defaults(table), settings),
                plot_dir, drawn, skipped, lambda: plots.latency_caption(table))
     plots.draw("stage5_gmacs", PLOT_TITLES["stage5_gmacs"], lambda: plots.plot_stage5(table), plot_dir, drawn, skipped,
                lambda: plots.stage5_caption(table))

@@ -127,13 +127,13 @@ def sort_rows(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     def key(i: int) -> tuple:
         row = df.iloc[i]
         group, depth, is_vt = _family_rank(row["model"])
-        return (group, depth, *[_sort_value(row[c]) for c in setting],
-                is_vt, str(row["model"]), *[_sort_value(row[c]) for c in rest])
+        return (group, depth, *[sort_value(row[c]) for c in setting],
+                is_vt, str(row["model"]), *[sort_value(row[c]) for c in rest])
 
     return df.iloc[sorted(range(len(df)), key=key)].reset_index(drop=True)
 
 
-def _sort_value(value: Any) -> tuple[int, float, str]:
+def sort_value(value: Any) -> tuple[int, float, str]:
     """A sort key of one cell: missing first, then numbers (an input 'HxW' by its pixels), then text."""
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return (0, 0.0, "")
@@ -237,9 +237,13 @@ def _column(rows: pd.DataFrame, name: str) -> pd.Series:
     return rows[name] if name in rows.columns else pd.Series(np.nan, index=rows.index)
 
 
+# The knobs `latency_mode` names: every table's heading says them, whether or not they vary.
+MODE_KEYS = ("latency.compile", "latency.cuda_graphs", "latency.channels_last", "latency.flush_l2")
+
+
 def latency_settings(agg: pd.DataFrame) -> list[str]:
     """Columns that define one latency table: device, device name, dtype, batch and any varying knob."""
-    fixed = ["latency.device", "env.device_name", "latency.dtype", "latency.batch_size"]
+    fixed = ["latency.device", "env.device_name", "latency.dtype", "latency.batch_size", *MODE_KEYS]
     others = [c for c in agg.columns if c.startswith("latency.") and c not in fixed]
     return [c for c in fixed if c in agg.columns] + varying_columns(agg, others)
 
@@ -248,16 +252,35 @@ def latency_tables(agg: pd.DataFrame, label_cols: list[str]) -> list[tuple[str, 
     """One table per (device, dtype, batch, ...): p50 (p20-p80), throughput, peak memory, ratio to baseline."""
     if "latency_ms_p50" not in agg.columns:
         return []
-    rows = agg[agg["latency_ms_p50"].notna()]
+    rows = with_latency_defaults(agg[agg["latency_ms_p50"].notna()])
     settings = latency_settings(rows)
     tables = []
     for key, group in rows.groupby(rows[settings].apply(lambda r: _json_key(r.values), axis=1), sort=False):
         group = sort_rows(group, label_cols)
-        tables.append((latency_title(dict(zip(settings, json.loads(key)))), _latency_rows(group, label_cols)))
-    return tables
+        setting = dict(zip(settings, json.loads(key)))
+        tables.append((setting_order(setting), latency_title(setting), _latency_rows(group, label_cols)))
+    return [(title, table) for _, title, table in sorted(tables, key=lambda t: t[0])]
 
 
-MODE_KEYS = ("latency.compile", "latency.cuda_graphs", "latency.channels_last")
+def with_latency_defaults(agg: pd.DataFrame) -> pd.DataFrame:
+    """The frame with each unset latency option (`latency.*`) at the contract's default, so that a cell
+    that left `flush_l2` unset and one that set it false are one setting."""
+    agg = agg.copy()
+    for column in [c for c in agg.columns if c.startswith("latency.")]:
+        default = compare.LATENCY_DEFAULTS.get(column.split(".", 1)[1])
+        if default is not None:
+            agg[column] = agg[column].map(lambda v: default if _missing_text(v) else v)
+    return agg
+
+
+def setting_order(setting: dict[str, Any]) -> tuple:
+    """Latency tables by device, device name, dtype, batch, then eager before compiled (as the summary)."""
+    batch = setting.get("latency.batch_size")
+    mode = latency_mode({k.split(".", 1)[1]: v for k, v in setting.items() if k in MODE_KEYS})
+    return (str(setting.get("latency.device")), str(setting.get("env.device_name")), str(setting.get("latency.dtype")),
+            float(batch) if _is_number(batch) else 0.0, mode != "eager", mode, json.dumps(setting, default=str))
+
+
 
 
 def latency_title(setting: dict[str, Any]) -> str:
@@ -273,14 +296,14 @@ def latency_title(setting: dict[str, Any]) -> str:
 
 
 def latency_mode(latency: dict[str, Any]) -> str:
-    """'eager', 'compile' (mode default), 'compile max-autotune', with '+ CUDA graphs', '+ channels_last'."""
+    """'eager', 'compile' (mode default), 'compile max-autotune', with '+ CUDA graphs', '+ channels_last'
+    and '+ flush L2' (every timed iteration started with a cold L2 cache)."""
     compile_mode = latency.get("compile")
     parts = [("compile" if compile_mode == "default" else f"compile {compile_mode}")
              if compile_mode not in (None, "None", False) and not _missing_text(compile_mode) else "eager"]
-    if latency.get("cuda_graphs") in (True, "True"):
-        parts.append("CUDA graphs")
-    if latency.get("channels_last") in (True, "True"):
-        parts.append("channels_last")
+    for key, words in (("cuda_graphs", "CUDA graphs"), ("channels_last", "channels_last"), ("flush_l2", "flush L2")):
+        if latency.get(key) in (True, "True"):
+            parts.append(words)
     return " + ".join(parts)
 
 
@@ -380,6 +403,18 @@ def diff_text(row: pd.Series, metric: str) -> str:
     if lo is None or pd.isna(lo):
         return f"{diff:+.2f} ({how}, no interval)"
     return f"{diff:+.2f} [{lo:+.2f}, {hi:+.2f}] ({how}, {int(n)} seeds)"
+
+
+def shared_options(agg: pd.DataFrame, option_columns: list[str]) -> str:
+    """'input_size=32x32, num_classes=10, stem=cifar, width=0.25': the model options (and input) that hold one
+    value in every configuration, which the tables' label columns therefore leave out ('' for none)."""
+    shown = set(varying_columns(agg, [*option_columns, "input_size"]))
+    out = []
+    for col in ["input_size", *option_columns]:
+        if col in agg.columns and col not in shown and agg[col].notna().any():
+            value = agg[col].dropna().iloc[0]
+            out.append(f"{col.removeprefix('model_args.')}={fmt(value) if _is_number(value) and not float(value).is_integer() else value}")
+    return ", ".join(out)
 
 
 def cell_options(table: pd.DataFrame, option_columns: list[str]) -> dict[str, str]:
