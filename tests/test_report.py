@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -184,11 +185,13 @@ def test_pending_failed_corrupt_and_missing_are_listed(report, run_dir):
     assert len(data.errors) == 1 and data.errors.iloc[0]["error_type"] == "MemoryError"
     assert len(data.corrupt) == 1
     assert len(data.pending) == 3  # two never ran, one has a corrupt record
-    assert sorted(data.pending["reason"]) == ["corrupt record", "no record yet", "no record yet"]
+    assert sorted(data.pending["reason"]) == ["corrupt record"] + ["never submitted; `vtbench launch` runs it"] * 2
+    assert list(data.pending["state"]) == ["pending"] * 3
     assert list(data.missing["metric"]) == ["top1"]
     md = (run_dir / "report" / "report.md").read_text()
-    assert "15 ok, 1 failed, 1 corrupt; 3 pending cell(s); 1 missing metric(s)" in md
-    assert "### Pending cells (in cells.json, no record yet) (3)" in md
+    assert ("cells: 15 ok, 1 error, 0 timeout, 0 running, 3 pending, 0 stopped (as `vtbench status` counts them); "
+            "1 corrupt record file(s); 1 missing metric(s)") in md
+    assert "### Cells without a record (pending, running or stopped) (3)" in md
     assert "CUDA out of memory" in md
     assert "94.25 ± 1.77 (n=2)" in md  # accuracy table shows mean ± sample std (n)
 
@@ -399,3 +402,54 @@ def test_a_study_section_is_shown_after_the_tables_and_written_as_csv(tmp_path, 
     assert "Side by side (test)" in (out / "report.html").read_text()
     assert pd.read_csv(out / "side.csv")["n_models"].tolist() == [2]
     assert rep.files["side.csv"] == out / "side.csv"
+
+
+def test_timeout_crash_non_finite_and_stopped_cells_are_states_never_results(tmp_path, monkeypatch):
+    """A cell stopped at its deadline counts as `timeout`, a crashed one and one whose evaluation gave NaN
+    as `error`: each listed with its message, and no metric of theirs (the NaN cell's chance top-1)
+    enters a table, table.csv or a plot; a cancelled cell without a record is `stopped`."""
+    from bench.analysis import report as report_module
+    from bench.analysis.plots import PlotSkipped
+    from bench.analysis.report import write_report
+    from bench.core.records import NON_FINITE_ERROR, TIMEOUT_ERROR, record_outcome
+
+    monkeypatch.setattr(report_module, "_attention", lambda data: (_ for _ in ()).throw(PlotSkipped("not here")))
+    run = tmp_path / "faults"
+    records = run / "records"
+    ok_configs = [_config("resnet18", 0), _config("vt_resnet18", 0, num_tokens=8, tokenizer="filter")]
+    cells = []
+    for config, top1 in zip(ok_configs, (90.0, 91.0)):
+        rec = make_record(config, metrics={"gmacs": 0.5, "params_m": 11.0, "top1": top1, **_latency(4.0)}, env=ENV)
+        write_record(records, rec)
+        cells.append({"cell_id": rec["cell_id"], "config": config})
+    failures = {TIMEOUT_ERROR: ("cell timed out after 1 min", {}),
+                NON_FINITE_ERROR: ("evaluation gave non-finite test_loss", {"top1": 9.72, "gmacs": 0.5}),
+                "CellCrashed": ("the cell's process was killed by SIGSEGV", {})}
+    for i, (kind, (message, metrics)) in enumerate(failures.items()):
+        config = _config("vt_resnet18", 0, num_tokens=4 + i, tokenizer="filter")
+        rec = make_record(config, metrics=metrics, error=type(kind, (RuntimeError,), {})(message), env=ENV)
+        write_record(records, rec)
+        cells.append({"cell_id": rec["cell_id"], "config": config})
+        assert record_outcome(rec) == ("timeout" if kind == TIMEOUT_ERROR else "error")
+    stopped = _config("vt_resnet18", 0, num_tokens=32, tokenizer="filter")
+    stopped_id = make_record(stopped, env=ENV)["cell_id"]
+    cells.append({"cell_id": stopped_id, "config": stopped})
+    (run / "cells" / stopped_id).mkdir(parents=True)
+    write_json_atomic(run / "cells" / stopped_id / "cancelled.json",
+                      {"cancelled_at": "2026-12-06T10:00:00+00:00", "cluster": "local", "task_id": "1"})
+    write_json_atomic(run / "cells.json", cells)
+
+    rep = write_report([run], formats=["md", "csv"])
+    assert rep.data.state_counts() == {"ok": 2, "error": 2, "timeout": 1, "running": 0, "pending": 0, "stopped": 1}
+    md = (run / "report" / "report.md").read_text()
+    assert "cells: 2 ok, 2 error, 1 timeout, 0 running, 0 pending, 0 stopped" not in md  # stopped is counted
+    assert "cells: 2 ok, 2 error, 1 timeout, 0 running, 0 pending, 1 stopped" in md
+    failed = md.split("### Failed cells (error and timeout records) (3)")[1].split("###")[0]
+    for kind, (message, _) in failures.items():
+        assert kind in failed and message in failed
+    assert re.search(r"\| timeout +\| CellTimeout +\|", failed) and re.search(r"\| error +\| CellCrashed +\|", failed)
+    assert "### Cells without a record (pending, running or stopped) (1)" in md and "stopped" in md
+    assert "9.72" not in md.split("## Pending, failed and incomplete cells")[0]  # the NaN cell's top-1 is no result
+    table = pd.read_csv(run / "report" / "table.csv")
+    assert len(table) == 2 and 9.72 not in set(table["top1"])
+    assert set(rep.data.cells["cell_id"]) == {c["cell_id"] for c in cells[:2]}

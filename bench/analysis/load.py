@@ -32,7 +32,8 @@ from bench.analysis import facts as model_facts
 from bench.analysis.compare import Group
 from bench.core.errors import UsageError
 from bench.core.noise import judge_latency
-from bench.core.records import CorruptRecord, iter_records, latest_remeasurements, with_remeasurement
+from bench.core.records import CorruptRecord, iter_records, latest_remeasurements, record_outcome, with_remeasurement
+from bench.pipeline.status import run_status
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ EXPECTED_METRICS = {
     "train": {"cls": ("top1",), "seg": ("miou",)},
 }
 FACT_COLUMNS = ("family", "baseline", "depth", "task")
+# A cell's state, in `vtbench status`'s words and order (bench.pipeline.status.STATES): ok / error /
+# timeout from its record (`bench.core.records.record_outcome`), running / pending / stopped without one.
+STATES = ("ok", "error", "timeout", "running", "pending", "stopped")
 
 
 @dataclass
@@ -65,6 +69,16 @@ class RunData:
     records: list[dict[str, Any]] = field(default_factory=list)
     # One Group per configuration (`aggregate`), in the aggregated frame's order.
     groups: list[Group] = field(default_factory=list)
+
+    def state_counts(self) -> dict[str, int]:
+        """Cells per state, as `vtbench status` counts them: ok records, error and timeout records
+        (`errors`' `state`), and the cells without a usable record (`pending`'s `state`)."""
+        counts = dict.fromkeys(STATES, 0)
+        counts["ok"] = len(self.cells)
+        for frame in (self.errors, self.pending):
+            for state in frame["state"]:
+                counts[state] = counts.get(state, 0) + 1
+        return counts
 
 
 
@@ -267,10 +281,10 @@ def load_runs(run_dirs: Iterable[str | Path]) -> RunData:
         pending += _pending_rows(run_dir, seen, notes)
     notes += _legacy_latency_notes(rows)
     cells = pd.DataFrame(rows)
-    return RunData(cells=cells, errors=_frame(errors, ["run", "cell_id", "model", "cell", "error_type", "message",
-                                          "metrics measured before the error", "path"]),
+    return RunData(cells=cells, errors=_frame(errors, ["run", "cell_id", "model", "cell", "state", "error_type",
+                                                       "message", "metrics measured before the error", "path"]),
                    corrupt=_frame(corrupt, ["run", "path", "reason"]),
-                   pending=_frame(pending, ["run", "cell_id", "model", "cell", "reason"]),
+                   pending=_frame(pending, ["run", "cell_id", "model", "cell", "state", "reason"]),
                    missing=_frame(missing, ["run", "cell_id", "model", "cell", "metric"]),
                    option_columns=list(options), metric_columns=list(metric_names), run_dirs=dirs, notes=notes,
                    configs=configs, records=ok_records)
@@ -295,31 +309,50 @@ def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
 
 
 def _error_row(record: dict[str, Any], run: str, path: Path) -> dict[str, Any]:
+    """A failed cell: its state (`error`, or `timeout` when the runner stopped it at the grid's deadline),
+    its error's type and message (a crash, a non-finite evaluation: each an error record), and which
+    metrics it measured before failing (named only: a failed cell's metrics enter no table or plot)."""
     error = record.get("error") or {}
     kept = [k for k, v in (record.get("metrics") or {}).items() if v is not None]
     main = [k for k in ("gmacs", "params_m", "latency_ms_p50", "top1", "miou") if k in kept]
     more = len(kept) - len(main)
     return {"run": run, "cell_id": record["cell_id"], "model": record["config"].get("model"),
-            "cell": _config_summary(record["config"]), "error_type": error.get("type", "?"),
+            "cell": _config_summary(record["config"]), "state": record_outcome(record),
+            "error_type": error.get("type", "?"),
             "message": error.get("message", ""), "metrics measured before the error": ", ".join(main) + (f" (+{more} more)" if more else ""),
             "path": str(path)}
 
 
 def _pending_rows(run_dir: Path, seen: dict[str, str], notes: list[str]) -> list[dict[str, Any]]:
-    """Cells listed in cells.json that have no ok/error record (none yet, or a corrupt one)."""
+    """Cells listed in cells.json that have no ok/error record (none yet, or a corrupt one), each with its
+    state as `vtbench status` gives it: running, stopped (cancelled, or its process ended), or pending."""
     cells = _read_cells_json(run_dir)
     if cells is None:
         notes.append(f"{run_dir.name}: no cells.json, so pending cells cannot be counted")
         return []
+    live = _live_states(run_dir)
     rows = []
     for cell in cells:
         status = seen.get(cell["cell_id"])
         if status in ("ok", "error"):
             continue
         config = cell["config"] if isinstance(cell.get("config"), dict) else {}
+        state, note = live.get(cell["cell_id"], ("pending", None))
+        reason = status or note or "no record yet"
         rows.append({"run": run_dir.name, "cell_id": cell["cell_id"], "model": config.get("model"),
-                     "cell": _config_summary(config), "reason": status or "no record yet"})
+                     "cell": _config_summary(config), "state": state, "reason": reason})
     return rows
+
+
+def _live_states(run_dir: Path) -> dict[str, tuple[str, str | None]]:
+    """cell id -> (state, note) of the cells without a record, from `bench.pipeline.status` (its state
+    files, cancellation marks and the liveness of their processes); {} where the run folder cannot say."""
+    try:
+        cells = run_status(run_dir).cells
+    except (UsageError, OSError, ValueError) as exc:
+        log.warning("%s: cell states unknown (%s); cells without a record counted as pending", run_dir, exc)
+        return {}
+    return {c.cell_id: (c.state, c.note) for c in cells if c.state in ("running", "pending", "stopped")}
 
 
 

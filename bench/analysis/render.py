@@ -17,6 +17,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.analysis import compare
+from bench.analysis.tables import shared_options
 from bench.core import tables as text_tables
 from bench.core.noise import NOISE_LOAD_MARGIN, NOISE_SPREAD_MAX, NOISE_STEAL_MAX_PCT
 from bench.core.records import atomic_write
@@ -65,8 +66,7 @@ def header_lines(report: Any) -> list[str]:
     dates = sorted(str(v)[:10] for v in cells.get("finished_at", pd.Series(dtype=object)).dropna())
     when = f"{dates[0]} to {dates[-1]}" if dates and dates[0] != dates[-1] else (dates[0] if dates else "unknown")
     lines = [f"# vtbench report: {runs}", "",
-             f"- records: {len(cells)} ok, {len(data.errors)} failed, {len(data.corrupt)} corrupt; "
-             f"{len(data.pending)} pending cell(s); {len(data.missing)} missing metric(s)",
+             f"- {state_line(data)}",
              f"- configurations (seeds aggregated): {len(report.table)}",
              f"- measured on: {devices or 'unknown'} (host(s): {hosts or 'unknown'}), {when}",
              f"- report written {pd.Timestamp.now(tz='UTC').strftime('%Y-%m-%d %H:%M UTC')} by `vtbench report`",
@@ -77,9 +77,21 @@ def header_lines(report: Any) -> list[str]:
              " compared (docs/statistics.md); 'default (V)' in an option column: the cell kept the model's"
              " default V, an empty option cell: the option does not apply to the model; rows are ordered by"
              " family (ResNet and VT-ResNet, then FPN and VT-FPN), depth and setting, baseline first"]
+    shared = shared_options(report.table, data.option_columns) if not report.table.empty else ""
+    if shared:
+        lines.append(f"- every configuration shares {shared} (so no table has a column for these)")
     lines += method_lines(report.table)
     lines += [f"- note: {note}" for note in data.notes]
     return lines
+
+
+def state_line(data: Any) -> str:
+    """'cells: 15 ok, 1 error, 0 timeout, 0 running, 3 pending, 0 stopped; 1 corrupt record file(s); 1 missing
+    metric(s)': the states in `vtbench status`'s words (a timeout: the runner stopped the cell at the grid's
+    `timeout_min`)."""
+    counts = data.state_counts()
+    return (f"cells: {', '.join(f'{n} {state}' for state, n in counts.items())} (as `vtbench status` counts them); "
+            f"{len(data.corrupt)} corrupt record file(s); {len(data.missing)} missing metric(s)")
 
 
 def _joined(cells: pd.DataFrame, column: str) -> str | None:
@@ -119,8 +131,8 @@ def method_lines(table: pd.DataFrame) -> list[str]:
 
 # --------------------------------------------------------------------------- sections
 
-STATUS_TITLES = (("errors", "Failed cells (error records)"), ("corrupt", "Corrupt record files"),
-                 ("pending", "Pending cells (in cells.json, no record yet)"),
+STATUS_TITLES = (("errors", "Failed cells (error and timeout records)"), ("corrupt", "Corrupt record files"),
+                 ("pending", "Cells without a record (pending, running or stopped)"),
                  ("missing", "Missing metrics (promised by the cell's `measure`, absent from its record)"))
 
 
@@ -136,6 +148,13 @@ def status_sections(data: Any) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
+def section_markdown(section: Any) -> str:
+    """A study's section (`bench.analysis.section.StudySection`) as markdown: '## title', its intro (markdown
+    already, shown as written) and its table, cells escaped; report.md and `vtbench speed` both print it so."""
+    intro = f"{section.intro.strip()}\n\n" if section.intro.strip() else ""
+    return f"## {md_escape(section.title)}\n\n{intro}{markdown_table(section.table)}"
+
+
 NO_PROBLEMS = ("None: every cell has an ok record, no record file is corrupt, and every record holds the"
                " metrics its cell's `measure` promises.")
 
@@ -149,9 +168,7 @@ def render_markdown(report: Any, out_dir: Path) -> str:
     for title, df in report.sections:
         intro = report.intros.get(title, "")
         parts.append(f"## {md_escape(title)}\n\n" + (f"{md_escape(intro)}\n\n" if intro else "") + markdown_table(df))
-    for study in report.studies:
-        intro = f"{study.intro.strip()}\n\n" if study.intro.strip() else ""
-        parts.append(f"## {md_escape(study.title)}\n\n{intro}{markdown_table(study.table)}")
+    parts += [section_markdown(study) for study in report.studies]
     if report.absent:
         parts.append("## Not in this report\n\n" + "\n".join(f"- {md_escape(a)}" for a in report.absent) + "\n")
     if report.plots or report.skipped_plots:

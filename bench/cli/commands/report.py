@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
                     "they enter gets no verdict", noisy, int(table["latency_ms_p50"].notna().sum()))
     data = report.data
     if len(data.pending) or len(data.errors) or len(data.corrupt):
-        log.warning("partial run: %d pending, %d failed, %d corrupt record(s); see the report's last section",
-                    len(data.pending), len(data.errors), len(data.corrupt))
+        counts = data.state_counts()
+        log.warning("partial run: %s; %d corrupt record(s); see the report's last section",
+                    ", ".join(f"{counts[s]} {s}" for s in counts if s != "ok" and counts[s]), len(data.corrupt))
     return 0
