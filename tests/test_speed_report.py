@@ -57,6 +57,12 @@ STAGES = {"resnet18": {"stage_ms_stem": 1.0, "stage_ms_stage2": 2.0, "stage_ms_s
                        "stage_ms_stage5": 2.0, "stage_ms_head": 1.0},
           "vt_resnet18": {"stage_ms_stem": 1.0, "stage_ms_stage2": 2.0, "stage_ms_stage3": 2.0,
                           "stage_ms_stage4": 2.0, "stage_ms_vt": 1.5, "stage_ms_head": 0.5}}
+# What `vtbench interleave --stages --peak` adds: how the stages were timed, and each stage's roofline bounds
+# (here only the compared stage's and the stem's, as a run may have them for some stages only).
+BOUNDS = {"resnet18": {"stage_timing": "forward_hooks_eager", "stage_bound_ms_stage5": 1.0,
+                       "stage_bound_unfused_ms_stage5": 1.6, "stage_bound_ms_stem": 0.25},
+          "vt_resnet18": {"stage_timing": "cuda_graphs_per_stage", "stage_bound_ms_vt": 0.5,
+                          "stage_bound_unfused_ms_vt": 0.9}}
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +72,10 @@ def run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("speed") / "run"
     records = run / "records"
     b1 = {m: _record(records, m, 1) for m in ("resnet18", "vt_resnet18")}
-    _remeasure(records, b1["resnet18"], [10.0, 11.0, 12.0, 10.0], extra={**PEAK, **STAGES["resnet18"]})
+    _remeasure(records, b1["resnet18"], [10.0, 11.0, 12.0, 10.0], extra={**PEAK, **STAGES["resnet18"],
+                                                                        **BOUNDS["resnet18"]})
     _remeasure(records, b1["vt_resnet18"], [8.0, 9.0, 10.5, 8.5], verdicts=["ok", "noisy", "ok", "ok"],
-               extra={**PEAK, **STAGES["vt_resnet18"]})
+               extra={**PEAK, **STAGES["vt_resnet18"], **BOUNDS["vt_resnet18"]})
     b32 = {m: _record(records, m, 32) for m in ("resnet18", "vt_resnet18")}
     _remeasure(records, b32["resnet18"], [100.0, 110.0, 100.0, 110.0])
     _remeasure(records, b32["vt_resnet18"], [70.0, 75.0, 70.0, 75.0])
@@ -170,11 +177,39 @@ def test_the_shown_table_and_the_stage_breakdown(run):
     assert split["latency ratio VT / baseline [95 % CI]"] == "0.900 (single pass, no interval)"
     assert "GEMM 0.5 TFLOP/s" in section.intro and "Holm" in section.intro
     assert list(stages.table.columns) == ["model", "batch", "mode", "device", "stem", "stage2", "stage3", "stage4",
-                                          "stage5", "vt", "head"]
+                                          "stage5", "vt", "head", "stage timing", "compared stage", "bound (ms)",
+                                          "x bound"]
     vt_row = stages.table[stages.table["model"] == "vt_resnet18"].iloc[0]
     assert vt_row["vt"] == "1.50 (17%)" and vt_row["stage5"] == "-"  # 1.5 of 9 ms
     raw = stages.data[(stages.data["model"] == "resnet18") & (stages.data["stage"] == "stem")].iloc[0]
     assert raw["ms"] == 1.0 and raw["share"] == pytest.approx(0.1)
+
+
+def test_stage_bounds_give_x_bound_of_the_compared_stage(run):
+    """The VT stage's measured time over its fused roofline bound (1.5 / 0.5 ms), the baseline's stage 5
+    (2.0 / 1.0 ms), how each was timed; every bounded stage's figures in speed_stages.csv."""
+    stages = build_report([run]).studies[1]
+    rows = {r["model"]: r for r in stages.table.to_dict("records")}
+    vt, base = rows["vt_resnet18"], rows["resnet18"]
+    assert (vt["compared stage"], vt["bound (ms)"], vt["x bound"]) == ("vt", "0.5", "3.00x")
+    assert (base["compared stage"], base["bound (ms)"], base["x bound"]) == ("stage5", "1", "2.00x")
+    assert (vt["stage timing"], base["stage timing"]) == ("cuda_graphs_per_stage", "forward_hooks_eager")
+    assert "one fused kernel" in stages.intro and "within 2x" in stages.intro and "cuda_graphs_per_stage" in stages.intro
+    raw = stages.data.set_index(["model", "stage"])
+    assert raw.loc[("vt_resnet18", "vt"), "bound_ms"] == 0.5
+    assert raw.loc[("vt_resnet18", "vt"), "over_bound"] == pytest.approx(3.0)
+    assert raw.loc[("vt_resnet18", "vt"), "unfused_bound_ms"] == 0.9
+    assert raw.loc[("resnet18", "stem"), "over_bound"] == pytest.approx(1.0 / 0.25)  # a stage not compared
+    assert pd_isna(raw.loc[("resnet18", "stage2"), "bound_ms"]) and pd_isna(raw.loc[("resnet18", "stage2"), "over_bound"])
+
+
+def test_stages_without_bounds_have_no_bound_columns():
+    record = {"cell_id": "a" * 12, "config": {"model": "resnet18", "latency": {"batch_size": 1}},
+              "model": {"replaced": "stage5", "stages": ["stem", "stage5"]},
+              "metrics": {"stage_ms_stem": 1.0, "stage_ms_stage5": 3.0}}
+    shown, raw = speed_report.stage_tables([record])
+    assert "x bound" not in shown.columns and shown.iloc[0]["stage timing"] == "-"
+    assert raw["bound_ms"].isna().all()
 
 
 def test_the_report_writes_the_sections_csv(run, tmp_path):

@@ -24,6 +24,7 @@ import pandas as pd
 from bench.analysis import compare
 from bench.analysis.compare import LatencyPair
 from bench.analysis.section import StudySection
+from bench.analysis.tables import latency_mode, sort_value
 
 STAGE_PREFIX = "stage_ms_"
 CSV_NAME, STAGES_CSV_NAME = "speed.csv", "speed_stages.csv"
@@ -49,7 +50,8 @@ def report_sections(data: Any, table: pd.DataFrame) -> list[StudySection]:
     staged = list({id(r): r for r in staged}.values())
     if pairs and staged:
         shown, raw = stage_tables(staged)
-        sections.append(StudySection(title="VT vs baseline: where the time goes", intro=STAGES_INTRO, table=shown,
+        intro = STAGES_INTRO + (f"\n\n{BOUND_INTRO}" if "x bound" in shown.columns else "")
+        sections.append(StudySection(title="VT vs baseline: where the time goes", intro=intro, table=shown,
                                      csv_name=STAGES_CSV_NAME, data=raw))
     return sections
 
@@ -76,8 +78,6 @@ def latency_of(config: dict[str, Any]) -> dict[str, Any]:
 def mode_of(latency: dict[str, Any]) -> str:
     """The mode in the report's one wording (`bench.analysis.tables.latency_mode`): 'eager', 'compile',
     'compile max-autotune', with '+ CUDA graphs' and '+ channels_last'."""
-    from bench.analysis.tables import latency_mode
-
     return latency_mode(latency)
 
 
@@ -202,16 +202,29 @@ def pairs_intro(pairs: list[LatencyPair], rows: list[dict[str, Any]]) -> str:
         lines.append(f"Measured ceilings on {device} ({dtype}, the cells' threads; the higher of before and after "
                      f"the rounds): GEMM {gemm:.3g} TFLOP/s, copy {_f(copy, '.4g')} GB/s. "
                      "Achieved TFLOP/s = 2 x MACs x batch / p50.")
+    if any((p.get(f"{side}_fraction_of_peak") or 0) > 1 for p in rows for side in ("base", "vt")):
+        lines.append("A share above 100 %: the model's forward ran at more TFLOP/s than the measured GEMM ceiling, "
+                     "one square matrix product of one size (`peak_gemm_n`), which is a measured reference for "
+                     "this machine, not an upper bound on every kernel.")
     return "\n\n".join(lines)
 
 
 STAGES_INTRO = ("Median time per stage (ms, and its share of the stages' sum) over the interleaved rounds "
-                "(`vtbench interleave --stages`: forward hooks on the eager model, CUDA events on a GPU; a "
-                "compiled cell's stages are timed eager).")
+                "(`vtbench interleave --stages`). 'stage timing' says how: forward_hooks_eager (forward hooks on "
+                "the eager model, CUDA events on a GPU; a compiled cell's stages are timed eager) or "
+                "cuda_graphs_per_stage (each stage captured and replayed as its own CUDA graph).")
+BOUND_INTRO = ("'x bound': the measured time of the stage the pair compares (stage 5, or the VT stage that "
+               "replaces it) over its roofline lower bound, one fused kernel at the run's own measured GEMM and "
+               "copy ceilings (`bench.measure.roofline.stage_bounds`; written by `vtbench interleave --stages "
+               "--peak`); the issue's target is the VT stage within 2x its bound. speed_stages.csv holds every "
+               "stage's bound (`bound_ms`, `over_bound`) and its unfused bound, each operator its own kernel "
+               "(`unfused_bound_ms`).")
+BOUND_PREFIX, UNFUSED_PREFIX = "stage_bound_ms_", "stage_bound_unfused_ms_"
 
 
 def stage_tables(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(shown table: one row per cell, each stage 'ms (share %)'; raw rows: cell, stage, ms, share)."""
+    """(shown table: one row per cell, each stage 'ms (share %)', how the stages were timed and, with
+    bounds, the compared stage's bound and measured / bound; raw rows: cell, stage, ms, share, bounds)."""
     order = stage_columns(records)
     shown, raw = [], []
     for record in sorted(records, key=_stage_row_order):
@@ -220,11 +233,39 @@ def stage_tables(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFr
         total = sum(times.values())
         label = {"model": record["config"].get("model"), "batch": str(latency["batch_size"]),
                  "mode": mode_of(latency), "device": latency["device"]}
-        shown.append({**label, **{st: f"{times[st]:.2f} ({100 * times[st] / total:.0f}%)" if st in times else "-"
-                                  for st in order}})
+        row = {**label, **{st: f"{times[st]:.2f} ({100 * times[st] / total:.0f}%)" if st in times else "-"
+                           for st in order}}
+        row["stage timing"] = str(metrics.get("stage_timing") or "-")
+        row.update(_bound_cells(record, times))
+        shown.append(row)
         raw += [{"run": record.get("run"), "cell_id": record["cell_id"], **label, "stage": st, "ms": ms,
-                 "share": ms / total} for st, ms in times.items()]
-    return pd.DataFrame(shown), pd.DataFrame(raw)
+                 "share": ms / total, "stage_timing": metrics.get("stage_timing"),
+                 **_bounds_of(metrics, st, ms)} for st, ms in times.items()]
+    shown_frame = pd.DataFrame(shown)
+    if not any(BOUND_PREFIX + st in r["metrics"] for r in records for st in order):
+        shown_frame = shown_frame.drop(columns=["compared stage", "bound (ms)", "x bound"])
+    return shown_frame, pd.DataFrame(raw)
+
+
+def _bounds_of(metrics: dict[str, Any], stage: str, ms: float) -> dict[str, float | None]:
+    """A stage's fused bound (ms), measured / bound, and its unfused bound (None where not measured)."""
+    bound, unfused = metrics.get(BOUND_PREFIX + stage), metrics.get(UNFUSED_PREFIX + stage)
+    return {"bound_ms": bound, "over_bound": ms / bound if bound else None, "unfused_bound_ms": unfused}
+
+
+def compared_stage(record: dict[str, Any], times: dict[str, float]) -> str | None:
+    """The stage a pair compares (the record's `model.replaced`: stage5 or vt), if it was timed."""
+    stage = (record.get("model") or {}).get("replaced")
+    return stage if stage in times else None
+
+
+def _bound_cells(record: dict[str, Any], times: dict[str, float]) -> dict[str, str]:
+    """The shown table's 'compared stage', 'bound (ms)' and 'x bound' (e.g. '2.80x'), '-' where unknown."""
+    stage = compared_stage(record, times)
+    bounds = _bounds_of(record["metrics"], stage, times[stage]) if stage else {}
+    if not bounds.get("bound_ms"):
+        return {"compared stage": stage or "-", "bound (ms)": "-", "x bound": "-"}
+    return {"compared stage": stage, "bound (ms)": f"{bounds['bound_ms']:.3g}", "x bound": f"{bounds['over_bound']:.2f}x"}
 
 
 def stage_columns(records: list[dict[str, Any]]) -> list[str]:
@@ -253,7 +294,13 @@ def _pair_order(pair: LatencyPair) -> tuple:
     """Rows by device, dtype, mode (eager first), batch, then the pair's models and options."""
     latency = latency_of(pair.vt.config)
     return (str(latency["device"]), str(latency["dtype"]), _mode_rank(mode_of(latency)), int(latency["batch_size"]),
-            str(pair.base.model), str(pair.vt.model), _options(pair.vt.config))
+            str(pair.base.model), str(pair.vt.model), _options_order(pair.vt.config))
+
+
+def _options_order(config: dict[str, Any]) -> tuple:
+    """The VT options as a sort key, numbers by value (num_tokens 4, 8, 16, not '16' < '4')."""
+    args = config.get("model_args") or {}
+    return tuple((str(k), sort_value(v)) for k, v in args.items() if k != "num_classes")
 
 
 def _stage_row_order(record: dict[str, Any]) -> tuple:
