@@ -56,3 +56,17 @@ def test_vtbench_report_runs_without_torch(tmp_path):
     md = (out / "report.md").read_text()
     assert "## VT vs baseline: latency" in md and "## Summary" in md
     assert "torch cannot be imported here" in md  # the attention figure says why it is absent
+
+
+def test_a_torch_free_report_of_records_without_model_facts_says_what_it_cannot_give(tmp_path):
+    """Schema /1 records carry no model block; without torch the registry cannot stand in, so the report
+    says which records lost their baselines and stages instead of silently showing no comparison."""
+    out = tmp_path / "report"
+    code = ("from bench.analysis.report import write_report\n"
+            f"write_report([{str(REPO / 'results' / 'fashion_ablation')!r}], {str(out)!r}, formats=['md'])\n"
+            "assert 'torch' not in sys.modules\n")
+    result = _run(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    md = (out / "report.md").read_text()
+    assert "51 record(s) (resnet18, vt_resnet18) predate the records' model facts" in md
+    assert "cannot be imported here (no torch)" in md

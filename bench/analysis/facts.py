@@ -70,6 +70,11 @@ def _registry_defaults(name: str) -> Mapping[str, Any] | None:
     return facts.defaults if facts is not None else None
 
 
+def registry_available() -> bool:
+    """Whether the model registry (and so torch) can be imported in this process."""
+    return _registry() is not None
+
+
 def facts_of(model: Any) -> Facts:
     """What its records said of `model`, else the registry's facts, else only its name (family "other")."""
     name = str(model)

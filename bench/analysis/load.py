@@ -280,6 +280,7 @@ def load_runs(run_dirs: Iterable[str | Path]) -> RunData:
                          f"({', '.join(unused[:5])}{', ...' if len(unused) > 5 else ''})")
         pending += _pending_rows(run_dir, seen, notes)
     notes += _legacy_latency_notes(rows)
+    notes += _unknown_facts_notes(ok_records)
     cells = pd.DataFrame(rows)
     return RunData(cells=cells, errors=_frame(errors, ["run", "cell_id", "model", "cell", "state", "error_type",
                                                        "message", "metrics measured before the error", "path"]),
@@ -288,6 +289,19 @@ def load_runs(run_dirs: Iterable[str | Path]) -> RunData:
                    missing=_frame(missing, ["run", "cell_id", "model", "cell", "metric"]),
                    option_columns=list(options), metric_columns=list(metric_names), run_dirs=dirs, notes=notes,
                    configs=configs, records=ok_records)
+
+
+def _unknown_facts_notes(records: list[dict[str, Any]]) -> list[str]:
+    """Say so where records carry no model facts (schema /1) and the registry cannot be asked here (no torch):
+    their models' family, baseline and stages are unknown, so those cells are paired with nothing."""
+    blind = [r for r in records if not isinstance(r.get("model"), dict)]
+    if not blind or model_facts.registry_available():
+        return []
+    models = sorted({str(r["config"].get("model")) for r in blind})
+    return [f"{len(blind)} record(s) ({', '.join(models)}) predate the records' model facts (schema "
+            f"vtbench.record/1) and the model registry cannot be imported here (no torch): their baselines, stages "
+            f"and option defaults are unknown, so no stage column, reduction, comparison or summary line is given "
+            f"for them; run the report where torch imports"]
 
 
 def _legacy_latency_notes(rows: list[dict[str, Any]]) -> list[str]:
