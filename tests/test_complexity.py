@@ -188,6 +188,30 @@ def test_fvcore_attention_handles_count_the_two_matmuls(op, inner):
     assert EXTRA_HANDLES[f"aten::{op}"]([_Shape(*s) for s in shapes], []) == b * heads * lq * lk * (d + dv)
 
 
+@pytest.mark.parametrize("name, options", [("resnet18", {}), ("vt_resnet18", {}),
+                                           ("vt_resnet18", {"attention_impl": "sdpa"})])
+def test_fvcore_default_total_is_what_fvcore_gives_out_of_the_box(name, options):
+    """`gmacs_fvcore_default` (timm's infer_gmacs) equals plain FlopCountAnalysis(model, x).total()."""
+    from fvcore.nn import FlopCountAnalysis
+
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, stem="cifar", **options).eval()
+    result = measure_complexity(model, 32)
+    with torch.no_grad():
+        analysis = FlopCountAnalysis(model, torch.randn(1, 3, 32, 32))
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        plain = analysis.total() / 1e9
+    assert result.gmacs_fvcore_default == pytest.approx(plain, rel=1e-9)
+    if not options:  # fvcore's defaults count norms, not softmax or additions
+        assert result.gmacs < result.gmacs_fvcore_default < result.gmacs_fvcore
+    else:  # nor SDPA: out of the box, fvcore undercounts the attention form
+        assert result.gmacs_fvcore_default < result.gmacs
+    metrics = result.to_metrics()
+    assert metrics["gmacs_fvcore_default"] == result.gmacs_fvcore_default
+    assert "gmacs_fvcore_default" in metrics["counting"]
+
+
 class TokensThen(nn.Module):
     """A 1x1 conv makes 5 tokens of 8 channels from a (1, 5) image; `block` runs on them (batch first)."""
 

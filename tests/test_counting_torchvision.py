@@ -34,3 +34,16 @@ def test_published_models_and_their_builds():
 def test_counted_within_tolerance_of_published(published):
     row = check(published, with_plain=False)
     assert abs(row["delta_pct_gmacs"]) <= TOLERANCE_PCT, row
+
+
+def test_a_bare_run_writes_under_runs_never_over_the_committed_result(tmp_path, monkeypatch):
+    """`--out` defaults to runs/counting; results/counting is written only when asked for."""
+    from bench.measure.counting_check import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results" / "counting").mkdir(parents=True)
+    assert main(["--models", "squeezenet1_1"]) == 0
+    written = tmp_path / "runs" / "counting"
+    assert sorted(p.name for p in written.iterdir()) == ["counting.csv", "counting.md"]
+    assert not any((tmp_path / "results" / "counting").iterdir())
+    assert "squeezenet1_1" in (written / "counting.csv").read_text()

@@ -23,6 +23,9 @@ All numbers are MACs per image, reported as `gmacs*`. Which counter produced whi
   element), max-pooling and mean (one per input element), additions, subtractions, multiplications,
   divisions, powers and reciprocal square roots (residuals, scaled logits, the `centered` numerics'
   token and pixel scalings: one per output element).
+- `gmacs_fvcore_default`: fvcore's total with fvcore's own handles only, as
+  `FlopCountAnalysis(model, x).total()` gives it out of the box (timm's `benchmark.py` `infer_gmacs`):
+  `gmacs_fvcore` less the operators only vtbench's handles count.
 - `counter_gap_pct` = (traced - executed) / executed * 100, signed; `counter_agree` is |gap| <= 0.5 %.
   When the counters disagree, `counter_warning` says so in one line and it is logged as a WARNING.
 - Fused attention: under eval + no_grad, `nn.MultiheadAttention` and `nn.TransformerEncoderLayer` take
@@ -50,6 +53,7 @@ from typing import Any, Iterator
 
 import torch
 from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.flop_count import _DEFAULT_SUPPORTED_OPS
 from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -76,6 +80,7 @@ COUNTING = {
     "gmacs": "executed: torch FlopCounterMode, matrix products and convolutions, FLOPs / 2",
     "gmacs_traced": "traced: fvcore JIT trace, by_operator over matrix products and convolutions",
     "gmacs_fvcore": "traced: fvcore total (also norms, pooling, softmax, additions)",
+    "gmacs_fvcore_default": "traced: fvcore total with fvcore's own handles only, as timm's benchmark.py infer_gmacs",
     "stages_and_modules": "executed",
     "mha_fastpath": "disabled while counting (fused attention counted as its unfused matrix products)",
 }
@@ -190,6 +195,13 @@ class ComplexityResult:
     batch_size: int = 1
 
     @property
+    def gmacs_fvcore_default(self) -> float:
+        """fvcore's total with only its own handles (timm's `infer_gmacs`): `gmacs_fvcore` less the
+        operators that only `EXTRA_HANDLES` count."""
+        added = {op.split("::", 1)[-1] for op in EXTRA_HANDLES if op not in _DEFAULT_SUPPORTED_OPS}
+        return self.gmacs_fvcore - sum(v for op, v in self.by_operator_gmacs.items() if op in added)
+
+    @property
     def counter_gap_pct(self) -> float | None:
         """(traced - executed) / executed * 100; None when nothing executed but the trace counts some."""
         if self.gmacs == 0:
@@ -221,6 +233,7 @@ class ComplexityResult:
             "gmacs": self.gmacs,
             "gmacs_traced": self.gmacs_traced,
             "gmacs_fvcore": self.gmacs_fvcore,
+            "gmacs_fvcore_default": self.gmacs_fvcore_default,
             "counter_gap_pct": self.counter_gap_pct,
             "counter_agree": self.counter_agree,
             "counter_warning": self.counter_warning,

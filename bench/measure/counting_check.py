@@ -1,6 +1,9 @@
 """How often does a MAC counter hit torchvision's published figures? vtbench's counter against plain fvcore.
 
-    python -m bench.measure.counting_check [--out results/counting] [--models vit_b_16,resnet50] [--threads 1]
+    python -m bench.measure.counting_check [--out runs/counting] [--models vit_b_16,resnet50] [--threads 1]
+
+The committed result is regenerated with `--out results/counting`; a bare run writes runs/counting, so
+it never overwrites it.
 
 Every torchvision classification model (`torchvision.models.list_models(module=torchvision.models)`)
 whose default weights publish `_ops` (GFLOPS in torchvision's docs, which are multiply-accumulates:
@@ -163,7 +166,9 @@ def render(df: pd.DataFrame, env: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: count the models, write counting.csv and counting.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("results/counting"))
+    parser.add_argument("--out", type=Path, default=Path("runs/counting"),
+                        help="folder for counting.csv and counting.md (default runs/counting; the committed "
+                             "result is results/counting)")
     parser.add_argument("--models", default=None, help="comma-separated subset (default: every published model)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: 1)")
     args = parser.parse_args(argv)
