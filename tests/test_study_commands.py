@@ -77,11 +77,21 @@ def test_speed_flags_reach_the_study(captured_speed, tmp_path):
     flags = {"--no-stages": ("stages", False), "--no-peak": ("peak", False), "--quick": ("quick", True),
              "--profile": ("profile", True), "--channels-last": ("channels_last", True),
              "--cluster=debug": ("cluster", "debug"), "--threads=3": ("threads", 3), "--rounds=5": ("rounds", 5),
-             "--dtype=bf16": ("dtype", "bf16"), "--modes=compile": ("modes", ("compile",))}
+             "--dtype=bf16": ("dtype", "bf16"), "--modes=compile": ("modes", ("compile",)),
+             "--dry-run": ("dry_run", True)}
     for flag, (field, value) in flags.items():
         out = tmp_path / flag.strip("-").replace("=", "_")
         assert cli_main(["speed", "--out", str(out), flag]) == 0
         assert getattr(captured_speed["opts"], field) == value != getattr(default, field), flag
+
+
+def test_speed_gpu_flags_reach_the_study(captured_speed, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.studies.speed, "_cuda_available", lambda: True)
+    assert cli_main(["speed", "--gpu", "--out", str(tmp_path / "g")]) == 0
+    assert not captured_speed["opts"].flush_l2
+    assert cli_main(["speed", "--gpu", "--flush-l2", "--modes", "compile_max_autotune",
+                     "--out", str(tmp_path / "f")]) == 0
+    assert captured_speed["opts"].flush_l2 and captured_speed["opts"].modes == ("compile_max_autotune",)
 
 
 def test_speed_defaults_write_under_runs_not_results():
@@ -234,24 +244,3 @@ def test_speed_runs_the_grid_interleaves_and_reports(tmp_path, capsys):
 
 
 GRID_NAME = "speed_grid.yaml"
-
-
-def test_gpu_check_speed_phases_use_flags_the_command_has(captured_speed, tmp_path, monkeypatch):
-    """scripts/gpu_check.sh drives `vtbench speed`: each of its speed phases parses and reaches the study
-    (CUDA made to look present; the study itself is the fake above)."""
-    import re
-    import shlex
-
-    monkeypatch.setattr(bench.studies.speed, "_cuda_available", lambda: True)
-    script = (REPO / "scripts" / "gpu_check.sh").read_text()
-    base = shlex.split(re.search(r"^speed=\((.*)\)$", script, re.M).group(1))
-    assert base[:4] == ["python3", "-m", "bench", "speed"]
-    phases = re.findall(r'"\$\{speed\[@\]\}" (.*?)(?:\\\n\s*(.*?))?$', script, re.M)
-    assert len(phases) == 3  # speed, fpn, compile_$pair
-    for i, parts in enumerate(phases):
-        words = shlex.split(" ".join(parts).replace('"$pair"', "r18").replace('"$dest', '"' + str(tmp_path)))
-        words = [w.replace("$pair", "r18") for w in words]
-        out = tmp_path / f"phase{i}"
-        words[words.index("--out") + 1] = str(out)
-        assert cli_main(base[3:] + words) == 0, words
-        assert captured_speed["opts"].gpu and captured_speed["opts"].out == str(out)

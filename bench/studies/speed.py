@@ -1,7 +1,8 @@
 """Do the VT models' MAC savings become latency savings? ResNet vs VT-ResNet, side by side.
 
     vtbench speed --out runs/speed_cpu          # CPU, fp32 inference, batch 1 and 32
-    vtbench speed --gpu --out runs/speed_gpu    # CUDA, bf16, batch 1/64/256, eager/compile/CUDA graphs
+    vtbench speed --gpu --out runs/speed_gpu    # CUDA, bf16, batch 1/64/256, eager, CUDA graphs and
+                                                # torch.compile default, reduce-overhead, max-autotune
 
 (The command's flags are in bench/cli/commands/speed.py.)
 
@@ -14,6 +15,14 @@ per-stage times and the machine's GEMM/copy ceilings before and after), and writ
 OUT/report, whose speed sections (bench/analysis/speed_report.py) give each pair's latency ratio
 per round against the MACs ratio. The same study by hand: `vtbench launch experiments/speed_cpu.yaml
 --run-dir DIR`, `vtbench interleave DIR --rounds 4 --stages --peak`, `vtbench report DIR`.
+
+The GPU protocol: every mode is a cell of its own (`GRID_MODES`: eager, CUDA graphs, and
+`torch.compile` in its default, `reduce-overhead` and `max-autotune` modes, the last two capturing
+CUDA graphs themselves); `flush_l2` zeroes a 256 MB buffer before each timed iteration, outside the
+timed events, so that every iteration starts from a cold L2 as in `triton.testing.do_bench`
+(a cell key, `latency.flush_l2`, so flushed and unflushed cells never pair). A dry run
+(`dry_run`) builds and validates the grid's cells and measures nothing: the GPU grid can be
+checked on a CPU (scripts/gpu_check.sh --dry-run).
 """
 
 from __future__ import annotations
@@ -38,9 +47,15 @@ INPUT_SIZE = 224
 SEG_INPUT_SIZE = 473  # the paper's semantic-segmentation size (Table 6), for every segmentation model
 # The defaults write under runs/ (ignored by git): a study never lands in the committed results/ unless asked.
 CPU_DEFAULTS = dict(batch_sizes=(1, 32), modes=("eager",), dtype="fp32", device="cpu", out="runs/speed_cpu")
-GPU_DEFAULTS = dict(batch_sizes=(1, 64, 256), modes=("eager", "compile", "cuda_graphs"), dtype="bf16",
-                    device="cuda", out="runs/speed_gpu")
-GRID_MODES = {"eager": {}, "compile": {"compile": "default"}, "cuda_graphs": {"cuda_graphs": True}}  # a cell's keys
+GPU_DEFAULTS = dict(batch_sizes=(1, 64, 256),
+                    modes=("eager", "cuda_graphs", "compile", "compile_reduce_overhead", "compile_max_autotune"),
+                    dtype="bf16", device="cuda", out="runs/speed_gpu")
+# A mode's keys in a cell's latency section (bench.core.contracts.LatencyOptions).
+GRID_MODES = {"eager": {}, "compile": {"compile": "default"},
+              "compile_reduce_overhead": {"compile": "reduce-overhead"},
+              "compile_max_autotune": {"compile": "max-autotune"}, "cuda_graphs": {"cuda_graphs": True}}
+# Every block states every mode key: an include inherits the base's keys, and the base is the first mode's.
+MODE_KEYS_OFF = {"compile": None, "cuda_graphs": False}
 DTYPES = ("fp32", "bf16", "fp16")
 GRID_FILE = "speed_grid.yaml"
 
@@ -64,6 +79,8 @@ class StudyOptions:
     quick: bool = False
     min_time_s: float | None = None
     cluster: str = "local"
+    flush_l2: bool = False
+    dry_run: bool = False
 
     @property
     def gpu(self) -> bool:
@@ -72,11 +89,13 @@ class StudyOptions:
 
 @dataclass
 class StudyResult:
-    """What `run` gives back: the report's speed sections, their pair rows, and the cells without an ok record."""
+    """What `run` gives back: the report's speed sections, their pair rows, the cells without an ok
+    record, and on a dry run the cells it would measure (`planned`, nothing measured)."""
 
     sections: list[StudySection]
     rows: list[dict[str, Any]]
     failed: list[dict[str, str]] = field(default_factory=list)
+    planned: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -115,16 +134,18 @@ def study_options(*, gpu: bool = False, out: str | None = None, pairs: Sequence[
                   batch_sizes: Sequence[int] | None = None, modes: Sequence[str] | None = None,
                   dtype: str | None = None, rounds: int = 4, threads: int | None = None,
                   channels_last: bool = False, stages: bool = True, peak: bool = True, profile: bool = False,
-                  quick: bool = False, min_time_s: float | None = None, cluster: str = "local") -> StudyOptions:
+                  quick: bool = False, min_time_s: float | None = None, cluster: str = "local",
+                  flush_l2: bool = False, dry_run: bool = False) -> StudyOptions:
     """The study's options: `gpu` picks the CUDA defaults, anything not given takes them; UsageError
-    on a bad value."""
+    on a bad value. A dry run of the GPU study needs no GPU (it measures nothing)."""
     defaults = GPU_DEFAULTS if gpu else CPU_DEFAULTS
     opts = StudyOptions(
         out=out or defaults["out"], pairs=tuple(pairs or DEFAULT_PAIRS),
         batch_sizes=tuple(batch_sizes or defaults["batch_sizes"]), modes=tuple(modes or defaults["modes"]),
         dtype=dtype or defaults["dtype"], device=defaults["device"], rounds=rounds,
         threads=threads or (None if gpu else os.cpu_count()), channels_last=channels_last, stages=stages,
-        peak=peak, profile=profile, quick=quick, min_time_s=min_time_s, cluster=cluster)
+        peak=peak, profile=profile, quick=quick, min_time_s=min_time_s, cluster=cluster, flush_l2=flush_l2,
+        dry_run=dry_run)
     bad = [m for m in opts.modes if m not in GRID_MODES] + [k for k in opts.pairs if k not in PAIRS]
     if bad:
         raise UsageError(f"unknown mode or pair {', '.join(map(repr, bad))}: modes are {', '.join(GRID_MODES)}, "
@@ -135,7 +156,9 @@ def study_options(*, gpu: bool = False, out: str | None = None, pairs: Sequence[
         raise UsageError(f"--dtype must be fp32, bf16 or fp16, got {opts.dtype!r}")
     if profile and gpu:
         raise UsageError("--profile writes CPU op tables; it does not apply with --gpu")
-    if gpu and not _cuda_available():
+    if flush_l2 and not gpu:
+        raise UsageError("--flush-l2 needs --gpu: it flushes the GPU's L2 cache between timed iterations")
+    if gpu and not dry_run and not _cuda_available():
         raise UsageError("--gpu needs CUDA, which is not available on this machine")
     return opts
 
@@ -161,7 +184,8 @@ def study_grid(opts: StudyOptions) -> dict[str, Any]:
     for mode in opts.modes:
         for batch in opts.batch_sizes:
             latency = {"device": opts.device, "batch_size": batch, "dtype": opts.dtype, "threads": opts.threads,
-                       "channels_last": opts.channels_last, **GRID_MODES[mode],
+                       "channels_last": opts.channels_last, **MODE_KEYS_OFF, **GRID_MODES[mode],
+                       **({"flush_l2": True} if opts.flush_l2 else {}),
                        **timing_options(batch, opts.device, opts.quick, opts.min_time_s)}
             for (size, classes), models in groups.items():
                 blocks.append({"input_size": size, "model_args": {"num_classes": classes}, "latency": latency,
@@ -187,7 +211,9 @@ def run(opts: StudyOptions) -> StudyResult:
     """The study: write its grid into OUT, run the cells through the runner (the local executor, as
     `vtbench launch`), re-measure them in interleaved rounds (`vtbench interleave`, with stage times
     and ceilings unless turned off), then `vtbench report` into OUT/report. Everything is written
-    under OUT."""
+    under OUT. A dry run validates the grid's cells and writes nothing (`planned`)."""
+    if opts.dry_run:
+        return StudyResult(sections=[], rows=[], planned=planned_cells(opts))
     out = Path(opts.out)
     ok, failed = launch_cells(opts, out)
     if ok:
@@ -202,6 +228,38 @@ def run(opts: StudyOptions) -> StudyResult:
     return StudyResult(sections=sections, rows=rows,
                        failed=[{"cell_id": cell, "error": f"no ok record (see {out / 'records'} and "
                                                         f"`vtbench status {out}`)"} for cell in failed])
+
+
+def planned_cells(opts: StudyOptions) -> list[dict[str, Any]]:
+    """The study's cells, built and validated as a launch would, and each cell's latency options checked
+    as the measurement checks them (UsageError on a bad one: e.g. a compile mode that captures CUDA
+    graphs itself, with cuda_graphs), one row each: cell_id, model, input_size, batch_size, mode,
+    device, dtype, flush_l2."""
+    import torch
+
+    from bench.core.contracts import LatencyOptions
+    from bench.measure.latency import check_options
+    from bench.pipeline.grid import build_grid
+
+    rows = []
+    for cell in build_grid(study_grid(opts)).cells:
+        latency = cell.config["latency"]
+        section = LatencyOptions.model_validate(latency)
+        check_options(device=torch.device(section.device), batch_size=section.batch_size,
+                      compile_mode=section.compile_mode, cuda_graphs=section.cuda_graphs,
+                      train_step=section.train_step, threads=section.threads, flush_l2=section.flush_l2)
+        rows.append({"cell_id": cell.cell_id, "model": cell.config["model"], "input_size": cell.config["input_size"],
+                     "batch_size": latency["batch_size"], "mode": mode_of(latency), "device": latency["device"],
+                     "dtype": latency["dtype"], "flush_l2": bool(latency.get("flush_l2", False))})
+    return rows
+
+
+def mode_of(latency: dict[str, Any]) -> str:
+    """The study mode (`GRID_MODES`) of a cell's latency section."""
+    def key(section: dict[str, Any]) -> tuple[Any, bool]:
+        return section.get("compile"), bool(section.get("cuda_graphs"))
+
+    return next(name for name, keys in GRID_MODES.items() if key(keys) == key(latency))
 
 
 def launch_cells(opts: StudyOptions, out: Path) -> tuple[list[str], list[str]]:

@@ -1,7 +1,10 @@
 """`vtbench speed`: do the VT models' MAC savings become latency savings? ResNet vs VT-ResNet.
 
     vtbench speed                                       # CPU, fp32, batch 1 and 32 -> runs/speed_cpu
-    vtbench speed --gpu --channels-last --out DIR       # CUDA, bf16, batch 1/64/256, eager/compile/CUDA graphs
+    vtbench speed --gpu --channels-last --out DIR       # CUDA, bf16, batch 1/64/256, eager, CUDA graphs,
+                                                        # torch.compile default/reduce-overhead/max-autotune
+    vtbench speed --gpu --modes cuda_graphs --flush-l2  # a cold L2 before every timed iteration
+    vtbench speed --gpu --dry-run                       # the GPU grid's cells, validated; nothing measured
     vtbench speed --pairs r18 --batch-size 1 --rounds 2 --min-time-s 0.5 --format json
 
 A driver of the one flow every study takes (bench/studies/speed.py `run`): it writes the grid of
@@ -10,9 +13,10 @@ runner on the local executor (`vtbench launch`), re-measures them in interleaved
 times and ceilings (`vtbench interleave --stages --peak`), and writes the report into OUT/report
 (the speed sections, OUT/report/speed.csv and speed_stages.csv). Everything goes under --out
 (default runs/speed_cpu, or runs/speed_gpu with --gpu). It prints the speed sections
-(`--format table`), or their pair rows as JSON lines (`json`) or CSV (`csv`). The old
-`--batch-sizes` still works. Exit status 0; 1 when a cell has no ok record (e.g. out of memory);
-2 on bad input.
+(`--format table`), or their pair rows as JSON (`json`, `jsonl`) or CSV (`csv`). `--dry-run`
+builds and validates the study's cells and prints them (one row each), measuring and writing
+nothing, on any machine (`--gpu` needs no GPU then). The old `--batch-sizes` still works. Exit
+status 0; 1 when a cell has no ok record (e.g. out of memory); 2 on bad input.
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                   "1 on CUDA; 0.5 with --quick)")
     parser.add_argument("--gpu", action="store_true", help="CUDA: bf16, batch 1/64/256, eager, compile, CUDA graphs")
     parser.add_argument("--pairs", default="r18,r50", help="comma-separated of r18, r50, fpn (default r18,r50)")
-    parser.add_argument("--modes", default=None, help="comma-separated of eager, compile, cuda_graphs")
+    parser.add_argument("--modes", default=None,
+                        help="comma-separated of eager, cuda_graphs, compile, compile_reduce_overhead, "
+                             "compile_max_autotune (torch.compile's default, reduce-overhead and max-autotune modes; "
+                             "default eager on CPU, all five with --gpu)")
     parser.add_argument("--dtype", default=None, help="fp32 (CPU default) or bf16 (GPU default) or fp16")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (default 4; at least 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all logical CPUs)")
@@ -50,6 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="shorter timing per round (smoke test)")
     parser.add_argument("--no-peak", dest="peak", action="store_false",
                         help="skip measuring the GEMM and copy ceilings (bench.measure.roofline)")
+    parser.add_argument("--flush-l2", action="store_true",
+                        help="with --gpu: zero a 256 MB buffer before each timed iteration, outside the timed "
+                             "events, so every iteration starts from a cold L2 (as triton's do_bench)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build and validate the study's cells and print them; measure and write nothing")
     parser.add_argument("--cluster", choices=("local", "debug"), default="local",
                         help="executor of the cells: local (default, as `vtbench launch`) or debug (in this process)")
 
@@ -59,14 +71,26 @@ def run(args: argparse.Namespace) -> int:
     from bench.studies import speed
 
     result = speed.run(speed.study_options(**_study_kwargs(args)))
+    if args.dry_run:
+        common.emit_rows(args.format, result.planned, table=planned_table)
+        return 0
     common.emit(args.format, table=sections_text(result.sections, args.out), rows=result.rows + result.failed,
                 csv_text=_csv_text(result.rows))
     return 0 if result.ok else 1
 
 
+def planned_table(rows: list[dict]) -> str:
+    """A dry run's cells as a markdown table, under one line saying nothing was measured."""
+    import pandas as pd
+
+    from bench.analysis.render import markdown_table
+
+    return f"dry run: {len(rows)} cell(s) planned, nothing measured\n\n{markdown_table(pd.DataFrame(rows)).rstrip()}\n"
+
+
 def sections_text(sections: list, out: str | None) -> str:
     """The speed sections as markdown, each from its section object: heading, intro, table."""
-    from bench.core.tables import markdown_table
+    from bench.analysis.render import markdown_table
 
     if not sections:
         return f"no VT/baseline pair with an ok record in {out or 'the run'}\n"
@@ -96,7 +120,7 @@ def _study_kwargs(args: argparse.Namespace) -> dict:
                 batch_sizes=parse_batch_sizes(args.batch_size) if args.batch_size else None,
                 dtype=args.dtype, rounds=args.rounds, threads=args.threads, channels_last=args.channels_last,
                 stages=args.stages, profile=args.profile, quick=args.quick, peak=args.peak,
-                min_time_s=args.min_time_s, cluster=args.cluster)
+                min_time_s=args.min_time_s, cluster=args.cluster, flush_l2=args.flush_l2, dry_run=args.dry_run)
 
 
 def _words(text: str | None) -> list[str] | None:
