@@ -230,3 +230,19 @@ def test_a_run_without_pairs_has_no_speed_section(tmp_path):
 def test_speed_report_imports_no_torch():
     code = "import bench.analysis.speed_report, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_pairs_sort_their_options_by_value(tmp_path):
+    """num_tokens 4, 8, 16 in that order (not '16' < '4' < '8' as text)."""
+    records = tmp_path / "run" / "records"
+    base = _record(records, "resnet18", 1)
+    _remeasure(records, base, [10.0, 10.0, 10.0, 10.0])
+    for tokens in (16, 4, 8):
+        config = _config("vt_resnet18", 1)
+        config["model_args"] = {"num_classes": 1000, "num_tokens": tokens}
+        record = make_record(config, metrics={"gmacs": 1.5, "params_m": 10.0, "latency_ms_p50": 9.0,
+                                              "latency_verdict": "ok"}, env=ENV, run="run")
+        write_record(records, record)
+        _remeasure(records, record, [9.0, 9.1, 9.0, 9.1])
+    section = build_report([tmp_path / "run"]).studies[0]
+    assert list(section.table["VT options"]) == ["num_tokens=4", "num_tokens=8", "num_tokens=16"]
