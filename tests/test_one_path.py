@@ -96,7 +96,7 @@ def test_train_records_an_error_through_the_runner_and_raises_it(tmp_path, monke
     (path,) = (tmp_path / "records").glob("*.json")
     record = json.loads(path.read_text())
     assert record["status"] == "error" and "the disk went away" in record["error"]["traceback"]
-    assert record["config"]["measure"] == ["train"]
+    assert record["config"]["measure"][-1] == "train"  # after the MACs `vtbench train` counts
 
 
 def test_train_bad_input_found_while_training_is_not_recorded(tmp_path, monkeypatch):
