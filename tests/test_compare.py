@@ -117,7 +117,12 @@ def test_rounds_needed_is_the_smallest_n_with_the_power():
     # Paired t test, effect = 1 sd, alpha 0.05, 80 % power: n = 10 (the textbook figure).
     assert compare.rounds_needed(0.1, 0.1) == 10
     n = compare.rounds_needed(0.03, 0.05, alpha=0.05 / 8)
-    assert compare._power_one_sample(0.03, 0.05, n, 0.05 / 8) >= 0.8 > compare._power_one_sample(0.03, 0.05, n - 1, 0.05 / 8)
+
+    def power(k):  # the two-sided one-sample t test's power, from scipy's noncentral t directly
+        crit, nc = stats.t.ppf(1 - 0.05 / 16, k - 1), 0.03 / (0.05 / math.sqrt(k))
+        return stats.nct.sf(crit, k - 1, nc) + stats.nct.cdf(-crit, k - 1, nc)
+
+    assert power(n) >= 0.8 > power(n - 1)
     # Welch, effect = 1 sd on each side: 17 per side (two-sample textbook figure).
     assert compare.seeds_needed_welch(1.0, 1.0, 1.0) == 17
     assert compare.rounds_needed(0.0, 0.1) is None and compare.rounds_needed(0.1, None) is None
