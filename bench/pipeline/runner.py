@@ -686,7 +686,6 @@ def non_finite_evaluation(metrics: dict[str, Any]) -> NonFiniteMetrics | None:
     if not bad:
         return None
     shown = {key: metrics.get(key) for key in EVALUATION_METRICS if key in metrics}
-    log.error("evaluation gave non-finite %s: the cell has no result", ", ".join(bad))
     return NonFiniteMetrics(f"evaluation gave non-finite {', '.join(bad)} (NaN or inf): the model's output "
                             f"in eval mode is not finite, so {shown} is no result")
 
