@@ -262,3 +262,18 @@ def test_the_summary_opens_with_macs_latency_and_accuracy_or_why_there_is_no_cla
         "  latency ratio VT / baseline at cpu fp32 batch 1 eager: 0.750 (single pass, no interval), "
         "no verdict: single pass (no interleaved rounds)",
         "  top-1 difference VT - baseline, points: +1.50, 1 seed: no claim"]
+
+
+def test_rows_short_of_seeds_plan_for_the_family_they_will_join():
+    """16 two-seed rows: none has a verdict yet, but once each has its seeds the 16 are tested together,
+    so each row's seeds-needed figure is at alpha 0.05/16; a zero difference says so."""
+    rows = [compare.compare(compare.seed_difference({0: 90.0 + i / 10, 1: 91.0}, {0: 90.0, 1: 90.5}), 0.0)
+            for i in range(16)]
+    rows.append(compare.compare(compare.seed_difference({0: 90.0, 1: 91.0}, {0: 90.5, 1: 90.5}), 0.0))
+    decided = compare.decide(rows)
+    assert all(c.verdict is None and c.family_size == 0 for c in decided)
+    first = decided[1]
+    diffs = [90.1 - 90.0, 91.0 - 90.5]
+    n = compare.rounds_needed(statistics.fmean(diffs), statistics.stdev(diffs), alpha=0.05 / 17)
+    assert first.needed == f"{n} paired seeds (80 % power, alpha 0.05/17)"
+    assert decided[-1].needed == "none: no difference observed"

@@ -151,7 +151,7 @@ def test_seeds_that_do_not_pair_use_welch_and_stay_unresolved_with_seeds_needed(
     assert row["top1_diff_p_holm"] == pytest.approx(_accuracy_p_values()[1])
     assert row["top1_diff_verdict"].startswith("not resolved")
     # a zero observed difference: no number of seeds resolves it
-    assert seeds_needed_welch(0.0, 2.0, 1.0) is None and pd.isna(row["top1_diff_needed"])
+    assert seeds_needed_welch(0.0, 2.0, 1.0) is None and row["top1_diff_needed"] == "none: no difference observed"
 
 
 def test_one_seed_is_never_a_claim_and_two_get_no_interval(report):

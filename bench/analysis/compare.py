@@ -276,6 +276,9 @@ def decide(comparisons: Sequence[Comparison], alpha: float = ALPHA, power: float
     resolved, the rounds or seeds that would resolve a difference of the observed size."""
     adjusted = holm([c.p for c in comparisons])
     family = sum(p is not None for p in adjusted)
+    # Rows short only of rounds or seeds join the family once they have them: the figure for any row is
+    # for the table as it would then be tested.
+    planned = family + sum(1 for c in comparisons if c.p is None and c.too_few)
     for c, p_holm in zip(comparisons, adjusted):
         c.p_holm, c.family_size = p_holm, family
         if p_holm is None:
@@ -288,7 +291,7 @@ def decide(comparisons: Sequence[Comparison], alpha: float = ALPHA, power: float
         if c.verdict == c.words[2] or (c.verdict is None and c.too_few):
             # Holm's strictest step tests at alpha / m: rounds or seeds enough for it resolve the row
             # whatever rank its p takes in the table.
-            c.needed = needed_text(c, alpha, power, max(family, 1))
+            c.needed = needed_text(c, alpha, power, max(planned, 1))
     return list(comparisons)
 
 
@@ -363,6 +366,8 @@ def needed_text(c: Comparison, alpha: float = ALPHA, power: float = POWER, famil
         return None
     null = math.log(c.reference) if est.log_scale else c.reference
     effect = est.center - null
+    if effect == 0:
+        return "none: no difference observed"
     if est.method == WELCH_LABEL:
         n, unit = seeds_needed_welch(effect, est.sd_vt, est.sd_base, level, power), "seeds per side"
     else:

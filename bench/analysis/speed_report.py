@@ -193,7 +193,8 @@ def pairs_intro(pairs: list[LatencyPair], rows: list[dict[str, Any]]) -> str:
              f"it (missed), or neither is resolved. No verdict where a measurement behind the pair judged "
              f"itself noisy (the row says how many) or there are too few rounds. 'To resolve': the rounds at "
              f"which a difference of the observed size, at the observed spread, would be resolved with "
-             f"{100 * compare.POWER:.0f} % power at the table's strictest Holm level. See docs/statistics.md.",
+             f"{100 * compare.POWER:.0f} % power at the table's strictest Holm level (alpha / m, m the rows tested "
+             f"together once each has its rounds). See docs/statistics.md.",
              compare.holm_caption([p.versus_one for p in pairs], "VT vs baseline") + " "
              + compare.holm_caption([p.target for p in pairs if p.target], "Target")]
     ceilings = sorted({(p["device"], p["dtype"], p["peak_gemm_tflops"], p["peak_copy_gb_s"])

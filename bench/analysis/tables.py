@@ -358,7 +358,8 @@ def accuracy_intro(accuracy: dict[str, dict[str, Comparison]]) -> str:
             f"side. " + " ".join(compare.holm_caption(list(found.values()), f"Δ {dict(STAT_METRICS)[m]}")
                                   for m, found in accuracy.items() if found)
             + " 'To resolve': the seeds at which a difference of the observed size, at the observed spread, would "
-              f"be resolved with {100 * compare.POWER:.0f} % power at the table's strictest Holm level.")
+              f"be resolved with {100 * compare.POWER:.0f} % power at the table's strictest Holm level (alpha / m, m the "
+              f"rows tested together once each has its seeds).")
 
 
 def accuracy_table(agg: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
