@@ -185,6 +185,14 @@ def test_the_shown_table_and_the_stage_breakdown(run):
     assert raw["ms"] == 1.0 and raw["share"] == pytest.approx(0.1)
 
 
+def test_the_complexity_table_says_it_shows_each_models_macs_once(run):
+    report = build_report([run])
+    complexity = dict(report.sections)["Complexity"]
+    assert list(complexity["model"]) == ["resnet18", "vt_resnet18", "resnet50", "vt_resnet50"]
+    assert report.intros["Complexity"].startswith("10 configurations with MACs, 4 rows: configurations that "
+                                                  "differ only in a measurement setting")
+
+
 def test_stage_bounds_give_x_bound_of_the_compared_stage(run):
     """The VT stage's measured time over its fused roofline bound (1.5 / 0.5 ms), the baseline's stage 5
     (2.0 / 1.0 ms), how each was timed; every bounded stage's figures in speed_stages.csv."""

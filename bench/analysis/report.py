@@ -92,7 +92,18 @@ def build_report(run_dirs: Iterable[str | Path]) -> Report:
     sections = [(title, df) for title, df in shown if df is not None and not df.empty]
     return Report(data=data, table=table, comparison=comparison, sections=sections,
                   studies=study_sections(data, table), summary=summary_lines(data.groups, latency, accuracy),
-                  absent=absent_lines(shown, table), intros={"Accuracy": accuracy_intro(accuracy)})
+                  absent=absent_lines(shown, table),
+                  intros={"Accuracy": accuracy_intro(accuracy), "Complexity": complexity_intro(table, shown[0][1])})
+
+
+def complexity_intro(table: pd.DataFrame, shown: pd.DataFrame) -> str:
+    """The Complexity table's caption where it shows fewer rows than there are configurations with MACs:
+    configurations that differ only in how they were timed or trained count the same MACs, shown once."""
+    counted = int(table["gmacs"].notna().sum()) if "gmacs" in table.columns else 0
+    if shown is None or shown.empty or len(shown) == counted:
+        return ""
+    return (f"{counted} configurations with MACs, {len(shown)} rows: configurations that differ only in a "
+            f"measurement setting (latency batch or mode, training recipe) count the same MACs and are shown once.")
 
 
 def absent_lines(shown: list[tuple[str, pd.DataFrame]], table: pd.DataFrame) -> list[str]:
