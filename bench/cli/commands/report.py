@@ -9,7 +9,8 @@ from bench.analysis.report import FORMATS, parse_formats, write_report
 
 NAME = "report"
 HELP = ("Report one or more runs: table.csv, report.md and report.html with complexity, latency and "
-        "accuracy tables beside the paper's numbers, plots (PNG and SVG), and pending/failed cells.")
+        "accuracy tables beside the paper's numbers, plots (PNG and SVG), and the cells that failed, timed out "
+        "or have no record yet (pending, running, stopped), counted as `vtbench status` counts them.")
 
 log = logging.getLogger("vtbench.report")
 
