@@ -199,7 +199,7 @@ def graph_stage_times(model: nn.Module, x: torch.Tensor, iters: int, *, device: 
     capture = capture or capture_stage_graph
     timer = timer or _cuda_timer
     children = dict(model.named_children())
-    calls = stage_calls(model, x, _autocast(device.type, torch_dtype, cache=True))
+    calls = stage_calls(model, x, _autocast(device, torch_dtype, cache=True))
     earlier: dict[int, Any] = {}
     replays: dict[str, Callable[[], float]] = {}
     keep: list[Any] = []  # the eager outputs stay alive, so that no id in `earlier` is reused
@@ -238,7 +238,7 @@ def _stage_step(child: nn.Module, args: tuple, kwargs: dict, device: torch.devic
     """One call of a stage on its static inputs, as the model's forward makes it (inference, autocast)."""
     def step():
         # The autocast cache is off: a capture must not keep casts made outside the graph.
-        with torch.inference_mode(), _autocast(device.type, torch_dtype, cache=False):
+        with torch.inference_mode(), _autocast(device, torch_dtype, cache=False):
             return child(*args, **kwargs)
 
     return step
@@ -271,17 +271,17 @@ def stage_bound_metrics(model: nn.Module, size: Any, batch: int, dtype: str, gem
 # ------------------------------------------------------------------ helpers ----
 
 def _make_input(batch: int, size: Any, device: str, channels_last: bool) -> torch.Tensor:
-    """A random fp32 image batch on the device (autocast casts it where it should)."""
-    height, width = image_hw(size)
-    x = torch.randn(batch, 3, height, width, device=device)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    """A random fp32 image batch on the device, as a latency measurement makes it."""
+    from bench.measure.latency import _make_input as latency_input
+
+    return latency_input(batch, image_hw(size), 3, torch.device(device), channels_last)
 
 
-def _autocast(device_type: str, torch_dtype: torch.dtype, *, cache: bool = True) -> Any:
-    """Autocast to bf16/fp16 on the device, a no-op for fp32."""
-    if torch_dtype is torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type.split(":")[0], dtype=torch_dtype, cache_enabled=cache)
+def _autocast(device: str | torch.device, torch_dtype: torch.dtype, *, cache: bool = True) -> Any:
+    """Autocast to bf16/fp16 on the device, a no-op for fp32 (bench.measure.latency's)."""
+    from bench.measure.latency import _autocast as latency_autocast
+
+    return latency_autocast(torch.device(device), torch_dtype, cache=cache)
 
 
 def _recorded_event() -> "torch.cuda.Event":
