@@ -436,7 +436,8 @@ def test_flush_l2_runs_before_every_warm_up_and_timed_iteration_outside_the_even
     FakeEvent.log = []
     log = FakeEvent.log
     monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
-    monkeypatch.setattr(latency, "_make_input", lambda batch, hw, channels, device, cl: torch.randn(batch, channels, *hw))
+    monkeypatch.setattr(latency, "_make_input",
+                        lambda batch, hw, channels, device, cl: torch.randn(batch, channels, *hw))
     monkeypatch.setattr(latency, "l2_flusher", lambda device: lambda: log.append("flush"))
 
     class Logged(nn.Module):
