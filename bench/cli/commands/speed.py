@@ -89,16 +89,12 @@ def planned_table(rows: list[dict]) -> str:
 
 
 def sections_text(sections: list, out: str | None) -> str:
-    """The speed sections as markdown, each from its section object: heading, intro, table."""
-    from bench.analysis.render import markdown_table
+    """The speed sections as markdown, each from its section object as report.md prints it."""
+    from bench.analysis.render import section_markdown
 
     if not sections:
         return f"no VT/baseline pair with an ok record in {out or 'the run'}\n"
-    parts = []
-    for section in sections:
-        intro = f"{section.intro.strip()}\n\n" if section.intro.strip() else ""
-        parts.append(f"## {section.title}\n\n{intro}{markdown_table(section.table).rstrip()}\n")
-    return "\n".join(parts)
+    return "\n".join(f"{section_markdown(section).rstrip()}\n" for section in sections)
 
 
 def _csv_text(rows: list[dict]) -> str:
