@@ -185,7 +185,8 @@ def test_two_task_job_trains_with_gloo_and_gives_one_record(tmp_path):
     (record,) = records_of(run_dir).values()
     assert record["metrics"]["world_size"] == 2 and record["metrics"]["epochs"] == 2
     assert record["job"]["num_tasks"] == 2
-    logs = "".join(p.read_text() for p in (run_dir / "submitit").glob("*_log.err"))
+    # each rank's cell process writes to the cell's own log (the job's log has the worker's lines)
+    logs = "".join(p.read_text() for p in (run_dir / "cells").glob("*/log"))
     assert "gloo process group: rank 1 of 2" in logs and "gloo process group: rank 0 of 2" in logs
 
 
