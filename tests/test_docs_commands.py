@@ -355,15 +355,16 @@ def run_python_module(argv: list[str]) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """A folder like a user's checkout: experiments/ (a copy), results/ (a link, read only), the
-    pages' files, and runs/smoke made by FIXTURE_LAUNCH."""
+    pages' files, runs/smoke made by FIXTURE_LAUNCH, and a cache folder of its own."""
     ws = tmp_path_factory.mktemp("docs")
     shutil.copytree(ROOT / "experiments", ws / "experiments")
     (ws / "results").symlink_to(ROOT / "results")
     for name, text in shown_files().items():
         (ws / name).parent.mkdir(parents=True, exist_ok=True)
         (ws / name).write_text(text)
-    cwd = os.getcwd()
+    cwd, cache = os.getcwd(), os.environ.get("VTBENCH_CACHE_DIR")
     os.chdir(ws)
+    os.environ["VTBENCH_CACHE_DIR"] = str(ws / "cache")  # `vtbench models` caches here, not in the user's home
     sys.path.insert(0, str(ws))
     try:
         code, _ = run_vtbench(shlex.split(FIXTURE_LAUNCH)[1:])
@@ -372,6 +373,10 @@ def workspace(tmp_path_factory) -> Path:
     finally:
         sys.path.remove(str(ws))
         os.chdir(cwd)
+        if cache is None:
+            os.environ.pop("VTBENCH_CACHE_DIR", None)
+        else:
+            os.environ["VTBENCH_CACHE_DIR"] = cache
 
 
 def _run_in(ws: Path, command: str) -> tuple[int, str, list[str]]:
