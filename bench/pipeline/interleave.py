@@ -179,14 +179,33 @@ def stage_iters(device: str, batch: int) -> int:
     return 20 if device.startswith("cuda") else (5 if batch <= 8 else 2)
 
 
-def _measure_stages(model, config: dict[str, Any]) -> dict[str, float]:
-    """One round's median time (ms) of each stage of the cell's model (eager, forward hooks)."""
-    from bench.measure.stages import stage_times
+def _measure_stages(model, config: dict[str, Any]):
+    """One round's median time (ms) of each stage of the cell's model: `bench.measure.stages.StageTimes`
+    (eager forward hooks; one CUDA graph per stage for a cuda_graphs cell)."""
+    from bench.measure.stages import measure_stages
 
     opts = _latency_section(config)
-    return stage_times(model, opts.batch_size, stage_iters(opts.device, opts.batch_size), opts.threads,
-                       size=config["input_size"], device=opts.device, dtype=opts.dtype,
-                       channels_last=opts.channels_last)
+    return measure_stages(model, opts.batch_size, stage_iters(opts.device, opts.batch_size), opts.threads,
+                          size=config["input_size"], device=opts.device, dtype=opts.dtype,
+                          channels_last=opts.channels_last, cuda_graphs=opts.cuda_graphs)
+
+
+def stage_timing_metrics(rounds: Sequence[Any]) -> dict[str, Any]:
+    """`stage_timing` (how the stages were timed, the last round's) and `stage_timing_note` when a round fell back."""
+    out: dict[str, Any] = {"stage_timing": rounds[-1].method}
+    notes = list(dict.fromkeys(r.note for r in rounds if r.note))
+    if notes:
+        out["stage_timing_note"] = "; ".join(notes)
+    return out
+
+
+def _stage_bounds(model, config: dict[str, Any], ceilings: dict[str, Any]) -> dict[str, float]:
+    """Each stage's roofline bounds at the cell's measured ceilings (`stage_bound_ms_<stage>`, ...)."""
+    from bench.measure.stages import stage_bound_metrics
+
+    opts = _latency_section(config)
+    return stage_bound_metrics(model, config["input_size"], opts.batch_size, opts.dtype,
+                               ceilings["peak_gemm_tflops"], ceilings["peak_copy_gb_s"])
 
 
 def combine_stages(rounds: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -252,7 +271,7 @@ def interleave(run_dir: str | Path, *, rounds: int = 5, only: Sequence[str] | No
     log.info("building %d models", len(configs))
     models = [_build(config) for config in configs]
     measured: list[list[dict[str, Any]]] = [[] for _ in configs]
-    staged: list[list[dict[str, float]]] = [[] for _ in configs]
+    staged: list[list[Any]] = [[] for _ in configs]  # StageTimes per round
     total, done = rounds * len(configs), 0
     started = now_iso()
     ceiling_keys = [_ceiling_key(config) for config in configs]
@@ -277,11 +296,13 @@ def interleave(run_dir: str | Path, *, rounds: int = 5, only: Sequence[str] | No
         combined["latency_cells_interleaved"] = len(configs)
         if stages:
             batch = _latency_section(configs[index]).batch_size
-            combined.update(combine_stages(staged[index]), stage_timing="forward_hooks_eager",
+            combined.update(combine_stages([r.times for r in staged[index]]), **stage_timing_metrics(staged[index]),
                             stage_iters=stage_iters(device, batch))
         if peak:
             key = ceiling_keys[index]
             combined.update(ceiling_metrics(ceilings_start[key], ceilings_end[key]))
+        if stages and peak:
+            combined.update(_stage_bounds(models[index], configs[index], combined))
         remeasurements.append(make_remeasurement(record, combined, session=session, env=env))
     seen = []
     for (path, record), remeasurement in zip(selected, remeasurements):
