@@ -30,9 +30,13 @@ cell id), the invocation (`session`: an id shared by all its cells, `started_at`
 - `latency_protocol`: `"interleaved"`, with `latency_rounds` and `latency_cells_interleaved`.
 
 With `--stages` (`stages=True`) each round also times each cell's stages (its top-level children,
-the registry's stage names; `bench.measure.stages.stage_times`, forward hooks on the eager model,
-CUDA events on a GPU) right after its latency, and the re-measurement keeps the median over rounds
-as `stage_ms_<stage>` (with `stage_iters`, the forward passes timed per round). With `--peak`
+the registry's stage names; `bench.measure.stages.measure_stages`: forward hooks on the eager model,
+CUDA events on a GPU; for a cuda_graphs cell one captured CUDA graph per stage) right after its
+latency, and the re-measurement keeps the median over rounds as `stage_ms_<stage>` (with
+`stage_iters`, the forward passes timed per round, `stage_timing`, forward_hooks_eager or
+cuda_graphs_per_stage, and `stage_timing_note` where a capture fell back to the hooks). With both,
+each stage's roofline bounds at the cell's measured ceilings (`bench.measure.stages.stage_bound_metrics`):
+`stage_bound_ms_<stage>` (one fused kernel) and `stage_bound_unfused_ms_<stage>`. With `--peak`
 (`peak=True`) the machine's GEMM and copy ceilings (`bench.measure.roofline.measure_peak`, at the
 cells' device, dtype and threads) are measured before the first round and after the last, and each
 cell keeps the ones of its own dtype and threads: `peak_gemm_tflops` and `peak_copy_gb_s` (the
