@@ -162,3 +162,30 @@ def test_per_stage_cuda_graphs_time_every_stage_of_a_vt_model():
     eager = stages.stage_times(model, 8, 5, None, size=224, device="cuda", dtype="bf16")
     # A replay has no launch gaps: no stage is slower than its eager time by more than timer noise.
     assert all(result.times[s] < 1.5 * eager[s] + 0.05 for s in eager)
+
+
+# ------------------------------------------------------------------ as `vtbench interleave --stages` uses them
+
+def test_interleave_times_a_cuda_graph_cells_stages_as_graphs_and_records_how(monkeypatch):
+    from bench.pipeline import interleave
+
+    seen = []
+    monkeypatch.setattr(stages, "measure_stages",
+                        lambda model, batch, iters, threads, **kw: seen.append(kw) or StageTimes({"vt": 1.0}, GRAPHS))
+    config = {"input_size": 224, "latency": {"device": "cuda", "batch_size": 64, "dtype": "bf16", "cuda_graphs": True}}
+    assert interleave._measure_stages(None, config).method == GRAPHS
+    assert seen[0]["cuda_graphs"] is True and seen[0]["dtype"] == "bf16"
+    fell_back = StageTimes({"vt": 2.0}, HOOKS, "capture of stage vt failed: x; stages timed eager with forward hooks")
+    assert interleave.stage_timing_metrics([StageTimes({"vt": 1.0}, GRAPHS)]) == {"stage_timing": GRAPHS}
+    assert interleave.stage_timing_metrics([fell_back, fell_back]) == {"stage_timing": HOOKS,
+                                                                        "stage_timing_note": fell_back.note}
+
+
+def test_interleave_records_each_stages_bound_at_the_cells_measured_ceilings():
+    from bench.pipeline import interleave
+
+    model = nn.Sequential()
+    model.add_module("stem", nn.Conv2d(3, 4, 1))
+    config = {"input_size": 2, "latency": {"device": "cpu", "batch_size": 1, "dtype": "fp32"}}
+    bounds = interleave._stage_bounds(model, config, {"peak_gemm_tflops": 1.0, "peak_copy_gb_s": 1.0})
+    assert bounds["stage_bound_ms_stem"] == pytest.approx(176e-9 * 1e3)  # the hand count above
