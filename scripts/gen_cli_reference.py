@@ -68,7 +68,8 @@ def _spelling(action: argparse.Action) -> str:
 
 def _help_text(action: argparse.Action) -> str:
     """The argument's help with %(default)s and friends expanded, choices named, one line."""
-    text = (action.help or "").strip()
+    registry_help = getattr(action, "registry_help", None)  # help computed from a registry when --help prints
+    text = (registry_help() if callable(registry_help) else action.help or "").strip()
     if "%" in text:
         params = dict(vars(action), prog="vtbench")
         if params.get("choices") is not None:

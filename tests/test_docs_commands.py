@@ -173,6 +173,8 @@ COVERAGE: dict[str, Cover] = {
     "pip install -e .[tensorboard]": Cover(NOT_RUN, "installs: the extra is checked to exist in pyproject.toml"),
     "vtbench --version": Cover(SAME, expect=_contains("vtbench ", "torch ")),
     "bash scripts/gpu_check.sh runs/gpu_check": Cover(NOT_RUN, "needs a GPU: checked to parse (bash -n)"),
+    "bash scripts/gpu_check.sh --dry-run": Cover(
+        NOT_RUN, "checked to parse (bash -n); tests/test_gpu_check.py runs it (slow tier)"),
     "apt-get install dataset-fashion-mnist": Cover(
         NOT_RUN, "needs root: checked to be the package scripts/test.sh installs and bench/measure/data.py names"),
     # guide: measuring
