@@ -425,6 +425,10 @@ def test_the_readme_shows_the_two_setup_commands_and_stays_short():
         "bash scripts/test.sh"]
     assert "bash scripts/test.sh" in (ROOT / ".ci/run").read_text()
     assert len(readme.splitlines()) <= 130
+    import yaml
+
+    side = yaml.safe_load((ROOT / "experiments/smoke.yaml").read_text())["base"]["input_size"]
+    assert f"({side}x{side} inputs" in readme, f"the README's main job should say {side}x{side}, as smoke.yaml does"
 
 
 @pytest.mark.parametrize("command", sorted(COVERAGE))
