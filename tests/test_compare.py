@@ -277,3 +277,34 @@ def test_rows_short_of_seeds_plan_for_the_family_they_will_join():
     n = compare.rounds_needed(statistics.fmean(diffs), statistics.stdev(diffs), alpha=0.05 / 17)
     assert first.needed == f"{n} paired seeds (80 % power, alpha 0.05/17)"
     assert decided[-1].needed == "none: no difference observed"
+
+
+def test_a_study_with_no_vt_cell_at_its_defaults_heads_with_the_compared_one(tmp_path, monkeypatch):
+    """The main job's shape: every VT cell sets token_channels; the one timed and trained beside its
+    baseline opens the summary, named with its option; the MACs-only tokenizer variants do not."""
+    from bench.analysis import report as report_module
+    from bench.analysis.plots import PlotSkipped
+    from bench.core.records import make_record, write_record
+
+    env = {"host": "t", "device": "cpu", "device_name": "cpu"}
+    cells = (("resnet18", {}, ["complexity", "latency", "train"], 0.079, 40.0, 4.0),
+             ("vt_resnet18", {"token_channels": 256}, ["complexity", "latency", "train"], 0.069, 35.0, 5.0),
+             ("vt_resnet18", {"token_channels": 256, "tokenizer": "pooling"}, ["complexity"], 0.068, None, None),
+             ("vt_resnet18", {"token_channels": 256, "tokenizer": "clustering"}, ["complexity"], 0.070, None, None))
+    for model, args, measure, gmacs, top1, p50 in cells:
+        config = {"model": model, "model_args": {"num_classes": 10, "stem": "cifar", "width": 0.25, **args},
+                  "measure": measure, "input_size": 48, "seed": 0, "complexity": {},
+                  "latency": {"device": "cpu", "batch_size": 1}, "train": {"dataset": "digits", "epochs": 3}}
+        metrics = {"gmacs": gmacs, "params_m": 0.7}
+        if top1 is not None:
+            metrics.update(top1=top1, latency_ms_p50=p50, latency_verdict="ok")
+        write_record(tmp_path / "run" / "records", make_record(config, metrics=metrics, env=env, run="run"))
+    monkeypatch.setattr(report_module, "_attention", lambda data: (_ for _ in ()).throw(PlotSkipped("not here")))
+    summary = report_module.build_report([tmp_path / "run"]).summary
+    assert summary[0].splitlines() == [
+        "vt_resnet18 (token_channels=256) vs resnet18 (input 48x48): MACs ratio VT / baseline 0.873",
+        "  latency ratio VT / baseline at cpu fp32 batch 1 eager: 1.250 (single pass, no interval), "
+        "no verdict: single pass (no interleaved rounds)",
+        "  top-1 difference VT - baseline, points: -5.00, 1 seed: no claim"]
+    assert summary[1] == ("2 other VT configuration(s) (options set away from the model's defaults) are "
+                          "compared in the tables below.")

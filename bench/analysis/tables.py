@@ -456,21 +456,50 @@ def _headline(vt: Group, base: Group) -> bool:
     return all(key in shared or (key in defaults and defaults[key] == value) for key, value in vt.args.items())
 
 
+MAX_STUDY_HEADLINES = 3    # a run with no VT configuration at its defaults heads with at most this many
+
+
+def _headline_ids(vt_ids: list[str], by_id: dict[str, Group], base_of: dict[str, Group | None],
+                  measured: set[str]) -> set[str]:
+    """The VT configurations the summary opens with: those at their model's defaults; where a VT model
+    and input have none (a study that sets, say, token_channels for a narrow trunk), the few that were
+    compared beyond MACs (timed or trained beside their baseline), named with their options."""
+    chosen: set[str] = set()
+    by_model: dict[tuple, list[str]] = {}
+    for gid in vt_ids:
+        base = base_of.get(gid)
+        if base is not None:
+            by_model.setdefault((by_id[gid].model, _input(by_id[gid])), []).append(gid)
+    for ids in by_model.values():
+        at_defaults = [gid for gid in ids if _headline(by_id[gid], base_of[gid])]
+        compared = [gid for gid in ids if gid in measured]
+        if at_defaults:
+            chosen.update(at_defaults)
+        elif 0 < len(compared) <= MAX_STUDY_HEADLINES:
+            chosen.update(compared)
+    return chosen
+
+
 def summary_lines(groups: list[Group], latency: list[LatencyPair], accuracy: dict[str, dict[str, Comparison]]) -> list[str]:
-    """The opening lines: for each VT model at its defaults beside its baseline, the MACs ratio, the
-    latency ratio with its verdict or why there is none, and the accuracy difference with its interval
-    or why there is none (all from `bench.analysis.compare`); then how many other pairs the tables hold."""
+    """The opening lines: for each VT model at its defaults beside its baseline (or, where none is at
+    its defaults, the few configurations compared beyond MACs), the MACs ratio, the latency ratio with
+    its verdict or why there is none, and the accuracy difference with its interval or why there is
+    none (all from `bench.analysis.compare`); then how many other pairs the tables hold."""
     bases = compare.complexity_pairs(groups)
     by_id = {g.group_id: g for g in groups}
+    measured = {p.vt.group_id for p in latency} | {gid for comps in accuracy.values() for gid in comps}
     vt_ids = list(dict.fromkeys([*bases, *(p.vt.group_id for p in latency),
                                  *(gid for comps in accuracy.values() for gid in comps)]))
     vt_ids.sort(key=lambda gid: (family_rank(by_id[gid].model), pixels_of(_input(by_id[gid]))))
+    base_of = {gid: bases.get(gid) or next((p.base for p in latency if p.vt.group_id == gid), None)
+               for gid in vt_ids}
+    headlines = _headline_ids(vt_ids, by_id, base_of, measured)
     lines, others = [], 0
     seen: set[tuple] = set()
     for gid in vt_ids:
         vt = by_id[gid]
-        base = bases.get(gid) or next((p.base for p in latency if p.vt.group_id == gid), None)
-        if base is None or not _headline(vt, base):
+        base = base_of[gid]
+        if gid not in headlines:
             others += 1
             continue
         key = (vt.model, base.model, _input(vt), _train_key(vt))
@@ -506,7 +535,7 @@ def _same_model_setting(a: Group, b: Group) -> bool:
 def _summary_line(vt: Group, base: Group, latency: list[LatencyPair], accuracy: dict[str, Comparison]) -> str:
     """One pair's summary: a line, then indented lines (two spaces) for each latency setting and metric."""
     macs = compare.macs_ratio(vt, base)
-    lines = [f"{vt.model} vs {base.model} (input {_input(vt)}): "
+    lines = [f"{vt.model}{_set_options(vt, base)} vs {base.model} (input {_input(vt)}): "
              + (f"MACs ratio VT / baseline {macs:.3f}" if macs else "MACs not measured")]
     for pair in sorted(latency, key=_latency_order):
         same_reason = pair.target is not None and pair.target.verdict is None and \
@@ -524,6 +553,17 @@ def _summary_line(vt: Group, base: Group, latency: list[LatencyPair], accuracy: 
     if not accuracy:
         lines.append("  accuracy: no trained pair (only one side, or neither, was trained at the same recipe)")
     return "\n".join(lines)
+
+
+def _set_options(vt: Group, base: Group) -> str:
+    """The options a headline VT configuration sets away from its defaults, e.g. " (token_channels=256)"."""
+    if _headline(vt, base):
+        return ""
+    shared = set(base.args) | set(base.facts.defaults or {})
+    defaults = vt.facts.defaults or {}
+    own = [f"{k}={v}" for k, v in sorted(vt.args.items())
+           if k not in shared and not (k in defaults and defaults[k] == v)]
+    return f" ({', '.join(own)})" if own else ""
 
 
 def _latency_order(pair: LatencyPair) -> tuple:
