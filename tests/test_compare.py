@@ -241,22 +241,35 @@ def test_a_report_shows_one_latency_ratio_per_pair_and_setting(tmp_path, monkeyp
     assert "&gt;" not in md and "&lt;" not in md and "&amp;" not in md and "_none_" not in md
 
 
-def test_the_summary_opens_with_macs_latency_and_accuracy_or_why_there_is_no_claim(tmp_path, monkeypatch):
-    """The smoke grid's shape: ResNet-18 and VT-ResNet-18 at their defaults, one seed, single-pass latency."""
+def _single_pass_summary(tmp_path, monkeypatch, cells, *, input_size: int, model_args: dict,
+                         epochs: int) -> list[str]:
+    """The report summary of a run of single-pass records: cells are (model, own model_args, measure,
+    gmacs, top1, p50), top1 and p50 None for a MACs-only cell."""
     from bench.analysis import report as report_module
     from bench.analysis.plots import PlotSkipped
     from bench.core.records import make_record, write_record
 
     env = {"host": "t", "device": "cpu", "device_name": "cpu"}
-    for model, gmacs, top1, p50 in (("resnet18", 0.56, 60.0, 4.0), ("vt_resnet18", 0.42, 61.5, 3.0)):
-        config = {"model": model, "model_args": {"num_classes": 10, "stem": "cifar"},
-                  "measure": ["complexity", "latency", "train"], "input_size": 64, "seed": 0, "complexity": {},
-                  "latency": {"device": "cpu", "batch_size": 1}, "train": {"dataset": "digits", "epochs": 2}}
-        write_record(tmp_path / "run" / "records",
-                     make_record(config, metrics={"gmacs": gmacs, "params_m": 11.0, "top1": top1, "latency_ms_p50": p50,
-                                                  "latency_verdict": "ok"}, env=env, run="run"))
+    for model, args, measure, gmacs, top1, p50 in cells:
+        config = {"model": model, "model_args": {**model_args, **args}, "measure": measure,
+                  "input_size": input_size, "seed": 0, "complexity": {},
+                  "latency": {"device": "cpu", "batch_size": 1}, "train": {"dataset": "digits", "epochs": epochs}}
+        metrics = {"gmacs": gmacs, "params_m": 11.0}
+        if top1 is not None:
+            metrics.update(top1=top1, latency_ms_p50=p50, latency_verdict="ok")
+        write_record(tmp_path / "run" / "records", make_record(config, metrics=metrics, env=env, run="run"))
     monkeypatch.setattr(report_module, "_attention", lambda data: (_ for _ in ()).throw(PlotSkipped("not here")))
-    summary = report_module.build_report([tmp_path / "run"]).summary
+    return report_module.build_report([tmp_path / "run"]).summary
+
+
+TRAINED = ["complexity", "latency", "train"]
+
+
+def test_the_summary_opens_with_macs_latency_and_accuracy_or_why_there_is_no_claim(tmp_path, monkeypatch):
+    """The smoke grid's shape: ResNet-18 and VT-ResNet-18 at their defaults, one seed, single-pass latency."""
+    cells = (("resnet18", {}, TRAINED, 0.56, 60.0, 4.0), ("vt_resnet18", {}, TRAINED, 0.42, 61.5, 3.0))
+    summary = _single_pass_summary(tmp_path, monkeypatch, cells, input_size=64,
+                                   model_args={"num_classes": 10, "stem": "cifar"}, epochs=2)
     assert summary[0].splitlines() == [
         "vt_resnet18 vs resnet18 (input 64x64): MACs ratio VT / baseline 0.750",
         "  latency ratio VT / baseline at cpu fp32 batch 1 eager: 0.750 (single pass, no interval), "
@@ -282,25 +295,12 @@ def test_rows_short_of_seeds_plan_for_the_family_they_will_join():
 def test_a_study_with_no_vt_cell_at_its_defaults_heads_with_the_compared_one(tmp_path, monkeypatch):
     """The main job's shape: every VT cell sets token_channels; the one timed and trained beside its
     baseline opens the summary, named with its option; the MACs-only tokenizer variants do not."""
-    from bench.analysis import report as report_module
-    from bench.analysis.plots import PlotSkipped
-    from bench.core.records import make_record, write_record
-
-    env = {"host": "t", "device": "cpu", "device_name": "cpu"}
-    cells = (("resnet18", {}, ["complexity", "latency", "train"], 0.079, 40.0, 4.0),
-             ("vt_resnet18", {"token_channels": 256}, ["complexity", "latency", "train"], 0.069, 35.0, 5.0),
+    cells = (("resnet18", {}, TRAINED, 0.079, 40.0, 4.0),
+             ("vt_resnet18", {"token_channels": 256}, TRAINED, 0.069, 35.0, 5.0),
              ("vt_resnet18", {"token_channels": 256, "tokenizer": "pooling"}, ["complexity"], 0.068, None, None),
              ("vt_resnet18", {"token_channels": 256, "tokenizer": "clustering"}, ["complexity"], 0.070, None, None))
-    for model, args, measure, gmacs, top1, p50 in cells:
-        config = {"model": model, "model_args": {"num_classes": 10, "stem": "cifar", "width": 0.25, **args},
-                  "measure": measure, "input_size": 48, "seed": 0, "complexity": {},
-                  "latency": {"device": "cpu", "batch_size": 1}, "train": {"dataset": "digits", "epochs": 3}}
-        metrics = {"gmacs": gmacs, "params_m": 0.7}
-        if top1 is not None:
-            metrics.update(top1=top1, latency_ms_p50=p50, latency_verdict="ok")
-        write_record(tmp_path / "run" / "records", make_record(config, metrics=metrics, env=env, run="run"))
-    monkeypatch.setattr(report_module, "_attention", lambda data: (_ for _ in ()).throw(PlotSkipped("not here")))
-    summary = report_module.build_report([tmp_path / "run"]).summary
+    summary = _single_pass_summary(tmp_path, monkeypatch, cells, input_size=48,
+                                   model_args={"num_classes": 10, "stem": "cifar", "width": 0.25}, epochs=3)
     assert summary[0].splitlines() == [
         "vt_resnet18 (token_channels=256) vs resnet18 (input 48x48): MACs ratio VT / baseline 0.873",
         "  latency ratio VT / baseline at cpu fp32 batch 1 eager: 1.250 (single pass, no interval), "
