@@ -23,6 +23,7 @@ import pandas as pd
 
 from bench.analysis import compare
 from bench.analysis.compare import LatencyPair
+from bench.analysis.load import input_size_label
 from bench.analysis.section import StudySection
 from bench.analysis.tables import latency_mode, sort_value
 
@@ -88,10 +89,7 @@ def _options(config: dict[str, Any]) -> str:
 
 
 def _input(config: dict[str, Any]) -> str:
-    size = config.get("input_size")
-    if isinstance(size, (list, tuple)):
-        return "x".join(str(int(v)) for v in size)
-    return f"{int(size)}x{int(size)}" if size is not None else ""
+    return input_size_label(config.get("input_size")) or ""
 
 
 def pair_summary(pair: LatencyPair) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import pandas as pd
 from bench.analysis import compare
 from bench.analysis.compare import Comparison, Group, LatencyPair, mean_ci_halfwidth
 from bench.analysis.facts import defaults_of, facts_of, family_rank, is_baseline
-from bench.analysis.load import _is_number, _json_key
+from bench.analysis.load import _is_number, _json_key, input_size_label
 
 BASELINE_KEYS_COMPLEXITY = ("input_size", "num_classes", "stem")
 STAT_METRICS = (("top1", "top-1"), ("miou", "mIoU"))  # differences to the baseline, with an interval over seeds
@@ -516,10 +516,7 @@ def summary_lines(groups: list[Group], latency: list[LatencyPair], accuracy: dic
 
 
 def _input(group: Group) -> str:
-    size = group.config.get("input_size")
-    if isinstance(size, (list, tuple)):
-        return "x".join(str(int(v)) for v in size)
-    return f"{int(size)}x{int(size)}" if size is not None else "?"
+    return input_size_label(group.config.get("input_size")) or "?"
 
 
 def _train_key(group: Group) -> str:
