@@ -56,8 +56,16 @@ HEAD_STD = 0.01
 cross-entropy is close to ln(num_classes), as in timm's ViT/ConvNeXt heads."""
 
 
-RESIDUAL_INITS = {"zero": 0.0, "small": 0.1, "torchvision": 1.0}
-"""Named trunk inits: the initial weight of every residual block's last BatchNorm (gamma).
+RESIDUAL_INITS: dict[str, tuple[float, float, float, float]] = {
+    "zero": (0.0, 0.0, 0.0, 0.0),
+    "small": (0.1, 0.1, 0.1, 0.1),
+    "torchvision": (1.0, 1.0, 1.0, 1.0),
+    "zero_stage4": (1.0, 1.0, 0.0, 1.0),
+}
+"""Named trunk inits: the initial weight (gamma) of the last BatchNorm of every residual block, per stage.
+
+The four gains are those of torchvision's layer1..layer4, the paper's stages 2-5 (a VT-ResNet has
+no stage 5: its VT module reads the stage-4 map).
 
 - `zero`: each block starts as the identity (Goyal et al. 2017; torchvision's `zero_init_residual`,
   timm's `zero_init_last`); the branch's convolutions get no gradient until gamma moves off zero,
@@ -69,11 +77,17 @@ RESIDUAL_INITS = {"zero": 0.0, "small": 0.1, "torchvision": 1.0}
   0.996, gamma 0.5 a peak of 0.57). A classification candidate: on VT-FPN it puts one token pair at
   cosine 0.991-0.993 (128x128, seed 0; `zero` 0.985), a hair over the worst-pair bar of 0.99.
 - `torchvision`: gamma 1, torchvision's own init; the reference, not a healthy VT default: on
-  VT-ResNet-50 the first tokenizer's attention peaks at 0.60 and tokens repeat (cosine 1.0)."""
+  VT-ResNet-50 the first tokenizer's attention peaks at 0.60 and tokens repeat (cosine 1.0).
+- `zero_stage4`: torchvision's init except stage 4, whose blocks start as the identity. Why: the
+  tokenizer's health depends on the map it reads, and that map's scale grows with the number of
+  gamma-1 blocks before it; with stage 4 at zero the map is its first block's downsampling shortcut
+  (1x1 conv + BN + ReLU, RMS ~0.71, as under `zero`) on every depth, whatever stages 2-3 start as.
+  The baseline gets the same gains (its stage 5 keeps gamma 1, as the VT module keeps its own init).
+  A classification candidate: VT-FPN reads every stage."""
 
 
-def residual_gain(residual_init: str | None, zero_init_residual: bool = True) -> float:
-    """The last-BatchNorm weight of a residual block under `residual_init` (None: from `zero_init_residual`).
+def residual_gains(residual_init: str | None, zero_init_residual: bool = True) -> tuple[float, float, float, float]:
+    """The last-BatchNorm weights of stages 2-5 under `residual_init` (None: from `zero_init_residual`).
 
     `zero_init_residual` is the older boolean spelling (True = `zero`, False = `torchvision`);
     `residual_init` decides when given, and `zero_init_residual=False` with a `residual_init` other
@@ -88,21 +102,25 @@ def residual_gain(residual_init: str | None, zero_init_residual: bool = True) ->
     return RESIDUAL_INITS[residual_init]
 
 
-def init_residual_branches(model: nn.Module, gain: float) -> int:
-    """Set the last BatchNorm weight of every torchvision BasicBlock / Bottleneck in `model` to `gain`.
+def init_residual_branches(trunk: nn.Module, gains: tuple[float, ...]) -> int:
+    """Set the last BatchNorm weight of every BasicBlock / Bottleneck of the trunk's stages 2-5 to its stage's gain.
 
-    Returns the number of blocks set. No random numbers are drawn, so the other weights are the
-    same under every gain.
+    `trunk` is a torchvision ResNet (layer1..layer4); `gains` one value per stage. Returns the number
+    of blocks set. No random numbers are drawn, so the other weights are the same under every gain.
     """
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
     count = 0
-    for module in model.modules():
-        last = module.bn3 if isinstance(module, Bottleneck) else module.bn2 if isinstance(module, BasicBlock) else None
-        if last is not None:
-            with torch.no_grad():
-                last.weight.fill_(gain)
-            count += 1
+    stages = [trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4]
+    if len(gains) != len(stages):
+        raise ValueError(f"expected {len(stages)} stage gains, got {len(gains)}")
+    for stage, gain in zip(stages, gains):
+        for module in stage.modules():
+            last = module.bn3 if isinstance(module, Bottleneck) else module.bn2 if isinstance(module, BasicBlock) else None
+            if last is not None:
+                with torch.no_grad():
+                    last.weight.fill_(gain)
+                count += 1
     return count
 
 

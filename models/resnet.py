@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet
 
-from models.init import init_residual_branches, residual_gain
+from models.init import init_residual_branches, residual_gains
 
 STEMS = ("imagenet", "cifar")
 DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
@@ -49,7 +49,7 @@ def torchvision_trunk(depth: int, zero_init_residual: bool = True, width: float 
     same trunk init. False is torchvision's default init.
 
     `residual_init` names the candidate instead (`models.init.RESIDUAL_INITS`: `zero`, `small`,
-    `torchvision`); None keeps `zero_init_residual`'s. The other weights are the same under every
+    `torchvision`, `zero_stage4`); None keeps `zero_init_residual`'s. The other weights are the same under every
     candidate (the same random draws).
     """
     constructors: dict[int, Callable[..., resnet.ResNet]] = {
@@ -60,11 +60,11 @@ def torchvision_trunk(depth: int, zero_init_residual: bool = True, width: float 
     }
     if depth not in constructors:
         raise ValueError(f"unsupported ResNet depth {depth}; choose from 18, 34, 50, 101")
-    gain = residual_gain(residual_init, zero_init_residual)
+    gains = residual_gains(residual_init, zero_init_residual)
     trunk = constructors[depth](weights=None)
     if width != 1.0:
         trunk = _scaled_trunk(trunk, width)
-    init_residual_branches(trunk, gain)
+    init_residual_branches(trunk, gains)
     return trunk
 
 

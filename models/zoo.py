@@ -50,7 +50,7 @@ few fields it changes, registered with its facts. VT-ResNet options:
 - zero_init_residual (True, every model, baselines included): each residual block of the trunk
   starts as the identity (`models.resnet.torchvision_trunk`); False is torchvision's default init.
 - residual_init (None, every model): a named trunk init, `models.init.RESIDUAL_INITS`
-  (zero | small | torchvision); None keeps zero_init_residual's (True = zero, False = torchvision).
+  (zero | small | torchvision | zero_stage4); None keeps zero_init_residual's (True = zero, False = torchvision).
 - width (1.0, every model): channel multiplier of the stem and stages (0.25 for the CPU
   accuracy studies, which say so); FPNs scale their pyramid channels too (`models.fpn.SegmentationFPN`);
   a VT stage then sees C x width channels, and `token_channels`

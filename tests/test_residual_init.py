@@ -7,7 +7,7 @@ import torch
 from torchvision.models import resnet as tv
 
 from models.fpn import FPN, SegmentationFPN
-from models.init import RESIDUAL_INITS, residual_gain
+from models.init import RESIDUAL_INITS, residual_gains
 from models.resnet import ResNetClassifier, torchvision_trunk
 
 
@@ -25,7 +25,9 @@ def test_candidate_sets_every_last_batchnorm_and_nothing_else(depth, name):
     trunk = torchvision_trunk(depth, residual_init=name)
     last = _last_bn_weights(trunk)
     assert len(last) == (8 if depth == 18 else 16)
-    assert all(torch.all(w == RESIDUAL_INITS[name]) for w in last)
+    per_stage = [2, 2, 2, 2] if depth == 18 else [3, 4, 6, 3]
+    expected = [gain for gain, blocks in zip(RESIDUAL_INITS[name], per_stage) for _ in range(blocks)]
+    assert [float(w.unique()) for w in last] == pytest.approx(expected)
     skip = {id(w) for w in last}
     for (key, mine), theirs in zip(trunk.state_dict(keep_vars=True).items(), reference.state_dict().values()):
         if id(mine) not in skip:
@@ -33,13 +35,14 @@ def test_candidate_sets_every_last_batchnorm_and_nothing_else(depth, name):
 
 
 def test_zero_init_residual_spells_the_zero_and_torchvision_candidates():
-    assert residual_gain(None, True) == 0.0 == residual_gain("zero")
-    assert residual_gain(None, False) == 1.0 == residual_gain("torchvision", False)
-    assert residual_gain("small") == 0.1
+    assert residual_gains(None, True) == (0.0,) * 4 == residual_gains("zero")
+    assert residual_gains(None, False) == (1.0,) * 4 == residual_gains("torchvision", False)
+    assert residual_gains("small") == (0.1,) * 4
+    assert residual_gains("zero_stage4") == (1.0, 1.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="contradicts residual_init='small'"):
-        residual_gain("small", zero_init_residual=False)
-    with pytest.raises(ValueError, match="unknown residual_init 'tiny'; choose from zero, small, torchvision"):
-        residual_gain("tiny")
+        residual_gains("small", zero_init_residual=False)
+    with pytest.raises(ValueError, match="unknown residual_init 'tiny'; choose from zero, small, torchvision, zero_stage4"):
+        residual_gains("tiny")
 
 
 def test_models_take_the_candidate_at_every_width():
@@ -49,3 +52,21 @@ def test_models_take_the_candidate_at_every_width():
     assert all(torch.all(w == 0.0) for w in _last_bn_weights(default))
     seg = SegmentationFPN(50, FPN, 5, residual_init="torchvision")
     assert all(torch.all(w == 1.0) for w in _last_bn_weights(seg))
+
+
+def test_zero_stage4_gives_the_vt_module_the_map_it_reads_under_zero():
+    """Stage 4 at the identity: its output is the first block's shortcut (1x1 conv + BN + ReLU) of stage 3.
+
+    So the map the VT module reads has the same scale under `zero` and `zero_stage4` on every depth,
+    while torchvision's gamma 1 makes it grow with the number of blocks before it.
+    """
+    rms = {}
+    for name in ("zero", "zero_stage4", "torchvision"):
+        torch.manual_seed(0)
+        trunk = torchvision_trunk(50, residual_init=name).train()
+        x = torch.randn(2, 3, 96, 96)
+        x = trunk.maxpool(trunk.relu(trunk.bn1(trunk.conv1(x))))
+        with torch.no_grad():
+            rms[name] = float(trunk.layer3(trunk.layer2(trunk.layer1(x))).pow(2).mean().sqrt())
+    assert abs(rms["zero_stage4"] - rms["zero"]) < 0.1 * rms["zero"], rms
+    assert rms["torchvision"] > 2 * rms["zero_stage4"], rms
