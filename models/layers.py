@@ -219,8 +219,8 @@ def inverse_pixel_rms(x_flat: torch.Tensor, eps: float = 1e-6, dim: int = 1) -> 
     return torch.rsqrt(x_flat.pow(2).mean(dim=dim, keepdim=True) + eps)
 
 
-ATTENTION_IMPLS = ("reference", "sdpa")
-"""How the VT module's attention steps run; both forms have the same parameters, state-dict keys,
+ATTENTION_IMPLS = ("reference", "sdpa", "fused")
+"""How the VT module's attention steps run; every form has the same parameters, state-dict keys,
 initial weights, MACs and outputs (up to float summation order):
 
 - `reference`: each step written out as the equations read (logits by a matmul or 1x1 convolution,
@@ -234,8 +234,15 @@ initial weights, MACs and outputs (up to float summation order):
   (HW pixel queries X W_Q, keys T W_K, values the tokens or T W_V). A fused kernel runs where the
   device has one for the shapes (on CPU: equal query and value widths, unit-stride rows); the
   tokenizers then return no attention map (`models.vt.token_attention` switches to `reference`).
+- `fused`: the filter and recurrent tokenizers through the op `vtbench::token_attention`
+  (`models.kernels.token_attention`): keys and values read from the same pixel rows (an NCHW map
+  without a copy), `centered`'s key scale applied to the logits, an online softmax over the pixels;
+  a Triton kernel on CUDA, which covers the head widths C = 512-1024 that SDPA's flash kernels
+  (head width <= 256) do not, and the reference math elsewhere. The token transformer and the
+  projector run as under `sdpa` (`uses_sdpa`): their attention has L tokens as keys and head widths
+  C_T <= 256, which SDPA's flash kernels take. No attention maps, as under `sdpa`.
 
-The paper-convention counts (`gmacs`, `gmacs_traced`) are identical in both forms; fvcore's plain
+The paper-convention counts (`gmacs`, `gmacs_traced`) are identical in all forms; fvcore's plain
 total (`gmacs_fvcore`, which also counts element-wise work) differs by up to about 0.01 % (measured
 on VT-ResNet-18/50 and VT-FPN-R50): a fused kernel's softmax is not seen, and `centered` scales
 the keys instead of the logits.
@@ -245,10 +252,15 @@ DEFAULT_ATTENTION_IMPL = "reference"
 
 
 def check_attention_impl(attention_impl: str) -> str:
-    """Validate an `attention_impl` choice (`reference` or `sdpa`)."""
+    """Validate an `attention_impl` choice (`reference`, `sdpa` or `fused`)."""
     if attention_impl not in ATTENTION_IMPLS:
         raise ValueError(f"unknown attention_impl {attention_impl!r}; choose from {', '.join(ATTENTION_IMPLS)}")
     return attention_impl
+
+
+def uses_sdpa(attention_impl: str) -> bool:
+    """Whether the token transformer and the projector run through SDPA: under `sdpa` and `fused` alike."""
+    return check_attention_impl(attention_impl) != "reference"
 
 
 def pixel_rows(x: torch.Tensor) -> torch.Tensor:

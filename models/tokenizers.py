@@ -13,10 +13,11 @@ Paper (ICCV text, section 3.1):
 - clustering:     k-means on L2-normalised pixels; the centroids serve as W_A (Appendix C)
 
 The filter-based and recurrent tokenizers are attention with L queries over the HW pixels (keys and
-values); `attention_impl="sdpa"` runs them through `scaled_dot_product_attention`
-(`models.layers.ATTENTION_IMPLS`), with the same weights, MACs and tokens, and then returns no
-attention map (None): the fused kernel never forms it. The pooling and clustering tokenizers take
-the option and run as they are.
+values); `attention_impl="sdpa"` runs them through `scaled_dot_product_attention` and
+`attention_impl="fused"` through the op `vtbench::token_attention` (a Triton kernel on CUDA,
+`models.kernels.token_attention`) (`models.layers.ATTENTION_IMPLS`), with the same weights, MACs and
+tokens, and then return no attention map (None): the fused kernels never form it. The pooling and
+clustering tokenizers take the option and run as they are.
 
 Bias terms are left out of the coefficient convolutions on purpose: a per-token constant added to
 the logits is cancelled by the softmax over HW, so a bias there would be a parameter doing no work.
@@ -35,12 +36,13 @@ from torch import nn
 from models.init import ADAPTER_GAIN, CENTERED_RECURRENT_GAIN, RECURRENT_GAIN, init_projection, init_query_vectors
 from models.layers import (DEFAULT_ATTENTION_IMPL, DEFAULT_NUMERICS, attend, check_attention_impl, check_numerics,
                            inverse_pixel_rms, is_scaled, logit_scale, pixel_rows, token_deviations, token_linear)
+from models.kernels import token_attention
 
 
 class Tokenizer(nn.Module):
     """Base class: `forward(x, tokens_in=None) -> (tokens (B, L, C_T), attention (B, L, HW) or None)`.
 
-    The attention is None only under `attention_impl="sdpa"` (filter-based and recurrent tokenizers).
+    The attention is None only under `attention_impl="sdpa"` or `"fused"` (filter-based and recurrent tokenizers).
     """
 
     recurrent: bool = False
@@ -74,6 +76,18 @@ class Tokenizer(nn.Module):
     def _attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """The attention form of `_aggregate`: softmax_HW(queries keys^T * scale) values, then the adapter."""
         tokens = attend(queries, keys, values, self.scale)  # (B, L, C)
+        return self._adapt(tokens)
+
+    def _attend_fused(self, queries: torch.Tensor, x: torch.Tensor, key_scale: torch.Tensor | None = None):
+        """`_attend` through `vtbench::token_attention`: keys and values are the pixels of `x`, read once.
+
+        `x.flatten(2).transpose(1, 2)` is a view of either layout (the kernel takes any strides), so an
+        NCHW map is not copied; `key_scale` (B, HW) scales the logits of each pixel (`centered`).
+        """
+        tokens = token_attention(queries, x.flatten(2).transpose(1, 2), self.scale, key_scale)  # (B, L, C)
+        return self._adapt(tokens)
+
+    def _adapt(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.adapter(tokens) if self.adapter is not None else tokens
 
 
@@ -86,7 +100,7 @@ class FilterTokenizer(Tokenizer):
         num_tokens: number of tokens L.
         numerics: `centered` or `appendix` (logits / sqrt(C), W_A of gain `FILTER_GAIN`; the two
             are the same here) or `iccv` (eq. 1 as printed); see `models.layers.NUMERICS`.
-        attention_impl: `reference` or `sdpa` (`models.layers.ATTENTION_IMPLS`).
+        attention_impl: `reference`, `sdpa` or `fused` (`models.layers.ATTENTION_IMPLS`).
     """
 
     def __init__(self, in_channels: int, token_channels: int, num_tokens: int, numerics: str = DEFAULT_NUMERICS,
@@ -101,14 +115,19 @@ class FilterTokenizer(Tokenizer):
         """Tokens and attention of feature map `x`; `tokens_in` is ignored."""
         if self.attention_impl == "sdpa":
             return self._forward_sdpa(x), None
+        if self.attention_impl == "fused":
+            return self._attend_fused(self._queries(x.shape[0]), x), None
         logits = self.w_a(x).flatten(2) * self.scale  # (B, L, HW)
         return self._aggregate(x.flatten(2), logits)
 
     def _forward_sdpa(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 1 as attention: W_A's L rows are the queries (shared by the batch), the pixels keys and values."""
         pixels = pixel_rows(x)  # (B, HW, C); a view of a channels_last map
-        queries = self.w_a.weight.view(1, self.num_tokens, self.in_channels).expand(x.shape[0], -1, -1)
-        return self._attend(queries, pixels, pixels)
+        return self._attend(self._queries(x.shape[0]), pixels, pixels)
+
+    def _queries(self, batch: int) -> torch.Tensor:
+        """W_A's L rows as queries (B, L, C), shared by the batch (an expanded view, batch stride 0)."""
+        return self.w_a.weight.view(1, self.num_tokens, self.in_channels).expand(batch, -1, -1)
 
 
 class RecurrentTokenizer(Tokenizer):
@@ -126,7 +145,7 @@ class RecurrentTokenizer(Tokenizer):
             scale, `CENTERED_RECURRENT_GAIN` at init; logits / sqrt(C)), `appendix`
             (logits / sqrt(C), W_{T->R} of gain `RECURRENT_GAIN` on the tokens as they come) or
             `iccv` (eq. 2 as printed); see `models.layers.NUMERICS`.
-        attention_impl: `reference` or `sdpa` (`models.layers.ATTENTION_IMPLS`).
+        attention_impl: `reference`, `sdpa` or `fused` (`models.layers.ATTENTION_IMPLS`).
     """
 
     recurrent = True
@@ -157,6 +176,9 @@ class RecurrentTokenizer(Tokenizer):
         w_r = self.w_tr(drivers)  # (B, L', C) = T_in W_{T->R}: one filter per token, from the tokens
         if self.attention_impl == "sdpa":
             tokens, attention = self._tokens_sdpa(x, w_r, centered), None
+        elif self.attention_impl == "fused":  # `centered`'s key scale goes to the kernel, applied to the logits
+            key_scale = inverse_pixel_rms(x.flatten(2)).squeeze(1) if centered else None  # (B, HW)
+            tokens, attention = self._attend_fused(w_r, x, key_scale), None
         else:
             x_flat = x.flatten(2)
             logits = torch.bmm(w_r, x_flat) * self.scale  # (B, L', HW) = (X W_R)^T

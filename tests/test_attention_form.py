@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from bench.measure.complexity import count_executed, measure_complexity
 from models import build_model, token_attention
-from models.layers import ATTENTION_IMPLS, NUMERICS, pixel_rows
+from models.layers import NUMERICS, pixel_rows
 from models.projector import Projector
 from models.tokenizers import FilterTokenizer, RecurrentTokenizer, Tokenizer
 from models.transformer import MHSATransformer, PaperTransformer
@@ -147,9 +147,9 @@ def _module_outputs(model, x) -> dict[str, torch.Tensor]:
 
 
 def _twins(name: str, **options):
-    """The model in both forms, built under one seed: (reference, sdpa)."""
+    """The model in both forms, built under one seed: (reference, sdpa). The `fused` form: test_token_attention_kernel.py."""
     models = []
-    for impl in ATTENTION_IMPLS:
+    for impl in ("reference", "sdpa"):
         torch.manual_seed(0)
         models.append(build_model(name, attention_impl=impl, **options).eval())
     return models
@@ -300,12 +300,12 @@ def test_token_attention_gives_the_reference_maps_and_restores_the_form():
 
 
 def test_attention_impl_is_checked_and_applies_only_to_vt_models():
-    with pytest.raises(ValueError, match="unknown attention_impl 'flash'; choose from reference, sdpa"):
+    with pytest.raises(ValueError, match="unknown attention_impl 'flash'; choose from reference, sdpa, fused"):
         build_model("vt_resnet18", attention_impl="flash")
     with pytest.raises(ValueError, match="do not apply to 'resnet18'"):
         build_model("resnet18", attention_impl="sdpa")
     with pytest.raises(ValueError, match="unknown attention_impl"):
-        with attention_form(build_model("vt_resnet18", **TINY, token_channels=32), "fused"):
+        with attention_form(build_model("vt_resnet18", **TINY, token_channels=32), "flash"):
             pass
 
 
@@ -332,6 +332,6 @@ def test_the_cpu_study_grid_pairs_both_forms_with_one_baseline():
         for c in vt:
             assert (model_facts(c["model"]).baseline, settings(c)) in baselines, c
             forms.setdefault((c["model"], settings(c)), set()).add(c["model_args"]["attention_impl"])
-        assert set(map(frozenset, forms.values())) == {frozenset(ATTENTION_IMPLS)}
+        assert set(map(frozenset, forms.values())) == {frozenset({"reference", "sdpa"})}
         assert {m for m, _ in forms} == {"vt_resnet18", "vt_resnet50", "vt_fpn_r50"}
         assert len(vt) == 2 * len(baselines) and len(cells) == (27 if not overrides else 51)

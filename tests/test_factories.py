@@ -34,12 +34,13 @@ def test_models_list_every_tokenizer_they_accept():
 
 
 def test_the_attention_form_reaches_every_attention_module():
-    for kind in TOKENIZERS:
-        assert tokenizer_factory(kind, attention_impl="sdpa")(8, 12, 4).attention_impl == "sdpa", kind
-    for kind in ("paper", "mhsa"):
-        assert transformer_factory(kind, attention_impl="sdpa")(32).attention_impl == "sdpa", kind
-    with pytest.raises(ValueError, match="unknown attention_impl 'fused'; choose from reference, sdpa"):
-        tokenizer_factory("filter", attention_impl="fused")(8, 12, 4)
+    for impl in ("sdpa", "fused"):
+        for kind in TOKENIZERS:
+            assert tokenizer_factory(kind, attention_impl=impl)(8, 12, 4).attention_impl == impl, kind
+        for kind in ("paper", "mhsa"):
+            assert transformer_factory(kind, attention_impl=impl)(32).attention_impl == impl, kind
+    with pytest.raises(ValueError, match="unknown attention_impl 'flash'; choose from reference, sdpa, fused"):
+        tokenizer_factory("filter", attention_impl="flash")(8, 12, 4)
 
 
 def test_every_name_builds_its_module():

@@ -69,8 +69,13 @@ SDPA_OPS = ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention
             "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
             "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_fused_attention_overrideable",
             "_flash_attention_forward", "_efficient_attention_forward")
+# The tokenizers' fused attention (`attention_impl="fused"`, models/kernels/token_attention.py): a custom
+# op, counted as the reference form's two matmuls by fvcore here and by FlopCounterMode through the
+# formula registered beside the op.
+TOKEN_ATTENTION_OP = "vtbench::token_attention"
 # fvcore's simplified op names that are matrix products: the paper's "FLOPs".
-PAPER_OPS = ("conv", "linear", "addmm", "mm", "matmul", "einsum", "bmm", "baddbmm", *SDPA_OPS)
+PAPER_OPS = ("conv", "linear", "addmm", "mm", "matmul", "einsum", "bmm", "baddbmm", *SDPA_OPS,
+             TOKEN_ATTENTION_OP.split("::")[1])
 # Pure layout ops fvcore does not list as ignored; they cost nothing.
 _ZERO_COST_OPS = ("aten::view_as", "aten::reshape_as", "aten::expand_as")
 # Counters that differ by more than this are reported as disagreeing (issue 11).
@@ -103,6 +108,13 @@ def inner_attention_flop_jit(inputs, outputs) -> int:
     return q[0] * q[2] * q[1] * k[1] * (q[-1] + v[-1])
 
 
+def token_attention_flop_jit(inputs, outputs) -> int:
+    """MACs of `vtbench::token_attention(queries (B, L, C), pixels (B, HW, C), ...)`: B L HW C each for the
+    logits and the weighted sum of the pixels."""
+    q, x = get_shape(inputs[0]), get_shape(inputs[1])
+    return q[0] * q[1] * x[1] * 2 * q[2]
+
+
 def baddbmm_flop_jit(inputs, outputs) -> int:
     """MACs of baddbmm(input, b1, b2): the batched product b1 @ b2 (the addition is not counted)."""
     b1, b2 = get_shape(inputs[1]), get_shape(inputs[2])
@@ -112,6 +124,7 @@ def baddbmm_flop_jit(inputs, outputs) -> int:
 EXTRA_HANDLES = {
     **{f"aten::{op}": sdpa_flop_jit for op in SDPA_OPS if not op.endswith("_attention_forward")},
     **{f"aten::{op}": inner_attention_flop_jit for op in SDPA_OPS if op.endswith("_attention_forward")},
+    TOKEN_ATTENTION_OP: token_attention_flop_jit,
     "aten::baddbmm": baddbmm_flop_jit,
     "aten::softmax": elementwise_flop_counter(1, 0),
     "aten::max_pool2d": elementwise_flop_counter(1, 0),
