@@ -10,7 +10,8 @@ All numbers are MACs per image, reported as `gmacs*`. Which counter produced whi
   mv/addmv/dot. Every fused attention kernel, CPU or CUDA, counts B x heads x Lq x Lk x (d + dv),
   the reference form's two matmuls, so a model counts the same MACs in either attention form
   (`models.layers.ATTENTION_IMPLS`) on either device; SDPA's math fallback runs, and is counted as,
-  those two matmuls. Bias additions, batch norm (folded at inference), pooling, softmax, upsampling and
+  those two matmuls. The tokenizers' fused op `vtbench::token_attention` (`attention_impl="fused"`)
+  counts B x L x HW x 2C by the formula registered beside it, and by `token_attention_flop_jit` here. Bias additions, batch norm (folded at inference), pooling, softmax, upsampling and
   element-wise operations are not counted. This gives exactly 1.814/3.664/4.089/7.801 G for
   torchvision's ResNet-18/34/50/101 at 224x224, the paper's Table 8 and torchvision's `_ops`.
 - `gmacs_traced` (paper convention, *traced*): fvcore's `by_operator()` on its JIT trace, summed over
