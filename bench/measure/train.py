@@ -37,10 +37,20 @@ split evenly over the processes, gradients are averaged by DDP and BatchNorm sta
 synchronised over the global batch, so P processes equal one process on the same global batch up
 to floating-point rounding (random augmentation and dropout excepted: each process draws its own).
 Only rank 0 writes the checkpoint and the logs.
+
+Mask samples (segmentation): once the run is done, rank 0 writes the model's predictions on the
+first `mask_samples` test scenes to OUT/mask_samples.npz (`MASK_SAMPLES_FILE`; the test set's first
+items, so every seed and model of a study shows the same scenes) and the metrics name the file
+(`mask_samples`, relative to OUT). The arrays: `image` (N, H, W, 3) uint8, each image stretched to
+0..255 for display (the data sets normalise differently; the figure needs only what the eye sees),
+`target` and `pred` (N, H, W) int16 with the ignore index kept, `index` (the test items shown) and,
+where the data set names its classes (`class_names`), `class_names`. The report draws them
+(`bench.analysis.plots.plot_mask_samples`) without torch.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -65,16 +75,17 @@ from bench.core.contracts import COERCE, TrainOptions, ValidationError, problems
 from bench.measure.data import IGNORE_INDEX, build_dataset, check_dataset_options, dataset_spec, resolve_task
 from bench.core.errors import MeasurementError, UsageError
 from bench.core.modelref import build_from_ref
-from bench.core.util import image_hw
+from bench.core.util import atomic_write, image_hw
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = blog.METRICS_JSONL
+MASK_SAMPLES_FILE = "mask_samples.npz"
 SCHEDULES = ("cosine", "step", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 # Options that say how a run is watched and stored, not what it computes. A cell records only
 # the training options given (`bench.pipeline.grid.resolve_cell`), so adding one never changes a cell id.
-OUTPUT_OPTIONS = ("logger", "keep_checkpoints")
+OUTPUT_OPTIONS = ("logger", "keep_checkpoints", "mask_samples")
 # Fields that change neither the trajectory nor the result: a checkpoint stays valid across them.
 _FINGERPRINT_EXCLUDED = ("threads", "workers", "data_root", "eval_every", *OUTPUT_OPTIONS)
 # May differ between a checkpoint and the run resuming it (a larger value extends the run).
@@ -123,7 +134,11 @@ class TrainConfig(TrainOptions):
             extra). Default `jsonl`.
         keep_checkpoints: how many epoch checkpoints to keep: 1 (default) keeps OUT/checkpoint.pt
             only, N also keeps the N-1 before it (checkpoint.prev.pt, checkpoint.prev2.pt, ...).
+        mask_samples: segmentation only: predictions on the first N test scenes written to
+            OUT/mask_samples.npz after the run, for the report's figure (default 4; 0 = none).
     """
+
+    mask_samples: int = 4
 
     def __init__(self, **values: Any) -> None:
         try:  # text given for a number ("1e-4", a `--set` value) becomes the number
@@ -179,6 +194,8 @@ class TrainConfig(TrainOptions):
             raise UsageError(f"lr must be a positive number (got {self.lr})")
         if self.workers < 0:
             raise UsageError(f"workers must be >= 0 (got {self.workers})")
+        if not 0 <= self.mask_samples <= MAX_MASK_SAMPLES:
+            raise UsageError(f"mask_samples must be an integer in 0..{MAX_MASK_SAMPLES} (got {self.mask_samples!r})")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -205,6 +222,9 @@ def _logger_names(value: Any) -> list[str]:
         raise UsageError(f"unknown logger {unknown[0]!r}; choose from {', '.join(blog.LOGGERS)}")
     return list(dict.fromkeys(names))
 
+
+MAX_MASK_SAMPLES = 64
+"""A figure shows a handful of scenes; more would only make the file large."""
 
 WARMUP_MAX_FRACTION = 0.1
 """The warm-up lasts `warmup_epochs` epochs but at most this fraction of the run's iterations: on a
@@ -478,7 +498,11 @@ class Trainer:
         finally:
             for logger in self.loggers:
                 logger.close()
-        return self._final_metrics(start)
+        metrics = self._final_metrics(start)
+        samples = self._write_mask_samples()
+        if samples is not None:
+            metrics["mask_samples"] = samples
+        return metrics
 
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
         lr = self.optimizer.param_groups[0]["lr"]
@@ -577,6 +601,39 @@ class Trainer:
         bdist.all_reduce_sum(conf)
         bdist.all_reduce_sum(sums)
         return {"test_loss": float(sums[0]) / max(float(sums[1]), 1.0), **segmentation_metrics(conf)}
+
+    # -- mask samples ---------------------------------------------------------------------
+    @torch.no_grad()
+    def _write_mask_samples(self) -> str | None:
+        """Rank 0 writes OUT/mask_samples.npz (see the module docstring); returns its name, or None.
+
+        Written from the final weights on every call, a resumed finished run included, so the file
+        always matches the checkpoint; an earlier file is removed when samples are off.
+        """
+        count = min(self.cfg.mask_samples, len(self.test_set)) if self.task == "seg" else 0
+        path = self.out_dir / MASK_SAMPLES_FILE
+        if self.denv.is_main:
+            if count > 0:
+                _save_npz(path, self._mask_sample_arrays(count))
+            else:
+                path.unlink(missing_ok=True)
+        bdist.barrier()
+        return MASK_SAMPLES_FILE if count > 0 else None
+
+    def _mask_sample_arrays(self, count: int) -> dict[str, np.ndarray]:
+        """The first `count` test scenes, their masks and the model's argmax, as evaluation computes it."""
+        images, targets = zip(*(self.test_set[i] for i in range(count)))
+        batch, target = torch.stack(images).to(self.device), torch.stack(targets).to(self.device)
+        self.net.eval()
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            logits = self._match(self.net(batch).float(), target)
+        arrays = {"image": display_images(batch.float().cpu().numpy()), "index": np.arange(count),
+                  "target": target.cpu().numpy().astype(np.int16),
+                  "pred": logits.argmax(1).cpu().numpy().astype(np.int16)}
+        names = getattr(self.test_set, "class_names", None)
+        if names is not None and len(names) == self.num_classes:
+            arrays["class_names"] = np.array([str(n) for n in names])
+        return arrays
 
     # -- checkpoints ----------------------------------------------------------------------
     def _save(self, epochs_done: int) -> None:
@@ -677,6 +734,27 @@ class Trainer:
         return metrics
 
 
+def display_images(batch: np.ndarray) -> np.ndarray:
+    """Normalised (N, C, H, W) model inputs as (N, H, W, 3) uint8: each image stretched to 0..255.
+
+    One scale per image over all its channels keeps its colours' relations; a one-channel image
+    is repeated to grey.
+    """
+    rgb = np.repeat(batch, 3, axis=1) if batch.shape[1] == 1 else batch[:, :3]
+    low = rgb.min(axis=(1, 2, 3), keepdims=True)
+    span = rgb.max(axis=(1, 2, 3), keepdims=True) - low
+    scaled = np.where(span > 0, (rgb - low) / np.where(span > 0, span, 1), 0.0)
+    return np.moveaxis(np.round(scaled * 255), 1, -1).astype(np.uint8)
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """A compressed .npz written atomically (a reader never sees half a file)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    with atomic_write(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+
+
 def _set_threads(threads: int | None) -> int:
     """Fix the CPU thread count: `threads`, else the CPUs this process may run on."""
     if not threads:
@@ -726,5 +804,5 @@ def _summary(record: dict[str, Any]) -> str:
     return ", ".join(f"{k} {record[k]:.4g}" for k in keys if k in record)
 
 
-__all__ = ["TrainConfig", "TrainingDiverged", "train", "Trainer", "lr_factor", "warmup_iterations", "config_fingerprint", "build_network",
+__all__ = ["TrainConfig", "TrainingDiverged", "train", "Trainer", "MASK_SAMPLES_FILE", "display_images", "lr_factor", "warmup_iterations", "config_fingerprint", "build_network",
            "confusion_matrix", "segmentation_metrics", "topk_correct", "seed_everything"]
