@@ -785,3 +785,247 @@ def attention_figure(attn: np.ndarray, display: list[np.ndarray], captions: list
         bar.set_label("attention / the token's max\n(softmax over pixels)", fontsize=8)
         bar.ax.tick_params(labelsize=7)
     return fig
+
+
+# --------------------------------------------------------------------------- predicted masks
+
+MASK_SAMPLES_MAX_BYTES = 64 * 2 ** 20   # the file and its arrays unpacked: a few scenes are far below
+MAX_MASK_COLUMNS = 6                     # prediction columns; more configurations are named in the caption
+MASK_IGNORE_COLOR = "#FFFFFF"            # pixels with the ignore index (no class): white, never a class colour
+
+
+@dataclass
+class MaskSamples:
+    """The arrays of one cell's mask_samples.npz (`bench.measure.train`: the first N test scenes)."""
+
+    image: np.ndarray                  # (N, H, W, 3) uint8, stretched per image for display
+    target: np.ndarray                 # (N, H, W) class indices, the ignore index kept
+    pred: np.ndarray                   # (N, H, W) the model's argmax
+    index: np.ndarray                  # (N,) the test items shown
+    class_names: list[str] | None
+
+
+@dataclass
+class MaskColumn:
+    """One prediction column of the figure: one cell (the lowest seed of its configuration)."""
+
+    label: str
+    seed: Any
+    miou: float | None
+    cell_id: str
+    samples: MaskSamples
+
+
+def read_mask_samples(path: Path, inside: Path) -> MaskSamples:
+    """Read one mask_samples.npz as untrusted input (numpy only, no pickles); ValueError/OSError if unusable."""
+    import io
+    import zipfile
+
+    from bench.core.util import read_untrusted_bytes
+
+    data = read_untrusted_bytes(path, MASK_SAMPLES_MAX_BYTES, inside=inside)
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            # A small file may unpack to a huge one: the sizes the archive declares are checked first.
+            if sum(info.file_size for info in npz.zip.infolist()) > MASK_SAMPLES_MAX_BYTES:
+                raise ValueError(f"{path}: arrays above {MASK_SAMPLES_MAX_BYTES} bytes unpacked")
+            arrays = {name: npz[name] for name in npz.files}
+    except (zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise ValueError(f"{path}: not a readable .npz ({exc})") from exc
+    return _checked_samples(arrays, path)
+
+
+def _checked_samples(arrays: dict[str, np.ndarray], path: Path) -> MaskSamples:
+    image, target, pred = (arrays.get(k) for k in ("image", "target", "pred"))
+    if image is None or target is None or pred is None:
+        raise ValueError(f"{path}: needs the arrays image, target and pred (has {', '.join(arrays)})")
+    if image.dtype != np.uint8 or image.ndim != 4 or image.shape[-1] != 3 \
+            or target.shape != image.shape[:3] or pred.shape != target.shape \
+            or not (np.issubdtype(target.dtype, np.integer) and np.issubdtype(pred.dtype, np.integer)):
+        raise ValueError(f"{path}: image must be (N, H, W, 3) uint8 and target, pred (N, H, W) integers "
+                         f"(got {image.shape} {image.dtype}, {target.shape} {target.dtype}, {pred.shape} {pred.dtype})")
+    index = arrays.get("index", np.arange(len(target)))
+    names = arrays.get("class_names")
+    names = [str(n) for n in names.tolist()] if names is not None and names.dtype.kind == "U" else None
+    return MaskSamples(image=image, target=target.astype(np.int64), pred=pred.astype(np.int64),
+                       index=np.asarray(index).reshape(-1)[:len(target)], class_names=names)
+
+
+def _train_seed(record: dict[str, Any]) -> int:
+    """The seed the cell trained with: `train.seed`, else the cell's `seed` (as the runner resolves it)."""
+    config = record.get("config") or {}
+    seed = (config.get("train") or {}).get("seed", config.get("seed", 0))
+    return int(seed) if isinstance(seed, (int, float)) and not isinstance(seed, bool) else 0
+
+
+def _samples_path(record: dict[str, Any], run_dirs: dict[str, Path]) -> tuple[Path, Path] | None:
+    """RUN/cells/ID/NAME of a record's `mask_samples` (and the folder it must stay in), or None."""
+    from bench.core.records import check_cell_id, check_path_name
+
+    name = (record.get("metrics") or {}).get("mask_samples")
+    run = run_dirs.get(str(record.get("run")))
+    if not isinstance(name, str) or run is None:
+        return None
+    cell_dir = run / "cells" / check_cell_id(record.get("cell_id"))
+    return cell_dir / check_path_name(name, "mask samples file"), cell_dir
+
+
+def _column_order(group: Any) -> tuple[bool, str]:
+    """Baselines before VT models (FPN before VT-FPN), then by model name."""
+    return (str(getattr(group.facts, "family", "") or "").startswith("vt_"), group.model)
+
+
+def mask_sample_columns(data: Any) -> tuple[list[MaskColumn], list[str]]:
+    """One column per configuration whose cells wrote mask samples, each from its lowest seed.
+
+    Returns (columns, notes): a file that cannot be read, or shows other scenes than the first
+    column's, is left out with a note; so are configurations past `MAX_MASK_COLUMNS`.
+    """
+    from bench.core.errors import UsageError
+
+    run_dirs = {d.name: d for d in data.run_dirs}
+    columns: list[MaskColumn] = []
+    notes: list[str] = []
+    for group in sorted(data.groups, key=_column_order):
+        candidates = [r for r in group.records if isinstance((r.get("metrics") or {}).get("mask_samples"), str)]
+        if not candidates:
+            continue
+        record = min(candidates, key=_train_seed)
+        try:
+            found = _samples_path(record, run_dirs)
+            if found is None:
+                continue
+            samples = read_mask_samples(*found)
+        except (OSError, ValueError, UsageError) as exc:
+            notes.append(f"{short_name(group.model)} (cell {record.get('cell_id')}): mask samples not read: {exc}")
+            continue
+        miou = (record.get("metrics") or {}).get("miou")
+        columns.append(MaskColumn(label=short_name(group.model), seed=_train_seed(record), cell_id=record["cell_id"],
+                                  miou=float(miou) if isinstance(miou, (int, float)) else None, samples=samples))
+    return _same_scenes(_labelled(columns, data), notes)
+
+
+def _labelled(columns: list[MaskColumn], data: Any) -> list[MaskColumn]:
+    """Add the options that tell columns of the same model apart ('FPN-R50 width=0.5')."""
+    from bench.analysis.load import flatten_config
+
+    flat = {c.cell_id: flatten_config(data.configs.get(c.cell_id) or {})[0] for c in columns}
+    keys = sorted({k for row in flat.values() for k in row} - {"model", "seed", "train.seed", "measure"})
+    for column in columns:
+        twins = [c for c in columns if c.label == column.label]
+        varying = [k for k in keys if len({str(flat[c.cell_id].get(k)) for c in twins}) > 1]
+        extra = " ".join(f"{k.split('.')[-1]}={flat[column.cell_id].get(k)}" for k in varying)
+        column.label = f"{column.label} {extra}".strip()
+    return columns
+
+
+def _same_scenes(columns: list[MaskColumn], notes: list[str]) -> tuple[list[MaskColumn], list[str]]:
+    """Keep the columns that show the first column's scenes (same masks), at most MAX_MASK_COLUMNS."""
+    if not columns:
+        return [], notes
+    first = columns[0].samples
+    kept = []
+    for column in columns:
+        same = column.samples.target.shape == first.target.shape and np.array_equal(column.samples.target, first.target)
+        if not same:
+            notes.append(f"{column.label}: its samples show other scenes than {columns[0].label}'s; left out")
+        elif len(kept) == MAX_MASK_COLUMNS:
+            notes.append(f"{column.label}: left out, the figure shows {MAX_MASK_COLUMNS} models at most")
+        else:
+            kept.append(column)
+    return kept, notes
+
+
+def mask_palette(num_classes: int) -> list[str]:
+    """Fixed class colours: background (class 0) black, then tab10 (tab20 past ten classes), so a class
+    keeps its colour in every run's figure."""
+    from matplotlib.colors import to_hex
+
+    cmap = plt.get_cmap("tab10" if num_classes - 1 <= 10 else "tab20")
+    return ["#000000"] + [to_hex(cmap(i % cmap.N)) for i in range(num_classes - 1)]
+
+
+def _class_count(columns: list[MaskColumn]) -> int:
+    """The data set's classes where it names them, else the highest predicted class + 1 (a prediction
+    is an argmax over the classes, so it never holds the ignore index; a mask may)."""
+    names = columns[0].samples.class_names
+    if names:
+        return len(names)
+    return 1 + max(int(c.samples.pred.max(initial=0)) for c in columns)
+
+
+def _mask_rgb(mask: np.ndarray, palette: list[str]) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) colours; a value without a class (the ignore index) white."""
+    table = np.array([to_rgb(c) for c in palette])
+    rgb = np.ones((*mask.shape, 3))
+    known = (mask >= 0) & (mask < len(palette))
+    rgb[known] = table[mask[known]]
+    return rgb
+
+
+def plot_mask_samples(columns: list[MaskColumn]) -> plt.Figure:
+    """Rows: the scenes; columns: input, ground truth, one prediction per configuration (title: model, mIoU)."""
+    if not columns:
+        raise PlotSkipped("no cell wrote mask samples")
+    first = columns[0].samples
+    rows, ncols = len(first.target), 2 + len(columns)
+    palette = mask_palette(_class_count(columns))
+    handles = _class_handles(palette, first)
+    legend_in = 0.3 * math.ceil(len(handles) / 6) + 0.2
+    height = 2.1 * rows + 0.6 + legend_in
+    fig, axes = plt.subplots(rows, ncols, figsize=(2.1 * ncols, height), squeeze=False)
+    titles = ["input", "ground truth"] + [_column_title(c) for c in columns]
+    for r in range(rows):
+        panels = [first.image[r], _mask_rgb(first.target[r], palette)]
+        panels += [_mask_rgb(c.samples.pred[r], palette) for c in columns]
+        for c, (ax, panel) in enumerate(zip(axes[r], panels)):
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=9)
+        axes[r][0].set_ylabel(f"test scene {int(first.index[r])}", fontsize=9)
+    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
+    fig.suptitle(mask_samples_title(columns), fontsize=11)
+    fig.tight_layout(rect=(0, legend_in / height, 1, 1 - 0.4 / height))
+    return fig
+
+
+def _class_handles(palette: list[str], samples: MaskSamples) -> list[Any]:
+    """Legend entries: every class in its colour (names where the data set gives them), and the ignored pixels."""
+    from matplotlib.patches import Patch
+
+    names = samples.class_names or [f"class {i}" for i in range(len(palette))]
+    handles = [Patch(facecolor=colour, edgecolor="0.5", label=name) for colour, name in zip(palette, names)]
+    if ((samples.target < 0) | (samples.target >= len(palette))).any():
+        handles.append(Patch(facecolor=MASK_IGNORE_COLOR, edgecolor="0.5", label="ignored (no class)"))
+    return handles
+
+
+def _column_title(column: MaskColumn) -> str:
+    miou = f"mIoU {column.miou:.1f} %" if column.miou is not None else "mIoU not recorded"
+    return f"{column.label}\n{miou}"
+
+
+def _seeds_text(columns: list[MaskColumn]) -> str:
+    seeds = list(dict.fromkeys(c.seed for c in columns))
+    return f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + ", ".join(f"{c.label} {c.seed}" for c in columns)
+
+
+def mask_samples_title(columns: list[MaskColumn]) -> str:
+    """'Predicted masks on the first 4 test scenes, seed 0'."""
+    if not columns:
+        return "Predicted masks"
+    return f"Predicted masks on the first {len(columns[0].samples.target)} test scenes, {_seeds_text(columns)}"
+
+
+def mask_samples_caption(columns: list[MaskColumn], notes: list[str]) -> str:
+    """Which scenes and seed the figure shows, what each mIoU is, and what it leaves out."""
+    if not columns:
+        return ""
+    index = ", ".join(str(int(i)) for i in columns[0].samples.index)
+    text = (f"Scenes: test items {index}, the first {len(columns[0].samples.index)} of the test set, the same for "
+            f"every model. Each prediction is one cell's final weights ({_seeds_text(columns)}, the lowest seed "
+            f"that wrote samples); its mIoU is that cell's on the whole test set, not the mean over seeds "
+            f"(the Accuracy table has that). Inputs are stretched per image for display.")
+    return " ".join([text, *notes])

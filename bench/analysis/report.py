@@ -131,6 +131,7 @@ def draw_plots(report: Report, out_dir: Path) -> None:
     drawn, skipped = report.plots, report.skipped_plots
     plot_dir = out_dir / "plots"
     _draw_each_plot(report, plot_dir, table, label_cols, drawn, skipped)
+    _draw_mask_samples(report, plot_dir)
     # A plot skipped now must not survive from an earlier report. Removed only once every plot is
     # drawn (each replaced atomically), so a failure midway (a full disk) leaves the former plots
     # whole rather than deleted or truncated.
@@ -158,6 +159,22 @@ def _draw_each_plot(report: Report, plot_dir: Path, table: pd.DataFrame, label_c
     plots.draw("fpn_vs_vt_fpn", plots.fpn_title(table), lambda: plots.plot_fpn(table), plot_dir, drawn, skipped,
                lambda: plots.fpn_caption(table))
     plots.draw("token_attention", PLOT_TITLES["token_attention"], lambda: _attention(report.data), plot_dir, drawn, skipped)
+
+
+def _draw_mask_samples(report: Report, plot_dir: Path) -> None:
+    """The predicted-masks figure where cells wrote mask samples; a run without any gets no figure and
+    no skipped line (classification runs never have them), and loses one left by an earlier report."""
+    from bench.analysis import plots
+
+    columns, notes = plots.mask_sample_columns(report.data)
+    if not columns:
+        for note in notes:
+            log.warning("%s", note)
+        for suffix in (".png", ".svg"):
+            (plot_dir / f"mask_samples{suffix}").unlink(missing_ok=True)
+        return
+    plots.draw("mask_samples", plots.mask_samples_title(columns), lambda: plots.plot_mask_samples(columns),
+               plot_dir, report.plots, report.skipped_plots, lambda: plots.mask_samples_caption(columns, notes))
 
 
 def attention_cell(data: RunData) -> tuple[dict[str, Any], Path | None] | None:
