@@ -42,7 +42,8 @@ TINY = {"stem": "cifar", "width": 0.25, "num_classes": 10}  # stage-4 maps of C 
 # (B, L, HW, C, key scale, queries shared by the batch, pixels as an NCHW map's view)
 KERNEL_CASES = [(2, 4, 1, 8, False, False, False), (2, 16, 70, 33, True, False, True),
                 (2, 9, 64, 64, False, True, True), (2, 5, 37, 64, True, True, False),
-                (2, 12, 65, 8, True, False, False), (1, 3, 5, 130, False, False, True)]
+                (2, 12, 65, 8, True, False, False), (1, 3, 5, 130, False, False, True),
+                (1, 70, 9, 16, True, True, False)]  # C = 130: two blocks of output channels; L = 70: two of queries
 
 INTERPRETER_SCRIPT = r"""
 import json, sys
@@ -263,9 +264,9 @@ def test_cuda_triton_kernel_matches_the_reference(b, l, hw, c, dtype, tol):
         want = reference_token_attention(q.double(), x.double(), None if ks is None else ks.double(), c ** -0.5)
         got = fused_attention(q.to(dtype), x.to(dtype), c ** -0.5, ks)
         assert got.dtype == dtype and _relative_error(got, want) <= tol, with_scale
-        shared = fused_attention(q[:1].expand(b, -1, -1).to(dtype), x.to(dtype), c ** -0.5, ks)  # batch stride 0
-        assert _relative_error(shared[1:], reference_token_attention(
-            q[:1].expand(b, -1, -1).double(), x.double(), None if ks is None else ks.double(), c ** -0.5)[1:]) <= tol
+        shared = q[:1].to(dtype).expand(b, -1, -1)  # W_A's rows: one set of queries, batch stride 0
+        want = reference_token_attention(shared.double(), x.double(), None if ks is None else ks.double(), c ** -0.5)
+        assert _relative_error(fused_attention(shared, x.to(dtype), c ** -0.5, ks), want) <= tol, with_scale
 
 
 @pytest.mark.gpu

@@ -79,9 +79,12 @@ def _fake(queries, pixels, key_scale, scale):
     return pixels.new_empty(queries.shape)
 
 
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 @token_attention_op.register_kernel("cuda")
 def _cuda(queries, pixels, key_scale, scale):
-    if triton is None:  # pragma: no cover
+    if triton is None or pixels.dtype not in KERNEL_DTYPES:  # float64 (gradcheck) takes the reference math
         return reference_token_attention(queries, pixels, key_scale, scale)
     return triton_token_attention(queries, pixels, key_scale, scale)
 
@@ -159,7 +162,7 @@ def triton_token_attention(queries: torch.Tensor, pixels: torch.Tensor, key_scal
     batch, tokens, channels = queries.shape
     hw = pixels.shape[1]
     out = torch.empty(batch, tokens, channels, device=pixels.device, dtype=pixels.dtype)
-    block_l = max(16, triton.next_power_of_2(tokens))  # tl.dot wants every tile dimension >= 16
+    block_l = min(64, max(16, triton.next_power_of_2(tokens)))  # tl.dot wants every tile dimension >= 16
     block_cv = min(128, max(16, triton.next_power_of_2(channels)))
     block_ck = min(64, max(16, triton.next_power_of_2(channels)))
     block_p = 64 if channels <= 256 else 32
