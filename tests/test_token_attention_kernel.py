@@ -233,6 +233,18 @@ def test_fused_form_trains_with_the_reference_gradients():
         assert (got[name] - want[name]).abs().max() <= 1e-4 * want[name].abs().max() + 1e-12, name
 
 
+@pytest.mark.slow
+def test_compiled_fused_form_gives_the_reference_outputs():
+    """The grid's compiled cells: inductor traces the op through its fake implementation (measured 3e-7)."""
+    reference, fused = _twins("vt_resnet18", **TINY, token_channels=32)
+    compiled = torch.compile(fused)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = reference(x)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            assert _relative_error(compiled(x.contiguous(memory_format=layout)), want) <= TOL, layout
+
+
 def test_token_attention_maps_come_from_the_reference_form():
     reference, fused = _twins("vt_resnet18", **TINY, token_channels=32)
     x = torch.randn(2, 3, 32, 32)
