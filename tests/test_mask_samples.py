@@ -62,6 +62,7 @@ def test_training_writes_the_first_test_scenes_with_their_masks(two_seeds):
     assert arrays["target"].shape == arrays["pred"].shape == (4, 16, 16)
     assert arrays["target"].dtype == arrays["pred"].dtype == np.int16
     assert arrays["index"].tolist() == [0, 1, 2, 3]
+    assert int(arrays["num_classes"]) == 5 and int(arrays["ignore_index"]) == 255
     test_set = build_dataset("shapes", "test", input_size=16, task="seg", **SHAPES)
     expected = np.stack([test_set[i][1].numpy() for i in range(4)])
     np.testing.assert_array_equal(arrays["target"], expected)
@@ -244,3 +245,17 @@ def test_the_figure_is_drawn_without_torch(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run / "report" / "plots" / "mask_samples.png").exists()
     assert "plots/mask_samples.png" in (run / "report" / "report.md").read_text()
+
+
+def test_classes_the_model_never_predicts_keep_their_colour(tmp_path):
+    """A barely trained model predicts background alone; the masks' other classes are still classes
+    (the file's num_classes), not drawn white as ignored pixels."""
+    from bench.analysis.plots import MASK_IGNORE_COLOR, _mask_rgb, mask_palette, read_mask_samples
+    from matplotlib.colors import to_rgb
+
+    arrays = {k: v for k, v in _samples(0).items() if k != "class_names"}
+    np.savez_compressed(tmp_path / MASK_SAMPLES_FILE, **arrays, num_classes=np.array(CLASSES))
+    samples = read_mask_samples(tmp_path / MASK_SAMPLES_FILE, tmp_path)
+    assert samples.num_classes == CLASSES and samples.class_names is None
+    rgb = _mask_rgb(np.array([[9, 255]]), mask_palette(samples.num_classes))
+    assert tuple(rgb[0, 0]) != to_rgb(MASK_IGNORE_COLOR) and tuple(rgb[0, 1]) == to_rgb(MASK_IGNORE_COLOR)

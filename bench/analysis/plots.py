@@ -803,6 +803,7 @@ class MaskSamples:
     pred: np.ndarray                   # (N, H, W) the model's argmax
     index: np.ndarray                  # (N,) the test items shown
     class_names: list[str] | None
+    num_classes: int                   # classes 0..num_classes-1; any other mask value is drawn as ignored
 
 
 @dataclass
@@ -848,7 +849,17 @@ def _checked_samples(arrays: dict[str, np.ndarray], path: Path) -> MaskSamples:
     names = arrays.get("class_names")
     names = [str(n) for n in names.tolist()] if names is not None and names.dtype.kind == "U" else None
     return MaskSamples(image=image, target=target.astype(np.int64), pred=pred.astype(np.int64),
-                       index=np.asarray(index).reshape(-1)[:len(target)], class_names=names)
+                       index=np.asarray(index).reshape(-1)[:len(target)], class_names=names,
+                       num_classes=_num_classes(arrays, names, pred))
+
+
+def _num_classes(arrays: dict[str, np.ndarray], names: list[str] | None, pred: np.ndarray) -> int:
+    """The file's `num_classes`, else as many as it names, else the highest prediction + 1 (an argmax
+    over the classes never holds the ignore index; a mask may)."""
+    stored = arrays.get("num_classes")
+    if stored is not None and stored.size == 1 and np.issubdtype(stored.dtype, np.integer) and 0 < int(stored) <= 1024:
+        return int(stored)
+    return len(names) if names else 1 + int(pred.max(initial=0))
 
 
 def _train_seed(record: dict[str, Any]) -> int:
@@ -945,15 +956,6 @@ def mask_palette(num_classes: int) -> list[str]:
     return ["#000000"] + [to_hex(cmap(i % cmap.N)) for i in range(num_classes - 1)]
 
 
-def _class_count(columns: list[MaskColumn]) -> int:
-    """The data set's classes where it names them, else the highest predicted class + 1 (a prediction
-    is an argmax over the classes, so it never holds the ignore index; a mask may)."""
-    names = columns[0].samples.class_names
-    if names:
-        return len(names)
-    return 1 + max(int(c.samples.pred.max(initial=0)) for c in columns)
-
-
 def _mask_rgb(mask: np.ndarray, palette: list[str]) -> np.ndarray:
     """(H, W) class indices -> (H, W, 3) colours; a value without a class (the ignore index) white."""
     table = np.array([to_rgb(c) for c in palette])
@@ -969,7 +971,7 @@ def plot_mask_samples(columns: list[MaskColumn]) -> plt.Figure:
         raise PlotSkipped("no cell wrote mask samples")
     first = columns[0].samples
     rows, ncols = len(first.target), 2 + len(columns)
-    palette = mask_palette(_class_count(columns))
+    palette = mask_palette(max(c.samples.num_classes for c in columns))
     handles = _class_handles(palette, first)
     legend_in = 0.3 * math.ceil(len(handles) / 6) + 0.2
     height = 2.1 * rows + 0.6 + legend_in

@@ -43,8 +43,9 @@ first `mask_samples` test scenes to OUT/mask_samples.npz (`MASK_SAMPLES_FILE`; t
 items, so every seed and model of a study shows the same scenes) and the metrics name the file
 (`mask_samples`, relative to OUT). The arrays: `image` (N, H, W, 3) uint8, each image stretched to
 0..255 for display (the data sets normalise differently; the figure needs only what the eye sees),
-`target` and `pred` (N, H, W) int16 with the ignore index kept, `index` (the test items shown) and,
-where the data set names its classes (`class_names`), `class_names`. The report draws them
+`target` and `pred` (N, H, W) int16 with the ignore index kept, `index` (the test items shown),
+`num_classes` and `ignore_index` (scalars) and, where the data set names its classes
+(`class_names`), `class_names`. The report draws them
 (`bench.analysis.plots.plot_mask_samples`) without torch.
 """
 
@@ -628,6 +629,7 @@ class Trainer:
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
             logits = self._match(self.net(batch).float(), target)
         arrays = {"image": display_images(batch.float().cpu().numpy()), "index": np.arange(count),
+                  "num_classes": np.array(self.num_classes), "ignore_index": np.array(self.cfg.ignore_index),
                   "target": target.cpu().numpy().astype(np.int16),
                   "pred": logits.argmax(1).cpu().numpy().astype(np.int16)}
         names = getattr(self.test_set, "class_names", None)
