@@ -11,7 +11,7 @@ Layouts: the feature map stays NCHW and W_Q a 1x1 `Conv2d` on it (measured as fa
 CPU, and no layout copy); tokens are (B, L, C_T), so W_K and W_V are `nn.Linear`s, one GEMM over
 all B*L token rows.
 
-`attention_impl="sdpa"` (`models.layers.ATTENTION_IMPLS`) runs eq. 5 as cross-attention through
+`attention_impl="sdpa"` (and `"fused"`: `models.layers.ATTENTION_IMPLS`) runs eq. 5 as cross-attention through
 `scaled_dot_product_attention`: the HW pixels X W_Q are the queries, the L tokens T W_K the keys,
 the tokens (or T W_V) the values, softmax over L, the numerics' scale explicit. Its (B, HW, C)
 output is added to the map as a channels_last-strided view (no copy back to NCHW).
@@ -24,7 +24,7 @@ from torch import nn
 
 from models.init import VALUE_GAIN, init_projection
 from models.layers import (DEFAULT_ATTENTION_IMPL, DEFAULT_NUMERICS, PixelConv, attend, check_attention_impl,
-                           check_numerics, is_scaled, logit_scale, token_linear)
+                           check_numerics, is_scaled, logit_scale, token_linear, uses_sdpa)
 
 
 class Projector(nn.Module):
@@ -61,7 +61,7 @@ class Projector(nn.Module):
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W), tokens (B, L, C_T) -> (B, C, H, W)."""
-        if self.attention_impl == "sdpa":
+        if uses_sdpa(self.attention_impl):
             return self._forward_sdpa(x, tokens)
         q = self.w_q(x).flatten(2)  # (B, d, HW) = (X W_Q)^T
         k = self.w_k(tokens)  # (B, L, d) = T W_K

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.layers import (DEFAULT_ATTENTION_IMPL, DEFAULT_NUMERICS, attend, check_attention_impl, check_numerics,
-                           is_scaled, logit_scale, token_linear, unit_stride_rows)
+                           is_scaled, logit_scale, token_linear, unit_stride_rows, uses_sdpa)
 from models.init import init_projection
 
 
@@ -49,7 +49,7 @@ class PaperTransformer(nn.Module):
         ff_channels: hidden width of the feed-forward F1/F2 (default C_T).
         numerics: `centered` or `appendix` (the same here: logits / sqrt(d), unit-gain K and Q) or `iccv`
             (eq. 3 as printed).
-        attention_impl: `reference` or `sdpa` (`models.layers.ATTENTION_IMPLS`).
+        attention_impl: `reference`, `sdpa` or `fused` (`models.layers.ATTENTION_IMPLS`).
     """
 
     def __init__(self, channels: int, qk_channels: int | None = None, ff_channels: int | None = None,
@@ -71,7 +71,7 @@ class PaperTransformer(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L, C_T) -> (B, L, C_T)."""
         k, q = self.key(tokens), self.query(tokens)  # (B, L, d): T K and T Q
-        if self.attention_impl == "sdpa":  # SDPA's queries are T K and its keys T Q: row i dots (T K)_i with (T Q)_j
+        if uses_sdpa(self.attention_impl):  # SDPA's queries are T K and its keys T Q: row i dots (T K)_i with (T Q)_j
             tokens = tokens + attend(k, q, tokens, self.scale)
         else:
             scores = torch.bmm(k, q.transpose(1, 2)) * self.scale  # (B, L, L): [i, j] = (T K)_i . (T Q)_j
@@ -90,7 +90,7 @@ class MHSATransformer(nn.Module):
         groups: groups of the key, query and value projections (default 8).
         ff_channels: None for one C_T x C_T feed-forward layer (appendix), or the hidden
             width of relu(T F1) F2.
-        attention_impl: `reference` or `sdpa` (`models.layers.ATTENTION_IMPLS`; SDPA in both, see
+        attention_impl: `reference`, `sdpa` or `fused` (`models.layers.ATTENTION_IMPLS`; SDPA in both, see
             the module docstring).
     """
 
@@ -132,7 +132,7 @@ class MHSATransformer(nn.Module):
         """(B, L, C_T) -> (B, L, C_T)."""
         b, n, c = tokens.shape
         q, k, v = self._split(self.query(tokens)), self._split(self.key(tokens)), self._split(self.value(tokens))
-        if self.attention_impl == "sdpa":
+        if uses_sdpa(self.attention_impl):
             q, k, v = (unit_stride_rows(t) for t in (q, k, v))
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         else:

@@ -43,8 +43,9 @@ few fields it changes, registered with its facts. VT-ResNet options:
   printed, no scaling, PyTorch's default init (it collapses the recurrent tokenizers at init;
   tests/test_init_health.py). Parameters and MACs are the same under all three.
 - attention_impl ("reference"): the form the VT module's attention steps run in
-  (`models.layers.ATTENTION_IMPLS`): `reference` (the equations written out, attention maps formed)
-  or `sdpa` (`scaled_dot_product_attention`, fused where the device has a kernel). The same
+  (`models.layers.ATTENTION_IMPLS`): `reference` (the equations written out, attention maps formed),
+  `sdpa` (`scaled_dot_product_attention`, fused where the device has a kernel) or `fused` (the
+  tokenizers through one Triton kernel on CUDA, `models.kernels`; the rest as `sdpa`). The same
   parameters, state dict, initial weights, MACs and outputs (up to float summation order); only
   speed differs (experiments/speed_attention_cpu.yaml measures it).
 - zero_init_residual (True, every model, baselines included): each residual block of the trunk
