@@ -101,6 +101,30 @@ def test_mask_samples_zero_writes_none_and_keeps_the_checkpoint(two_seeds, tmp_p
     assert config_fingerprint(TINY_SEG, {}, _config(mask_samples=0)) == config_fingerprint(TINY_SEG, {}, _config())
 
 
+def _distributed_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    train(TINY_SEG, {}, _config(), out_dir, resume=False, progress=False)
+
+
+def test_two_processes_write_one_file_from_the_final_weights(tmp_path):
+    """Rank 0 alone predicts (the other rank waits at the barrier); the file matches the checkpoint."""
+    import torch.multiprocessing as mp
+
+    from tests.test_distributed import _free_port
+
+    mp.spawn(_distributed_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    model = tiny_seg()
+    model.load_state_dict(ckpt.read_checkpoint_file(tmp_path / ckpt.CHECKPOINT)["model"])
+    model.eval()
+    test_set = build_dataset("shapes", "test", input_size=16, task="seg", **SHAPES)
+    with torch.no_grad():
+        expected = model(torch.stack([test_set[i][0] for i in range(4)])).argmax(1).numpy()
+    np.testing.assert_array_equal(_load(tmp_path / MASK_SAMPLES_FILE)["pred"], expected)
+
+
 def test_fewer_test_scenes_than_asked_gives_every_scene(tmp_path):
     metrics = train(TINY_SEG, {}, _config(mask_samples=64, dataset_args={"num_samples": 3}, batch_size=2),
                     tmp_path, progress=False)
