@@ -55,6 +55,7 @@ def test_shapes_classification_items_are_seeded():
 def test_shapes_segmentation_masks():
     seg = data.build_dataset("shapes", "train", task="seg", input_size=32, num_samples=8)
     assert (seg.task, seg.num_classes) == ("seg", 5)
+    assert seg.class_names == ("background", *data.SHAPE_NAMES)
     image, mask = seg[0]
     assert image.shape == (3, 32, 32) and mask.shape == (32, 32) and mask.dtype == torch.int64
     labels = torch.cat([seg[i][1].flatten() for i in range(8)]).unique()
@@ -179,6 +180,8 @@ def _scenes(root, split="train", **options):
 def test_fashion_scenes_label_the_last_item_painted_at_each_pixel(solid_fashion_root):
     scenes = _scenes(solid_fashion_root)
     assert (scenes.task, scenes.num_classes, len(scenes)) == ("seg", 11, 10_000)
+    assert scenes.class_names[:2] == ("background", "T-shirt/top") and scenes.class_names[-1] == "Ankle boot"
+    assert len(scenes.class_names) == scenes.num_classes
     for index in range(20):
         canvas, mask = scenes.render(index)
         expected_mask, expected_value = np.zeros((64, 64), np.int64), np.zeros((64, 64), np.float32)

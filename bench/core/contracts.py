@@ -222,6 +222,7 @@ class TrainOptions(Contract):
     deterministic: _given(bool, "true or false") = False
     logger: _given(str | list[str], "a logger name or a list of them") = Field(default_factory=lambda: ["jsonl"])
     keep_checkpoints: _given(int, "an integer") = 1
+    mask_samples: _given(int, "an integer") = 4
 
     @classmethod
     def parse(cls, values: dict[str, Any]) -> dict[str, Any]:

@@ -316,6 +316,9 @@ def _build_fashion_mnist(split: str, root: Any, input_size: int, task: str, trai
 # --------------------------------------------------------------------------------------------
 
 FASHION_SCENES_CLASSES = 11
+FASHION_MNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                       "Ankle boot")
+"""Fashion-MNIST's class names, in label order (the data set's own README)."""
 """0 = background, 1 + c = an item of Fashion-MNIST class c (0..9)."""
 
 
@@ -368,6 +371,7 @@ class FashionScenesDataset(Dataset):
             raise UsageError(f"fashion_scenes: num_samples and test_samples must be at least 1 (got {num_samples})")
         self.threshold = float(threshold)
         self.num_classes = FASHION_SCENES_CLASSES
+        self.class_names = ("background", *FASHION_MNIST_NAMES)  # the label of a pixel is 1 + its item's class
 
     def __len__(self) -> int:
         return self.num_samples
@@ -488,6 +492,7 @@ class ShapesDataset(Dataset):
                              f"image side (got {list(shape_size)})")
         self.shape_size = (lo, hi)
         self.num_classes = len(SHAPE_NAMES) + (1 if task == "seg" else 0)
+        self.class_names = ("background", *SHAPE_NAMES) if task == "seg" else SHAPE_NAMES
         axis = (np.arange(self.size, dtype=np.float32) + 0.5) / self.size
         self._yy, self._xx = np.meshgrid(axis, axis, indexing="ij")
 

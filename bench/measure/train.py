@@ -139,8 +139,6 @@ class TrainConfig(TrainOptions):
             OUT/mask_samples.npz after the run, for the report's figure (default 4; 0 = none).
     """
 
-    mask_samples: int = 4
-
     def __init__(self, **values: Any) -> None:
         try:  # text given for a number ("1e-4", a `--set` value) becomes the number
             self.__pydantic_validator__.validate_python(values, self_instance=self, context={COERCE: True})
