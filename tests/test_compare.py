@@ -308,3 +308,98 @@ def test_a_study_with_no_vt_cell_at_its_defaults_heads_with_the_compared_one(tmp
         "  top-1 difference VT - baseline, points: -5.00, 1 seed: no claim"]
     assert summary[1] == ("2 other VT configuration(s) (options set away from the model's defaults) are "
                           "compared in the tables below.")
+
+
+# ------------------------------------------------------------------------------ attention forms --
+
+def test_two_forms_of_one_model_pair_only_at_identical_everything_else():
+    ref = _group("my_vt", baseline="my_base", attention_impl="reference")
+    sdpa = _group("my_vt", baseline="my_base", attention_impl="sdpa")
+    assert compare.is_form_pair(sdpa, ref, "attention_impl", "reference")
+    assert not compare.is_form_pair(ref, sdpa, "attention_impl", "reference")        # the reference is the divisor
+    assert not compare.is_form_pair(ref, ref, "attention_impl", "reference")
+    assert not compare.is_form_pair(_group("my_vt", baseline="my_base", attention_impl="sdpa", num_tokens=8), ref,
+                                    "attention_impl", "reference")                    # another option differs
+    assert not compare.is_form_pair(_group("my_vt", baseline="my_base", batch=32, attention_impl="sdpa"), ref,
+                                    "attention_impl", "reference")                    # another latency setting
+    assert not compare.is_form_pair(_group("other_vt", baseline="my_base", attention_impl="sdpa"), ref,
+                                    "attention_impl", "reference")                    # another model
+    unset = _group("my_vt", baseline="my_base")  # the option left at a default this process does not know
+    assert not compare.is_form_pair(sdpa, unset, "attention_impl", "reference")
+    unset.facts = Facts(name="my_vt", family="vt_x", baseline="my_base", defaults={"attention_impl": "reference"})
+    assert compare.is_form_pair(sdpa, unset, "attention_impl", "reference")          # the default spelled out
+
+
+def _interleaved_cells(tmp_path, cells):
+    """A run of interleaved cells timed in one session: cells = [(model, model_args, gmacs, rounds)]."""
+    from bench.core.records import make_record, make_remeasurement, write_record, write_remeasurement
+
+    env = {"host": "t", "device": "cpu", "device_name": "cpu"}
+    n = len(cells[0][3])
+    session = {"id": "dddddddddddd", "protocol": "interleaved", "started_at": "2026-01-01T00:00:00+00:00",
+               "finished_at": "2026-01-01T00:01:00+00:00", "rounds": n, "cells": len(cells)}
+    records = tmp_path / "run" / "records"
+    for model, args, gmacs, rounds in cells:
+        config = {"model": model, "model_args": {"num_classes": 1000, **args}, "measure": ["complexity", "latency"],
+                  "input_size": 224, "seed": 0, "complexity": {},
+                  "latency": {"device": "cpu", "batch_size": 1, "dtype": "fp32", "threads": 2}, "train": {}}
+        record = make_record(config, metrics={"gmacs": gmacs, "params_m": 11.0, "latency_ms_p50": 50.0,
+                                              "latency_ms_p20": 49.0, "latency_ms_p80": 51.0, "latency_verdict": "ok"},
+                             env=env, run="run")
+        write_record(records, record)
+        metrics = {"latency_ms_p50": statistics.median(rounds), "latency_ms_p20": min(rounds),
+                   "latency_ms_p80": max(rounds), "latency_round_p50_ms": rounds,
+                   "latency_round_verdicts": ["ok"] * n, "latency_protocol": "interleaved",
+                   "latency_rounds": n, "latency_verdict": "ok"}
+        write_remeasurement(records, make_remeasurement(record, metrics, session=session, env=env))
+    return tmp_path / "run"
+
+
+def test_a_report_sets_each_attention_form_beside_the_reference_form(tmp_path, monkeypatch):
+    from bench.analysis import report as report_module
+    from bench.analysis.plots import PlotSkipped
+    from bench.analysis.speed_report import FORM_RATIO_COLUMN, FORMS_TITLE
+
+    base = [10.0, 11.0, 10.5, 10.2, 10.8]
+    reference = [8.1, 8.9, 8.4, 8.2, 8.7]
+    sdpa = [7.0, 7.9, 7.1, 7.3, 7.5]
+    run = _interleaved_cells(tmp_path, [("resnet18", {}, 1.8, base),
+                                        ("vt_resnet18", {"attention_impl": "reference"}, 1.5, reference),
+                                        ("vt_resnet18", {"attention_impl": "sdpa"}, 1.5, sdpa)])
+
+    def no_attention(data):
+        raise PlotSkipped("not drawn in this test")
+
+    monkeypatch.setattr(report_module, "_attention", no_attention)
+    rep = report_module.write_report([run], tmp_path / "out", formats=["md", "csv"])
+    md = rep.files["report.md"].read_text()
+    forms = md.split(f"## {FORMS_TITLE}")[1].split("\n## ")[0]
+    expected = compare.latency_ratio([s / r for s, r in zip(sdpa, reference)])
+    assert FORM_RATIO_COLUMN in forms and compare.ratio_text(expected) in forms
+    assert expected.hi < 1 and "faster (p " in forms  # one row: no Holm family
+    assert forms.count("| vt_resnet18 |") == 1
+    csv = (tmp_path / "out" / "attention_forms.csv").read_text()
+    assert "sdpa" in csv and "reference" in csv
+    # both forms still stand beside their baseline, each with its own ratio
+    versus_base = md.split("## VT vs baseline: latency")[1].split("\n## ")[0]
+    for rounds in (reference, sdpa):
+        assert compare.ratio_text(compare.latency_ratio([v / b for v, b in zip(rounds, base)])) in versus_base
+
+
+def test_no_forms_section_without_two_forms(tmp_path, monkeypatch):
+    from bench.analysis import report as report_module
+    from bench.analysis.plots import PlotSkipped
+    from bench.analysis.speed_report import FORMS_TITLE
+
+    run = _interleaved_run(tmp_path, [8.1, 8.9, 8.4, 8.2, 8.7], [10.0, 11.0, 10.5, 10.2, 10.8])
+    monkeypatch.setattr(report_module, "_attention", lambda data: (_ for _ in ()).throw(PlotSkipped("no")))
+    md = report_module.write_report([run], tmp_path / "out", formats=["md", "csv"]).files["report.md"].read_text()
+    assert FORMS_TITLE not in md and not (tmp_path / "out" / "attention_forms.csv").exists()
+
+
+def test_stage_rows_name_the_form_they_timed():
+    from bench.analysis.speed_report import _model_label
+
+    assert _model_label({"model": "vt_resnet18", "model_args": {"num_classes": 10, "attention_impl": "sdpa"}}) == \
+        "vt_resnet18 (attention_impl=sdpa)"
+    assert _model_label({"model": "resnet18", "model_args": {"num_classes": 10}}) == "resnet18"

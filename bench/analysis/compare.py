@@ -528,13 +528,14 @@ def _p50(records: Sequence[Mapping[str, Any]]) -> float:
 
 
 def latency_comparison(vt: Group, base: Group, reference: float = 1.0,
-                       words: tuple[str, str, str] = ("resolved", "resolved", "not resolved")) -> Comparison:
+                       words: tuple[str, str, str] = ("resolved", "resolved", "not resolved"),
+                       sides: tuple[str, str] = ("VT", "baseline")) -> Comparison:
     """The latency ratio VT / baseline of a pair, compared with `reference` (1, or the MACs ratio).
 
     Rounds pair only within one interleave session: each VT record is matched with the baseline
     record of its session (of its seed first), and every round both were timed in gives a ratio.
     A measurement (one side's round) that judged itself noisy, or a record judged noisy as a whole
-    (e.g. its rounds' p50 spread), withholds the verdict.
+    (e.g. its rounds' p50 spread), withholds the verdict; `sides` names the two sides in that reason.
     """
     vt_recs = [r for r in vt.records if (r.get("metrics") or {}).get("latency_ms_p50") is not None]
     base_recs = [r for r in base.records if (r.get("metrics") or {}).get("latency_ms_p50") is not None]
@@ -554,7 +555,7 @@ def latency_comparison(vt: Group, base: Group, reference: float = 1.0,
         n = len(pair)
         noisy += sum(v == "noisy" for v in _round_verdicts(rec, n) + _round_verdicts(mate, n))
         measured += 2 * n
-        for side, record in (("VT", rec), ("baseline", mate)):
+        for side, record in zip(sides, (rec, mate)):
             if _record_noisy(record) and side not in noisy_sides:
                 noisy_sides.append(side)
     extra = {"vt_ms_p50": _p50(vt_recs), "base_ms_p50": _p50(base_recs)}
@@ -639,6 +640,61 @@ def latency_pairs(groups: Sequence[Group]) -> list[LatencyPair]:
         pairs.append(LatencyPair(vt, base, versus_one, target, macs))
     decide([p.versus_one for p in pairs])
     decide([p.target for p in pairs if p.target is not None])
+    return pairs
+
+
+@dataclass
+class FormPair:
+    """One model in two values of one model option (`variant` and `reference`) at identical latency
+    settings: the latency ratio variant / reference, tested against 1 (faster, slower or not resolved)."""
+
+    option: str
+    variant: Group
+    reference: Group
+    versus_one: Comparison
+
+    @property
+    def variant_value(self) -> Any:
+        return option_value(self.variant, self.option)
+
+
+def option_value(group: Group, option: str) -> Any:
+    """The group's value of a model option: given, else the model's default where known (None otherwise)."""
+    return group.args.get(option, (group.facts.defaults or {}).get(option))
+
+
+def is_form_pair(variant: Group, reference: Group, option: str, reference_value: Any) -> bool:
+    """The pairing rule of two forms of one model: the same model, input and latency settings (device
+    included), `reference` at `reference_value` of `option` and `variant` at another value, and every
+    other model option the same."""
+    if variant.model != reference.model or variant is reference:
+        return False
+    if option_value(reference, option) != reference_value or option_value(variant, option) in (None, reference_value):
+        return False
+    if _image_hw(variant.config.get("input_size")) != _image_hw(reference.config.get("input_size")):
+        return False
+    if measurement_settings(variant.config, {"device_name": variant.device_name}, "latency") != \
+            measurement_settings(reference.config, {"device_name": reference.device_name}, "latency"):
+        return False
+    rest = lambda g: {k: _freeze(v) for k, v in g.args.items() if k != option}  # noqa: E731
+    return rest(variant) == rest(reference)
+
+
+def form_pairs(groups: Sequence[Group], option: str, reference_value: Any) -> list[FormPair]:
+    """Every (variant, reference) pair of forms of `option` among the latency groups, Holm across them.
+
+    Same statistic as `latency_pairs` (per-round ratios within one interleave session, geometric mean,
+    t interval, no verdict on noise or too few rounds); verdict 'faster' / 'slower' than the reference form.
+    """
+    timed = [g for g in groups if has_metric(g, "latency_ms_p50")]
+    pairs = []
+    for variant in timed:
+        reference = next((r for r in timed if is_form_pair(variant, r, option, reference_value)), None)
+        if reference is not None:
+            versus_one = latency_comparison(variant, reference, words=("faster", "slower", "not resolved"),
+                                            sides=("form", "reference form"))
+            pairs.append(FormPair(option, variant, reference, versus_one))
+    decide([p.versus_one for p in pairs])
     return pairs
 
 

@@ -11,8 +11,10 @@ no verdict where a measurement behind it is noisy or there are too few rounds (d
 With ceilings (`peak_gemm_tflops`): each side's achieved TFLOP/s, 2 x MACs x batch / p50, and its
 fraction of the measured GEMM ceiling. With stage times (`stage_ms_<stage>`): a second section, the
 median time per stage and its share. The sections' CSVs (speed.csv, speed_stages.csv) hold the raw
-numbers. This is the report's only latency ratio: the latency tables show each configuration's own
-timing. Torch-free.
+numbers. This is the report's only VT / baseline latency ratio: the latency tables show each
+configuration's own timing. Where a VT model was also timed in another attention form
+(`attention_impl`), a third section gives the ratio form / reference of the same model
+(`compare.form_pairs`, the same statistic). Torch-free.
 """
 
 from __future__ import annotations
@@ -54,7 +56,79 @@ def report_sections(data: Any, table: pd.DataFrame) -> list[StudySection]:
         intro = STAGES_INTRO + (f"\n\n{BOUND_INTRO}" if "x bound" in shown.columns else "")
         sections.append(StudySection(title="VT vs baseline: where the time goes", intro=intro, table=shown,
                                      csv_name=STAGES_CSV_NAME, data=raw))
-    return sections
+    forms = form_section(data)
+    return sections + ([forms] if forms else [])
+
+
+# ------------------------------------------------------------------------------ attention forms --
+
+FORM_OPTION, FORM_REFERENCE = "attention_impl", "reference"
+FORMS_TITLE = "Attention forms: the same VT model, form / reference"
+FORMS_CSV_NAME = "attention_forms.csv"
+FORM_RATIO_COLUMN = "latency ratio form / reference [95 % CI]"
+
+
+def form_section(data: Any) -> StudySection | None:
+    """The VT models timed in another attention form beside the reference form (`attention_impl`), if any."""
+    groups = getattr(data, "groups", None) or []
+    pairs = sorted(compare.form_pairs(groups, FORM_OPTION, FORM_REFERENCE), key=_form_order)
+    if not pairs:
+        return None
+    rows = [form_summary(p) for p in pairs]
+    shown = pd.DataFrame([form_cells(r) for r in rows])
+    if not any(r.get("needed") for r in rows):
+        shown = shown.drop(columns="to resolve")
+    return StudySection(title=FORMS_TITLE, intro=forms_intro(pairs), table=shown.fillna("-"),
+                        csv_name=FORMS_CSV_NAME, data=pd.DataFrame(rows))
+
+
+def _form_order(pair: compare.FormPair) -> tuple:
+    latency = latency_of(pair.variant.config)
+    return (str(latency["device"]), str(latency["dtype"]), pair.variant.facts.family, pair.variant.facts.depth or 0,
+            pair.variant.model, sort_value(latency["batch_size"]), mode_of(latency), str(pair.variant_value))
+
+
+def form_summary(pair: compare.FormPair) -> dict[str, Any]:
+    """The raw numbers of one form pair (one row of attention_forms.csv)."""
+    c, est = pair.versus_one, pair.versus_one.estimate
+    latency = latency_of(pair.variant.config)
+    others = {k: v for k, v in pair.variant.args.items() if k not in ("num_classes", pair.option)}
+    return {"device": latency["device"], "device_name": pair.variant.device_name, "dtype": latency["dtype"],
+            "batch": latency["batch_size"], "mode": mode_of(latency), "input_size": _input(pair.variant.config),
+            "model": pair.variant.model, "options": ", ".join(f"{k}={v}" for k, v in others.items()),
+            "option": pair.option, "form": pair.variant_value, "reference_form": FORM_REFERENCE,
+            "reference_cell_ids": ";".join(r["cell_id"] for r in pair.reference.records),
+            "form_cell_ids": ";".join(r["cell_id"] for r in pair.variant.records),
+            "reference_ms_p50": c.extra["base_ms_p50"], "form_ms_p50": c.extra["vt_ms_p50"],
+            "timing": c.extra.get("timing"), "latency_ratio": est.value, "latency_ratio_lo": est.lo,
+            "latency_ratio_hi": est.hi, "statistic": est.method, "rounds": c.extra.get("rounds"),
+            "noisy_measurements": c.extra.get("noisy_measurements"), "measurements": c.extra.get("measured"),
+            "round_ratios": c.extra.get("round_ratios"), "p_holm": c.p_holm, "verdict": compare.verdict_text(c),
+            "needed": c.needed}
+
+
+def form_cells(p: dict[str, Any]) -> dict[str, str]:
+    """One row of the shown forms table, as text."""
+    cells = {"device": p["device"], "dtype": p["dtype"], "batch": str(p["batch"]), "mode": p["mode"],
+             "input": p["input_size"], "model": p["model"], "form": str(p["form"]),
+             "reference p50 ms": f"{p['reference_ms_p50']:.2f}", "form p50 ms": f"{p['form_ms_p50']:.2f}",
+             FORM_RATIO_COLUMN: ratio_cell(p), "rounds": str(p["rounds"]) if p.get("rounds") else "-",
+             "form vs reference": p["verdict"], "to resolve": f"vs 1: {p['needed']}" if p.get("needed") else ""}
+    if p["options"]:
+        cells["model"] = f"{p['model']} ({p['options']})"
+    return cells
+
+
+def forms_intro(pairs: list[compare.FormPair]) -> str:
+    """What the forms table shows: which cells are paired, the statistic, the verdict and its Holm rule."""
+    return (f"Each VT configuration timed in another form of `{FORM_OPTION}` beside the same model in the "
+            f"`{FORM_REFERENCE}` form, every other option and latency setting the same: the forms have the same "
+            f"weights, MACs and outputs (models.layers.ATTENTION_IMPLS), so the ratio is the form's own speed-up. "
+            f"Latency ratio = geometric mean of the per-round form/reference ratios, 95 % t interval on log ratios "
+            f"(the statistic of the VT vs baseline table; at least {compare.MIN_ROUNDS} rounds); 'faster' or 'slower' where "
+            f"the ratio differs from 1, 'not resolved' where it does not; no verdict where a measurement behind "
+            f"the row judged itself noisy or there are too few rounds. "
+            + compare.holm_caption([p.versus_one for p in pairs], "Form vs reference"))
 
 
 def latency_pairs_of(data: Any) -> list[LatencyPair]:
@@ -230,7 +304,7 @@ def stage_tables(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFr
         metrics, latency = record["metrics"], latency_of(record["config"])
         times = {st: metrics[STAGE_PREFIX + st] for st in order if metrics.get(STAGE_PREFIX + st) is not None}
         total = sum(times.values())
-        label = {"model": record["config"].get("model"), "batch": str(latency["batch_size"]),
+        label = {"model": _model_label(record["config"]), "batch": str(latency["batch_size"]),
                  "mode": mode_of(latency), "device": latency["device"]}
         row = {**label, **{st: f"{times[st]:.2f} ({100 * times[st] / total:.0f}%)" if st in times else "-"
                            for st in order}}
@@ -244,6 +318,13 @@ def stage_tables(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFr
     if not any(BOUND_PREFIX + st in r["metrics"] for r in records for st in order):
         shown_frame = shown_frame.drop(columns=["compared stage", "bound (ms)", "x bound"])
     return shown_frame, pd.DataFrame(raw)
+
+
+def _model_label(config: dict[str, Any]) -> str:
+    """The model with its options beside the classes ('vt_resnet18 (attention_impl=sdpa)'): two forms or
+    variants of one model get two rows, and each row says which it is."""
+    options = _options(config)
+    return f"{config.get('model')} ({options})" if options else str(config.get("model"))
 
 
 def _bounds_of(metrics: dict[str, Any], stage: str, ms: float) -> dict[str, float | None]:
