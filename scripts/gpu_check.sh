@@ -10,7 +10,7 @@
 #   bash scripts/gpu_check.sh --wheels         (on a machine with PyPI) build the pure-Python
 #                                              dependencies into .whl/ for a machine without one
 #
-# Phases and limits (seconds; 30 + 60 + 150 + 120 + 50 + 40 = 450, the rest of 8 minutes for the
+# Phases and limits (seconds; 30 + 60 + 170 + 100 + 40 + 50 = 450, the rest of 8 minutes for the
 # set-up). Each speed phase is a run folder of the one flow (`vtbench speed`: the grid's cells through
 # the runner in this process, `vtbench interleave --stages --peak`, the report in DIR/NAME/report
 # with its speed sections and speed.csv, speed_stages.csv); stage times of CUDA-graph cells are
@@ -18,10 +18,11 @@
 # ceilings. All at bf16, channels_last, --quick:
 #   env      nvidia-smi, torch/CUDA/cuDNN versions, the card                    -> env.txt
 #   tests    pytest -m gpu over every test file that has a gpu test             -> tests.log, junit.xml
-#   speed    R18 and R50 pairs, batch 64 and 256, CUDA graphs, 3 rounds          -> speed_gpu/
+#   speed    R18 and R50 pairs, batch 64 and 256, CUDA graphs, 3 rounds, each VT  -> speed_gpu/
+#            model in the reference and the fused attention form (--forms)
 #   compile  R18 pair, batch 64, torch.compile reduce-overhead and max-autotune  -> speed_gpu_compile/
 #   flush    R18 pair, batch 1 and 64, CUDA graphs, a cold L2 per iteration      -> speed_gpu_flush/
-#   fpn      FPN-R50 vs VT-FPN-R50 at 473x473, batch 8, CUDA graphs              -> speed_gpu_fpn/
+#   fpn      FPN-R50 vs VT-FPN-R50 at 473x473, batch 8, CUDA graphs, both forms  -> speed_gpu_fpn/
 # (eager and default compile cells, batch 1 and the full grid: `vtbench speed --gpu`, a longer run.)
 # phases.txt lists each phase's exit status and wall time; the script exits 1 when a phase failed.
 # GPU_CHECK_PHASES="speed fpn" runs only the phases named. When OUT is set (the lent-device tool
@@ -105,13 +106,14 @@ else:
     print("no CUDA device")'
 [ -f "$dest/env.log" ] && cp "$dest/env.log" "$dest/env.txt"
 phase tests 60 "${gpu_tests[@]}"
-phase speed 150 "${speed[@]}" --pairs r18,r50 --batch-size 64,256 --modes cuda_graphs --rounds 3 \
-  --out "$dest/speed_gpu"
-phase compile 120 "${speed[@]}" --pairs r18 --batch-size 64 --modes compile_reduce_overhead,compile_max_autotune \
+phase speed 170 "${speed[@]}" --pairs r18,r50 --batch-size 64,256 --modes cuda_graphs --rounds 3 \
+  --forms reference,fused --out "$dest/speed_gpu"
+phase compile 100 "${speed[@]}" --pairs r18 --batch-size 64 --modes compile_reduce_overhead,compile_max_autotune \
   --rounds 2 --out "$dest/speed_gpu_compile"
-phase flush 50 "${speed[@]}" --pairs r18 --batch-size 1,64 --modes cuda_graphs --flush-l2 --rounds 2 \
+phase flush 40 "${speed[@]}" --pairs r18 --batch-size 1,64 --modes cuda_graphs --flush-l2 --rounds 2 \
   --out "$dest/speed_gpu_flush"
-phase fpn 40 "${speed[@]}" --pairs fpn --batch-size 8 --modes cuda_graphs --rounds 2 --out "$dest/speed_gpu_fpn"
+phase fpn 50 "${speed[@]}" --pairs fpn --batch-size 8 --modes cuda_graphs --rounds 2 --forms reference,fused \
+  --out "$dest/speed_gpu_fpn"
 echo "== done: $dest"
 cat "$dest/phases.txt"
 exit "$failed"

@@ -129,6 +129,22 @@ def test_speed_writes_the_study_as_a_grid_of_every_pair_batch_and_mode():
     assert grid.resources.local_parallelism == 1
 
 
+def test_speed_forms_time_each_vt_model_in_every_form_and_each_baseline_once():
+    from bench.pipeline.grid import build_grid
+
+    opts = bench.studies.speed.study_options(pairs=["r18", "fpn"], batch_sizes=[1, 32], modes=["eager"],
+                                              forms=["reference", "sdpa", "fused"], out="unused")
+    cells = [c.config for c in build_grid(bench.studies.speed.study_grid(opts)).cells]
+    forms = sorted((c["model"], c["latency"]["batch_size"], c["model_args"].get("attention_impl")) for c in cells)
+    assert forms == sorted([(base, batch, None) for base in ("resnet18", "fpn_r50") for batch in (1, 32)]
+                           + [(vt, batch, form) for vt in ("vt_resnet18", "vt_fpn_r50") for batch in (1, 32)
+                              for form in ("reference", "sdpa", "fused")])
+    fpn = next(c for c in cells if c["model"] == "vt_fpn_r50" and c["model_args"].get("attention_impl") == "fused")
+    assert (fpn["input_size"], fpn["model_args"]["num_classes"]) == (473, 171)
+    with pytest.raises(UsageError, match="unknown attention form 'flash'"):
+        bench.studies.speed.study_options(forms=["flash"])
+
+
 def test_speed_needs_two_rounds():
     with pytest.raises(UsageError, match="at least 2"):
         bench.studies.speed.study_options(rounds=1)

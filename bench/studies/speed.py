@@ -37,6 +37,7 @@ from bench.analysis import speed_report
 from bench.analysis.section import StudySection
 from bench.core.errors import UsageError
 from models import model_facts
+from models.layers import ATTENTION_IMPLS
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class StudyOptions:
     cluster: str = "local"
     flush_l2: bool = False
     dry_run: bool = False
+    forms: tuple[str, ...] = ()
 
     @property
     def gpu(self) -> bool:
@@ -135,7 +137,7 @@ def study_options(*, gpu: bool = False, out: str | None = None, pairs: Sequence[
                   dtype: str | None = None, rounds: int = 4, threads: int | None = None,
                   channels_last: bool = False, stages: bool = True, peak: bool = True, profile: bool = False,
                   quick: bool = False, min_time_s: float | None = None, cluster: str = "local",
-                  flush_l2: bool = False, dry_run: bool = False) -> StudyOptions:
+                  flush_l2: bool = False, dry_run: bool = False, forms: Sequence[str] | None = None) -> StudyOptions:
     """The study's options: `gpu` picks the CUDA defaults, anything not given takes them; UsageError
     on a bad value. A dry run of the GPU study needs no GPU (it measures nothing)."""
     defaults = GPU_DEFAULTS if gpu else CPU_DEFAULTS
@@ -145,7 +147,11 @@ def study_options(*, gpu: bool = False, out: str | None = None, pairs: Sequence[
         dtype=dtype or defaults["dtype"], device=defaults["device"], rounds=rounds,
         threads=threads or (None if gpu else os.cpu_count()), channels_last=channels_last, stages=stages,
         peak=peak, profile=profile, quick=quick, min_time_s=min_time_s, cluster=cluster, flush_l2=flush_l2,
-        dry_run=dry_run)
+        dry_run=dry_run, forms=tuple(dict.fromkeys(forms or ())))
+    unknown_forms = [f for f in opts.forms if f not in ATTENTION_IMPLS]
+    if unknown_forms:
+        raise UsageError(f"unknown attention form {', '.join(map(repr, unknown_forms))}: forms are "
+                         f"{', '.join(ATTENTION_IMPLS)}")
     bad = [m for m in opts.modes if m not in GRID_MODES] + [k for k in opts.pairs if k not in PAIRS]
     if bad:
         raise UsageError(f"unknown mode or pair {', '.join(map(repr, bad))}: modes are {', '.join(GRID_MODES)}, "
@@ -188,8 +194,7 @@ def study_grid(opts: StudyOptions) -> dict[str, Any]:
                        **({"flush_l2": True} if opts.flush_l2 else {}),
                        **timing_options(batch, opts.device, opts.quick, opts.min_time_s)}
             for (size, classes), models in groups.items():
-                blocks.append({"input_size": size, "model_args": {"num_classes": classes}, "latency": latency,
-                               "models": list(dict.fromkeys(models))})
+                blocks += model_blocks(list(dict.fromkeys(models)), size, classes, latency, opts.forms)
     first, rest = blocks[0], blocks[1:]
     return {
         "name": "speed",
@@ -199,12 +204,27 @@ def study_grid(opts: StudyOptions) -> dict[str, Any]:
         "base": {"model": first["models"][0], "model_args": first["model_args"], "measure": ["complexity", "latency"],
                  "input_size": first["input_size"], "seed": 0, "latency": first["latency"]},
         "axes": {"model": first["models"]},
-        "include": [{"input_size": b["input_size"], "model_args.num_classes": b["model_args"]["num_classes"],
+        "include": [{"input_size": b["input_size"], **{f"model_args.{k}": v for k, v in b["model_args"].items()},
                      **{f"latency.{k}": v for k, v in b["latency"].items()}, "axes": {"model": b["models"]}}
                     for b in rest],
         "resources": {"timeout_min": 240, "cpus_per_task": os.cpu_count() or 1, "gpus_per_node": 1 if opts.gpu else 0,
                       "array_parallelism": 1, "local_parallelism": 1},
     }
+
+
+def model_blocks(models: list[str], size: int, classes: int, latency: dict[str, Any],
+                 forms: Sequence[str]) -> list[dict[str, Any]]:
+    """The grid blocks of one input size and setting: every model once, or with `forms` (`--forms`) the
+    baselines once and each VT model in every attention form named (`attention_impl` explicit), so that
+    the report sets each form beside the reference form of the same model and beside the baseline."""
+    if not forms:
+        return [{"input_size": size, "model_args": {"num_classes": classes}, "latency": latency, "models": models}]
+    baselines = [m for m in models if not model_facts(m).baseline]
+    vts = [m for m in models if model_facts(m).baseline]
+    blocks = [{"input_size": size, "model_args": {"num_classes": classes}, "latency": latency, "models": baselines}]
+    blocks += [{"input_size": size, "model_args": {"num_classes": classes, "attention_impl": form}, "latency": latency,
+                "models": vts} for form in forms]
+    return [b for b in blocks if b["models"]]
 
 
 def run(opts: StudyOptions) -> StudyResult:
@@ -248,7 +268,9 @@ def planned_cells(opts: StudyOptions) -> list[dict[str, Any]]:
         check_options(device=torch.device(section.device), batch_size=section.batch_size,
                       compile_mode=section.compile_mode, cuda_graphs=section.cuda_graphs,
                       train_step=section.train_step, threads=section.threads, flush_l2=section.flush_l2)
-        rows.append({"cell_id": cell.cell_id, "model": cell.config["model"], "input_size": cell.config["input_size"],
+        rows.append({"cell_id": cell.cell_id, "model": cell.config["model"],
+                     "attention_impl": (cell.config.get("model_args") or {}).get("attention_impl"),
+                     "input_size": cell.config["input_size"],
                      "batch_size": latency["batch_size"], "mode": mode_of(latency), "device": latency["device"],
                      "dtype": latency["dtype"], "flush_l2": bool(latency.get("flush_l2", False))})
     return rows

@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flush-l2", action="store_true",
                         help="with --gpu: zero a 256 MB buffer before each timed iteration, outside the timed "
                              "events, so every iteration starts from a cold L2 (as triton's do_bench)")
+    parser.add_argument("--forms", default=None,
+                        help="comma-separated attention forms of the VT models (reference, sdpa, fused: "
+                             "models.layers.ATTENTION_IMPLS): each VT model timed in each form, the baseline once; "
+                             "the report sets each form beside the reference form (default: the models' default)")
     parser.add_argument("--dry-run", action="store_true",
                         help="build and validate the study's cells and print them; measure and write nothing")
     parser.add_argument("--cluster", choices=("local", "debug"), default="local",
@@ -116,7 +120,8 @@ def _study_kwargs(args: argparse.Namespace) -> dict:
                 batch_sizes=parse_batch_sizes(args.batch_size) if args.batch_size else None,
                 dtype=args.dtype, rounds=args.rounds, threads=args.threads, channels_last=args.channels_last,
                 stages=args.stages, profile=args.profile, quick=args.quick, peak=args.peak,
-                min_time_s=args.min_time_s, cluster=args.cluster, flush_l2=args.flush_l2, dry_run=args.dry_run)
+                min_time_s=args.min_time_s, cluster=args.cluster, flush_l2=args.flush_l2, dry_run=args.dry_run,
+                forms=_words(args.forms))
 
 
 def _words(text: str | None) -> list[str] | None:
