@@ -882,8 +882,9 @@ def _samples_path(record: dict[str, Any], run_dirs: dict[str, Path]) -> tuple[Pa
 
 
 def _column_order(group: Any) -> tuple[bool, str]:
-    """Baselines before VT models (FPN before VT-FPN), then by model name."""
-    return (str(getattr(group.facts, "family", "") or "").startswith("vt_"), group.model)
+    """Baselines before VT models (FPN before VT-FPN), then by model name: a VT model is one whose
+    facts name a baseline."""
+    return (bool(getattr(group.facts, "baseline", None)), group.model)
 
 
 def mask_sample_columns(data: Any) -> tuple[list[MaskColumn], list[str]]:
