@@ -141,8 +141,10 @@ def test_the_scripts_dry_run_runs_every_phase_on_a_cpu(tmp_path):
     assert statuses == {name: "0" for name in PHASES}
     assert "test_per_stage_cuda_graphs_time_every_stage_of_a_vt_model" in (dest / "tests.log").read_text()
     assert (dest / "junit.xml").is_file() and (dest / "env.txt").is_file()
-    for name, cells in (("speed", 8), ("compile", 4), ("flush", 4), ("fpn", 2)):
+    # speed and fpn: each VT model in the reference and the fused form beside its baseline
+    for name, cells in (("speed", 12), ("compile", 4), ("flush", 4), ("fpn", 3)):
         assert f"dry run: {cells} cell(s) planned" in (dest / f"{name}.log").read_text(), name
+    assert "fused" in (dest / "speed.log").read_text() and "fused" in (dest / "fpn.log").read_text()
     assert (out / "gpu_check.tar.gz").is_file() and (out / "phases.txt").is_file()
 
 
