@@ -194,26 +194,7 @@ def test_the_setting_label_says_flush_l2_where_it_is_on():
 # ------------------------------------------------------------------------------ in a report -----
 
 def _interleaved_run(tmp_path, vt_rounds, base_rounds):
-    from bench.core.records import make_record, make_remeasurement, write_record, write_remeasurement
-
-    env = {"host": "t", "device": "cpu", "device_name": "cpu"}
-    session = {"id": "cccccccccccc", "protocol": "interleaved", "started_at": "2026-01-01T00:00:00+00:00",
-               "finished_at": "2026-01-01T00:01:00+00:00", "rounds": len(vt_rounds), "cells": 2}
-    records = tmp_path / "run" / "records"
-    for model, gmacs, rounds in (("resnet18", 1.8, base_rounds), ("vt_resnet18", 1.5, vt_rounds)):
-        config = {"model": model, "model_args": {"num_classes": 1000}, "measure": ["complexity", "latency"],
-                  "input_size": 224, "seed": 0, "complexity": {},
-                  "latency": {"device": "cpu", "batch_size": 1, "dtype": "fp32", "threads": 2}, "train": {}}
-        record = make_record(config, metrics={"gmacs": gmacs, "params_m": 11.0, "latency_ms_p50": 50.0,
-                                              "latency_ms_p20": 49.0, "latency_ms_p80": 51.0, "latency_verdict": "ok"},
-                             env=env, run="run")
-        write_record(records, record)
-        metrics = {"latency_ms_p50": statistics.median(rounds), "latency_ms_p20": min(rounds),
-                   "latency_ms_p80": max(rounds), "latency_round_p50_ms": rounds,
-                   "latency_round_verdicts": ["ok"] * len(rounds), "latency_protocol": "interleaved",
-                   "latency_rounds": len(rounds), "latency_verdict": "ok"}
-        write_remeasurement(records, make_remeasurement(record, metrics, session=session, env=env))
-    return tmp_path / "run"
+    return _interleaved_cells(tmp_path, [("resnet18", {}, 1.8, base_rounds), ("vt_resnet18", {}, 1.5, vt_rounds)])
 
 
 def test_a_report_shows_one_latency_ratio_per_pair_and_setting(tmp_path, monkeypatch):
