@@ -101,3 +101,23 @@ def _grad_norm(module: nn.Module) -> float:
     """L2 norm of all of a module's parameter gradients together (missing gradients count as zero)."""
     total = sum(float(p.grad.pow(2).sum()) for p in module.parameters() if p.grad is not None)
     return math.sqrt(total)
+
+
+def step0_health(name: str, seed: int = 0, residual_init: str = "zero", **options) -> InitHealth:
+    """`init_health` of the registered model `name` on one seeded random batch: 224x224 x4 for
+    classification, 128x128 x2 for segmentation (the batch tests/test_init_health.py holds to its bars).
+
+    `residual_init="zero"` leaves the option unset, so the `zero_init_residual` spellings of the
+    literal readings still apply; another candidate is passed as the model option.
+    """
+    from models import build_model
+
+    torch.manual_seed(seed)
+    if residual_init != "zero":
+        options = {**options, "residual_init": residual_init}
+    model = build_model(name, **options)
+    seg = model.task == "seg"
+    size, batch = (128, 2) if seg else (224, 4)
+    images = torch.randn(batch, 3, size, size)
+    targets = torch.randint(0, model.num_classes, (batch, size, size) if seg else (batch,))
+    return init_health(model, images, targets)

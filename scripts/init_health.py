@@ -17,23 +17,10 @@ import math
 
 import torch
 
-from models import build_model
-from models.health import init_health
+from models.health import step0_health
 from models.init import RESIDUAL_INITS
 
 PEAK_MAX, COSINE_MAX, DUPLICATES_MAX, GRAD_RATIO_MIN, LOSS_FACTOR = 0.5, 0.99, 0.01, 1e-3, 2.0
-
-
-def step0(name: str, residual_init: str, seed: int):
-    """init_health of `name` under `residual_init` on the seeded batch tests/test_init_health.py uses."""
-    torch.manual_seed(seed)
-    options = {} if residual_init == "zero" else {"residual_init": residual_init}
-    model = build_model(name, **options)
-    seg = model.task == "seg"
-    size, batch = (128, 2) if seg else (224, 4)
-    images = torch.randn(batch, 3, size, size)
-    targets = torch.randint(0, model.num_classes, (batch, size, size) if seg else (batch,))
-    return init_health(model, images, targets)
 
 
 def failed_bars(h) -> list[str]:
@@ -56,7 +43,7 @@ def main() -> None:
     for name in args.models:
         for init in args.inits:
             for seed in args.seeds:
-                h = step0(name, init, seed)
+                h = step0_health(name, seed, init)
                 print(f"{name} | {init} | {seed} | {max(h.peak_attention):.3f} | {max(h.max_token_cosine):.3f} | "
                       f"{100 * max(h.duplicate_pair_fraction):.2f} % | {h.weakest_gradient_ratio:.4f} | {h.loss:.2f} | "
                       f"{', '.join(failed_bars(h)) or '-'}", flush=True)

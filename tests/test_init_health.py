@@ -25,10 +25,9 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from models import build_model, list_models
-from models.health import init_health
+from models.health import step0_health
 from models.layers import NUMERICS
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -43,20 +42,8 @@ DUPLICATE_PAIRS_MAX = 0.01  # fraction of token pairs above COSINE_MAX, over sev
 
 
 def _step0(name: str, seed: int = 0, residual_init: str = "zero", **options):
-    """init_health of `name` on a seeded random batch: 224x224 x4 (classification), 128x128 x2 (seg).
-
-    The trunk-init candidate is the model option `residual_init` (`zero`: the option left unset, so
-    the `zero_init_residual` spellings of the literal readings below still apply).
-    """
-    torch.manual_seed(seed)
-    if residual_init != "zero":
-        options = {**options, "residual_init": residual_init}
-    model = build_model(name, **options)
-    seg = model.task == "seg"
-    size, batch = (128, 2) if seg else (224, 4)
-    images = torch.randn(batch, 3, size, size)
-    targets = torch.randint(0, model.num_classes, (batch, size, size) if seg else (batch,))
-    return init_health(model, images, targets)
+    """init_health of `name` on a seeded random batch (`models.health.step0_health`)."""
+    return step0_health(name, seed, residual_init, **options)
 
 
 @pytest.fixture(scope="module")
