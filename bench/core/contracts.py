@@ -215,6 +215,7 @@ class TrainOptions(Contract):
     device: _given(str, "a string") = "cpu"
     amp: _given(bool, "true or false") = True
     threads: _given(int | None, "an integer or null") = None
+    channels_last: _given(bool, "true or false") = True
     workers: _given(int, "an integer") = 0
     seed: _given(int, "an integer") = 0
     sync_bn: _given(bool, "true or false") = True

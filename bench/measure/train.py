@@ -88,7 +88,7 @@ OPTIMIZERS = ("sgd", "adamw")
 # the training options given (`bench.pipeline.grid.resolve_cell`), so adding one never changes a cell id.
 OUTPUT_OPTIONS = ("logger", "keep_checkpoints", "mask_samples")
 # Fields that change neither the trajectory nor the result: a checkpoint stays valid across them.
-_FINGERPRINT_EXCLUDED = ("threads", "workers", "data_root", "eval_every", *OUTPUT_OPTIONS)
+_FINGERPRINT_EXCLUDED = ("threads", "channels_last", "workers", "data_root", "eval_every", *OUTPUT_OPTIONS)
 # May differ between a checkpoint and the run resuming it (a larger value extends the run).
 _EXTENDABLE = ("train.epochs",)
 
@@ -125,6 +125,10 @@ class TrainConfig(TrainOptions):
         device: `cpu`, `cuda` or `cuda:N` (with several processes, each takes its local GPU).
         amp: fp16 mixed precision, used on CUDA only.
         threads: CPU threads per process (default: the CPUs this process may use).
+        channels_last: model and batches in NHWC (`torch.channels_last`). The same arithmetic up to
+            float summation order, as `threads`; measured 1.26-1.39x the images/s of NCHW when
+            training ResNet-18 and VT-ResNet-18 on 2 CPU cores (results/train_speed_cpu), hence
+            the default; off brings back NCHW.
         workers: DataLoader worker processes.
         seed: seed of initialisation and data order.
         sync_bn: synchronise BatchNorm over processes when distributed.
@@ -399,6 +403,7 @@ class Trainer:
         self.model_name, self.model_args = model_name, model_args
         self.denv = bdist.current_env()
         self.threads = _set_threads(cfg.threads)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.fingerprint = config_fingerprint(model_name, model_args, cfg)
         self.show_progress = progress and self.denv.is_main and sys.stderr.isatty()
         blog.check_loggers(cfg.logger)  # a missing tensorboard package fails before any work
@@ -436,7 +441,7 @@ class Trainer:
         return data_classes
 
     def _wrap_model(self) -> nn.Module:
-        self.net.to(self.device)
+        self.net.to(self.device, memory_format=self.memory_format)
         if not self.denv.enabled:
             return self.net
         if self.cfg.sync_bn:
@@ -537,7 +542,7 @@ class Trainer:
                 "images_per_s": float(sums[1]) / elapsed if elapsed > 0 else float("nan")}
 
     def _train_step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True)
+        images = self._batch(images, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
             logits = self.model(images)
@@ -554,6 +559,10 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()  # per iteration: warm-up, then the schedule (lr_factor)
         return loss.detach()
+
+    def _batch(self, images: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
+        """A batch of images on this run's device, in the model's memory format."""
+        return images.to(self.device, non_blocking=non_blocking, memory_format=self.memory_format)
 
     def _match(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Segmentation logits resized to the mask when a model predicts at another size."""
@@ -575,7 +584,7 @@ class Trainer:
             return self._evaluate_seg()
         sums = torch.zeros(4, dtype=torch.float64)  # loss * n, top-1 hits, top-5 hits, n
         for images, targets in self.test_loader:
-            images, targets = images.to(self.device), targets.to(self.device)
+            images, targets = self._batch(images), targets.to(self.device)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
                 logits = self.net(images).float()
             top1, top5 = topk_correct(logits, targets)
@@ -590,7 +599,7 @@ class Trainer:
         conf = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
         sums = torch.zeros(2, dtype=torch.float64)  # loss sum over valid pixels, valid pixels
         for images, targets in self.test_loader:
-            images, targets = images.to(self.device), targets.to(self.device)
+            images, targets = self._batch(images), targets.to(self.device)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
                 logits = self._match(self.net(images).float(), targets)
             conf += confusion_matrix(logits.argmax(1), targets, self.num_classes, self.cfg.ignore_index).cpu()
@@ -622,7 +631,7 @@ class Trainer:
     def _mask_sample_arrays(self, count: int) -> dict[str, np.ndarray]:
         """The first `count` test scenes, their masks and the model's argmax, as evaluation computes it."""
         images, targets = zip(*(self.test_set[i] for i in range(count)))
-        batch, target = torch.stack(images).to(self.device), torch.stack(targets).to(self.device)
+        batch, target = self._batch(torch.stack(images)), torch.stack(targets).to(self.device)
         self.net.eval()
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
             logits = self._match(self.net(batch).float(), target)
@@ -726,7 +735,7 @@ class Trainer:
             **_extension_metrics(self.extensions),
             train_loss=last["train_loss"], test_loss=last["test_loss"],
             images_per_s=float(np.mean([h["images_per_s"] for h in self.history])),
-            world_size=self.denv.world_size, threads=self.threads,
+            world_size=self.denv.world_size, threads=self.threads, channels_last=self.cfg.channels_last,
             train_images=len(self.train_set), test_images=len(self.test_set),
             warmup_iterations=warmup_iterations(max(1, len(self.train_loader)), self.cfg),
             iterations_per_epoch=len(self.train_loader),
