@@ -103,11 +103,14 @@ def test_the_model_block_is_the_registrys_for_a_registered_model():
     facts = model_facts("vt_resnet18")
     block = make_record(CELL, env=ENV)["model"]
     assert block == {"family": facts.family, "task": facts.task, "depth": facts.depth,
-                     "baseline": facts.baseline, "stages": list(facts.stages), "replaced": facts.replaced}
+                     "baseline": facts.baseline, "stages": list(facts.stages), "replaced": facts.replaced,
+                     "defaults": dict(facts.defaults)}
     assert block["family"] == "vt_resnet" and block["baseline"] == "resnet18" and block["depth"] == 18
+    # what the cell leaves unset is stated, so a later change of a default cannot rewrite it
+    assert block["defaults"]["num_modules"] == 2 and block["defaults"]["numerics"] == "centered"
 
 
 def test_the_model_block_of_an_import_path_model_is_family_other():
     block = make_record({**CELL, "model": "torchvision.models:resnet18"}, env=ENV)["model"]
     assert block == {"family": "other", "task": "cls", "depth": None, "baseline": None, "stages": [],
-                     "replaced": None}
+                     "replaced": None, "defaults": None}

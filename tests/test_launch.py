@@ -21,6 +21,7 @@ import yaml
 from torch import nn
 
 from bench.cli import main as cli_main
+from bench.pipeline.grid import load_grid
 from bench.pipeline.launch import launch, read_jobs
 from bench.core.records import CorruptRecord, iter_records, read_record
 from bench.pipeline.runner import CellPaths, CellRunner, run_cell
@@ -353,3 +354,38 @@ def test_local_two_task_job_trains_distributed_and_gives_one_record(tmp_path):
     assert result.ok, result.failed
     (record,) = records_of(run_dir).values()
     assert record["metrics"]["world_size"] == 2 and record["job"]["num_tasks"] == 2
+
+
+def test_a_record_run_under_an_older_default_is_stale_and_runs_again(tmp_path):
+    """A cell states only the options it sets: when a default it leaves unset has changed since its
+    record was written (the record's `model.defaults` say what it ran under), the record describes
+    another model, so launch runs the cell again and supersedes the record; a cell that sets the
+    option itself, and a record that carries no defaults, stay done."""
+    from bench.core.records import make_record, write_json_atomic
+
+    run_dir = tmp_path / "run"
+    grid = write_grid(tmp_path, base={"model": "resnet18", "model_args": {"num_classes": 10, "width": 0.25},
+                                      "measure": ["complexity"], "input_size": 32},
+                      axes={"seed": [0, 1, 2]}, include=[{"model_args.residual_init": "small", "seed": 0}])
+    cells = {(c.config["seed"], c.config["model_args"].get("residual_init")): c for c in load_grid(grid).cells}
+    assert len(cells) == 4
+    for (seed, given), cell in cells.items():
+        record = make_record(cell.config, metrics={"gmacs": 0.1})
+        if seed == 1 or given:  # written when the trunk's default init was another
+            record["model"]["defaults"]["residual_init"] = "torchvision"
+        if seed == 2:  # written before records carried their defaults
+            del record["model"]["defaults"]
+        write_json_atomic(run_dir / "records" / f"{cell.cell_id}.json", record)
+
+    stale = cells[(1, None)].cell_id
+    planned = launch(grid, cluster="debug", run_dir=run_dir, dry_run=True).plan
+    assert [c.cell_id for c in planned.to_run] == [stale] and planned.reasons[stale] == "stale"
+    assert planned.stale[stale] == "model default residual_init 'torchvision' -> None"
+    assert len(planned.done) == 3
+
+    result = launch(grid, cluster="debug", run_dir=run_dir)
+    assert result.submitted == [stale] and result.ok
+    rerun = read_record(run_dir / "records" / f"{stale}.json")
+    assert rerun["model"]["defaults"]["residual_init"] is None and rerun["metrics"]["gmacs"] > 0
+    assert len(list((run_dir / "superseded").glob(f"{stale}.*.json"))) == 1
+    assert launch(grid, cluster="debug", run_dir=run_dir, dry_run=True).plan.to_run == []

@@ -271,15 +271,19 @@ class ModelBlock(Contract):
     baseline: StrictStr | None = None
     stages: list[StrictStr] = Field(default_factory=list)
     replaced: StrictStr | None = None
+    # The variant's keyword options with the defaults in force when the record was written: a cell
+    # states only the options it sets, and a default may change later (the trunk init, the numerics).
+    defaults: dict[str, Any] | None = None
 
 
 def model_block(model: Any) -> dict[str, Any]:
     """The `model` block of a record of `model` (imports the registry, hence torch)."""
-    from bench.core.modelfacts import facts_of
+    from bench.core.modelfacts import facts_of, recorded_defaults
 
     facts = facts_of(model)
     return ModelBlock(family=facts.family, task=facts.task, depth=facts.depth, baseline=facts.baseline,
-                      stages=list(facts.stages), replaced=facts.replaced).model_dump()
+                      stages=list(facts.stages), replaced=facts.replaced,
+                      defaults=recorded_defaults(model)).model_dump()
 
 
 class RecordError(Contract):

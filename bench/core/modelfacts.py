@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Mapping
 
 from models import ModelFacts, is_registered, list_families, list_models, model_facts
 
@@ -28,6 +28,38 @@ def other_facts(name: str) -> ModelFacts:
     """What is known of an unregistered model: nothing beyond its name (reports treat it as classification)."""
     return ModelFacts(name=name, family=OTHER_FAMILY, task="cls", depth=None, baseline=None, stages=(),
                       replaced=None, defaults=MappingProxyType({}))
+
+
+def recorded_defaults(model: Any) -> dict[str, Any] | None:
+    """`model`'s keyword options and their defaults as a record holds them (JSON values); None if unregistered."""
+    facts = facts_of(model)
+    return {k: _json_value(v) for k, v in facts.defaults.items()} if facts.defaults else None
+
+
+def _json_value(value: Any) -> Any:
+    """A default as JSON holds it (a tuple becomes a list; anything else JSON cannot hold, its text)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return str(value)
+
+
+def changed_defaults(record: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The options a record's cell leaves unset whose default has changed since it ran: {option: (then, now)}.
+
+    "Then" is the record's own `model.defaults`; a record without them (written before records
+    carried them) and a model the registry no longer knows have nothing to compare, so nothing
+    changed. An option added since, or removed since, is not a change: only a value that differs.
+    """
+    config = record.get("config") or {}
+    block = record.get("model")
+    then = block.get("defaults") if isinstance(block, Mapping) else None
+    now = recorded_defaults(config.get("model")) if isinstance(then, Mapping) else None
+    if not then or not now:
+        return {}
+    given = config.get("model_args") or {}
+    return {k: (then[k], now[k]) for k in sorted(set(then) & set(now)) if k not in given and then[k] != now[k]}
 
 
 def family_of(model: Any) -> str:

@@ -7,8 +7,10 @@
 2. write `RUN_DIR/grid.yaml` (the grid as given, or as overridden: then a YAML dump headed by the
    `--set`s, which relaunches as is) and `RUN_DIR/cells.json` (every resolved cell);
 3. plan: a cell with an `ok` record is skipped; a cell still queued or running in an earlier job of
-   this run is left alone; every other cell runs (new, failed, or with a corrupt record; failed
-   and corrupt records are moved to `RUN_DIR/superseded/` first, so status never shows a stale row);
+   this run is left alone; every other cell runs (new, failed, with a corrupt record, or stale: an
+   ok record whose `model.defaults` differ from today's for an option the cell leaves unset, so it
+   ran another model than the cell names now); failed, corrupt and stale records are moved to
+   `RUN_DIR/superseded/` first, so status never shows a stale row);
 4. submit them as one array (`executor.map_array(CellRunner, cells)`) with the grid's resources
    (`slurm_array_parallelism` and friends) through `submitit.AutoExecutor(folder=RUN_DIR/submitit,
    cluster=...)`; on the local executor as at most `local_parallelism` worker jobs, each running its
@@ -57,6 +59,7 @@ from tqdm import tqdm
 
 from bench.pipeline.cancel import cancel, wait_for_local_jobs
 from bench.core.errors import Interrupted, UsageError
+from bench.core.modelfacts import changed_defaults
 from bench.pipeline.grid import Cell, Grid, Resources, load_grid
 from bench.pipeline.jobs import cells_in_flight
 from bench.pipeline.liveness import process_alive, process_start_ticks
@@ -76,10 +79,11 @@ class Plan:
     """Which cells of a grid run and which are skipped, and why."""
 
     to_run: list[Cell] = dataclasses.field(default_factory=list)
-    reasons: dict[str, str] = dataclasses.field(default_factory=dict)   # cell_id -> new|error|corrupt
+    reasons: dict[str, str] = dataclasses.field(default_factory=dict)   # cell_id -> new|error|corrupt|stale
     done: list[Cell] = dataclasses.field(default_factory=list)
     in_flight: list[Cell] = dataclasses.field(default_factory=list)
     corrupt: dict[str, str] = dataclasses.field(default_factory=dict)   # cell_id -> message
+    stale: dict[str, str] = dataclasses.field(default_factory=dict)     # cell_id -> the defaults that changed
 
 
 @dataclasses.dataclass
@@ -195,7 +199,7 @@ def plan_cells(cells: Sequence[Cell], run_dir: Path) -> Plan:
     plan = Plan()
     in_flight = cells_in_flight(run_dir)
     for cell in cells:
-        state = record_state(CellPaths(run_dir, cell.cell_id).record)
+        state = record_state(CellPaths(run_dir, cell.cell_id).record, stale_defaults=True)
         if state == "ok":
             plan.done.append(cell)
         elif cell.cell_id in in_flight:
@@ -203,19 +207,26 @@ def plan_cells(cells: Sequence[Cell], run_dir: Path) -> Plan:
         else:
             plan.to_run.append(cell)
             plan.reasons[cell.cell_id] = "new" if state is None else state.split(":")[0]
-            if state and state.startswith("corrupt"):
-                plan.corrupt[cell.cell_id] = state.split(":", 1)[1].strip()
+            if state and state.startswith(("corrupt", "stale")):
+                problems = plan.corrupt if state.startswith("corrupt") else plan.stale
+                problems[cell.cell_id] = state.split(":", 1)[1].strip()
     return plan
 
 
-def record_state(path: Path) -> str | None:
-    """`ok`, `error`, `corrupt: why`, or None when there is no record."""
+def record_state(path: Path, stale_defaults: bool = False) -> str | None:
+    """`ok`, `error`, `corrupt: why`, or None when there is no record; with `stale_defaults`, an ok
+    record whose cell leaves unset an option whose default has changed since is `stale: what changed`
+    (it ran under another model than the cell now names, so it runs again)."""
     if not path.exists():
         return None
     try:
-        return read_record(path)["status"]
+        record = read_record(path)
     except CorruptRecord as exc:
         return f"corrupt: {exc}"
+    changed = changed_defaults(record) if stale_defaults and record["status"] == "ok" else {}
+    if changed:
+        return "stale: model default " + ", ".join(f"{k} {then!r} -> {now!r}" for k, (then, now) in changed.items())
+    return record["status"]
 
 
 def log_plan(grid: Grid, plan: Plan, run_dir: Path) -> None:
@@ -225,6 +236,8 @@ def log_plan(grid: Grid, plan: Plan, run_dir: Path) -> None:
              grid.name, len(grid.cells), run_dir, len(plan.to_run), len(plan.done), len(plan.in_flight))
     for cell_id, message in plan.corrupt.items():
         log.warning("corrupt record for cell %s (it runs again): %s", cell_id, message)
+    for cell_id, message in plan.stale.items():
+        log.warning("record of cell %s ran under an older default (it runs again): %s", cell_id, message)
 
 
 PLAN_FIELDS = ("cell_id", "action", "reason", "job_id", "model", "model_args", "input_size", "seed", "measure")
@@ -264,7 +277,7 @@ def write_run_files(run_dir: Path, grid: Grid) -> None:
 
 
 def supersede_records(run_dir: Path, plan: Plan) -> None:
-    """Move failed and corrupt records of cells about to run to RUN_DIR/superseded/."""
+    """Move failed, corrupt and stale records of cells about to run to RUN_DIR/superseded/."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
     for cell in plan.to_run:
         path = CellPaths(run_dir, cell.cell_id).record
