@@ -361,3 +361,23 @@ def test_channels_last_is_the_same_training_in_nhwc_and_is_recorded(tmp_path):
     assert abs(nhwc["train_loss"] - nchw["train_loss"]) < 0.01 * nchw["train_loss"]
     more = train(TINY, {}, _config(epochs=3, channels_last=False), tmp_path / "nhwc", progress=False)
     assert more["resumed_from_epoch"] == 2 and more["epochs"] == 3
+
+
+def test_a_seed_gives_every_model_the_same_data_order(tmp_path):
+    """Seeds pair across models (the accuracy studies' paired differences rest on it): the data
+    order comes from the sampler's own seed, not from the global RNG that building a model uses up."""
+    from bench.measure.train import Trainer
+
+    def epoch_batches(model: str, args: dict, seed: int, epoch: int) -> list:
+        trainer = Trainer(model, args, _config(seed=seed, dataset_args={}), tmp_path / f"{model}{seed}",
+                          torch.device("cpu"), progress=False)
+        trainer.train_loader.sampler.set_epoch(epoch)
+        return list(trainer.train_loader)
+
+    small, big = ("resnet18", {"num_classes": 10, "stem": "cifar", "width": 0.25}), (TINY, {})
+    for epoch in (0, 1):
+        a, b = epoch_batches(*small, seed=3, epoch=epoch), epoch_batches(*big, seed=3, epoch=epoch)
+        assert len(a) == len(b) > 1
+        assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+    other = epoch_batches(*big, seed=4, epoch=0)
+    assert not torch.equal(torch.cat([t for _, t in other]), torch.cat([t for _, t in epoch_batches(*big, 3, 0)]))
