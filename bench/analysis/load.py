@@ -406,6 +406,7 @@ def aggregate(data: RunData) -> pd.DataFrame:
     key_cols = config_cols + [c for c in GROUP_ENV_KEYS if c in cells.columns]
     keys = cells[key_cols].apply(lambda r: _json_key(r.values), axis=1)
     by_cell = {(r["run"], r["cell_id"]): r for r in data.records}
+    keys = _split_by_defaults(keys, cells, by_cell, data.notes)
     rows, groups = [], []
     for key, group in cells.groupby(keys, sort=False):
         row = _aggregate_group(group, key, key_cols, numeric, data.metric_columns)
@@ -415,6 +416,42 @@ def aggregate(data: RunData) -> pd.DataFrame:
                             config=records[0]["config"], records=records, device_name=row.get("env.device_name")))
     data.groups = groups
     return _integer_columns(pd.DataFrame(rows), key_cols)
+
+
+def _split_by_defaults(keys: pd.Series, cells: pd.DataFrame, by_cell: dict, notes: list[str]) -> pd.Series:
+    """Keep apart the records of one configuration that ran under different model defaults.
+
+    A cell states only the options it sets; if a default it leaves unset changed between two of its
+    records (their `model.defaults` say what each ran under), the two measured different models,
+    and pooling their seeds would average them. Such records get the differing defaults in their
+    key (a record without `defaults` counts as unknown), and the report's notes say so.
+    """
+    out = keys.copy()
+    for key, index in keys.groupby(keys, sort=False).groups.items():
+        records = [by_cell[(cells.at[i, "run"], cells.at[i, "cell_id"])] for i in index]
+        recorded = [_recorded_defaults(r) for r in records]
+        known = [d for d in recorded if d is not None]
+        if len(records) < 2 or not known:
+            continue
+        given = set((records[0].get("config") or {}).get("model_args") or {})
+        options = set.intersection(*(set(d) for d in known)) - given
+        differing = sorted(k for k in options if len({json.dumps(d[k], sort_keys=True, default=str) for d in known}) > 1)
+        if not differing:
+            continue
+        for i, defaults in zip(index, recorded):
+            ran = {k: defaults[k] for k in differing} if defaults is not None else "unknown"
+            out[i] = key + json.dumps(ran, sort_keys=True, default=str)
+        note = (f"{records[0]['config'].get('model')}: records of one configuration ran under different "
+                f"defaults of {', '.join(differing)}; each default is its own row")
+        if note not in notes:
+            notes.append(note)
+    return out
+
+
+def _recorded_defaults(record: dict[str, Any]) -> dict[str, Any] | None:
+    block = record.get("model")
+    defaults = block.get("defaults") if isinstance(block, dict) else None
+    return defaults if isinstance(defaults, dict) else None
 
 
 def _integer_columns(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
