@@ -30,6 +30,7 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
 from models.factories import ProjectorFactory, TokenizerFactory, TransformerFactory
+from models.init import SEGMENTER_RESIDUAL_INIT
 from models.projector import Projector
 from models.resnet import make_stem, stage_channels, torchvision_trunk
 from models.tokenizers import FilterTokenizer
@@ -133,9 +134,8 @@ class SegmentationFPN(nn.Module):
         num_classes: segmentation classes.
         fpn_channels: pyramid channels (256).
         head_channels: head tower width (128).
-        zero_init_residual: start every residual block of the trunk as the identity (see
-            `models.resnet.torchvision_trunk`).
-        residual_init: a named trunk init (`models.init.RESIDUAL_INITS`), or None for `zero_init_residual`'s.
+        residual_init: the trunk init (`models.init.RESIDUAL_INITS`; default `SEGMENTER_RESIDUAL_INIT`,
+            every block at the identity, see `models.resnet.torchvision_trunk`).
         width: channel multiplier of the trunk (stem and every stage, `models.resnet.torchvision_trunk`)
             and of the pyramid channels (`fpn_channels`); 1 (default) is the paper's network. The head
             keeps `head_channels`, and a VT-FPN's `token_channels` are set by its own option (not
@@ -146,11 +146,11 @@ class SegmentationFPN(nn.Module):
     default_input_size = 512
 
     def __init__(self, depth: int, fpn, num_classes: int, fpn_channels: int = 256, head_channels: int = 128,
-                 zero_init_residual: bool = True, residual_init: str | None = None, width: float = 1.0):
+                 residual_init: str = SEGMENTER_RESIDUAL_INIT, width: float = 1.0):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        trunk = torchvision_trunk(depth, zero_init_residual, width, residual_init)
+        trunk = torchvision_trunk(depth, width, residual_init=residual_init)
         self.num_classes = num_classes
         self.stem = make_stem(trunk, "imagenet")
         self.stage2, self.stage3, self.stage4, self.stage5 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4

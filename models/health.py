@@ -103,17 +103,17 @@ def _grad_norm(module: nn.Module) -> float:
     return math.sqrt(total)
 
 
-def step0_health(name: str, seed: int = 0, residual_init: str = "zero", **options) -> InitHealth:
+def step0_health(name: str, seed: int = 0, residual_init: str | None = None, **options) -> InitHealth:
     """`init_health` of the registered model `name` on one seeded random batch: 224x224 x4 for
     classification, 128x128 x2 for segmentation (the batch tests/test_init_health.py holds to its bars).
 
-    `residual_init="zero"` leaves the option unset, so the `zero_init_residual` spellings of the
-    literal readings still apply; another candidate is passed as the model option.
+    `residual_init` (a `models.init.RESIDUAL_INITS` name) is passed as the model option; None
+    leaves the model's default trunk init.
     """
     from models import build_model
 
     torch.manual_seed(seed)
-    if residual_init != "zero":
+    if residual_init is not None:
         options = {**options, "residual_init": residual_init}
     model = build_model(name, **options)
     seg = model.task == "seg"

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet
 
-from models.init import init_residual_branches, residual_gains
+from models.init import CLASSIFIER_RESIDUAL_INIT, init_residual_branches, residual_gains
 
 STEMS = ("imagenet", "cifar")
 DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
@@ -32,25 +32,21 @@ def make_stem(trunk: resnet.ResNet, stem: str) -> nn.Sequential:
     raise ValueError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
 
 
-def torchvision_trunk(depth: int, zero_init_residual: bool = True, width: float = 1.0,
-                      residual_init: str | None = None) -> resnet.ResNet:
+def torchvision_trunk(depth: int, width: float = 1.0, *, residual_init: str) -> resnet.ResNet:
     """An untrained torchvision ResNet-`depth`, optionally with every stage's width scaled by `width`.
 
     `width` (default 1: torchvision's network) multiplies the channels of the stem and of every
     stage (64/128/256/512 planes), as in wide/slim ResNets; a CPU study uses 0.25 to train in
     minutes (about 1/16 of the MACs), and says so. Block types and depths are unchanged.
 
-    `zero_init_residual` (default True) zeroes the last BatchNorm weight of every residual block, so
-    each block starts as the identity (Goyal et al. 2017; timm's ResNet default `zero_init_last`;
-    torchvision's option of the same name). Why here: at init the stage-4 map then has the same
-    scale (RMS ~0.71, BN + ReLU) on every depth, instead of growing with the number of blocks
-    (RMS ~2 for ResNet-50, ~4 for ResNet-101 in train mode, and diverging in eval mode), so the VT
-    module's attention logits start at one scale on every backbone. Baselines and VT models get the
-    same trunk init. False is torchvision's default init.
-
-    `residual_init` names the candidate instead (`models.init.RESIDUAL_INITS`: `zero`, `small`,
-    `torchvision`, `zero_stage4`); None keeps `zero_init_residual`'s. The other weights are the same under every
-    candidate (the same random draws).
+    `residual_init` names the initial weight of the last BatchNorm of every residual block, per
+    stage (`models.init.RESIDUAL_INITS`: `zero`, `small`, `torchvision`, `zero_stage4`). Why it
+    matters here: the map a VT module reads must start at one scale on every depth; with every block
+    at the identity (`zero`; Goyal et al. 2017, timm's `zero_init_last`, torchvision's
+    `zero_init_residual`) or with stage 4 at the identity (`zero_stage4`) the stage-4 map has RMS
+    ~0.71 (BN + ReLU) on every depth, while torchvision's gamma 1 makes it grow with the number of
+    blocks (RMS ~2 for ResNet-50, ~4 for ResNet-101 in train mode). Baselines and VT models get the
+    same trunk init. The other weights are the same under every candidate (the same random draws).
     """
     constructors: dict[int, Callable[..., resnet.ResNet]] = {
         18: resnet.resnet18,
@@ -60,7 +56,7 @@ def torchvision_trunk(depth: int, zero_init_residual: bool = True, width: float 
     }
     if depth not in constructors:
         raise ValueError(f"unsupported ResNet depth {depth}; choose from 18, 34, 50, 101")
-    gains = residual_gains(residual_init, zero_init_residual)
+    gains = residual_gains(residual_init)
     trunk = constructors[depth](weights=None)
     if width != 1.0:
         trunk = _scaled_trunk(trunk, width)
@@ -107,18 +103,17 @@ class ResNetClassifier(nn.Module):
         depth: 18, 34, 50 or 101.
         num_classes: classifier outputs.
         stem: "imagenet" (7x7/2 conv + max-pool) or "cifar" (3x3/1 conv, no max-pool).
-        zero_init_residual: start every residual block as the identity (see `torchvision_trunk`).
         width: channel multiplier of the stem and every stage (1 = torchvision's ResNet).
-        residual_init: a named trunk init (`models.init.RESIDUAL_INITS`), or None for `zero_init_residual`'s.
+        residual_init: the trunk init (`models.init.RESIDUAL_INITS`; default `CLASSIFIER_RESIDUAL_INIT`).
     """
 
     task = "cls"
 
-    def __init__(self, depth: int, num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = True,
-                 width: float = 1.0, residual_init: str | None = None):
+    def __init__(self, depth: int, num_classes: int = 1000, stem: str = "imagenet", width: float = 1.0,
+                 residual_init: str = CLASSIFIER_RESIDUAL_INIT):
         super().__init__()
         _check_classes(num_classes)
-        trunk = torchvision_trunk(depth, zero_init_residual, width, residual_init)
+        trunk = torchvision_trunk(depth, width, residual_init=residual_init)
         self.num_classes = num_classes
         self.stem = make_stem(trunk, stem)  # raises on an unknown stem
         self.default_input_size = DEFAULT_INPUT_SIZE[stem]
@@ -140,19 +135,18 @@ class VTResNet(nn.Module):
         head: a factory `head() -> nn.Module` mapping the VT stage output to logits.
         num_classes: classifier outputs (recorded on the model; the head must match).
         stem: "imagenet" or "cifar".
-        zero_init_residual: start every residual block as the identity (see `torchvision_trunk`).
         width: channel multiplier of the stem and stages 2-4 (1 = torchvision's ResNet).
-        residual_init: a named trunk init (`models.init.RESIDUAL_INITS`), or None for `zero_init_residual`'s.
+        residual_init: the trunk init (`models.init.RESIDUAL_INITS`; default `CLASSIFIER_RESIDUAL_INIT`).
     """
 
     task = "cls"
 
     def __init__(self, depth: int, vt: Callable[[int], nn.Module], head: Callable[[], nn.Module],
-                 num_classes: int, stem: str = "imagenet", zero_init_residual: bool = True, width: float = 1.0,
-                 residual_init: str | None = None):
+                 num_classes: int, stem: str = "imagenet", width: float = 1.0,
+                 residual_init: str = CLASSIFIER_RESIDUAL_INIT):
         super().__init__()
         _check_classes(num_classes)
-        trunk = torchvision_trunk(depth, zero_init_residual, width, residual_init)
+        trunk = torchvision_trunk(depth, width, residual_init=residual_init)
         self.num_classes = num_classes
         self.stem = make_stem(trunk, stem)  # raises on an unknown stem
         self.default_input_size = DEFAULT_INPUT_SIZE[stem]

@@ -48,10 +48,11 @@ few fields it changes, registered with its facts. VT-ResNet options:
   tokenizers through one Triton kernel on CUDA, `models.kernels`; the rest as `sdpa`). The same
   parameters, state dict, initial weights, MACs and outputs (up to float summation order); only
   speed differs (experiments/speed_attention_cpu.yaml measures it).
-- zero_init_residual (True, every model, baselines included): each residual block of the trunk
-  starts as the identity (`models.resnet.torchvision_trunk`); False is torchvision's default init.
-- residual_init (None, every model): a named trunk init, `models.init.RESIDUAL_INITS`
-  (zero | small | torchvision | zero_stage4); None keeps zero_init_residual's (True = zero, False = torchvision).
+- residual_init (every model, baselines included): the trunk init, `models.init.RESIDUAL_INITS`
+  (zero | small | torchvision | zero_stage4): the initial weight of the last BatchNorm of each
+  residual block, per stage. Default `zero_stage4` for ResNet and VT-ResNet (torchvision's init,
+  stage 4 at the identity: chosen by results/init_study), `zero` for FPN and VT-FPN (every block at
+  the identity: VT-FPN reads every stage); `torchvision` is torchvision's own init.
 - width (1.0, every model): channel multiplier of the stem and stages (0.25 for the CPU
   accuracy studies, which say so); FPNs scale their pyramid channels too (`models.fpn.SegmentationFPN`);
   a VT stage then sees C x width channels, and `token_channels`
@@ -70,6 +71,7 @@ from torch import nn
 from models.factories import (FIRST_TOKENIZERS, ProjectorFactory, TokenizerFactory, TransformerFactory,
                               check_choice, tokenizer_factory, transformer_factory)
 from models.fpn import FPN, VTFPN, SegmentationFPN
+from models.init import CLASSIFIER_RESIDUAL_INIT, SEGMENTER_RESIDUAL_INIT
 from models.layers import DEFAULT_ATTENTION_IMPL, DEFAULT_NUMERICS, check_attention_impl, check_numerics
 from models.projector import Projector
 from models.registry import Family, register_model
@@ -95,9 +97,8 @@ class ResNetOptions:
 
     num_classes: int = 1000
     stem: str = "imagenet"
-    zero_init_residual: bool = True
     width: float = 1.0
-    residual_init: str | None = None
+    residual_init: str = CLASSIFIER_RESIDUAL_INIT
 
 
 @dataclass(frozen=True)
@@ -124,10 +125,9 @@ class VTResNetOptions:
     kmeans_iters: int = 3
     head_hidden: int | None = None
     numerics: str = DEFAULT_NUMERICS
-    zero_init_residual: bool = True
     width: float = 1.0
     attention_impl: str = DEFAULT_ATTENTION_IMPL
-    residual_init: str | None = None
+    residual_init: str = CLASSIFIER_RESIDUAL_INIT
 
 
 @dataclass(frozen=True)
@@ -135,9 +135,8 @@ class FPNOptions:
     """Options of a semantic FPN."""
 
     num_classes: int = 171
-    zero_init_residual: bool = True
     width: float = 1.0
-    residual_init: str | None = None
+    residual_init: str = SEGMENTER_RESIDUAL_INIT
 
 
 @dataclass(frozen=True)
@@ -157,10 +156,9 @@ class VTFPNOptions:
     proj_groups: int = 16
     kmeans_iters: int = 3
     numerics: str = DEFAULT_NUMERICS
-    zero_init_residual: bool = True
     attention_impl: str = DEFAULT_ATTENTION_IMPL
     width: float = 1.0
-    residual_init: str | None = None
+    residual_init: str = SEGMENTER_RESIDUAL_INIT
 
 
 # Section 5.1: two VT modules on ResNet-18, three on the others. R50/R101 (C = 1024): the projector's
@@ -172,8 +170,8 @@ VT_R_BOTTLENECK = replace(VTResNetOptions(), proj_channels=256, proj_groups=16)
 def _resnet(depth: int, o: ResNetOptions) -> ResNetClassifier:
     """Validate the options and assemble a ResNet."""
     _check_stem(o.stem)
-    return ResNetClassifier(depth, num_classes=o.num_classes, stem=o.stem, zero_init_residual=o.zero_init_residual,
-                            width=o.width, residual_init=o.residual_init)
+    return ResNetClassifier(depth, num_classes=o.num_classes, stem=o.stem, width=o.width,
+                            residual_init=o.residual_init)
 
 
 def _vt_resnet(depth: int, o: VTResNetOptions) -> VTResNet:
@@ -190,8 +188,8 @@ def _vt_resnet(depth: int, o: VTResNetOptions) -> VTResNet:
         projector=_projector(o) if o.projector else None, last_projector=o.last_projector,
     )
     head = partial(TokenHead, o.token_channels, o.num_classes, o.head_hidden, o.numerics)
-    return VTResNet(depth, vt=vt, head=head, num_classes=o.num_classes, stem=o.stem,
-                    zero_init_residual=o.zero_init_residual, width=o.width, residual_init=o.residual_init)
+    return VTResNet(depth, vt=vt, head=head, num_classes=o.num_classes, stem=o.stem, width=o.width,
+                    residual_init=o.residual_init)
 
 
 # A VT-ResNet's `tokenizer` option: a first module's tokenizer, or `recurrent` (the paper's scheme spelled out).
@@ -231,8 +229,7 @@ def _projector(o: VTResNetOptions | VTFPNOptions) -> ProjectorFactory:
 def _fpn(depth: int, o: FPNOptions) -> SegmentationFPN:
     """Validate the options and assemble a semantic FPN."""
     _check_seg(o.num_classes)
-    return SegmentationFPN(depth, FPN, o.num_classes, zero_init_residual=o.zero_init_residual,
-                           residual_init=o.residual_init, width=o.width)
+    return SegmentationFPN(depth, FPN, o.num_classes, residual_init=o.residual_init, width=o.width)
 
 
 def _vt_fpn(depth: int, o: VTFPNOptions) -> SegmentationFPN:
@@ -246,8 +243,7 @@ def _vt_fpn(depth: int, o: VTFPNOptions) -> SegmentationFPN:
                                   attention_impl=o.attention_impl, choices=FIRST_TOKENIZERS)
     fpn = partial(VTFPN, num_tokens=o.num_tokens, token_channels=o.token_channels, tokenizer=tokenizer,
                   transformer=transformer, projector=_projector(o))
-    return SegmentationFPN(depth, fpn, o.num_classes, zero_init_residual=o.zero_init_residual,
-                           residual_init=o.residual_init, width=o.width)
+    return SegmentationFPN(depth, fpn, o.num_classes, residual_init=o.residual_init, width=o.width)
 
 
 def _check_stem(stem: str) -> None:

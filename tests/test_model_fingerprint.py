@@ -7,7 +7,9 @@ order draws different weights), the MACs of one forward pass (torch's FlopCounte
 forward's output on a fixed input. MACs are counted with vtbench's handles
 (`bench.measure.complexity.flop_counter`: a fused attention kernel counts as its two matmuls), so the
 `attention_impl="sdpa"` cases pin the reference form's figures. The values were recorded at commit dbb27ac, before the zoo became
-frozen option configs (issue 14); regenerate them with `python tests/test_model_fingerprint.py` only
+frozen option configs; the ResNet and VT-ResNet entries at their default trunk init were recorded
+again when that default became `zero_stage4` (only the initial weights and outputs moved: the same
+parameters, keys and MACs). Regenerate them with `python tests/test_model_fingerprint.py` only
 for a change that is meant to change the models, and say so in its commit.
 """
 
@@ -36,12 +38,12 @@ VARIANTS = [
     ("vt_resnet18", {"tokenizer": "clustering", "kmeans_iters": 2}),
     ("vt_resnet18", {"refresh": "half", "last_projector": True, "head_hidden": 64, "numerics": "iccv"}),
     ("vt_resnet18", {"stem": "cifar", "width": 0.25, "token_channels": 64, "num_classes": 10,
-                     "numerics": "appendix", "zero_init_residual": False}),
+                     "numerics": "appendix", "residual_init": "torchvision"}),
     ("vt_resnet50", {"proj_channels": None, "proj_groups": 1, "qk_channels": 256, "num_modules": 2}),
     ("vt_fpn_r50", {"transformer": "mhsa", "tokenizer": "clustering", "num_tokens": 4}),
     ("vt_fpn_r50", {"transformer": "none", "tokenizer": "pooling", "proj_channels": 128, "numerics": "iccv"}),
-    ("resnet18", {"stem": "cifar", "width": 0.5, "zero_init_residual": False}),
-    ("fpn_r50", {"num_classes": 20, "zero_init_residual": False}),
+    ("resnet18", {"stem": "cifar", "width": 0.5, "residual_init": "torchvision"}),
+    ("fpn_r50", {"num_classes": 20, "residual_init": "torchvision"}),
 ]
 CASES = {name: (name, {}) for name in list_models()} | {
     f"{name} " + ",".join(f"{k}={v}" for k, v in overrides.items()): (name, overrides) for name, overrides in VARIANTS}
@@ -49,7 +51,7 @@ CASES = {name: (name, {}) for name in list_models()} | {
 # keys, initial weights and MACs, outputs within the tolerance.
 SDPA_OF = ("vt_resnet18", "vt_resnet50", "vt_fpn_r50", "vt_resnet18 transformer=mhsa",
            "vt_resnet18 refresh=half,last_projector=True,head_hidden=64,numerics=iccv",
-           "vt_resnet18 stem=cifar,width=0.25,token_channels=64,num_classes=10,numerics=appendix,zero_init_residual=False")
+           "vt_resnet18 stem=cifar,width=0.25,token_channels=64,num_classes=10,numerics=appendix,residual_init=torchvision")
 SDPA_TWINS = {f"{case}{',' if ' ' in case else ' '}attention_impl=sdpa": case for case in SDPA_OF}
 CASES |= {twin: (CASES[case][0], CASES[case][1] | {"attention_impl": "sdpa"}) for twin, case in SDPA_TWINS.items()}
 
@@ -57,38 +59,38 @@ CASES |= {twin: (CASES[case][0], CASES[case][1] | {"attention_impl": "sdpa"}) fo
 EXPECTED = {
     'fpn_r101': (47490411, '3635afe39c15a3e0', 1531518.495, 995786752, 22124.71925, 618044.90165),
     'fpn_r50': (28498283, '325be8dab4f5c1c0', 815496.624, 692748288, -95520.29233, 717982.86025),
-    'resnet101': (44549160, '2f8b407a9b92d477', 1465174.473, 638730240, 0.13117, 27.69309),
-    'resnet18': (11689512, '079dfc8232141b23', 233945.023, 148557824, -4.24942, 62.22942),
-    'resnet34': (21797672, '0d910ad7dff50d9e', 448316.389, 299552768, -2.08063, 64.28548),
-    'resnet50': (25557032, 'df10ec84baabb2e9', 749208.917, 335691776, 0.61674, 25.10485),
+    'resnet101': (44549160, '2f8b407a9b92d477', 1474134.473, 638730240, -9.90282, 600.38266),
+    'resnet18': (11689512, '079dfc8232141b23', 235353.023, 148557824, -17.74623, 342.5718),
+    'resnet34': (21797672, '0d910ad7dff50d9e', 450556.389, 299552768, -40.24887, 1593.7471),
+    'resnet50': (25557032, 'df10ec84baabb2e9', 758168.917, 335691776, 39.34857, 1076.46218),
     'vt_fpn_r101': (51446123, 'a13e306800efef8e', 1640875.212, 926826496, 22194.85651, 563593.40919),
     'vt_fpn_r50': (32453995, '95380b9c6ec274b0', 924698.793, 623788032, 84730.00085, 619377.04417),
-    'vt_resnet101': (40668200, 'a1df818ca072a796', 1429310.283, 768516096, 1.59733, 46.13991),
-    'vt_resnet18': (11479592, '26fd7ea187b5156e', 266198.417, 239378432, -5.05328, 119.59194),
-    'vt_resnet34': (21126952, '4d6c68140dbe061b', 500311.123, 440311808, -1.31448, 116.21612),
-    'vt_resnet50': (21676072, '1c06e3306842a731', 713590.427, 465477632, 0.94052, 43.42611),
-    'vt_resnet18 transformer=mhsa': (7811624, 'f90f0cff6f81f7d7', 204198.015, 180658176, 2.01916, 73.03416),
+    'vt_resnet101': (40668200, 'a1df818ca072a796', 1432126.283, 768516096, 6.51129, 456.01737),
+    'vt_resnet18': (11479592, '26fd7ea187b5156e', 266582.417, 239378432, -17.57652, 500.93857),
+    'vt_resnet34': (21126952, '4d6c68140dbe061b', 501015.123, 440311808, -69.67088, 1965.3919),
+    'vt_resnet50': (21676072, '1c06e3306842a731', 716406.427, 465477632, -19.58954, 884.00545),
+    'vt_resnet18 transformer=mhsa': (7811624, 'f90f0cff6f81f7d7', 204582.015, 180658176, 6.63583, 285.00732),
     'vt_resnet18 transformer=mhsa,heads=4,kqv_groups=2,ff_channels=512':
-        (9385512, 'c90c7de017dac9b5', 234223.727, 205824000, -3.57343, 65.2202),
+        (9385512, 'c90c7de017dac9b5', 234607.727, 205824000, -17.48082, 277.34356),
     'vt_resnet18 transformer=none,projector=False':
-        (4598312, 'cdb23d689dfcb08e', 137819.378, 128360448, -2.2322, 53.55027),
+        (4598312, 'cdb23d689dfcb08e', 138203.378, 128360448, -5.00349, 237.63791),
     'vt_resnet18 tokenizer=pooling,recurrent=False':
-        (11213352, 'f6cafc61e525d02f', 239894.736, 234921984, -0.69931, 115.82806),
+        (11213352, 'f6cafc61e525d02f', 240278.736, 234921984, 8.62929, 526.65155),
     'vt_resnet18 tokenizer=clustering,kmeans_iters=2':
-        (11475496, '43e961c2f908201a', 256297.884, 239640576, -0.49343, 112.11295),
+        (11475496, '43e961c2f908201a', 256681.884, 239640576, 5.87491, 509.6445),
     'vt_resnet18 refresh=half,last_projector=True,head_hidden=64,numerics=iccv':
-        (11175016, 'f28a1d3ead1d7869', 221769.284, 243792384, -1.02307, 81.59306),
-    'vt_resnet18 stem=cifar,width=0.25,token_channels=64,num_classes=10,numerics=appendix,zero_init_residual=False':
+        (11175016, 'f28a1d3ead1d7869', 222153.284, 243792384, -1.04878, 241.56346),
+    'vt_resnet18 stem=cifar,width=0.25,token_channels=64,num_classes=10,numerics=appendix,residual_init=torchvision':
         (213146, '2a3c594cc9aa55a8', 16127.908, 109822592, -0.27038, 4.69318),
     'vt_resnet50 proj_channels=None,proj_groups=1,qk_channels=256,num_modules=2':
-        (17973288, 'f0db27c5c55b0517', 599179.113, 405053440, 4.42793, 43.70611),
+        (17973288, 'f0db27c5c55b0517', 601995.113, 405053440, 21.28506, 732.81073),
     'vt_fpn_r50 transformer=mhsa,tokenizer=clustering,num_tokens=4':
         (30611819, 'bbd502396ebe4128', 874399.778, 531030016, -135758.93838, 694291.09769),
     'vt_fpn_r50 transformer=none,tokenizer=pooling,proj_channels=128,numerics=iccv':
         (28767595, '4290c82e09792e7a', 820459.316, 514920448, 23858.32948, 669913.35577),
-    'resnet18 stem=cifar,width=0.5,zero_init_residual=False':
+    'resnet18 stem=cifar,width=0.5,residual_init=torchvision':
         (3052040, '8c8d2ec4f9fd93fe', 88216.055, 557443072, -21.89641, 1243.26332),
-    'fpn_r50 num_classes=20,zero_init_residual=False':
+    'fpn_r50 num_classes=20,residual_init=torchvision':
         (28478804, '7b0d7ea7c7994b74', 829744.568, 687800320, -5521.07171, 70274.21557),
 }
 EXPECTED |= {twin: EXPECTED[case] for twin, case in SDPA_TWINS.items()}
@@ -123,20 +125,20 @@ def test_model_matches_its_recorded_fingerprint(case):
 
 # Every variant's options, in order, with their defaults, as recorded at dbb27ac (plus those added
 # since, at the end: `attention_impl`, whose default is the form measured faster, FPN `width`,
-# `residual_init`): build_model accepts exactly these names and `model_options` / `model_facts(name).defaults`
-# report exactly these values.
-_RESNET = {"num_classes": 1000, "stem": "imagenet", "zero_init_residual": True, "width": 1.0, "residual_init": None}
+# `residual_init`, which replaced the boolean `zero_init_residual` when the classifiers' default
+# became `zero_stage4`): build_model accepts exactly these names and `model_options` /
+# `model_facts(name).defaults` report exactly these values.
+_RESNET = {"num_classes": 1000, "stem": "imagenet", "width": 1.0, "residual_init": "zero_stage4"}
 _VT_RESNET = {"num_classes": 1000, "stem": "imagenet", "num_tokens": 16, "token_channels": 1024, "tokenizer": "filter",
               "recurrent": True, "transformer": "paper", "projector": True, "last_projector": False, "num_modules": 3,
               "qk_channels": None, "heads": None, "kqv_groups": None, "ff_channels": None, "proj_channels": None,
               "proj_groups": 1, "refresh": "all", "kmeans_iters": 3, "head_hidden": None, "numerics": "centered",
-              "zero_init_residual": True, "width": 1.0, "attention_impl": DEFAULT_ATTENTION_IMPL,
-              "residual_init": None}
-_FPN = {"num_classes": 171, "zero_init_residual": True, "width": 1.0, "residual_init": None}
+              "width": 1.0, "attention_impl": DEFAULT_ATTENTION_IMPL, "residual_init": "zero_stage4"}
+_FPN = {"num_classes": 171, "width": 1.0, "residual_init": "zero"}
 _VT_FPN = {"num_classes": 171, "num_tokens": 8, "token_channels": 1024, "tokenizer": "filter", "transformer": "paper",
            "qk_channels": None, "heads": None, "kqv_groups": None, "ff_channels": None, "proj_channels": None,
-           "proj_groups": 16, "kmeans_iters": 3, "numerics": "centered", "zero_init_residual": True,
-           "attention_impl": DEFAULT_ATTENTION_IMPL, "width": 1.0, "residual_init": None}
+           "proj_groups": 16, "kmeans_iters": 3, "numerics": "centered",
+           "attention_impl": DEFAULT_ATTENTION_IMPL, "width": 1.0, "residual_init": "zero"}
 OPTIONS = {
     "resnet18": _RESNET, "resnet34": _RESNET, "resnet50": _RESNET, "resnet101": _RESNET,
     "vt_resnet18": _VT_RESNET | {"num_modules": 2}, "vt_resnet34": _VT_RESNET,

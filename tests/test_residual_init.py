@@ -7,7 +7,8 @@ import torch
 from torchvision.models import resnet as tv
 
 from models.fpn import FPN, SegmentationFPN
-from models.init import RESIDUAL_INITS, residual_gains
+from models import build_model, list_models, model_facts, model_options
+from models.init import CLASSIFIER_RESIDUAL_INIT, RESIDUAL_INITS, SEGMENTER_RESIDUAL_INIT, residual_gains
 from models.resnet import ResNetClassifier, torchvision_trunk
 
 
@@ -34,22 +35,27 @@ def test_candidate_sets_every_last_batchnorm_and_nothing_else(depth, name):
             assert torch.equal(mine.detach(), theirs), key
 
 
-def test_zero_init_residual_spells_the_zero_and_torchvision_candidates():
-    assert residual_gains(None, True) == (0.0,) * 4 == residual_gains("zero")
-    assert residual_gains(None, False) == (1.0,) * 4 == residual_gains("torchvision", False)
+def test_candidates_by_name_and_each_familys_default():
+    assert residual_gains("zero") == (0.0,) * 4 and residual_gains("torchvision") == (1.0,) * 4
     assert residual_gains("small") == (0.1,) * 4
     assert residual_gains("zero_stage4") == (1.0, 1.0, 0.0, 1.0)
-    with pytest.raises(ValueError, match="contradicts residual_init='small'"):
-        residual_gains("small", zero_init_residual=False)
     with pytest.raises(ValueError, match="unknown residual_init 'tiny'; choose from zero, small, torchvision, zero_stage4"):
         residual_gains("tiny")
+    # classifiers: chosen by results/init_study; segmenters: VT-FPN reads every stage
+    assert CLASSIFIER_RESIDUAL_INIT == "zero_stage4" and SEGMENTER_RESIDUAL_INIT == "zero"
+    for name in list_models():
+        want = CLASSIFIER_RESIDUAL_INIT if model_facts(name).task == "cls" else SEGMENTER_RESIDUAL_INIT
+        assert model_options(name)["residual_init"] == want, name
+    with pytest.raises(ValueError, match="do not apply"):  # one spelling: torchvision's boolean is gone
+        build_model("resnet18", zero_init_residual=False)
 
 
 def test_models_take_the_candidate_at_every_width():
     scaled = ResNetClassifier(18, num_classes=10, stem="cifar", width=0.25, residual_init="small")
     assert all(torch.all(w == 0.1) for w in _last_bn_weights(scaled))
-    default = ResNetClassifier(18, num_classes=10, width=0.25)
-    assert all(torch.all(w == 0.0) for w in _last_bn_weights(default))
+    default = ResNetClassifier(18, num_classes=10, width=0.25)  # zero_stage4: only stage 4 at the identity
+    assert [float(w.unique()) for w in _last_bn_weights(default)] == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
+    assert all(torch.all(w == 0.0) for w in _last_bn_weights(SegmentationFPN(50, FPN, 5)))
     seg = SegmentationFPN(50, FPN, 5, residual_init="torchvision")
     assert all(torch.all(w == 1.0) for w in _last_bn_weights(seg))
 
