@@ -362,6 +362,7 @@ def test_a_record_run_under_an_older_default_is_stale_and_runs_again(tmp_path):
     another model, so launch runs the cell again and supersedes the record; a cell that sets the
     option itself, and a record that carries no defaults, stay done."""
     from bench.core.records import make_record, write_json_atomic
+    from models import model_options
 
     run_dir = tmp_path / "run"
     grid = write_grid(tmp_path, base={"model": "resnet18", "model_args": {"num_classes": 10, "width": 0.25},
@@ -377,15 +378,15 @@ def test_a_record_run_under_an_older_default_is_stale_and_runs_again(tmp_path):
             del record["model"]["defaults"]
         write_json_atomic(run_dir / "records" / f"{cell.cell_id}.json", record)
 
-    stale = cells[(1, None)].cell_id
+    stale, today = cells[(1, None)].cell_id, model_options("resnet18")["residual_init"]
     planned = launch(grid, cluster="debug", run_dir=run_dir, dry_run=True).plan
     assert [c.cell_id for c in planned.to_run] == [stale] and planned.reasons[stale] == "stale"
-    assert planned.stale[stale] == "model default residual_init 'torchvision' -> None"
+    assert planned.stale[stale] == f"model default residual_init 'torchvision' -> {today!r}"
     assert len(planned.done) == 3
 
     result = launch(grid, cluster="debug", run_dir=run_dir)
     assert result.submitted == [stale] and result.ok
     rerun = read_record(run_dir / "records" / f"{stale}.json")
-    assert rerun["model"]["defaults"]["residual_init"] is None and rerun["metrics"]["gmacs"] > 0
+    assert rerun["model"]["defaults"]["residual_init"] == today and rerun["metrics"]["gmacs"] > 0
     assert len(list((run_dir / "superseded").glob(f"{stale}.*.json"))) == 1
     assert launch(grid, cluster="debug", run_dir=run_dir, dry_run=True).plan.to_run == []
