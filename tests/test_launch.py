@@ -22,7 +22,7 @@ from torch import nn
 
 from bench.cli import main as cli_main
 from bench.pipeline.grid import load_grid
-from bench.pipeline.launch import launch, read_jobs
+from bench.pipeline.launch import launch, read_jobs, write_run_files
 from bench.core.records import CorruptRecord, iter_records, read_record
 from bench.pipeline.runner import CellPaths, CellRunner, run_cell
 from bench.pipeline.status import run_status
@@ -383,6 +383,10 @@ def test_a_record_run_under_an_older_default_is_stale_and_runs_again(tmp_path):
     assert [c.cell_id for c in planned.to_run] == [stale] and planned.reasons[stale] == "stale"
     assert planned.stale[stale] == f"model default residual_init 'torchvision' -> {today!r}"
     assert len(planned.done) == 3
+    write_run_files(run_dir, load_grid(grid))
+    shown = {c.cell_id: c for c in run_status(run_dir).cells}  # status agrees with the plan
+    assert shown[stale].state == "pending" and f"'torchvision' -> {today!r}" in shown[stale].note
+    assert sorted(c.state for c in shown.values()) == ["ok", "ok", "ok", "pending"]
 
     result = launch(grid, cluster="debug", run_dir=run_dir)
     assert result.submitted == [stale] and result.ok

@@ -62,6 +62,11 @@ def changed_defaults(record: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     return {k: (then[k], now[k]) for k in sorted(set(then) & set(now)) if k not in given and then[k] != now[k]}
 
 
+def describe_changed_defaults(changed: Mapping[str, tuple[Any, Any]]) -> str:
+    """`changed_defaults`' answer as one line: "model default OPTION THEN -> NOW, ..."."""
+    return "model default " + ", ".join(f"{k} {then!r} -> {now!r}" for k, (then, now) in changed.items())
+
+
 def family_of(model: Any) -> str:
     """The family of `model`: a registered family, or "other"."""
     return facts_of(model).family

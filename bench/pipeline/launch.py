@@ -59,7 +59,7 @@ from tqdm import tqdm
 
 from bench.pipeline.cancel import cancel, wait_for_local_jobs
 from bench.core.errors import Interrupted, UsageError
-from bench.core.modelfacts import changed_defaults
+from bench.core.modelfacts import changed_defaults, describe_changed_defaults
 from bench.pipeline.grid import Cell, Grid, Resources, load_grid
 from bench.pipeline.jobs import cells_in_flight
 from bench.pipeline.liveness import process_alive, process_start_ticks
@@ -225,7 +225,7 @@ def record_state(path: Path, stale_defaults: bool = False) -> str | None:
         return f"corrupt: {exc}"
     changed = changed_defaults(record) if stale_defaults and record["status"] == "ok" else {}
     if changed:
-        return "stale: model default " + ", ".join(f"{k} {then!r} -> {now!r}" for k, (then, now) in changed.items())
+        return f"stale: {describe_changed_defaults(changed)}"
     return record["status"]
 
 

@@ -5,6 +5,9 @@ Reads `RUN_DIR/cells.json` (what the grid holds), `RUN_DIR/records/*.json` (what
 `RUN_DIR/jobs.json` (what was submitted). A cell is
 
 - `ok` / `error`: it has a record with that status;
+- `pending` with a note, too, when its ok record is stale: the cell leaves unset an option whose
+  model default has changed since the record was written (`bench.core.modelfacts.changed_defaults`),
+  so the record describes another model and `vtbench launch` runs the cell again;
 - `timeout`: its record is the error the runner writes when the cell ran past the grid's
   `timeout_min` (`bench.core.records.record_outcome`);
 - `running`: no record, and its state file says a job is running it (on this host the process is
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.errors import UsageError
+from bench.core.modelfacts import changed_defaults, describe_changed_defaults
 from bench.pipeline.liveness import process_alive
 from bench.core.records import (CELL_ID_RE, REMEASURED_DIR, CorruptRecord, iter_records, iter_remeasurements,
                                 record_outcome)
@@ -188,6 +192,10 @@ def _cell_status(run_dir: Path, cell: dict, record: dict | None, corrupt: dict[s
     cell_id = cell["cell_id"]
     model = (cell.get("config") or {}).get("model")
     if record is not None:
+        stale = changed_defaults(record) if record.get("status") == "ok" else {}
+        if stale:
+            return CellStatus(cell_id, "pending", model,
+                              note=f"stale record ({describe_changed_defaults(stale)}); runs again on the next launch")
         error = record.get("error") or {}
         line = f"{error.get('type', 'error')}: {error.get('message', '')}" if record["status"] == "error" else None
         return CellStatus(cell_id, record_outcome(record), model, error=line)
