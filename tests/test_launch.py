@@ -384,7 +384,7 @@ def test_a_record_run_under_an_older_default_is_stale_and_runs_again(tmp_path):
     assert planned.stale[stale] == f"model default residual_init 'torchvision' -> {today!r}"
     assert len(planned.done) == 3
     write_run_files(run_dir, load_grid(grid))
-    shown = {c.cell_id: c for c in run_status(run_dir).cells}  # status agrees with the plan
+    shown = {c.cell_id: c for c in run_status(run_dir, stale_defaults=True).cells}  # status agrees with the plan
     assert shown[stale].state == "pending" and f"'torchvision' -> {today!r}" in shown[stale].note
     assert sorted(c.state for c in shown.values()) == ["ok", "ok", "ok", "pending"]
 

@@ -5,9 +5,10 @@ Reads `RUN_DIR/cells.json` (what the grid holds), `RUN_DIR/records/*.json` (what
 `RUN_DIR/jobs.json` (what was submitted). A cell is
 
 - `ok` / `error`: it has a record with that status;
-- `pending` with a note, too, when its ok record is stale: the cell leaves unset an option whose
-  model default has changed since the record was written (`bench.core.modelfacts.changed_defaults`),
-  so the record describes another model and `vtbench launch` runs the cell again;
+- `pending` with a note, too, when `stale_defaults` is asked for (`vtbench status` does) and its ok
+  record is stale: the cell leaves unset an option whose model default has changed since the record
+  was written (`bench.core.modelfacts.changed_defaults`, which asks the model registry, hence torch:
+  reports, torch-free, keep such records apart instead), so `vtbench launch` runs the cell again;
 - `timeout`: its record is the error the runner writes when the cell ran past the grid's
   `timeout_min` (`bench.core.records.record_outcome`);
 - `running`: no record, and its state file says a job is running it (on this host the process is
@@ -39,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.errors import UsageError
-from bench.core.modelfacts import changed_defaults, describe_changed_defaults
 from bench.pipeline.liveness import process_alive
 from bench.core.records import (CELL_ID_RE, REMEASURED_DIR, CorruptRecord, iter_records, iter_remeasurements,
                                 record_outcome)
@@ -84,14 +84,14 @@ class RunStatus:
         return [c for c in self.cells if c.state in ("error", "timeout")]
 
 
-def run_status(run_dir: str | os.PathLike) -> RunStatus:
+def run_status(run_dir: str | os.PathLike, stale_defaults: bool = False) -> RunStatus:
     """Collect the status of the run in `run_dir` (see the module doc)."""
     run_dir = Path(run_dir)
     cells = read_cells(run_dir)
     records, corrupt = _read_records(run_dir / "records")
     known = {c["cell_id"] for c in cells}
     jobs = read_jobs(run_dir)
-    statuses = [_cell_status(run_dir, c, records.get(c["cell_id"]), corrupt, jobs) for c in cells]
+    statuses = [_cell_status(run_dir, c, records.get(c["cell_id"]), corrupt, jobs, stale_defaults) for c in cells]
     return RunStatus(run_dir=run_dir, cells=statuses, jobs=jobs, corrupt=corrupt,
                      stray_records=len(set(records) - known))
 
@@ -188,12 +188,13 @@ def _job_entry_problem(entry: Any) -> str | None:
 
 
 def _cell_status(run_dir: Path, cell: dict, record: dict | None, corrupt: dict[str, str],
-                 jobs: list[dict[str, Any]]) -> CellStatus:
+                 jobs: list[dict[str, Any]], stale_defaults: bool = False) -> CellStatus:
     cell_id = cell["cell_id"]
     model = (cell.get("config") or {}).get("model")
     if record is not None:
-        stale = changed_defaults(record) if record.get("status") == "ok" else {}
+        stale = _changed_defaults(record) if stale_defaults and record.get("status") == "ok" else {}
         if stale:
+            from bench.core.modelfacts import describe_changed_defaults
             return CellStatus(cell_id, "pending", model,
                               note=f"stale record ({describe_changed_defaults(stale)}); runs again on the next launch")
         error = record.get("error") or {}
@@ -227,6 +228,12 @@ def _why_pending(cell_id: str, jobs: list[dict[str, Any]]) -> str | None:
         return None  # still queued in a live worker (or on another host)
     return (f"its local job {task} ended before starting it (the worker was killed or crashed); "
             f"`vtbench launch` runs it again")
+
+
+def _changed_defaults(record: dict) -> dict:
+    from bench.core.modelfacts import changed_defaults  # the model registry: torch
+
+    return changed_defaults(record)
 
 
 def _cancelled_note(path: Path) -> str | None:

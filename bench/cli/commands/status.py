@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `vtbench status`."""
     from bench.pipeline.status import ROW_FIELDS, format_status, run_status, status_rows
 
-    status = run_status(args.run_dir)
+    status = run_status(args.run_dir, stale_defaults=True)
     common.emit_rows(args.format, status_rows(status), table=lambda _: format_status(status),
                      fields=ROW_FIELDS)
     return 0
