@@ -192,9 +192,12 @@ def _cell_status(run_dir: Path, cell: dict, record: dict | None, corrupt: dict[s
     cell_id = cell["cell_id"]
     model = (cell.get("config") or {}).get("model")
     if record is not None:
-        stale = _changed_defaults(record) if stale_defaults and record.get("status") == "ok" else {}
+        if stale_defaults and record.get("status") == "ok":
+            from bench.core.modelfacts import changed_defaults, describe_changed_defaults  # the registry: torch
+            stale = changed_defaults(record)
+        else:
+            stale = {}
         if stale:
-            from bench.core.modelfacts import describe_changed_defaults
             return CellStatus(cell_id, "pending", model,
                               note=f"stale record ({describe_changed_defaults(stale)}); runs again on the next launch")
         error = record.get("error") or {}
@@ -228,12 +231,6 @@ def _why_pending(cell_id: str, jobs: list[dict[str, Any]]) -> str | None:
         return None  # still queued in a live worker (or on another host)
     return (f"its local job {task} ended before starting it (the worker was killed or crashed); "
             f"`vtbench launch` runs it again")
-
-
-def _changed_defaults(record: dict) -> dict:
-    from bench.core.modelfacts import changed_defaults  # the model registry: torch
-
-    return changed_defaults(record)
 
 
 def _cancelled_note(path: Path) -> str | None:
