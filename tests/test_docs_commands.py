@@ -214,8 +214,8 @@ COVERAGE: dict[str, Cover] = {
     "bash scripts/slurm_cluster.sh stop /tmp/vtbench-slurm": Cover(
         NOT_RUN, "stops daemons: checked to parse and to handle `stop`; scripts/test.sh runs it"),
     # guide: training
-    "vtbench train resnet18 --dataset fashion_mnist --set stem=cifar --set width=0.25 --input-size 48 --epochs 4 "
-    "--set dataset_args.train_subset=5000 --set eval_every=4": Cover(
+    "vtbench train resnet18 --dataset fashion_mnist --set stem=cifar --set width=0.25 --input-size 48 --epochs 6 "
+    "--set dataset_args.train_subset=20000 --set eval_every=6": Cover(
         "vtbench train resnet18 --dataset fashion_mnist --set stem=cifar --set width=0.25 --input-size 16 --epochs 1 "
         "--set dataset_args.train_subset=100 --set eval_every=1 --out runs/fashion-cell",
         "100 images, one epoch, 16x16; skipped where Fashion-MNIST is not installed", slow=True),
