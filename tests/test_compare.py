@@ -80,6 +80,22 @@ def test_seeds_that_do_not_pair_give_welchs_interval():
     assert est.p_value(0.0) == pytest.approx(test.pvalue)
 
 
+def test_seed_sets_that_differ_pair_on_the_common_seeds():
+    # A grid still running: VT has seeds 0-3, the baseline 0-5. The paired test on seeds 0-3 is the
+    # reference (scipy), not Welch's over all of them.
+    vt = {0: 91.0, 1: 92.5, 2: 90.0, 3: 93.0}
+    base = {0: 90.0, 1: 91.0, 2: 89.5, 3: 91.0, 4: 95.0, 5: 85.0}
+    est = compare.seed_difference(vt, base)
+    test = stats.ttest_rel([vt[s] for s in range(4)], [base[s] for s in range(4)])
+    ci = test.confidence_interval(0.95)
+    assert est.method == compare.PAIRED_COMMON_LABEL and est.n == 4
+    assert est.value == pytest.approx(1.25) and (est.lo, est.hi) == pytest.approx((ci.low, ci.high))
+    assert est.p_value(0.0) == pytest.approx(test.pvalue)
+    # Two common seeds are too few to pair on: Welch over every seed instead.
+    few = compare.seed_difference({0: 91.0, 1: 92.5, 7: 90.0}, base)
+    assert few.method == compare.WELCH_LABEL and few.n == 3
+
+
 def test_one_seed_is_no_claim_and_two_seeds_no_interval():
     one = compare.seed_difference({0: 91.0}, {0: 90.0})
     assert one.value == pytest.approx(1.0) and one.note == "1 seed: no claim"

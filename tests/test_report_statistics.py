@@ -235,3 +235,13 @@ def test_counters_column_is_absent_without_the_keys():
     table = pd.DataFrame({"model": ["resnet18"], "gmacs": [1.8], "params_m": [11.7], "stage_gmacs": [0.4],
                           "family": ["resnet"]})
     assert "counters (traced vs executed)" not in complexity_table(table, []).columns
+
+
+def test_a_difference_paired_on_common_seeds_says_so_in_the_table():
+    from bench.analysis import compare, tables
+
+    est = compare.seed_difference({0: 91.0, 1: 92.5, 2: 90.0, 3: 93.0}, {0: 90.0, 1: 91.0, 2: 89.5, 3: 91.0, 4: 95.0})
+    row = pd.Series({"top1_diff": est.value, "top1_diff_lo": est.lo, "top1_diff_hi": est.hi, "top1_diff_n": est.n,
+                     "top1_diff_method": est.method})
+    text = tables.diff_text(row, "top1")
+    assert text.startswith("+1.25 [") and text.endswith("(paired on the 4 seeds both sides hold)")

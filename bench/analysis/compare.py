@@ -12,8 +12,9 @@ that a pair has one answer everywhere (docs/statistics.md says why each choice i
   measurements of a round were taken next to each other), summarised as their geometric mean with a
   t interval on the log ratios. Only where there are no paired rounds: the ratio of the p50s,
   labelled "single pass, no interval".
-- **Accuracy** (`seed_difference`): VT - baseline in points, paired by seed where both sides hold
-  the same seeds, else Welch's t.
+- **Accuracy** (`seed_difference`): VT - baseline in points, paired by seed on the seeds both
+  sides hold (all of them, or at least `MIN_SEEDS` common ones while a grid is still running), else
+  Welch's t.
 - **Verdicts** only on a sound basis (`no_verdict_reason`): none when a measurement behind it judged
   itself noisy, or with fewer than `MIN_ROUNDS` rounds or `MIN_SEEDS` seeds; the row says why.
 - **Many rows against one baseline** (`holm`, `decide`): Holm's step-down adjustment across a
@@ -43,6 +44,7 @@ MAX_NEEDED = 10_000               # beyond this the answer is "more than 10000"
 SINGLE_PASS = "single pass, no interval"
 GEOMEAN_LABEL = "geometric mean of per-round VT/baseline ratios, 95 % t interval on log ratios"
 PAIRED_LABEL = "paired by seed, 95 % t interval"
+PAIRED_COMMON_LABEL = "paired on the seeds both sides hold, 95 % t interval"
 WELCH_LABEL = "Welch, 95 % t interval"
 
 
@@ -177,20 +179,26 @@ def welch_ci(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float,
 
 def seed_difference(vt: Mapping[Any, float], base: Mapping[Any, float], confidence: float = CONFIDENCE,
                     min_seeds: int = MIN_SEEDS) -> Estimate:
-    """VT mean - baseline mean over seeds (points), paired by seed where both hold the same seeds.
+    """VT - baseline over seeds (points), paired by seed on the seeds both sides hold.
 
     `vt`, `base`: seed -> value (one value per seed). Paired: the mean of the per-seed differences
-    with a t interval (n - 1 df), since a seed gives both models the same data order. Otherwise
-    Welch's interval. No interval with fewer than `min_seeds` seeds on a side (pairs when paired).
+    with a t interval (n - 1 df), since a seed gives both models the same data order. Where the seed
+    sets differ (a grid still running) but at least `min_seeds` seeds are common, the pairs are those
+    seeds (`PAIRED_COMMON_LABEL`): a paired test on fewer seeds is sounder than Welch's on all, which
+    would ignore what a seed shares. Otherwise Welch's interval over every seed. No interval with
+    fewer than `min_seeds` seeds on a side (pairs when paired).
     """
     a, b = [float(v) for v in vt.values()], [float(v) for v in base.values()]
     diff = statistics.fmean(a) - statistics.fmean(b)
     fewest = min(len(a), len(b))
-    if set(vt) == set(base) and len(a) >= 2 and not any(isinstance(k, tuple) for k in vt):
-        diffs = [float(vt[s]) - float(base[s]) for s in vt]
-        sd = statistics.stdev(diffs)
-        est = Estimate(diff, len(diffs), PAIRED_LABEL, df=len(diffs) - 1, se=sd / math.sqrt(len(diffs)),
-                       center=diff, sd=sd)
+    common = [s for s in vt if s in base]
+    same = set(vt) == set(base)
+    if len(common) >= 2 and (same or len(common) >= min_seeds) and not any(isinstance(k, tuple) for k in vt):
+        diffs = [float(vt[s]) - float(base[s]) for s in common]
+        sd, mean_diff = statistics.stdev(diffs), statistics.fmean(diffs)
+        est = Estimate(mean_diff, len(diffs), PAIRED_LABEL if same else PAIRED_COMMON_LABEL, df=len(diffs) - 1,
+                       se=sd / math.sqrt(len(diffs)), center=mean_diff, sd=sd)
+        fewest = len(diffs)
     else:
         sd_a = statistics.stdev(a) if len(a) > 1 else math.nan
         sd_b = statistics.stdev(b) if len(b) > 1 else math.nan
@@ -204,7 +212,7 @@ def seed_difference(vt: Mapping[Any, float], base: Mapping[Any, float], confiden
     if est.se is None:
         return replace(est, note=est.note or "no spread over seeds")
     half = t_quantile(est.df, confidence) * est.se
-    return replace(est, lo=diff - half, hi=diff + half)
+    return replace(est, lo=est.value - half, hi=est.value + half)
 
 
 # ------------------------------------------------------------------------------ verdicts --------

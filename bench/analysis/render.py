@@ -105,8 +105,9 @@ def method_lines(table: pd.DataFrame) -> list[str]:
     """Header bullets that say how the statistics, verdicts and memory figures in the tables are made."""
     lines = []
     if any(f"{m}_diff" in table.columns and table[f"{m}_diff"].notna().any() for m in ("top1", "miou")):
-        lines.append(f"- accuracy vs baseline: Δ = VT mean - baseline mean in points, paired by seed where both"
-                     f" sides hold the same seeds (a seed gives both models the same data order), else Welch's t;"
+        lines.append(f"- accuracy vs baseline: Δ = VT - baseline in points, paired by seed on the seeds both sides"
+                     f" hold (a seed gives both models the same data order; all of them, or at least"
+                     f" {compare.MIN_SEEDS} in common while a grid runs), else Welch's t;"
                      f" an interval and a verdict need at least {compare.MIN_SEEDS} seeds per side; verdicts are"
                      f" Holm-adjusted across the accuracy table's comparisons; plot error bars are the 95 % t"
                      f" interval of each mean")

@@ -353,8 +353,9 @@ def accuracy_intro(accuracy: dict[str, dict[str, Comparison]]) -> str:
     comps = [c for found in accuracy.values() for c in found.values()]
     if not comps:
         return ""
-    return (f"Δ = VT mean - baseline mean in points, paired by seed where both sides hold the same seeds, else "
-            f"Welch's t; 95 % t intervals; an interval and a verdict need at least {compare.MIN_SEEDS} seeds per "
+    return (f"Δ = VT - baseline in points, paired by seed on the seeds both sides hold (all of them, or at least "
+            f"{compare.MIN_SEEDS} in common while a grid runs: then Δ is over those seeds), else Welch's t; 95 % t "
+            f"intervals; an interval and a verdict need at least {compare.MIN_SEEDS} seeds per "
             f"side. " + " ".join(compare.holm_caption(list(found.values()), f"Δ {dict(STAT_METRICS)[m]}")
                                   for m, found in accuracy.items() if found)
             + " 'To resolve': the seeds at which a difference of the observed size, at the observed spread, would "
@@ -395,14 +396,17 @@ def _cell(value: Any) -> str:
 
 
 def diff_text(row: pd.Series, metric: str) -> str:
-    """'+1.50 [-0.30, +3.30] (paired by seed, 3 seeds)' or '+1.50 (1 seed: no claim)'; '' without a baseline."""
+    """'+1.50 [-0.30, +3.30] (paired by seed, 3 seeds)', '... (paired on the 4 seeds both sides hold)' or
+    '+1.50 (Welch, no interval)'; '' without a baseline."""
     diff = row.get(f"{metric}_diff")
     if diff is None or pd.isna(diff):
         return ""
     lo, hi, n, method = (row.get(f"{metric}_diff_{k}") for k in ("lo", "hi", "n", "method"))
-    how = "paired by seed" if method == compare.PAIRED_LABEL else "Welch"
+    how = "paired by seed" if method in (compare.PAIRED_LABEL, compare.PAIRED_COMMON_LABEL) else "Welch"
     if lo is None or pd.isna(lo):
         return f"{diff:+.2f} ({how}, no interval)"
+    if method == compare.PAIRED_COMMON_LABEL:
+        return f"{diff:+.2f} [{lo:+.2f}, {hi:+.2f}] (paired on the {int(n)} seeds both sides hold)"
     return f"{diff:+.2f} [{lo:+.2f}, {hi:+.2f}] ({how}, {int(n)} seeds)"
 
 
