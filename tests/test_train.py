@@ -169,6 +169,25 @@ def test_segmentation_metrics_from_a_hand_made_confusion_matrix():
     assert metrics["iou_per_class"] == [62.5, 50.0, None]
 
 
+def test_miou_and_pixel_accuracy_agree_with_scikit_learn():
+    # An implementation nobody here wrote: scikit-learn's per-class Jaccard index over the classes
+    # present in the truth or the predictions (class 5 appears in neither), and its accuracy.
+    from sklearn.metrics import accuracy_score, jaccard_score
+
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 5, (4, 16, 16), generator=gen)
+    pred = torch.where(torch.rand(target.shape, generator=gen) < 0.6, target,
+                       torch.randint(0, 5, target.shape, generator=gen))
+    target[0, :2] = 4
+    pred[pred == 3] = 2  # class 3 in the truth only: IoU 0, still counted
+    metrics = segmentation_metrics(confusion_matrix(pred, target, 6))
+    y, y_hat = target.flatten().numpy(), pred.flatten().numpy()
+    present = sorted(set(y.tolist()) | set(y_hat.tolist()))
+    assert metrics["miou"] == pytest.approx(100 * jaccard_score(y, y_hat, labels=present, average="macro"))
+    assert metrics["pixel_acc"] == pytest.approx(100 * accuracy_score(y, y_hat))
+    assert metrics["iou_per_class"][5] is None and metrics["iou_per_class"][3] == 0.0
+
+
 def test_confusion_matrix_counts_and_ignores():
     target = torch.tensor([[0, 0, 1], [1, 255, 2]])
     pred = torch.tensor([[0, 1, 1], [2, 0, 2]])
