@@ -99,6 +99,7 @@ def test_seed_sets_that_differ_pair_on_the_common_seeds():
 def test_one_seed_is_no_claim_and_two_seeds_no_interval():
     one = compare.seed_difference({0: 91.0}, {0: 90.0})
     assert one.value == pytest.approx(1.0) and one.note == "1 seed: no claim"
+    assert one.method == compare.PAIRED_LABEL  # the same seed on both sides is a pair, not Welch
     assert compare.verdict_text(compare.decide([compare.compare(one, 0.0)])[0]) == "1 seed: no claim"
     two = compare.seed_difference({0: 91.0, 1: 92.0}, {0: 90.0, 1: 90.5})
     assert not two.has_interval and two.note == "2 seeds (an interval needs >= 3)"

@@ -199,6 +199,8 @@ def seed_difference(vt: Mapping[Any, float], base: Mapping[Any, float], confiden
         est = Estimate(mean_diff, len(diffs), PAIRED_LABEL if same else PAIRED_COMMON_LABEL, df=len(diffs) - 1,
                        se=sd / math.sqrt(len(diffs)), center=mean_diff, sd=sd)
         fewest = len(diffs)
+    elif same and len(common) == 1:  # one seed on each side, the same one: a pair, but no spread
+        est = Estimate(diff, 1, PAIRED_LABEL, center=diff)
     else:
         sd_a = statistics.stdev(a) if len(a) > 1 else math.nan
         sd_b = statistics.stdev(b) if len(b) > 1 else math.nan
