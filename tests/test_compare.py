@@ -91,6 +91,10 @@ def test_seed_sets_that_differ_pair_on_the_common_seeds():
     assert est.method == compare.PAIRED_COMMON_LABEL and est.n == 4
     assert est.value == pytest.approx(1.25) and (est.lo, est.hi) == pytest.approx((ci.low, ci.high))
     assert est.p_value(0.0) == pytest.approx(test.pvalue)
+    # Records without seeds of their own never pair, whatever their positions.
+    unseeded = {("record", i): v for i, v in enumerate(vt.values())}
+    assert compare.seed_difference(unseeded, {("record", i): v for i, v in enumerate(base.values())}).method \
+        == compare.WELCH_LABEL
     # Two common seeds are too few to pair on: Welch over every seed instead.
     few = compare.seed_difference({0: 91.0, 1: 92.5, 7: 90.0}, base)
     assert few.method == compare.WELCH_LABEL and few.n == 3

@@ -191,9 +191,11 @@ def seed_difference(vt: Mapping[Any, float], base: Mapping[Any, float], confiden
     a, b = [float(v) for v in vt.values()], [float(v) for v in base.values()]
     diff = statistics.fmean(a) - statistics.fmean(b)
     fewest = min(len(a), len(b))
-    common = [s for s in vt if s in base]
-    same = set(vt) == set(base)
-    if len(common) >= 2 and (same or len(common) >= min_seeds) and not any(isinstance(k, tuple) for k in vt):
+    # A tuple key is a record without a seed of its own (or a repeated seed): nothing to pair it with.
+    seeded = not any(isinstance(k, tuple) for k in (*vt, *base))
+    common = [s for s in vt if s in base] if seeded else []
+    same = seeded and set(vt) == set(base)
+    if len(common) >= 2 and (same or len(common) >= min_seeds):
         diffs = [float(vt[s]) - float(base[s]) for s in common]
         sd, mean_diff = statistics.stdev(diffs), statistics.fmean(diffs)
         est = Estimate(mean_diff, len(diffs), PAIRED_LABEL if same else PAIRED_COMMON_LABEL, df=len(diffs) - 1,
