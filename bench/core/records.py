@@ -130,8 +130,15 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+# Tracked paths whose changes do not change what a measurement runs: a launch rewrites its committed
+# run folder's grid.yaml and jobs.json itself, so counting them would mark nearly every record of a
+# committed study `-dirty` and leave the suffix meaning nothing about the code.
+NOT_CODE_PATHSPECS = (":(top,exclude)results", ":(top,exclude)docs", ":(top,exclude,glob)**/*.md")
+
+
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
-    """The git commit of the source tree (with `-dirty` when modified).
+    """The git commit of the source tree, with `-dirty` when tracked code differs from it (changes
+    under results/ and docs/ and to Markdown files do not count: NOT_CODE_PATHSPECS).
 
     Outside git (a copy of the tree sent to another machine), `VTBENCH_GIT_COMMIT` names it, or None.
     """
@@ -139,8 +146,9 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
                              text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                *NOT_CODE_PATHSPECS], cwd=here, capture_output=True, text=True,
+                               timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("VTBENCH_GIT_COMMIT") or None
     return f"{sha}-dirty" if dirty else sha
