@@ -245,3 +245,18 @@ def test_a_difference_paired_on_common_seeds_says_so_in_the_table():
                      "top1_diff_method": est.method})
     text = tables.diff_text(row, "top1")
     assert text.startswith("+1.25 [") and text.endswith("(paired on the 4 seeds both sides hold)")
+
+
+def test_accuracy_rows_of_one_configuration_sort_by_schedule():
+    """Rows that differ only in epochs sit in epoch order, whatever order the records came in."""
+    from bench.analysis.tables import accuracy_table
+
+    rows = [("vt_resnet50", "zero", 8), ("resnet50", "zero_stage4", 8), ("resnet50", "zero", 3),
+            ("resnet50", "zero_stage4", 3), ("resnet50", "zero", 8), ("vt_resnet50", "zero", 3)]
+    agg = pd.DataFrame({"model": [m for m, _, _ in rows], "residual_init": [i for _, i, _ in rows],
+                        "train.dataset": "digits", "train.epochs": [e for _, _, e in rows],
+                        "top1": 90.0, "top1_std": 1.0, "top1_n": 3})
+    table = accuracy_table(agg, ["residual_init"])
+    assert list(zip(table["model"], table["residual_init"], table["epochs"])) == [
+        ("resnet50", "zero", "3"), ("resnet50", "zero", "8"), ("resnet50", "zero_stage4", "3"),
+        ("resnet50", "zero_stage4", "8"), ("vt_resnet50", "zero", "3"), ("vt_resnet50", "zero", "8")]

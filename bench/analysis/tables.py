@@ -346,6 +346,7 @@ def noise_text(verdict: Any, reasons: Any) -> str:
 
 ACCURACY_COLUMNS = (("top1", "top-1 (%)"), ("top5", "top-5 (%)"), ("miou", "mIoU (%)"),
                     ("pixel_acc", "pixel acc. (%)"))
+TRAIN_COLUMNS = (("train.dataset", "data set"), ("train.epochs", "epochs"))
 
 
 def accuracy_intro(accuracy: dict[str, dict[str, Comparison]]) -> str:
@@ -369,9 +370,11 @@ def accuracy_table(agg: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame:
     present = [(m, title) for m, title in ACCURACY_COLUMNS if m in agg.columns and agg[m].notna().any()]
     if not present:
         return pd.DataFrame()
-    rows = sort_rows(agg[agg[[m for m, _ in present]].notna().any(axis=1)], label_cols)
+    # the data set and schedule sort within a configuration, so one init's 3 and 8 epochs sit in that order
+    rows = sort_rows(agg[agg[[m for m, _ in present]].notna().any(axis=1)],
+                     [*label_cols, *(c for c, _ in TRAIN_COLUMNS if c not in label_cols)])
     out = _label_frame(rows, label_cols)
-    for col, title in (("train.dataset", "data set"), ("train.epochs", "epochs")):
+    for col, title in TRAIN_COLUMNS:
         if col in rows.columns and col not in label_cols:
             out[title] = [fmt(v, 0) if _is_number(v) else str(v) for v in rows[col]]
     for metric, title in present:
